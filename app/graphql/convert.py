@@ -1,0 +1,73 @@
+"""Turn service-layer rows and results into GraphQL objects, in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+
+from app.graphql import types as t
+
+
+def document_to_gql(row: Any) -> t.Document:
+    return t.Document(
+        id=strawberry.ID(row.id),
+        collection=row.collection,
+        text=row.text,
+        metadata=row.metadata,
+        content_hash=row.content_hash,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        indexed=row.status == "indexed",
+    )
+
+
+def collection_to_gql(row: Any) -> t.Collection:
+    return t.Collection(
+        name=row.name,
+        model=row.model,
+        model_revision=row.model_revision,
+        dimensions=row.dimensions,
+        distance=t.Distance(row.distance),
+        indexed_fields=list(row.indexed_fields),
+        created_at=row.created_at,
+    )
+
+
+def model_to_gql(status: Any, default_name: str | None = None) -> t.Model:
+    return t.Model(
+        name=status.name,
+        backend=status.backend,
+        dimensions=status.dimensions,
+        state=t.ModelState(_state_name(status.state)),
+        attempts=status.attempts,
+        max_attempts=status.max_attempts,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+        device=status.device,
+        fallback_for=status.fallback_for,
+        last_error=status.last_error,
+        updated_at=status.updated_at,
+        is_default=status.name == default_name,
+    )
+
+
+def event_to_gql(event: Any) -> t.DownloadEvent:
+    return t.DownloadEvent(
+        model=event.model,
+        state=t.ModelState(_state_name(event.state)),
+        attempt=event.attempt,
+        max_attempts=event.max_attempts,
+        file=event.file,
+        bytes_done=event.bytes_done,
+        bytes_total=event.bytes_total,
+        percent=event.percent,
+        bytes_per_second=event.bytes_per_second,
+        message=event.message,
+        at=event.at,
+    )
+
+
+def _state_name(state: Any) -> str:
+    # The manager may use an enum or a plain string; GraphQL wants the name.
+    return getattr(state, "value", state)

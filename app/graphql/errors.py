@@ -1,0 +1,50 @@
+"""One place that decides what clients see of an error (API.md codes; never a stack trace)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from graphql.error import GraphQLError
+from loguru import logger
+from strawberry.extensions import SchemaExtension
+
+from app.errors import CitadelError
+
+COST_MARKERS = ("exceeds maximum operation depth", "aliases found. Allowed", "Parsing aborted")
+
+
+def public_error(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, CitadelError):
+        code, message, extra = original.code, original.message, original.to_extensions()
+    elif isinstance(original, GraphQLError) or (original is None and error.path is not None):
+        # Argument coercion problems raised inside execution are the client's input.
+        code, message, extra = "BAD_INPUT", error.message, {}
+    elif original is None:
+        if any(marker in error.message for marker in COST_MARKERS):
+            code = "BAD_INPUT"
+        elif error.message.startswith("Syntax Error"):
+            code = "GRAPHQL_PARSE_FAILED"
+        else:
+            code = "GRAPHQL_VALIDATION_FAILED"
+        message, extra = error.message, {}
+    else:
+        logger.opt(exception=original).error("unhandled error in {}", ".".join(map(str, error.path or [])))
+        code, message, extra = "INTERNAL", "Internal server error.", {}
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={**(error.extensions or {}), **extra, "code": code},
+    )
+
+
+class PublicErrors(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [public_error(e) for e in result.errors]

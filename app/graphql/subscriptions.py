@@ -1,0 +1,30 @@
+"""Subscriptions: model download progress, current state first, then live events."""
+
+from __future__ import annotations
+
+from typing import AsyncGenerator, Optional
+
+import strawberry
+
+from app.graphql import types as t
+from app.graphql.context import Context
+from app.graphql.convert import event_to_gql
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="One model's download events, or every model's when omitted.")
+    async def model_download_progress(
+        self, info: Info, model: Optional[str] = None
+    ) -> AsyncGenerator[t.DownloadEvent, None]:
+        manager = info.context.services.models
+        if model is not None:
+            info.context.services.settings.model(model)  # NOT_FOUND for an unknown model
+        # Subscribe before reading the snapshot so no event falls between the two.
+        async with manager.bus.subscribe(model) as events:
+            for snapshot in manager.snapshot_events(model):
+                yield event_to_gql(snapshot)
+            async for event in events:
+                yield event_to_gql(event)

@@ -1,0 +1,180 @@
+"""GraphQL object types of the API contract (API.md). Resolvers live in queries/mutations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import TYPE_CHECKING, Optional
+
+import strawberry
+
+from app.graphql.scalars import JSON, Long
+
+if TYPE_CHECKING:
+    from app.graphql.context import Context
+
+
+@strawberry.enum
+class EmbedKind(enum.Enum):
+    QUERY = "QUERY"
+    DOCUMENT = "DOCUMENT"
+
+
+@strawberry.enum
+class Distance(enum.Enum):
+    COSINE = "cosine"
+    DOT = "dot"
+    EUCLID = "euclid"
+
+
+@strawberry.enum
+class ModelState(enum.Enum):
+    NOT_DOWNLOADED = "NOT_DOWNLOADED"
+    QUEUED = "QUEUED"
+    DOWNLOADING = "DOWNLOADING"
+    RETRYING = "RETRYING"
+    VERIFYING = "VERIFYING"
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@strawberry.input
+class DocumentInput:
+    id: Optional[strawberry.ID] = None
+    text: str
+    metadata: Optional[JSON] = None
+
+
+@strawberry.type
+class Embedding:
+    index: int
+    vector: list[float]
+    cached: bool
+
+
+@strawberry.type
+class EmbedResult:
+    model: str
+    dimensions: int
+    embeddings: list[Embedding]
+
+
+@strawberry.type
+class Document:
+    id: strawberry.ID
+    collection: str
+    text: str
+    metadata: Optional[JSON]
+    content_hash: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    indexed: bool = strawberry.field(description="False while the vector is still pending (reconciler)")
+
+
+@strawberry.type
+class SearchHit:
+    id: strawberry.ID
+    score: float
+    text: str
+    metadata: Optional[JSON]
+    collection_name: strawberry.Private[str]
+
+    @strawberry.field
+    async def document(self, info: strawberry.Info["Context", None]) -> Document:
+        return await info.context.document_loader.load((self.collection_name, str(self.id)))
+
+
+@strawberry.type
+class SearchResult:
+    collection: str
+    model: str
+    hits: list[SearchHit]
+    took_ms: float
+
+
+@strawberry.type
+class Collection:
+    name: str
+    model: str
+    model_revision: str
+    dimensions: int
+    distance: Distance
+    indexed_fields: list[str]
+    created_at: dt.datetime
+
+    @strawberry.field
+    async def document_count(self, info: strawberry.Info["Context", None]) -> Long:
+        return await info.context.services.repo.count_documents(self.name)
+
+
+@strawberry.type
+class IngestError:
+    index: int
+    id: Optional[strawberry.ID]
+    code: str
+    message: str
+
+
+@strawberry.type
+class IngestResult:
+    ids: list[strawberry.ID]
+    inserted: int
+    updated: int
+    unchanged: int
+    failed: int
+    errors: list[IngestError]
+
+
+@strawberry.type
+class Model:
+    name: str
+    backend: str
+    dimensions: Optional[int]
+    state: ModelState
+    attempts: int
+    max_attempts: int
+    bytes_done: Long
+    bytes_total: Optional[Long]
+    device: Optional[str]
+    fallback_for: Optional[str]
+    last_error: Optional[str]
+    updated_at: dt.datetime
+    is_default: bool = strawberry.field(description="True for the model `embed` uses when none is named")
+
+
+@strawberry.type
+class DownloadEvent:
+    model: str
+    state: ModelState
+    attempt: int
+    max_attempts: int
+    file: Optional[str]
+    bytes_done: Long
+    bytes_total: Optional[Long]
+    percent: Optional[float]
+    bytes_per_second: Optional[float]
+    message: Optional[str]
+    at: dt.datetime
+
+
+@strawberry.type
+class DependencyHealth:
+    name: str
+    ok: bool
+    latency_ms: Optional[float]
+    detail: Optional[str]
+
+
+@strawberry.type
+class Health:
+    status: str
+    version: str
+    dependencies: list[DependencyHealth]
+    models: list[Model]
+
+
+@strawberry.type
+class DocumentConnection:
+    items: list[Document]
+    next_cursor: Optional[str]

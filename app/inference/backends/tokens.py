@@ -1,0 +1,32 @@
+"""Token counting on a private copy of a model's tokenizer.
+
+The copy matters: transformers' fast tokenizers change truncation/padding state on every call, so
+counting with the model's own tokenizer from the event loop while a worker thread encodes would
+race. A separate `tokenizers.Tokenizer` without truncation or padding counts safely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from tokenizers import Tokenizer
+
+
+class TokenCounter:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TokenCounter":
+        return cls(Tokenizer.from_file(str(path)))
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> "TokenCounter":
+        return cls(Tokenizer.from_str(tokenizer.to_str()))
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        # Special tokens included: they occupy positions of the model's max_seq_length too.
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]

@@ -1,0 +1,105 @@
+"""Start everything in a fixed order and stop it in reverse (one AsyncExitStack).
+
+Order: data dir -> PostgreSQL (embedded or URL) + migrations -> Redis -> vector store ->
+event bus -> model pool -> model manager -> embedding service -> domain services ->
+reconciler. Teardown runs backwards, so nothing outlives what it depends on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import AsyncIterator
+
+import redis.asyncio as aioredis
+from loguru import logger
+
+from app.adapters.events import EventBus
+from app.adapters.migrations import upgrade_async
+from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.redis_cache import EmbeddingCache
+from app.adapters.vector_store import open_vector_store
+from app.inference.pool import ModelPool
+from app.services.collections import CollectionService
+from app.services.container import Services
+from app.services.embedding import EmbeddingService
+from app.services.health import HealthService, mask_url
+from app.services.ingest import IngestService
+from app.services.models import ModelManager
+from app.services.reconciler import Reconciler
+from app.services.search import SearchService
+from app.settings import Settings
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    async with AsyncExitStack() as stack:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+        database_url, redis_url = settings.database_url, settings.redis_url
+        if settings.embedded_postgres:
+            from app.adapters.embedded import EmbeddedPostgres
+
+            database_url = (await stack.enter_async_context(EmbeddedPostgres(settings.data_dir / "postgres"))).url
+            logger.info("embedded PostgreSQL ready under {}", settings.data_dir / "postgres")
+        if settings.run_migrations:
+            await upgrade_async(database_url)
+        pg_pool = await create_pool(database_url)
+        stack.push_async_callback(pg_pool.close)
+        repo = PostgresRepo(pg_pool)
+
+        if settings.embedded_redis:
+            from app.adapters.embedded import EmbeddedRedis
+
+            embedded = EmbeddedRedis(settings.data_dir / "redis", max_memory_mb=settings.cache.max_memory_mb)
+            redis_url = (await stack.enter_async_context(embedded)).url
+            logger.info("embedded Redis ready at {}", redis_url)
+        redis = aioredis.from_url(redis_url)
+        stack.push_async_callback(redis.aclose)
+
+        store = open_vector_store(settings)
+        stack.push_async_callback(store.close)
+
+        bus = EventBus()
+        with contextlib.suppress(Exception):  # no Redis means local events only, not a crash
+            await bus.attach_redis(redis)
+        stack.push_async_callback(bus.close)
+
+        pool = ModelPool(settings)
+        stack.push_async_callback(pool.close)
+
+        models = ModelManager(settings, loader=pool.load, bus=bus, persist=repo.save_model_status)
+        stack.push_async_callback(models.close)
+        await models.start()
+
+        cache = EmbeddingCache(redis, settings.cache) if settings.cache.enabled else None
+        embedder = EmbeddingService(settings, pool, cache, models)
+        collections = CollectionService(settings, repo, store, models)
+        ingest = IngestService(settings, repo, store, embedder, models)
+        search = SearchService(settings, repo, store, embedder, models)
+
+        reconciler = Reconciler(repo, store, embedder, settings.ingest.reconcile_interval_seconds)
+        await reconciler.start()
+        stack.push_async_callback(reconciler.stop)
+
+        health = HealthService(
+            {
+                "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), repo.ping),
+                "redis": ("embedded" if settings.embedded_redis else mask_url(redis_url), redis.ping),
+                "qdrant": ("embedded (Qdrant Edge)" if settings.embedded_qdrant else mask_url(settings.qdrant_url or ""), store.ping),
+            }
+        )
+        yield Services(
+            settings=settings,
+            repo=repo,
+            store=store,
+            redis=redis,
+            pool=pool,
+            models=models,
+            embedder=embedder,
+            collections=collections,
+            ingest=ingest,
+            search=search,
+            health=health,
+        )
+        logger.info("shutting down")
