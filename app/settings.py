@@ -70,58 +70,58 @@ def default_catalog() -> dict[str, ModelSpec]:
 
 
 class ServerSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "INFO"
-    log_json: bool = False
-    graphiql: bool = True
+    host: str = Field("127.0.0.1", description="Bind address")
+    port: int = Field(8000, description="HTTP port")
+    log_level: str = Field("INFO", description="Log level (loguru)")
+    log_json: bool = Field(False, description="Write logs as JSON lines")
+    graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
 
 
 class LimitSettings(BaseModel):
     """Request limits; anything beyond them is BAD_INPUT before any work is done."""
 
-    max_texts_per_request: int = 256
-    max_text_chars: int = 20_000
-    max_request_chars: int = 2_000_000
-    max_documents_per_ingest: int = 1_000
-    max_metadata_bytes: int = 16_384
-    max_query_depth: int = 12
-    max_aliases: int = 32
-    max_query_tokens: int = 4_000
-    max_search_limit: int = 1_000
+    max_texts_per_request: int = Field(256, description="Most texts in one embed call")
+    max_text_chars: int = Field(20_000, description="Longest text (characters)")
+    max_request_chars: int = Field(2_000_000, description="Most characters in one embed call")
+    max_documents_per_ingest: int = Field(1_000, description="Most documents in one ingest call")
+    max_metadata_bytes: int = Field(16_384, description="Largest metadata object (JSON bytes)")
+    max_query_depth: int = Field(12, description="Deepest GraphQL document")
+    max_aliases: int = Field(32, description="Most aliases in one GraphQL document")
+    max_query_tokens: int = Field(4_000, description="Most tokens in one GraphQL document")
+    max_search_limit: int = Field(1_000, description="Largest search limit / page size")
 
 
 class InferenceSettings(BaseModel):
-    devices: str = "auto"  # "auto" | "cpu" | "cuda:0,cuda:1"
-    max_batch_size: int = 64
-    max_batch_tokens: int = 16_384
-    max_wait_ms: float = 5.0
-    max_queue: int = 1_024  # texts waiting per model; beyond it callers get OVERLOADED
-    truncate: bool = True  # False: over-long inputs are BAD_INPUT
-    idle_unload_seconds: float = 0.0  # 0 keeps models loaded forever
-    threads: int = 0  # torch intra-op threads; 0 = library default
+    devices: str = Field("auto", description="`auto` (every visible GPU, else CPU), `cpu`, or a list like `cuda:0,cuda:1`")  # "auto" | "cpu" | "cuda:0,cuda:1"
+    max_batch_size: int = Field(64, description="Most texts in one forward pass")
+    max_batch_tokens: int = Field(16_384, description="Token budget of one forward pass")
+    max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests")
+    max_queue: int = Field(1_024, description="Texts waiting per model replica; beyond it OVERLOADED")  # texts waiting per model; beyond it callers get OVERLOADED
+    truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")  # False: over-long inputs are BAD_INPUT
+    idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")  # 0 keeps models loaded forever
+    threads: int = Field(0, description="torch CPU threads (0: library default)")  # torch intra-op threads; 0 = library default
 
 
 class CacheSettings(BaseModel):
-    enabled: bool = True
-    ttl_seconds: int = 7 * 24 * 3600
-    key_prefix: str = "citadel:emb:"
+    enabled: bool = Field(True, description="Use the Redis embedding cache")
+    ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached embedding")
+    key_prefix: str = Field("citadel:emb:", description="Redis key prefix of cached embeddings")
     # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
-    max_memory_mb: int = 512
-    timeout_ms: float = 250.0  # a slower cache is skipped for that request
+    max_memory_mb: int = Field(512, description="maxmemory (allkeys-lru) of the embedded Redis")
+    timeout_ms: float = Field(250.0, description="A slower cache is skipped for that request")  # a slower cache is skipped for that request
 
 
 class DownloadSettings(BaseModel):
-    max_attempts: int = 3
-    retry_delay_seconds: float = 10.0
-    timeout_seconds: float = 30.0
-    progress_interval_seconds: float = 0.25
-    min_free_disk_mb: int = 256
+    max_attempts: int = Field(3, description="Download attempts per model")
+    retry_delay_seconds: float = Field(10.0, description="Pause between download attempts")
+    timeout_seconds: float = Field(30.0, description="HTTP timeout of the downloader")
+    progress_interval_seconds: float = Field(0.25, description="Least time between two progress events of a file")
+    min_free_disk_mb: int = Field(256, description="Free disk kept beyond a download")
 
 
 class IngestSettings(BaseModel):
-    chunk_size: int = 256
-    reconcile_interval_seconds: float = 30.0
+    chunk_size: int = Field(256, description="Documents embedded per chunk during ingest")
+    reconcile_interval_seconds: float = Field(30.0, description="How often pending documents are re-indexed")
 
 
 def _default_data_dir() -> Path:
@@ -137,16 +137,16 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    cache_dir: Path | None = None  # model cache; default <data_dir>/models
-    database_url: str | None = None
-    redis_url: str | None = None
-    qdrant_url: str | None = None
-    qdrant_api_key: str | None = None
-    default_model: str = DEFAULT_MODEL
-    models: dict[str, ModelSpec] = Field(default_factory=default_catalog)
-    load_models_at_startup: bool = True
-    run_migrations: bool = True
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Where embedded servers, shards and models live")
+    cache_dir: Path | None = Field(None, description="Model cache (default `<data_dir>/models`)")  # model cache; default <data_dir>/models
+    database_url: str | None = Field(None, description="PostgreSQL URL; unset: embedded PostgreSQL")
+    redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
+    qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
+    qdrant_api_key: str | None = Field(None, description="Qdrant API key")
+    default_model: str = Field(DEFAULT_MODEL, description="Model used when a request names none")
+    models: dict[str, ModelSpec] = Field(default_factory=default_catalog, description="Model catalog (JSON); entries extend the built-in one")
+    load_models_at_startup: bool = Field(True, description="Prepare the default model in the background at startup")
+    run_migrations: bool = Field(True, description="Apply database migrations at startup")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

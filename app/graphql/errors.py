@@ -15,6 +15,8 @@ COST_MARKERS = ("exceeds maximum operation depth", "aliases found. Allowed", "Pa
 
 def public_error(error: GraphQLError) -> GraphQLError:
     original = error.original_error
+    if original is None and (error.extensions or {}).get("code"):
+        return error  # already public (raised by our own extensions)
     if isinstance(original, CitadelError):
         code, message, extra = original.code, original.message, original.to_extensions()
     elif isinstance(original, GraphQLError) or (original is None and error.path is not None):

@@ -8,12 +8,8 @@ import strawberry
 
 from app.errors import BadInput
 
-JSON = strawberry.scalar(
-    NewType("JSON", object),
-    serialize=lambda v: v,
-    parse_value=lambda v: v,
-    description="Arbitrary JSON value",
-)
+JSON = NewType("JSON", object)
+Long = NewType("Long", int)
 
 
 def _parse_long(value: Any) -> int:
@@ -28,9 +24,14 @@ def _parse_long(value: Any) -> int:
     return as_int
 
 
-Long = strawberry.scalar(
-    NewType("Long", int),
-    serialize=int,
-    parse_value=_parse_long,
-    description="A 64-bit integer, serialised as a JSON number (byte counts exceed 2^31).",
-)
+SCALAR_MAP = {
+    JSON: strawberry.scalar(
+        name="JSON", serialize=lambda v: v, parse_value=lambda v: v, description="Arbitrary JSON value"
+    ),
+    Long: strawberry.scalar(
+        name="Long",
+        serialize=int,
+        parse_value=_parse_long,
+        description="A 64-bit integer, serialised as a JSON number (byte counts exceed 2^31).",
+    ),
+}

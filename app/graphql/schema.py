@@ -7,10 +7,13 @@ from typing import Any
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 
+from strawberry.schema.config import StrawberryConfig
+
 from app.graphql.errors import PublicErrors
 from app.graphql.limits import TotalTextsLimit
 from app.graphql.mutations import Mutation
 from app.graphql.queries import Query
+from app.graphql.scalars import SCALAR_MAP
 from app.graphql.subscriptions import Subscription
 from app.settings import LimitSettings
 
@@ -28,12 +31,13 @@ def build_schema(limits: LimitSettings | None = None) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=[
-            PublicErrors(),
-            QueryDepthLimiter(max_depth=limits.max_query_depth),
-            MaxAliasesLimiter(max_alias_count=limits.max_aliases),
-            MaxTokensLimiter(max_token_count=limits.max_query_tokens),
-            TotalTextsLimit(max_total=max(limits.max_texts_per_request, limits.max_documents_per_ingest)),
+            PublicErrors,
+            lambda: QueryDepthLimiter(max_depth=limits.max_query_depth),
+            lambda: MaxAliasesLimiter(max_alias_count=limits.max_aliases),
+            lambda: MaxTokensLimiter(max_token_count=limits.max_query_tokens),
+            lambda: TotalTextsLimit(max_total=max(limits.max_texts_per_request, limits.max_documents_per_ingest)),
         ],
     )
 

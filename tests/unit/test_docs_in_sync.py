@@ -1,0 +1,40 @@
+"""Generated artefacts that are checked in must match the code that generates them."""
+
+from pathlib import Path
+
+from app.graphql.schema import schema_sdl
+from app.settings_table import render
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_schema_graphql_matches_the_code():
+    on_disk = (ROOT / "schema.graphql").read_text()
+    assert on_disk == schema_sdl(), "schema.graphql is stale: run `citadel schema export -o schema.graphql`"
+
+
+def test_readme_settings_table_matches_settings():
+    assert render() in (ROOT / "README.md").read_text(), (
+        "README configuration table is stale: run `python -m app.settings_table`"
+    )
+
+
+def test_api_contract_names_are_present():
+    sdl = schema_sdl()
+    for name in (
+        "embed(texts: [String!]!, model: String = null, kind: EmbedKind = DOCUMENT, normalize: Boolean = true): EmbedResult!",
+        "modelDownloadProgress(model: String = null): DownloadEvent!",
+        "downloadModel(name: String!): Model!",
+        "deleteDocuments(collection: String!, ids: [ID!]!): Int!",
+        "bytesDone: Long!",
+        "documentCount: Long!",
+    ):
+        assert name in sdl, name
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["python3 bootstrap.py serve", "python3 bootstrap.py test"]
+    assert "python3 bootstrap.py test" in (ROOT / ".ci" / "run").read_text()
