@@ -1,0 +1,23 @@
+"""Session-wide fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never reach the Hugging Face Hub; the fake hub in tests/support serves downloads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    """A direct sentence-transformers encode of the bundled model: the ground truth for vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from app.inference.sources import local_model_dir
+    from app.settings import default_catalog
+
+    spec = default_catalog()["sentence-transformers/all-MiniLM-L6-v2"]
+    return SentenceTransformer(str(local_model_dir(spec)), device="cpu")
