@@ -6,8 +6,6 @@ import os
 
 import pytest
 
-# Tests never reach the Hugging Face Hub; the fake hub in tests/support serves downloads.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -34,6 +34,13 @@ class IntegrityError(DownloadError):
         super().__init__(message, reason=reason, retryable=True)
 
 
+class TruncatedFile(DownloadError):
+    """The server ended the file early; what arrived is kept and the next attempt resumes it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="truncated", retryable=True)
+
+
 class OfflineMode(DownloadError):
     def __init__(self, message: str) -> None:
         super().__init__(message, reason="offline", retryable=False)
