@@ -1,0 +1,240 @@
+"""VectorStore on a Qdrant server (or qdrant-client's local mode) through AsyncQdrantClient.
+
+Search uses the collection's HNSW index (approximate; exact below Qdrant's full-scan
+threshold). Writes wait for the server to apply them, because the ingest pipeline marks rows
+indexed once upsert() returns. Transport failures become DependencyUnavailable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Sequence
+
+import grpc
+import httpx
+import numpy as np
+from loguru import logger
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from app.domain.filters import (
+    And,
+    Eq,
+    Exists,
+    FilterNode,
+    In,
+    Not,
+    Or,
+    Range,
+    parse_indexed_field,
+    payload_key,
+)
+from app.domain.vectors import Distance, VectorHit, VectorPoint
+from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, NotFound
+
+_DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}
+_INDEX_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+}
+_UPSERT_BATCH = 256
+_SCROLL_PAGE = 1_000
+
+
+class QdrantServerStore:
+    name = "qdrant"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        client: AsyncQdrantClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if client is None:
+            if not url:
+                raise ValueError("QdrantServerStore needs a url or a client")
+            client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+        self.client = client
+        self._where = url or "an injected client"
+
+    # -- collections ------------------------------------------------------------------------
+
+    async def create_collection(
+        self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
+    ) -> None:
+        if distance not in _DISTANCES:
+            raise BadInput(f"unknown distance {distance!r}")
+        if dimensions < 1:
+            raise BadInput(f"dimensions must be positive, got {dimensions}")
+        indexes = [parse_indexed_field(spec) for spec in indexed_fields]
+        async with self._guard(name):
+            if await self.client.collection_exists(name):
+                raise Conflict(f"collection {name!r} already exists")
+            await self.client.create_collection(
+                name, vectors_config=models.VectorParams(size=dimensions, distance=_DISTANCES[distance])
+            )
+            for index in indexes:
+                await self.client.create_payload_index(
+                    name, payload_key(index.field), field_schema=_INDEX_TYPES[index.type], wait=True
+                )
+        logger.info("qdrant collection {} created ({} dims, {})", name, dimensions, distance)
+
+    async def delete_collection(self, name: str) -> None:
+        try:
+            async with self._guard(name):
+                await self.client.delete_collection(name)
+        except NotFound:
+            pass  # already gone: deleting is idempotent
+
+    async def collection_exists(self, name: str) -> bool:
+        async with self._guard(name):
+            return await self.client.collection_exists(name)
+
+    # -- points -------------------------------------------------------------------------------
+
+    async def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
+        structs = [models.PointStruct(id=_point_id(p.id), vector=_vector(p.vector), payload=dict(p.payload)) for p in points]
+        async with self._guard(name):
+            for start in range(0, len(structs), _UPSERT_BATCH):
+                await self.client.upsert(name, points=structs[start : start + _UPSERT_BATCH], wait=True)
+
+    async def delete(self, name: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        selector = models.PointIdsList(points=[_point_id(i) for i in ids])
+        async with self._guard(name):
+            await self.client.delete(name, points_selector=selector, wait=True)
+
+    async def search(
+        self,
+        name: str,
+        vector: Sequence[float],
+        limit: int,
+        offset: int = 0,
+        filter: FilterNode | None = None,
+        score_threshold: float | None = None,
+    ) -> list[VectorHit]:
+        async with self._guard(name):
+            response = await self.client.query_points(
+                name,
+                query=_vector(vector),
+                limit=limit,
+                offset=offset,
+                query_filter=server_filter(filter) if filter is not None else None,
+                score_threshold=score_threshold,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+
+    async def count(self, name: str) -> int:
+        async with self._guard(name):
+            return (await self.client.count(name, exact=True)).count
+
+    async def point_ids(self, name: str) -> set[str]:
+        ids: set[str] = set()
+        offset: Any = None
+        async with self._guard(name):
+            while True:
+                records, offset = await self.client.scroll(
+                    name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
+                )
+                ids.update(str(r.id) for r in records)
+                if offset is None:
+                    return ids
+
+    async def ping(self) -> None:
+        async with self._guard(None):
+            await self.client.get_collections()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _guard(self, collection: str | None) -> AsyncIterator[None]:
+        """Map client errors onto the domain errors, in one place."""
+        try:
+            yield
+        except CitadelError:
+            raise
+        except UnexpectedResponse as exc:
+            detail = _response_detail(exc)
+            if exc.status_code == 404:
+                raise NotFound(f"collection {collection!r} not found") from None
+            if exc.status_code == 409:
+                raise Conflict(detail) from None
+            if exc.status_code in (400, 422):
+                raise BadInput(detail) from None
+            raise DependencyUnavailable(f"qdrant at {self._where}: {exc.status_code} {detail}") from exc
+        except (ResponseHandlingException, httpx.TransportError, ConnectionError, TimeoutError) as exc:
+            raise DependencyUnavailable(f"qdrant at {self._where} is unreachable: {exc}") from exc
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"collection {collection!r} not found") from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                raise BadInput(str(exc.details() if hasattr(exc, "details") else exc)) from None
+            raise DependencyUnavailable(f"qdrant at {self._where}: {code}") from exc
+        except ValueError as exc:
+            # qdrant-client's local mode reports a missing collection or a bad request this way.
+            if "not found" in str(exc):
+                raise NotFound(f"collection {collection!r} not found") from None
+            raise BadInput(str(exc)) from None
+
+
+def _response_detail(exc: UnexpectedResponse) -> str:
+    try:
+        return str(exc.structured()["status"]["error"])
+    except Exception:
+        return exc.reason_phrase or "unexpected response"
+
+
+def _point_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise BadInput(f"point id {value!r} is not a UUID") from None
+
+
+def _vector(vector: Sequence[float]) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
+# -- filter translation ---------------------------------------------------------------------
+
+
+def server_filter(node: FilterNode) -> models.Filter:
+    condition = _condition(node)
+    return condition if isinstance(condition, models.Filter) else models.Filter(must=[condition])
+
+
+def _condition(node: FilterNode) -> Any:
+    if isinstance(node, And):
+        return models.Filter(must=[_condition(item) for item in node.items])
+    if isinstance(node, Or):
+        return models.Filter(should=[_condition(item) for item in node.items])
+    if isinstance(node, Not):
+        if isinstance(node.item, Exists):  # not exists == is empty
+            return models.IsEmptyCondition(is_empty=models.PayloadField(key=payload_key(node.item.field)))
+        return models.Filter(must_not=[_condition(node.item)])
+    key = payload_key(node.field)
+    if isinstance(node, Eq):
+        return models.FieldCondition(key=key, match=models.MatchValue(value=node.value))
+    if isinstance(node, In):
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(node.values)))
+    if isinstance(node, Range):
+        bounds = {k: getattr(node, k) for k in ("gt", "gte", "lt", "lte") if getattr(node, k) is not None}
+        if node.is_datetime:
+            return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
+        return models.FieldCondition(key=key, range=models.Range(**{k: float(v) for k, v in bounds.items()}))
+    if isinstance(node, Exists):
+        return models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))])
+    raise TypeError(f"not a filter node: {node!r}")
