@@ -16,7 +16,7 @@ from loguru import logger
 
 from app.adapters.events import EventBus
 from app.adapters.migrations import upgrade_async
-from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.postgres import ModelStatusRow, PostgresRepo, create_pool
 from app.adapters.redis_cache import EmbeddingCache
 from app.adapters.vector_store import open_vector_store
 from app.inference.pool import ModelPool
@@ -40,8 +40,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.embedded_postgres:
             from app.adapters.embedded import EmbeddedPostgres
 
-            database_url = (await stack.enter_async_context(EmbeddedPostgres(settings.data_dir / "postgres"))).url
-            logger.info("embedded PostgreSQL ready under {}", settings.data_dir / "postgres")
+            database_url = (await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))).url
         if settings.run_migrations:
             await upgrade_async(database_url)
         pg_pool = await create_pool(database_url)
@@ -51,9 +50,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if settings.embedded_redis:
             from app.adapters.embedded import EmbeddedRedis
 
-            embedded = EmbeddedRedis(settings.data_dir / "redis", max_memory_mb=settings.cache.max_memory_mb)
+            embedded = EmbeddedRedis(settings.data_dir, max_memory_mb=settings.cache.max_memory_mb)
             redis_url = (await stack.enter_async_context(embedded)).url
-            logger.info("embedded Redis ready at {}", redis_url)
         redis = aioredis.from_url(redis_url)
         stack.push_async_callback(redis.aclose)
 
@@ -68,7 +66,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         pool = ModelPool(settings)
         stack.push_async_callback(pool.close)
 
-        models = ModelManager(settings, loader=pool.load, bus=bus, persist=repo.save_model_status)
+        models = ModelManager(settings, loader=pool.load, bus=bus, persist=status_saver(repo))
         stack.push_async_callback(models.close)
         await models.start()
 
@@ -78,8 +76,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         ingest = IngestService(settings, repo, store, embedder, models)
         search = SearchService(settings, repo, store, embedder, models)
 
-        reconciler = Reconciler(repo, store, embedder, settings.ingest.reconcile_interval_seconds)
-        await reconciler.start()
+        reconciler = Reconciler(
+            repo, store, embedder, settings.ingest.reconcile_interval_seconds, settings=settings, models=models
+        )
+        reconciler.start()
         stack.push_async_callback(reconciler.stop)
 
         health = HealthService(
@@ -103,3 +103,24 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             health=health,
         )
         logger.info("shutting down")
+
+
+def status_saver(repo: PostgresRepo):
+    """Keep each model's last state in PostgreSQL (what an operator reads after a restart)."""
+
+    async def save(status) -> None:
+        await repo.save_model_status(
+            ModelStatusRow(
+                name=status.name,
+                state=status.state.value,
+                attempts=status.attempts,
+                max_attempts=status.max_attempts,
+                bytes_done=status.bytes_done,
+                bytes_total=status.bytes_total,
+                last_error=status.last_error,
+                fallback_for=status.fallback_for,
+                updated_at=status.updated_at,
+            )
+        )
+
+    return save

@@ -62,7 +62,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "status": report.status,
             "defaultModel": models.effective_default,
             "configuredDefaultModel": settings.default_model,
-            "dependencies": [d.__dict__ for d in report.dependencies],
+            "dependencies": [
+                {"name": d.name, "ok": d.ok, "latencyMs": d.latency_ms, "detail": d.detail} for d in report.dependencies
+            ],
             "models": [_model_json(s) for s in models.statuses()],
         }
         return JSONResponse(body, status_code=200 if ready else 503)

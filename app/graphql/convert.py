@@ -68,6 +68,23 @@ def event_to_gql(event: Any) -> t.DownloadEvent:
     )
 
 
+def status_to_event_gql(status: Any) -> t.DownloadEvent:
+    """A model's current state as an event: what a late subscriber sees first."""
+    return t.DownloadEvent(
+        model=status.name,
+        state=t.ModelState(_state_name(status.state)),
+        attempt=status.attempts,
+        max_attempts=status.max_attempts,
+        file=None,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+        percent=status.percent,
+        bytes_per_second=None,
+        message=status.last_error if _state_name(status.state) == "FAILED" else "current state",
+        at=status.updated_at,
+    )
+
+
 def _state_name(state: Any) -> str:
     # The manager may use an enum or a plain string; GraphQL wants the name.
     return getattr(state, "value", state)

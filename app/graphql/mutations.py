@@ -64,5 +64,5 @@ class Mutation:
     @strawberry.mutation(description="Starts a download, or joins the one under way.")
     async def download_model(self, info: Info, name: str) -> t.Model:
         manager = info.context.services.models
-        status = await manager.request_download(name)
+        status = manager.download(name)
         return model_to_gql(status, manager.effective_default)

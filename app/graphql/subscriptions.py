@@ -8,7 +8,7 @@ import strawberry
 
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import event_to_gql
+from app.graphql.convert import event_to_gql, status_to_event_gql
 
 Info = strawberry.Info[Context, None]
 
@@ -24,7 +24,8 @@ class Subscription:
             info.context.services.settings.model(model)  # NOT_FOUND for an unknown model
         # Subscribe before reading the snapshot so no event falls between the two.
         async with manager.bus.subscribe(model) as events:
-            for snapshot in manager.snapshot_events(model):
-                yield event_to_gql(snapshot)
+            for status in manager.statuses():
+                if model is None or status.name == model:
+                    yield status_to_event_gql(status)
             async for event in events:
                 yield event_to_gql(event)

@@ -7,8 +7,8 @@ race. A separate `tokenizers.Tokenizer` without truncation or padding counts saf
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenizers import Tokenizer
 
@@ -20,11 +20,11 @@ class TokenCounter:
         self._tokenizer.no_padding()
 
     @classmethod
-    def from_file(cls, path: Path) -> "TokenCounter":
+    def from_file(cls, path: Path) -> TokenCounter:
         return cls(Tokenizer.from_file(str(path)))
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> "TokenCounter":
+    def from_tokenizer(cls, tokenizer: Tokenizer) -> TokenCounter:
         return cls(Tokenizer.from_str(tokenizer.to_str()))
 
     def count(self, texts: Sequence[str]) -> list[int]:

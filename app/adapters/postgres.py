@@ -1,0 +1,467 @@
+"""PostgreSQL, the source of truth: collections, documents (with their indexing status) and
+model download status, over an asyncpg pool.
+
+Outages (refused connections, a server shutting down, a broken pool) surface as
+DependencyUnavailable; constraint violations as Conflict, NotFound or BadInput.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+import asyncpg
+from loguru import logger
+
+from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
+
+DocumentStatus = Literal["pending", "indexed", "deleting"]
+UpsertStatus = Literal["inserted", "updated", "unchanged"]
+
+# Errors that mean "the database cannot be reached or is going away", not "the query is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, unreachable, timeouts (TimeoutError is an OSError)
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # closed pool or connection
+)
+
+
+# -- rows ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectionRow:
+    name: str
+    model: str
+    model_revision: str
+    dimensions: int
+    distance: str
+    indexed_fields: tuple[str, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentWrite:
+    id: str
+    text: str
+    metadata: Mapping[str, Any]
+    content_hash: str
+    point_id: str | uuid.UUID
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    collection: str
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    point_id: str
+    status: DocumentStatus
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    """What upsert_documents did to one document. `pending`: the row still waits for indexing
+    (always true for inserted/updated; true for an unchanged row an earlier call left pending)."""
+
+    status: UpsertStatus
+    pending: bool
+
+
+@dataclass(frozen=True)
+class ModelStatusRow:
+    name: str
+    state: str
+    attempts: int
+    max_attempts: int
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    last_error: str | None = None
+    fallback_for: str | None = None
+    updated_at: datetime | None = None  # None: now, when saved
+
+
+# -- connections --------------------------------------------------------------------------------
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The URL as asyncpg reads it: SQLAlchemy-style schemes (postgresql+asyncpg://) lose the driver."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
+
+
+def unavailable(exc: BaseException) -> DependencyUnavailable:
+    logger.warning("PostgreSQL unavailable: {!r}", exc)
+    # The client sees the kind of failure only; addresses and details stay in the log.
+    return DependencyUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})", dependency="postgres")
+
+
+@contextmanager
+def translate_connection_errors() -> Iterator[None]:
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        if isinstance(exc, ValueError):  # asyncpg's client-side data/config errors: bugs, not outages
+            raise
+        raise unavailable(exc) from exc
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float = 30.0,
+    connect_timeout: float = 10.0,
+) -> asyncpg.Pool:
+    """An asyncpg pool whose connections read and write json/jsonb as Python objects."""
+    with translate_connection_errors():
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(url),
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            timeout=connect_timeout,
+            init=_init_connection,
+        )
+    assert pool is not None
+    return pool
+
+
+# -- the repository -----------------------------------------------------------------------------
+
+_DOCUMENT_COLUMNS = "collection, id, text, metadata, content_hash, point_id, status, created_at, updated_at"
+
+
+def _collection(record: asyncpg.Record) -> CollectionRow:
+    return CollectionRow(
+        name=record["name"],
+        model=record["model"],
+        model_revision=record["model_revision"],
+        dimensions=record["dimensions"],
+        distance=record["distance"],
+        indexed_fields=tuple(record["indexed_fields"]),
+        created_at=record["created_at"],
+    )
+
+
+def _document(record: asyncpg.Record) -> DocumentRow:
+    return DocumentRow(
+        collection=record["collection"],
+        id=record["id"],
+        text=record["text"],
+        metadata=record["metadata"],
+        content_hash=record["content_hash"],
+        point_id=str(record["point_id"]),
+        status=record["status"],
+        created_at=record["created_at"],
+        updated_at=record["updated_at"],
+    )
+
+
+def _model_status(record: asyncpg.Record) -> ModelStatusRow:
+    return ModelStatusRow(**dict(record))
+
+
+def _affected(command_status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 3" or "INSERT 0 3".
+    return int(command_status.rsplit(" ", 1)[-1])
+
+
+def _check_status(status: str) -> None:
+    if status not in get_args(DocumentStatus):
+        raise BadInput(f"unknown document status {status!r}", field="status")
+
+
+class PostgresRepo:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with translate_connection_errors():
+            async with self.pool.acquire() as conn:
+                yield conn
+
+    # -- collections ------------------------------------------------------------------------
+
+    async def create_collection(
+        self,
+        name: str,
+        model: str,
+        model_revision: str,
+        dimensions: int,
+        distance: str,
+        indexed_fields: Sequence[str] = (),
+    ) -> CollectionRow:
+        async with self._connection() as conn:
+            try:
+                record = await conn.fetchrow(
+                    """
+                    INSERT INTO collections (name, model, model_revision, dimensions, distance, indexed_fields)
+                    VALUES ($1, $2, $3, $4, $5, $6)
+                    RETURNING *
+                    """,
+                    name, model, model_revision, dimensions, distance, list(indexed_fields),
+                )  # fmt: skip
+            except asyncpg.UniqueViolationError:
+                raise Conflict(f"collection {name!r} already exists", collection=name) from None
+            except asyncpg.CheckViolationError as exc:
+                raise BadInput(f"invalid collection {name!r} ({exc.constraint_name})", collection=name) from None
+        return _collection(record)
+
+    async def get_collection(self, name: str) -> CollectionRow | None:
+        async with self._connection() as conn:
+            record = await conn.fetchrow("SELECT * FROM collections WHERE name = $1", name)
+        return _collection(record) if record else None
+
+    async def list_collections(self) -> list[CollectionRow]:
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT * FROM collections ORDER BY name")
+        return [_collection(r) for r in records]
+
+    async def delete_collection(self, name: str) -> bool:
+        """Delete the collection and (cascade) its documents; False when it did not exist."""
+        async with self._connection() as conn:
+            return _affected(await conn.execute("DELETE FROM collections WHERE name = $1", name)) > 0
+
+    async def count_documents(self, name: str, status: DocumentStatus | None = None) -> int:
+        """Documents of a collection with `status`; without one, those not being deleted."""
+        if status is not None:
+            _check_status(status)
+        async with self._connection() as conn:
+            if status is None:
+                sql = "SELECT count(*) FROM documents WHERE collection = $1 AND status <> 'deleting'"
+                return int(await conn.fetchval(sql, name))
+            sql = "SELECT count(*) FROM documents WHERE collection = $1 AND status = $2"
+            return int(await conn.fetchval(sql, name, status))
+
+    # -- documents --------------------------------------------------------------------------
+
+    async def upsert_documents(self, collection: str, docs: Sequence[DocumentWrite]) -> list[UpsertOutcome]:
+        """Write documents in one transaction; one outcome per document, in input order.
+
+        New and changed rows (text, content hash or metadata) become 'pending'; rows being
+        deleted come back as 'pending' too; identical rows are left exactly as they are.
+        """
+        if not docs:
+            return []
+        seen: set[str] = set()
+        for doc in docs:
+            if doc.id in seen:
+                raise BadInput(f"document id {doc.id!r} appears twice in one upsert", field="id", id=doc.id)
+            seen.add(doc.id)
+
+        async with self._connection() as conn, conn.transaction():
+            # Lock the existing rows: a concurrent upsert of the same ids waits for this one.
+            existing = {
+                r["id"]: r
+                for r in await conn.fetch(
+                    """
+                    SELECT id, content_hash, metadata, status FROM documents
+                    WHERE collection = $1 AND id = ANY($2::text[])
+                    FOR UPDATE
+                    """,
+                    collection, list(seen),
+                )  # fmt: skip
+            }
+            outcomes: list[UpsertOutcome] = []
+            changed: list[tuple[DocumentWrite, str]] = []
+            for doc in docs:
+                metadata_json = _dumps(dict(doc.metadata))
+                row = existing.get(doc.id)
+                if row is None:
+                    outcomes.append(UpsertOutcome("inserted", pending=True))
+                elif (
+                    row["content_hash"] == doc.content_hash
+                    and row["metadata"] == json.loads(metadata_json)  # compared as jsonb stores it
+                    and row["status"] != "deleting"
+                ):
+                    outcomes.append(UpsertOutcome("unchanged", pending=row["status"] == "pending"))
+                    continue
+                else:
+                    outcomes.append(UpsertOutcome("updated", pending=True))
+                changed.append((doc, metadata_json))
+
+            if changed:
+                try:
+                    await conn.execute(
+                        """
+                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, status)
+                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, 'pending'
+                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[])
+                             AS t(id, text, metadata, content_hash, point_id)
+                        ON CONFLICT (collection, id) DO UPDATE SET
+                            text = EXCLUDED.text,
+                            metadata = EXCLUDED.metadata,
+                            content_hash = EXCLUDED.content_hash,
+                            point_id = EXCLUDED.point_id,
+                            status = 'pending',
+                            updated_at = now()
+                        """,
+                        collection,
+                        [d.id for d, _ in changed],
+                        [d.text for d, _ in changed],
+                        [m for _, m in changed],
+                        [d.content_hash for d, _ in changed],
+                        [str(d.point_id) for d, _ in changed],
+                    )
+                except asyncpg.ForeignKeyViolationError:
+                    raise NotFound(f"collection {collection!r} not found", collection=collection) from None
+        return outcomes
+
+    async def mark_indexed(
+        self, collection: str, ids: Sequence[str], content_hashes: Sequence[str] | None = None
+    ) -> int:
+        """Mark pending rows indexed; returns how many changed.
+
+        With `content_hashes` (aligned with `ids`), a row is marked only if it still has the
+        hash that was indexed: a row rewritten meanwhile stays pending for its new content.
+        """
+        if not ids:
+            return 0
+        hashes: list[str | None] = list(content_hashes) if content_hashes is not None else [None] * len(ids)
+        if len(hashes) != len(ids):
+            raise BadInput("content_hashes must match ids one to one", field="content_hashes")
+        async with self._connection() as conn:
+            status = await conn.execute(
+                """
+                UPDATE documents AS d SET status = 'indexed', updated_at = now()
+                FROM unnest($2::text[], $3::text[]) AS t(id, content_hash)
+                WHERE d.collection = $1 AND d.id = t.id AND d.status = 'pending'
+                  AND (t.content_hash IS NULL OR d.content_hash = t.content_hash)
+                """,
+                collection, list(ids), hashes,
+            )  # fmt: skip
+        return _affected(status)
+
+    async def pending_documents(self, limit: int) -> list[DocumentRow]:
+        """Rows waiting for the reconciler ('pending' or 'deleting'), across collections, oldest first."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                f"""
+                SELECT {_DOCUMENT_COLUMNS} FROM documents
+                WHERE status <> 'indexed'
+                ORDER BY updated_at, collection, id
+                LIMIT $1
+                """,
+                max(0, limit),
+            )
+        return [_document(r) for r in records]
+
+    async def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow | None]:
+        """Rows for `ids` in the same order (None where missing), in one query: a DataLoader's
+        batch function. Rows of every status are returned; callers check `status`."""
+        if not ids:
+            return []
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE collection = $1 AND id = ANY($2::text[])",
+                collection, list(ids),
+            )  # fmt: skip
+        by_id = {r["id"]: _document(r) for r in records}
+        return [by_id.get(i) for i in ids]
+
+    async def get_document(self, collection: str, id: str) -> DocumentRow | None:
+        return (await self.get_documents(collection, [id]))[0]
+
+    async def list_documents(
+        self, collection: str, after: str | None = None, limit: int = 100, include_deleting: bool = False
+    ) -> list[DocumentRow]:
+        """A page of documents ordered by id (bytewise), starting after the cursor id `after`."""
+        if limit <= 0:
+            return []
+        where = "collection = $1" + ("" if include_deleting else " AND status <> 'deleting'")
+        args: list[Any] = [collection, limit]
+        if after is not None:
+            where += " AND id > $3"
+            args.append(after)
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE {where} ORDER BY id LIMIT $2", *args
+            )
+        return [_document(r) for r in records]
+
+    async def mark_deleting(self, collection: str, ids: Sequence[str]) -> int:
+        """Hide rows until their vectors are gone; returns how many of `ids` existed."""
+        if not ids:
+            return 0
+        async with self._connection() as conn:
+            status = await conn.execute(
+                """
+                UPDATE documents SET status = 'deleting', updated_at = now()
+                WHERE collection = $1 AND id = ANY($2::text[])
+                """,
+                collection, list(ids),
+            )  # fmt: skip
+        return _affected(status)
+
+    async def purge_documents(self, collection: str, ids: Sequence[str]) -> int:
+        """Remove rows marked 'deleting' (a row re-ingested meanwhile is kept); returns how many."""
+        if not ids:
+            return 0
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM documents WHERE collection = $1 AND id = ANY($2::text[]) AND status = 'deleting'",
+                collection, list(ids),
+            )  # fmt: skip
+        return _affected(status)
+
+    # -- model status -----------------------------------------------------------------------
+
+    async def save_model_status(self, row: ModelStatusRow) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                """
+                INSERT INTO model_status (name, state, attempts, max_attempts, bytes_done, bytes_total,
+                                          last_error, fallback_for, updated_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
+                ON CONFLICT (name) DO UPDATE SET
+                    state = EXCLUDED.state,
+                    attempts = EXCLUDED.attempts,
+                    max_attempts = EXCLUDED.max_attempts,
+                    bytes_done = EXCLUDED.bytes_done,
+                    bytes_total = EXCLUDED.bytes_total,
+                    last_error = EXCLUDED.last_error,
+                    fallback_for = EXCLUDED.fallback_for,
+                    updated_at = EXCLUDED.updated_at
+                """,
+                row.name, row.state, row.attempts, row.max_attempts, row.bytes_done, row.bytes_total,
+                row.last_error, row.fallback_for, row.updated_at,
+            )  # fmt: skip
+
+    async def load_model_statuses(self) -> list[ModelStatusRow]:
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT * FROM model_status ORDER BY name")
+        return [_model_status(r) for r in records]
+
+    # -- health -----------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Round-trip latency of a trivial query, in milliseconds."""
+        started = time.perf_counter()
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
+        return (time.perf_counter() - started) * 1000.0

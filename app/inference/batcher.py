@@ -1,0 +1,235 @@
+"""Dynamic batching for one model replica.
+
+Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handler.py):
+- admission control: at most `max_queue` texts admitted and unanswered; beyond that callers get
+  Overloaded at once, so memory stays bounded whatever the load;
+- texts from concurrent callers are merged into forward passes bounded by `max_batch_size` and a
+  padded-token budget `max_batch_tokens`; an idle replica waits at most `max_wait_ms` after the
+  oldest text arrived for more to join;
+- the oldest texts (a window of a few batches) are sorted by length and cut into batches, so
+  texts of similar length share a pass and padding shrinks, while no text waits behind more than
+  one window (no starvation of long texts);
+- one future per text: a caller that goes away cancels its futures and their work is skipped;
+- backend.encode runs in a dedicated single-thread executor: the event loop never blocks and the
+  backend never sees two passes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from loguru import logger
+
+from app.domain.embedding import EmbeddingBackend
+from app.errors import Internal, ModelUnavailable, Overloaded
+from app.inference import metrics
+
+# How many batches' worth of the oldest texts are sorted together by length.
+WINDOW_BATCHES = 4
+
+
+@dataclass(eq=False)
+class _Item:
+    text: str
+    tokens: int  # after truncation: what the text costs in a padded batch
+    normalize: bool
+    future: asyncio.Future[np.ndarray]
+    enqueued_at: float
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        backend: EmbeddingBackend,
+        *,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+        max_queue: int,
+        model_name: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_batch_tokens = max(1, max_batch_tokens)
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.max_queue = max(1, max_queue)
+        self.model_name = model_name or backend.model_name
+        self._queue: deque[_Item] = deque()
+        self._window: list[_Item] = []  # taken from the queue, not yet through a pass
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{backend.device}")
+        self._closed = False
+        self._queue_size = metrics.QUEUE_SIZE.labels(self.model_name)
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    @property
+    def pending(self) -> int:
+        """Texts admitted and not yet answered (queued or in a running pass)."""
+        return self._pending
+
+    async def submit(self, texts: Sequence[str], token_counts: Sequence[int], normalize: bool) -> np.ndarray:
+        """Embed texts (already validated) as part of whatever batches form; rows in input order."""
+        if self._closed:
+            raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
+        if not texts:
+            return np.empty((0, self.backend.dimensions), dtype=np.float32)
+        if self._pending + len(texts) > self.max_queue:
+            metrics.OVERLOADED.labels(self.model_name).inc()
+            raise Overloaded(
+                f"model {self.model_name!r} is overloaded: {self._pending} texts queued on {self.device} "
+                f"(limit {self.max_queue}); retry shortly",
+                model=self.model_name,
+            )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        cap = self.backend.max_seq_length
+        items = [
+            _Item(text, min(tokens, cap), normalize, loop.create_future(), now)
+            for text, tokens in zip(texts, token_counts, strict=True)
+        ]
+        self._pending += len(items)
+        self._queue_size.inc(len(items))
+        for item in items:
+            item.future.add_done_callback(self._release)
+        self._queue.extend(items)
+        self._compact()
+        self._wakeup.set()
+        self._ensure_worker()
+        try:
+            rows = await asyncio.gather(*(item.future for item in items))
+        except BaseException:
+            # Cancelled or failed: the rest of this request's texts are not worth computing.
+            for item in items:
+                if not item.future.cancel() and not item.future.cancelled():
+                    item.future.exception()  # mark retrieved: one error per request is enough
+            raise
+        return np.stack(rows)
+
+    async def close(self) -> None:
+        """Stop the worker; texts still waiting fail with ModelUnavailable."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._fail_all(ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name))
+        # Wait for a pass already running in the thread, so the backend can be closed after us.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    def _release(self, _future: asyncio.Future[np.ndarray]) -> None:
+        self._pending -= 1
+        self._queue_size.dec()
+
+    def _compact(self) -> None:
+        # Cancelled items stay queued until the worker reaches them; if callers keep giving up
+        # while a long pass runs, drop them now so the deque stays bounded too.
+        if len(self._queue) > 2 * self.max_queue:
+            self._queue = deque(item for item in self._queue if not item.future.done())
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(
+                self._run(), name=f"batcher:{self.model_name}:{self.device}"
+            )
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._gather_more()
+                for batch in self._take_batches():
+                    live = [item for item in batch if not item.future.done()]
+                    if live:
+                        await self._forward(live)
+                self._window = []
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            logger.exception("batcher for {} on {} crashed", self.model_name, self.device)
+            self._fail_all(Internal(f"batcher crashed: {exc.__class__.__name__}"))
+            raise
+
+    async def _gather_more(self) -> None:
+        """Idle replica: give concurrent callers up to max_wait after the oldest text to join."""
+        deadline = self._queue[0].enqueued_at + self.max_wait
+        while len(self._queue) < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_batches(self) -> list[list[_Item]]:
+        window: list[_Item] = []
+        while self._queue and len(window) < self.max_batch_size * WINDOW_BATCHES:
+            item = self._queue.popleft()
+            if not item.future.done():  # skip work nobody waits for
+                window.append(item)
+        window.sort(key=lambda item: item.tokens)
+        batches: list[list[_Item]] = []
+        batch: list[_Item] = []
+        for item in window:
+            # Sorted ascending, so this item is the longest: the padded cost is (n+1) * its length.
+            padded = (len(batch) + 1) * item.tokens
+            if batch and (len(batch) >= self.max_batch_size or padded > self.max_batch_tokens):
+                batches.append(batch)
+                batch = []
+            batch.append(item)
+        if batch:
+            batches.append(batch)
+        self._window = window
+        return batches
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        queue_time = metrics.QUEUE_TIME.labels(self.model_name)
+        for item in batch:
+            queue_time.observe(started - item.enqueued_at)
+        metrics.BATCH_SIZE.labels(self.model_name).observe(len(batch))
+        metrics.BATCH_TOKENS.labels(self.model_name).observe(len(batch) * batch[-1].tokens)
+        texts = [item.text for item in batch]
+        loop = asyncio.get_running_loop()
+        try:
+            # Normalised below per text: one pass can then serve callers asking either way.
+            vectors = await loop.run_in_executor(self._executor, self.backend.encode, texts, False)
+        except Exception as exc:  # noqa: BLE001  any backend failure is answered, not raised
+            logger.exception("forward pass of {} texts failed on {} ({})", len(batch), self.device, self.model_name)
+            error = Internal(f"inference failed on {self.device}: {exc.__class__.__name__}")
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        finally:
+            metrics.FORWARD_PASSES.labels(self.model_name, self.device).inc()
+            metrics.INFERENCE_SECONDS.labels(self.model_name, self.device).observe(time.perf_counter() - started)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit = vectors / np.maximum(norms, 1e-12)
+        for row, item in enumerate(batch):
+            if not item.future.done():
+                item.future.set_result(unit[row] if item.normalize else vectors[row])
+
+    def _fail_all(self, error: Exception) -> None:
+        items = [*self._window, *self._queue]
+        self._window, self._queue = [], deque()
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)

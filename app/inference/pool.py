@@ -1,0 +1,261 @@
+"""The model pool: replicas of each model on the configured devices, each with its own batcher.
+
+Requests go to the least loaded replica. A model idle for settings.inference.idle_unload_seconds
+is unloaded to free memory; its spec and directory are kept, and the next encode reloads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from loguru import logger
+
+from app.domain.embedding import EmbeddingBackend
+from app.errors import BadInput, CitadelError, ModelUnavailable
+from app.inference.backends import load_backend
+from app.inference.batcher import DynamicBatcher
+from app.settings import ModelSpec, Settings
+
+# Below this many characters, counting tokens on the event loop is cheaper than a thread hop.
+_INLINE_TOKENIZE_CHARS = 8_192
+
+
+@dataclass
+class _Replica:
+    backend: EmbeddingBackend
+    batcher: DynamicBatcher
+
+
+@dataclass
+class _Loaded:
+    spec: ModelSpec
+    replicas: list[_Replica]
+    in_use: int = 0  # encode calls between admission and answer: never unload under them
+    last_used: float = field(default_factory=time.monotonic)
+    turn: itertools.count = field(default_factory=itertools.count)  # rotates ties between replicas
+
+
+class ModelPool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._known: dict[str, tuple[ModelSpec, Path]] = {}  # what load() was given: reloadable
+        self._loaded: dict[str, _Loaded] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def load(self, spec: ModelSpec, model_dir: Path) -> None:
+        """Load spec's model from model_dir on every configured device (idempotent)."""
+        async with self._lock(spec.name):
+            known = self._known.get(spec.name)
+            if spec.name in self._loaded and known == (spec, Path(model_dir)):
+                return
+            if spec.name in self._loaded:  # a new directory or spec replaces the old replicas
+                await self._drop(spec.name)
+            self._known[spec.name] = (spec, Path(model_dir))
+            await self._load_locked(spec.name)
+        self._start_reaper()
+
+    def is_loaded(self, name: str) -> bool:
+        """Replicas are in memory now (False after an idle unload)."""
+        return name in self._loaded
+
+    def knows(self, name: str) -> bool:
+        """encode() will serve it: loaded, or idle-unloaded and reloaded on demand."""
+        return name in self._known
+
+    def replicas(self, name: str) -> list[str]:
+        loaded = self._loaded.get(name)
+        return [r.backend.device for r in loaded.replicas] if loaded else []
+
+    async def unload(self, name: str) -> None:
+        """Unload and forget: a later encode is ModelUnavailable until load() is called again."""
+        async with self._lock(name):
+            self._known.pop(name, None)
+            await self._drop(name)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            try:
+                await self._reaper
+            except asyncio.CancelledError:
+                pass
+            self._reaper = None
+        for name in list(self._loaded):
+            await self.unload(name)
+        self._known.clear()
+
+    # -- inference -----------------------------------------------------------------------------
+
+    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
+        """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
+        settings.inference.truncate is False (extensions carry the offending index)."""
+        loaded = await self._acquire(name)
+        try:
+            backend = loaded.replicas[0].backend
+            counts = await self._token_counts(backend, texts)
+            if not self.settings.inference.truncate:
+                for index, count in enumerate(counts):
+                    if count > backend.max_seq_length:
+                        raise BadInput(
+                            f"text {index} has {count} tokens; model {name!r} accepts at most "
+                            f"{backend.max_seq_length} (truncation is off)",
+                            index=index,
+                            tokens=count,
+                            max_tokens=backend.max_seq_length,
+                        )
+            replica = self._least_loaded(loaded)
+            return await replica.batcher.submit(texts, counts, normalize)
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def _acquire(self, name: str) -> _Loaded:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            if name not in self._known:
+                raise ModelUnavailable(f"model {name!r} is not loaded", model=name)
+            async with self._lock(name):  # one reload however many callers arrive at once
+                if name not in self._loaded:
+                    if name not in self._known:
+                        raise ModelUnavailable(f"model {name!r} was unloaded", model=name)
+                    logger.info("reloading {} on demand", name)
+                    await self._load_locked(name)
+                loaded = self._loaded[name]
+        loaded.in_use += 1
+        loaded.last_used = time.monotonic()
+        return loaded
+
+    async def _load_locked(self, name: str) -> None:
+        spec, model_dir = self._known[name]
+        inference = self.settings.inference
+        devices = resolve_devices(inference.devices, spec.backend)
+        # The queue bound is per model: split it over the replicas.
+        per_replica_queue = math.ceil(inference.max_queue / len(devices))
+        replicas: list[_Replica] = []
+        try:
+            for device in devices:
+                try:
+                    backend = await asyncio.to_thread(load_backend, spec, model_dir, device, inference)
+                except CitadelError:
+                    raise
+                except Exception as exc:  # noqa: BLE001  unreadable files, out of memory, driver errors
+                    logger.exception("loading {} on {} failed", name, device)
+                    raise ModelUnavailable(
+                        f"model {name!r} could not be loaded on {device}: {exc.__class__.__name__}: {exc}", model=name
+                    ) from exc
+                batcher = DynamicBatcher(
+                    backend,
+                    max_batch_size=inference.max_batch_size,
+                    max_batch_tokens=inference.max_batch_tokens,
+                    max_wait_ms=inference.max_wait_ms,
+                    max_queue=per_replica_queue,
+                    model_name=name,
+                )
+                replicas.append(_Replica(backend, batcher))
+        except BaseException:
+            for replica in replicas:
+                await replica.batcher.close()
+                replica.backend.close()
+            raise
+        self._loaded[name] = _Loaded(spec=spec, replicas=replicas)
+        logger.info("model {} ready on {}", name, ", ".join(devices))
+
+    async def _drop(self, name: str) -> None:
+        loaded = self._loaded.pop(name, None)
+        if loaded is None:
+            return
+        for replica in loaded.replicas:
+            await replica.batcher.close()
+            await asyncio.to_thread(replica.backend.close)
+        del loaded
+        gc.collect()  # model weights are large; give the memory back now, not at some later GC
+        logger.info("model {} unloaded", name)
+
+    async def _token_counts(self, backend: EmbeddingBackend, texts: Sequence[str]) -> list[int]:
+        if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
+            return backend.token_counts(texts)
+        return await asyncio.to_thread(backend.token_counts, texts)
+
+    @staticmethod
+    def _least_loaded(loaded: _Loaded) -> _Replica:
+        replicas = loaded.replicas
+        if len(replicas) == 1:
+            return replicas[0]
+        start = next(loaded.turn) % len(replicas)
+        rotated = replicas[start:] + replicas[:start]
+        return min(rotated, key=lambda r: r.batcher.pending)
+
+    def _start_reaper(self) -> None:
+        idle = self.settings.inference.idle_unload_seconds
+        if idle > 0 and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.get_running_loop().create_task(self._reap(idle), name="model-pool-reaper")
+
+    async def _reap(self, idle: float) -> None:
+        interval = min(max(idle / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for name, loaded in list(self._loaded.items()):
+                if loaded.in_use == 0 and now - loaded.last_used >= idle:
+                    try:
+                        async with self._lock(name):
+                            current = self._loaded.get(name)
+                            if current is loaded and loaded.in_use == 0:
+                                logger.info("unloading {}: idle for {:.0f}s", name, now - loaded.last_used)
+                                await self._drop(name)
+                    except Exception:  # noqa: BLE001  the reaper must outlive one bad unload
+                        logger.exception("idle unload of {} failed", name)
+
+
+def resolve_devices(setting: str, backend: str) -> list[str]:
+    """'auto' = every visible CUDA device, else the CPU; or an explicit list 'cuda:0,cuda:1'."""
+    value = setting.strip().lower()
+    if value == "auto":
+        devices = [f"cuda:{i}" for i in range(_cuda_device_count())] or ["cpu"]
+    else:
+        devices = []
+        for raw in value.split(","):
+            device = raw.strip()
+            if device == "cuda":
+                device = "cuda:0"
+            if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
+                raise ModelUnavailable(f"invalid inference device {raw.strip()!r} (use cpu, cuda or cuda:N)")
+            if device not in devices:
+                devices.append(device)
+        if not devices:
+            raise ModelUnavailable("no inference devices configured")
+    if backend == "fastembed" and any(d.startswith("cuda") for d in devices) and not _onnx_cuda():
+        # ONNX Runtime here has no CUDA provider: one CPU replica serves the model.
+        return ["cpu"]
+    return devices
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001  no torch or a broken driver: the CPU still works
+        return 0
+
+
+def _onnx_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()

@@ -1,0 +1,155 @@
+"""Collections: a PostgreSQL row (the truth) plus a vector-store collection of the same name.
+
+A collection is bound at creation to one model name and revision; its vectors have that
+model's dimensions and the chosen distance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+
+from app.domain.filters import parse_indexed_field
+from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
+from app.services.embedding import model_revision
+from app.settings import ModelSpec, Settings
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+MAX_INDEXED_FIELDS = 32
+DISTANCES = ("cosine", "dot", "euclid")
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise BadInput(
+            f"invalid collection name {name!r}: 1-63 characters, a letter first, then letters, digits, '_' or '-'",
+            field="name",
+        )
+    return name
+
+
+def validate_distance(distance: str) -> str:
+    value = str(getattr(distance, "value", distance)).lower()
+    if value not in DISTANCES:
+        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(DISTANCES)}", field="distance")
+    return value
+
+
+def validate_indexed_fields(fields: Sequence[str] | None) -> list[str]:
+    """Each entry is "FIELD" or "FIELD:TYPE" (app.domain.filters); one index per field."""
+    unique: dict[str, str] = {}
+    for spec in fields or ():
+        if not isinstance(spec, str):
+            raise BadInput(f"indexedFields: expected strings, got {spec!r}", field="indexedFields")
+        parsed = parse_indexed_field(spec)
+        if parsed.field in unique and unique[parsed.field] != spec:
+            raise BadInput(f"indexedFields: {parsed.field!r} is listed with two types", field="indexedFields")
+        unique[parsed.field] = spec
+    if len(unique) > MAX_INDEXED_FIELDS:
+        raise BadInput(f"at most {MAX_INDEXED_FIELDS} indexed fields", field="indexedFields")
+    return list(unique.values())
+
+
+async def bound_model(models: Any, collection: Any) -> ModelSpec:
+    """The spec of a collection's model, READY, and still the revision the collection was built with
+    (the package version for packaged models, else the hub revision).
+
+    A collection never switches models: anything else is MODEL_UNAVAILABLE.
+    """
+    spec: ModelSpec = await models.ready_spec(collection.model)
+    if spec.name != collection.model:
+        raise ModelUnavailable(
+            f"model {collection.model!r} of collection {collection.name!r} is not available (only {spec.name!r} is)",
+            model=collection.model,
+        )
+    revision = model_revision(spec)
+    if revision != collection.model_revision or spec.dimensions != collection.dimensions:
+        raise ModelUnavailable(
+            f"collection {collection.name!r} was built with {collection.model!r} revision "
+            f"{collection.model_revision!r} ({collection.dimensions} dimensions); the catalog now has "
+            f"revision {revision!r} ({spec.dimensions} dimensions)",
+            model=collection.model,
+        )
+    return spec
+
+
+class CollectionService:
+    def __init__(self, settings: Settings, repo: Any, store: Any, models: Any) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.store = store
+        self.models = models
+
+    async def create(
+        self,
+        name: str,
+        model: str | None = None,
+        distance: str = "cosine",
+        indexed_fields: Sequence[str] | None = None,
+    ) -> Any:
+        validate_name(name)
+        distance = validate_distance(distance)
+        fields = validate_indexed_fields(indexed_fields)
+        self.settings.model(model)  # NOT_FOUND for a model outside the catalog
+        spec: ModelSpec = await self.models.ready_spec(model)
+        if model and spec.name != model:
+            # Binding a collection to a fallback would silently change what its vectors mean.
+            raise ModelUnavailable(f"model {model!r} is not available (only {spec.name!r} is)", model=model)
+
+        revision = model_revision(spec)
+        row = await self.repo.create_collection(name, spec.name, revision, spec.dimensions, distance, fields)
+        try:
+            # PostgreSQL had no such collection, so a store collection of that name is a leftover.
+            if await self.store.collection_exists(name):
+                logger.warning("replacing orphaned vector collection {}", name)
+                await self.store.delete_collection(name)
+            await self.store.create_collection(name, spec.dimensions, distance, fields)
+        except BaseException as exc:  # cancellation included: nothing may half-exist
+            await self._undo_create(name)
+            if isinstance(exc, CitadelError) or not isinstance(exc, Exception):
+                raise
+            logger.warning("vector store could not create collection {}: {!r}", name, exc)
+            raise DependencyUnavailable(
+                f"vector store could not create collection {name!r} ({type(exc).__name__})",
+                dependency=self.store.name,
+            ) from exc
+        logger.info(
+            "created collection {} (model {} {}, {} dims, {})", name, spec.name, revision, spec.dimensions, distance
+        )
+        return row
+
+    async def _undo_create(self, name: str) -> None:
+        # Nothing half-exists: without its vectors side, the row goes too.
+        try:
+            await self.repo.delete_collection(name)
+        except Exception:
+            logger.exception("could not remove collection row {} after a failed create", name)
+
+    async def get(self, name: str) -> Any:
+        row = await self.repo.get_collection(name)
+        if row is None:
+            raise NotFound(f"collection {name!r} not found", collection=name)
+        return row
+
+    async def list(self) -> list[Any]:
+        return list(await self.repo.list_collections())
+
+    async def document_count(self, name: str) -> int:
+        await self.get(name)
+        return int(await self.repo.count_documents(name))
+
+    async def delete(self, name: str) -> bool:
+        await self.get(name)
+        # PostgreSQL first: once the row is gone nothing can read or write the collection, and a
+        # vector collection left behind by a store failure is replaced when the name is reused.
+        if not await self.repo.delete_collection(name):
+            raise NotFound(f"collection {name!r} not found", collection=name)
+        try:
+            await self.store.delete_collection(name)
+        except Exception:
+            logger.exception("collection {} deleted; its vector collection could not be removed yet", name)
+        logger.info("deleted collection {}", name)
+        return True

@@ -1,0 +1,192 @@
+"""embed(): validation, prompts, the Redis cache, de-duplication, and the model pool.
+
+Flow: validate -> READY spec -> cache MGET -> misses de-duplicated -> pool.encode (dynamic
+batching) -> cache pipeline SET -> vectors in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from app.adapters.redis_cache import EmbeddingCache
+from app.domain.embedding import EmbedKind
+from app.errors import BadInput, CitadelError
+from app.inference import metrics
+from app.inference.pool import ModelPool
+from app.inference.sources import local_model_dir
+from app.settings import ModelSpec, Settings
+
+
+@dataclass
+class EmbedOutcome:
+    model: str
+    dimensions: int
+    vectors: np.ndarray  # float32 (len(texts), dimensions), rows in input order
+    cached: list[bool]
+
+
+class ReadyModels(Protocol):
+    async def ready_spec(self, name: str | None) -> ModelSpec:
+        """The spec of a READY model (None = the default model), else ModelUnavailable."""
+        ...
+
+
+class LocalModels:
+    """ReadyModels for models whose files are already here (package or path sources): loads
+    each into the pool on first use. The download manager replaces it for hub models."""
+
+    def __init__(self, settings: Settings, pool: ModelPool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self._ready: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def ready_spec(self, name: str | None) -> ModelSpec:
+        spec = self.settings.model(name)  # NotFound for a name outside the catalog
+        if spec.name not in self._ready:
+            async with self._lock:
+                if spec.name not in self._ready:
+                    model_dir = await asyncio.to_thread(local_model_dir, spec)
+                    await self.pool.load(spec, model_dir)
+                    self._ready.add(spec.name)
+        return spec
+
+
+class EmbeddingService:
+    def __init__(
+        self, settings: Settings, pool: ModelPool, cache: EmbeddingCache | None, models: ReadyModels
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.cache = cache
+        self.models = models
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        model: str | None = None,
+        kind: EmbedKind = EmbedKind.DOCUMENT,
+        normalize: bool = True,
+        use_cache: bool = True,
+    ) -> EmbedOutcome:
+        started = time.perf_counter()
+        # Label by catalog name only: a client-chosen string must not mint new time series.
+        label = model or self.settings.default_model
+        label = label if label in self.settings.models else "unknown"
+        outcome = "ok"
+        try:
+            self._validate(texts)
+            spec = await self.models.ready_spec(model)
+            return await self._embed(spec, list(texts), kind, normalize, use_cache)
+        except CitadelError as exc:
+            outcome = exc.code
+            raise
+        except Exception:
+            outcome = "INTERNAL"
+            raise
+        finally:
+            metrics.EMBED_REQUESTS.labels(label, outcome).inc()
+            metrics.EMBED_DURATION.labels(label).observe(time.perf_counter() - started)
+
+    async def _embed(
+        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool
+    ) -> EmbedOutcome:
+        dims = spec.dimensions
+        prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
+        vectors = np.empty((len(texts), dims), dtype=np.float32)
+        cached = [False] * len(texts)
+
+        cache = self.cache if (use_cache and self.cache is not None and self.settings.cache.enabled) else None
+        keys: list[str] = []
+        if cache is not None:
+            keys = cache.keys(f"{spec.name}#{spec.backend}", model_revision(spec), prompt, normalize, texts)
+            for index, hit in enumerate(await cache.get_many(keys)):
+                if hit is not None and hit.shape == (dims,):  # a stale entry of another width is a miss
+                    vectors[index] = hit
+                    cached[index] = True
+            hits = sum(cached)
+            metrics.CACHE_HITS.labels(spec.name).inc(hits)
+            metrics.CACHE_MISSES.labels(spec.name).inc(len(texts) - hits)
+
+        # Each distinct missing text is embedded once, however often it repeats.
+        todo: dict[str, list[int]] = {}
+        for index, text in enumerate(texts):
+            if not cached[index]:
+                todo.setdefault(text, []).append(index)
+        if todo:
+            unique = list(todo)
+            computed = await self._encode(spec, prompt, unique, normalize, todo)
+            for text, row in zip(unique, computed):
+                vectors[todo[text]] = row
+            if cache is not None:
+                await cache.set_many({keys[todo[text][0]]: row for text, row in zip(unique, computed)})
+        return EmbedOutcome(model=spec.name, dimensions=dims, vectors=vectors, cached=cached)
+
+    async def _encode(
+        self, spec: ModelSpec, prompt: str, unique: list[str], normalize: bool, todo: dict[str, list[int]]
+    ) -> np.ndarray:
+        try:
+            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize)
+        except BadInput as exc:
+            position = exc.extensions.get("index")
+            if not isinstance(position, int):
+                raise
+            # The pool saw de-duplicated texts; name the caller's index instead.
+            index = todo[unique[position]][0]
+            extensions = {**exc.extensions, "index": index}
+            message = exc.message.replace(f"text {position} ", f"text {index} ", 1)
+            raise BadInput(message, **extensions) from exc
+
+    def _validate(self, texts: Sequence[str]) -> None:
+        limits = self.settings.limits
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise BadInput("texts must be a list of strings")
+        if not texts:
+            raise BadInput("texts must not be empty")
+        if len(texts) > limits.max_texts_per_request:
+            raise BadInput(
+                f"{len(texts)} texts in one request; at most {limits.max_texts_per_request} are allowed",
+                limit=limits.max_texts_per_request,
+            )
+        total = 0
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise BadInput(f"text {index} is not a string", index=index)
+            if not text.strip():
+                raise BadInput(f"text {index} is empty or only whitespace", index=index)
+            if len(text) > limits.max_text_chars:
+                raise BadInput(
+                    f"text {index} has {len(text)} characters; at most {limits.max_text_chars} are allowed",
+                    index=index,
+                    limit=limits.max_text_chars,
+                )
+            total += len(text)
+            if total > limits.max_request_chars:
+                raise BadInput(
+                    f"the request exceeds {limits.max_request_chars} characters in total at text {index}",
+                    index=index,
+                    limit=limits.max_request_chars,
+                )
+
+
+@functools.lru_cache(maxsize=64)
+def _package_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def model_revision(spec: ModelSpec) -> str:
+    """What identifies the model's weights in cache keys: a new package version is a new model."""
+    if spec.package:
+        return f"{spec.package}=={_package_version(spec.package)}"
+    return spec.revision

@@ -1,0 +1,173 @@
+"""Embedding throughput of the real server over HTTP against the in-process batched ceiling.
+
+    .venv/bin/python bench/embed.py [--quick] [--embedded] [--clients 1,8,64]
+
+Starts `python -m app serve` (fresh PostgreSQL database and a unique Redis key prefix on the
+machine's servers, Qdrant Edge in a temp dir; --embedded: the server's own embedded defaults),
+then closed-loop clients (one HTTP/1.1 connection each, this process, asyncio) each send one
+short text per GraphQL request:
+
+- miss: every text is new to the cache (unique texts, cache on), so each costs a forward pass
+  plus the cache MGET and SET;
+- hit: the same texts again, now all in Redis: no forward pass.
+
+The ceiling, measured in the same run: sentence-transformers `encode` of the same texts in
+batches of 64 in this process (before the server starts, and again after the load while the
+server idles; the higher of the two is used, the strictest comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    MODEL,
+    EncodeRate,
+    InProcessEncoder,
+    LoadResult,
+    bench_server,
+    corpus,
+    delta,
+    fmt,
+    graphql_body,
+    histogram_mean,
+    machine_summary,
+    render_table,
+    run,
+    run_closed_loop,
+    scrape,
+)
+
+EMBED_ONE = "query Embed($t: String!) { embed(texts: [$t]) { embeddings { cached } } }"
+
+# Requests per client count: enough for stable p99 at each level, a full run in a few minutes.
+FULL_REQUESTS = {1: 300, 8: 1_200, 64: 3_200}
+QUICK_REQUESTS = {1: 60, 8: 240, 64: 640}
+WARMUP_REQUESTS = 128
+
+
+@dataclass
+class Scenario:
+    name: str
+    result: LoadResult
+    mean_batch: float
+    forward_passes: float
+    cache_hits: float
+    cache_misses: float
+
+    @property
+    def cached_percent(self) -> float:
+        flags = [e["cached"] for r in self.result.responses for e in r["embed"]["embeddings"]]
+        return 100.0 * sum(flags) / len(flags) if flags else float("nan")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests: about a minute")
+    parser.add_argument("--embedded", action="store_true", help="embedded PostgreSQL/Redis instead of the machine's")
+    parser.add_argument("--clients", default="1,8,64", help="comma-separated client counts (default 1,8,64)")
+    return parser.parse_args()
+
+
+async def scenario(server, name: str, texts: list[str], clients: int) -> Scenario:
+    bodies = [graphql_body(EMBED_ONE, {"t": text}) for text in texts]
+    before = scrape(server.url)
+    result = await run_closed_loop(server.url, bodies, clients, server_pid=server.pid, keep_responses=True)
+    after = scrape(server.url)
+    outcome = Scenario(
+        name=name,
+        result=result,
+        mean_batch=histogram_mean(before, after, "citadel_batch_size", model=MODEL),
+        forward_passes=delta(before, after, "citadel_forward_passes_total", model=MODEL),
+        cache_hits=delta(before, after, "citadel_cache_hits_total", model=MODEL),
+        cache_misses=delta(before, after, "citadel_cache_misses_total", model=MODEL),
+    )
+    print(
+        f"  {name:<5} clients={clients:<3} {result.per_second:8.1f} req/s  p50 {result.latency_ms(50):7.1f} ms  "
+        f"p99 {result.latency_ms(99):7.1f} ms  batch {fmt(outcome.mean_batch)}  errors {result.error_summary}  "
+        f"load-gen CPU {result.loadgen_cpu_percent:.0f}%  server CPU {result.server_cpu_percent:.0f}%",
+        flush=True,
+    )
+    return outcome
+
+
+async def main() -> None:
+    args = parse_args()
+    client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    plan = QUICK_REQUESTS if args.quick else FULL_REQUESTS
+    counts = {c: plan.get(c, max(60, 50 * c)) for c in client_counts}
+
+    items = corpus(WARMUP_REQUESTS + sum(counts.values()), seed=11)
+    warmup = [i.text for i in items[:WARMUP_REQUESTS]]
+    texts: dict[int, list[str]] = {}
+    offset = WARMUP_REQUESTS
+    for clients, count in counts.items():
+        texts[clients] = [i.text for i in items[offset : offset + count]]
+        offset += count
+    ceiling_texts = [i.text for i in items[WARMUP_REQUESTS:]][: 512 if args.quick else 2_048]
+
+    print(f"machine: {machine_summary()}")
+    encoder = InProcessEncoder(MODEL)
+    ceilings: list[EncodeRate] = [encoder.rate(ceiling_texts)]
+    print(f"ceiling before the server: {ceilings[0].per_second:.1f} sentences/s ({len(ceiling_texts)} texts)", flush=True)
+
+    scenarios: list[Scenario] = []
+    async with bench_server(embedded=args.embedded) as server:
+        await run_closed_loop(server.url, [graphql_body(EMBED_ONE, {"t": t}) for t in warmup], 8)
+        for clients in client_counts:
+            scenarios.append(await scenario(server, "miss", texts[clients], clients))
+        for clients in client_counts:
+            scenarios.append(await scenario(server, "hit", texts[clients], clients))
+        ceilings.append(encoder.rate(ceiling_texts))
+        print(f"ceiling after the load (server idle): {ceilings[1].per_second:.1f} sentences/s", flush=True)
+
+    ceiling = max(c.per_second for c in ceilings)
+    headers = [
+        "scenario", "clients", "requests", "requests/s", "sentences/s", "p50 ms", "p99 ms", "ratio to ceiling",
+        "mean batch", "forward passes", "cached %", "errors", "load-gen CPU %", "server CPU %",
+    ]  # fmt: skip
+    rows = []
+    for s in scenarios:
+        r = s.result
+        sentences = r.per_second  # one text per request
+        rows.append([
+            s.name, r.clients, r.requests, r.per_second, sentences, r.latency_ms(50), r.latency_ms(99),
+            f"{sentences / ceiling:.2f}x", s.mean_batch, int(s.forward_passes), s.cached_percent, r.error_summary,
+            f"{r.loadgen_cpu_percent:.0f}%", f"{r.server_cpu_percent:.0f}%",
+        ])  # fmt: skip
+    rows.append([
+        "ceiling", "-", len(ceiling_texts), "-", ceiling, "-", "-", "1.00x", 64, "-", "-", "-", "-", "-",
+    ])  # fmt: skip
+    print()
+    print(f"## bench/embed.py{' --quick' if args.quick else ''}: {MODEL}, one text per request")
+    print(
+        f"ceiling = in-process sentence-transformers encode, batches of 64: "
+        f"{', '.join(f'{c.per_second:.1f}' for c in ceilings)} sentences/s (before / after); using {ceiling:.1f}"
+    )
+    print("miss = unique texts, cache on (every text misses, then is written); hit = the same texts again")
+    print("CPU % = percent of one core over the scenario (the machine has "
+          f"{machine_summary().split(',')[0]}); load-gen = this process")  # fmt: skip
+    print()
+    print(render_table(headers, rows))
+    _verdict(scenarios, ceiling)
+
+
+def _verdict(scenarios: list[Scenario], ceiling: float) -> None:
+    miss64 = next((s for s in scenarios if s.name == "miss" and s.result.clients == 64), None)
+    hit64 = next((s for s in scenarios if s.name == "hit" and s.result.clients == 64), None)
+    print()
+    if miss64:
+        ratio = miss64.result.per_second / ceiling
+        print(f"goal: 64 clients >= 0.80x of the ceiling: {ratio:.2f}x -> {'met' if ratio >= 0.8 else 'NOT met'}")
+    if hit64:
+        rps = hit64.result.per_second
+        print(f"goal: cache hits >= 1,000 requests/s: {rps:,.0f}/s -> {'met' if rps >= 1000 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    run(main)

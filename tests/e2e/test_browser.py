@@ -1,0 +1,297 @@
+"""Browser tests of the pages a person uses: GraphiQL at /graphql and the download dashboard.
+
+Headless Debian Chromium through Playwright, against the real server from the `live_server`
+fixture (tests/e2e/conftest.py). Every request to a host other than localhost is blocked and
+recorded, so these tests also prove the pages work with no internet.
+
+CI needs, once per image: apt-get update && apt-get install -y chromium && pip install playwright
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import inspect
+import json
+import re
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from app.settings import PRIMARY_MODEL
+from app.web.routes import (
+    STATIC_DIR,
+    asset_url,
+    dashboard_html,
+    dashboard_route,
+    graphiql_html,
+    static_routes,
+)
+from tests.support.browser import artifact_path, launch_chromium, offline_page, png_size
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+def browser_test(test):
+    return pytest.mark.browser(pytest.mark.slow(test))
+
+
+HEALTH_QUERY = "{ health { status dependencies { name ok } } }"
+SUBSCRIPTION = "subscription { modelDownloadProgress { model state attempt maxAttempts } }"
+QUERY_EDITOR = ".graphiql-query-editor .CodeMirror"
+RESULT_PANE = "section.result-window"
+
+
+# ---- the pages as served: no browser needed ----
+
+
+def _asset_refs(page: str) -> list[str]:
+    return [html.unescape(m) for m in re.findall(r'(?:src|href)="([^"]*)"', page)]
+
+
+@pytest.mark.parametrize("render", [graphiql_html, dashboard_html])
+def test_pages_load_only_vendored_local_assets(render) -> None:
+    page = render("/graphql")
+    refs = _asset_refs(page)
+    assert len(refs) >= 3
+    for ref in refs:
+        if ref == "data:,":  # empty favicon, so the browser does not ask for /favicon.ico
+            continue
+        assert ref.startswith("/static/"), ref
+        assert (STATIC_DIR / ref.removeprefix("/static/").split("?")[0]).is_file(), ref
+    assert "default-src &#x27;self&#x27;" in page  # CSP meta: the browser may load nothing else
+
+
+def test_graphql_path_is_escaped_into_the_page() -> None:
+    page = graphiql_html('/gql"><script>alert(1)</script>')
+    assert "<script>alert(1)" not in page
+    assert 'data-graphql-path="/gql&quot;&gt;&lt;script&gt;' in page
+
+
+def test_vendored_bundles_match_recorded_checksums_and_stay_small() -> None:
+    vendor = STATIC_DIR / "vendor"
+    recorded = {
+        name.removeprefix("./"): digest
+        for digest, name in re.findall(r"^([0-9a-f]{64})\s+(\S+)$", (vendor / "VERSIONS.txt").read_text(), re.MULTILINE)
+    }
+    assert set(recorded) == {"graphiql.min.js", "graphiql.min.css", "react.production.min.js",
+                             "react-dom.production.min.js", "graphql-ws.min.js"}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
+    assert sum(f.stat().st_size for f in STATIC_DIR.rglob("*") if f.is_file()) < 5 * 1024 * 1024
+
+
+async def test_routes_serve_the_dashboard_and_static_files() -> None:
+    app = Starlette(routes=[dashboard_route(), *static_routes()])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        page = await client.get("/dashboard")
+        assert page.status_code == 200
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        js = await client.get(asset_url("dashboard.js"))
+        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+        css = await client.get(asset_url("vendor/graphiql.min.css"))
+        assert css.headers["content-type"].startswith("text/css")
+        assert (await client.get("/static/%2e%2e/routes.py")).status_code == 404
+
+
+# ---- in a real browser against the live server ----
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    async with launch_chromium() as chromium:
+        yield chromium
+
+
+async def open_graphiql(page, live_server) -> None:
+    response = await page.goto(live_server.url + "/graphql")
+    assert response is not None and response.status == 200
+    assert "text/html" in response.headers["content-type"]
+    await page.wait_for_selector(QUERY_EDITOR, timeout=20_000)
+
+
+async def type_query(page, query: str) -> None:
+    """Replace the editor's content by typing, as a person would."""
+    await page.click(QUERY_EDITOR)
+    await page.keyboard.press("Control+A")
+    await page.keyboard.press("Delete")
+    # CodeMirror closes brackets as you type; typing without them lets it add each `}` itself.
+    await page.keyboard.type(query.replace(" }", "").replace("}", ""), delay=10)
+    await page.keyboard.press("Escape")  # close the autocomplete popup so it is not in the screenshot
+    editor = f"document.querySelector({json.dumps(QUERY_EDITOR)}).CodeMirror"
+    typed = await page.evaluate(f"{editor}.getValue()")
+    assert _squash(typed) == _squash(query), typed
+    # GraphiQL parses the editor after a short debounce and picks HTTP or WebSocket from that
+    # parse; run only once it has caught up with what was typed.
+    await page.wait_for_function(
+        "(sel) => { const e = document.querySelector(sel).CodeMirror; return e.documentAST?.loc?.source.body === e.getValue(); }",
+        arg=QUERY_EDITOR,
+    )
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@browser_test
+async def test_graphiql_runs_a_typed_query_offline(browser, live_server) -> None:
+    async with offline_page(browser) as (page, watch):
+        await open_graphiql(page, live_server)
+        await type_query(page, HEALTH_QUERY)
+        await page.get_by_role("button", name=re.compile("Execute query")).click()
+
+        result = page.locator(RESULT_PANE)
+        await result.get_by_text('"status"').wait_for(timeout=30_000)
+        text = await result.inner_text()
+        assert '"health"' in text and '"dependencies"' in text
+        assert '"errors"' not in text, text
+
+        assert watch.off_host() == [], f"page tried to reach the internet: {watch.off_host()}"
+        assert watch.errors == []  # includes CSP refusals, which stop a request before it is made
+        assert any(u.startswith(live_server.url + "/static/vendor/graphiql.min.js") for u in watch.requests)
+
+        shot = artifact_path("graphiql-health.png")
+        await page.screenshot(path=str(shot))
+        data = shot.read_bytes()
+        assert png_size(data) == (1280, 800)
+        assert len(data) > 10_000  # a rendered UI, not a blank page
+
+
+@browser_test
+async def test_graphiql_subscription_goes_over_websocket(browser, live_server) -> None:
+    async with offline_page(browser) as (page, watch):
+        await open_graphiql(page, live_server)
+        await type_query(page, SUBSCRIPTION)
+        await page.get_by_role("button", name=re.compile("Execute query")).click()
+
+        # The subscription first replays every model's current state.
+        await page.locator(RESULT_PANE).get_by_text('"modelDownloadProgress"').wait_for(timeout=30_000)
+        ws_url = live_server.url.replace("http://", "ws://", 1) + "/graphql"
+        assert ws_url in watch.websockets
+        assert watch.off_host() == []
+        assert watch.errors == []
+
+
+@browser_test
+async def test_dashboard_shows_models_and_a_live_connection(browser, live_server) -> None:
+    async with offline_page(browser) as (page, watch):
+        await page.goto(live_server.url + "/dashboard")
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
+        models = page.locator("article.model")
+        await models.first.wait_for(timeout=20_000)
+
+        expected = {m["name"] for m in _graphql(live_server, "{ models { name } }")["models"]}
+        shown = set(await models.evaluate_all("els => els.map(e => e.dataset.model)"))
+        assert shown == expected
+
+        bars = page.get_by_role("progressbar")
+        assert await bars.count() >= len(expected)
+        for i in range(await bars.count()):
+            bar = bars.nth(i)
+            assert await bar.get_attribute("aria-label")
+        assert re.fullmatch(r"\d+/\d+", (await page.locator("article.model .fact-attempt dd").first.inner_text()).strip())
+        assert watch.off_host() == []
+        assert watch.errors == []
+
+
+@browser_test
+async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server) -> None:
+    async with offline_page(browser) as (page, watch):
+        sockets = []
+
+        def proxy(ws) -> None:
+            server = ws.connect_to_server()
+            sockets.append((ws, server))
+
+        await page.route_web_socket(re.compile(r"/graphql$"), proxy)
+        await page.goto(live_server.url + "/dashboard")
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
+        await _record_connection_states(page)
+
+        client_side, server_side = sockets[0]
+        await client_side.close(code=1001, reason="test drops the socket")
+        await server_side.close()
+
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=30_000)
+        seen = await page.evaluate("window.__connectionStates")
+        assert "disconnected" in seen and "reconnecting" in seen, seen
+        assert seen[-1] == "connected", seen
+        assert len(sockets) >= 2  # a second WebSocket was opened
+        assert await page.locator("#connection-text").inner_text() == "Live"
+        assert watch.errors == []
+
+
+# Needs live_server.start_download(name) from the lead's fixture: a fresh model cache and a
+# reachable (local) Hugging Face mirror, so the model really downloads during the test.
+@browser_test
+async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_server) -> None:
+    name = getattr(live_server, "download_model", PRIMARY_MODEL)
+    async with offline_page(browser) as (page, watch):
+        await page.goto(live_server.url + "/dashboard")
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
+        card = page.locator(f'article.model[data-model="{name}"]')
+        await card.wait_for(timeout=20_000)
+        await _record_progress(page, name)
+
+        started = live_server.start_download(name)
+        if inspect.isawaitable(started):
+            await started
+
+        await page.locator(f'article.model[data-model="{name}"][data-state="READY"]').wait_for(timeout=240_000)
+        history = await page.evaluate("window.__progress")
+        states = [h["state"] for h in history]
+        values = [h["value"] for h in history if h["value"] is not None]
+        assert "DOWNLOADING" in states, history
+        assert any(0 <= v < 100 for v in values), history  # it was seen part-way...
+        assert values[-1] == 100, history  # ...and finished full
+        assert len(set(values)) >= 2, history
+
+        bar = card.get_by_role("progressbar", name=f"Download progress of {name}")
+        assert await bar.get_attribute("aria-valuenow") == "100"
+        file_bars = card.locator("ul.files").get_by_role("progressbar")
+        assert await file_bars.count() >= 1
+        assert set(await file_bars.evaluate_all("els => els.map(e => e.getAttribute('aria-valuenow'))")) == {"100"}
+
+        shot = artifact_path("dashboard-ready.png")
+        await page.screenshot(path=str(shot), full_page=True)
+        assert png_size(shot.read_bytes())[0] == 1280
+        assert watch.off_host() == []
+        assert watch.errors == []
+
+
+def _graphql(live_server, query: str) -> dict:
+    body = httpx.post(live_server.url + "/graphql", json={"query": query}, timeout=30).json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+async def _record_connection_states(page) -> None:
+    await page.evaluate(
+        """() => {
+        const el = document.getElementById("connection");
+        window.__connectionStates = [];
+        new MutationObserver(() => window.__connectionStates.push(el.dataset.state))
+          .observe(el, { attributes: true, attributeFilter: ["data-state"] });
+      }"""
+    )
+
+
+async def _record_progress(page, name: str) -> None:
+    """Log every (state, aria-valuenow) the model's card goes through, however fast."""
+    await page.evaluate(
+        """(name) => {
+        const card = [...document.querySelectorAll("article.model")].find(e => e.dataset.model === name);
+        const bar = card.querySelector(":scope > [role=progressbar]");
+        window.__progress = [];
+        const record = () => {
+          const raw = bar.getAttribute("aria-valuenow");
+          const entry = { state: card.dataset.state, value: raw === null ? null : Number(raw) };
+          const last = window.__progress[window.__progress.length - 1];
+          if (!last || last.state !== entry.state || last.value !== entry.value) window.__progress.push(entry);
+        };
+        record();
+        new MutationObserver(record).observe(card, { attributes: true, subtree: true });
+      }""",
+        name,
+    )

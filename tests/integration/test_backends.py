@@ -1,0 +1,119 @@
+"""Both backends against a direct sentence-transformers encode of the real bundled model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from app.errors import ModelUnavailable
+from app.inference.backends import load_backend
+from app.inference.sources import local_model_dir
+from tests.support.models import (  # noqa: F401  (fixtures)
+    SAMPLE_TEXTS,
+    cosine_rows,
+    engine_settings,
+    minilm_dir,
+    minilm_onnx_dir,
+    minilm_spec,
+    reference_model,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def torch_backend(minilm_dir):
+    backend = load_backend(minilm_spec(), minilm_dir, "cpu", engine_settings().inference)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def onnx_backend(minilm_onnx_dir):
+    backend = load_backend(minilm_spec(backend="fastembed"), minilm_onnx_dir, "cpu", engine_settings().inference)
+    yield backend
+    backend.close()
+
+
+def test_package_source_resolves_to_the_bundled_files(minilm_dir):
+    assert (minilm_dir / "model.safetensors").is_file()
+    assert (minilm_dir / "modules.json").is_file()
+
+
+def test_path_source_and_missing_sources(minilm_dir, tmp_path):
+    assert local_model_dir(minilm_spec(package=None, path=minilm_dir)) == minilm_dir
+    with pytest.raises(ModelUnavailable, match="not a model directory"):
+        local_model_dir(minilm_spec(package=None, path=tmp_path / "nowhere"))
+    with pytest.raises(ModelUnavailable, match="not installed"):
+        local_model_dir(minilm_spec(package="no_such_model_package_xyz"))
+    with pytest.raises(ModelUnavailable, match="must be downloaded"):
+        local_model_dir(minilm_spec(package=None, repo_id="someone/some-model"))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_torch_backend_matches_direct_encode(torch_backend, reference_model, normalize):
+    ours = torch_backend.encode(SAMPLE_TEXTS, normalize=normalize)
+    direct = reference_model.encode(SAMPLE_TEXTS, normalize_embeddings=normalize, convert_to_numpy=True)
+    assert ours.dtype == np.float32 and ours.shape == (len(SAMPLE_TEXTS), 384)
+    assert cosine_rows(ours, direct).min() >= 0.999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(direct, axis=1), rtol=1e-3)
+
+
+def test_onnx_export_layout(minilm_onnx_dir):
+    manifest = json.loads((minilm_onnx_dir / "citadel_onnx.json").read_text())
+    assert manifest == {
+        "pooling": "mean",
+        "normalize": True,
+        "max_seq_length": 256,
+        "dimensions": 384,
+        "onnx_file": "model.onnx",
+    }
+    assert json.loads((minilm_onnx_dir / "tokenizer_config.json").read_text())["model_max_length"] == 256
+    assert (minilm_onnx_dir / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fastembed_backend_matches_direct_encode(onnx_backend, reference_model, normalize):
+    ours = onnx_backend.encode(SAMPLE_TEXTS, normalize=normalize)
+    direct = reference_model.encode(SAMPLE_TEXTS, normalize_embeddings=normalize, convert_to_numpy=True)
+    assert ours.dtype == np.float32 and ours.shape == (len(SAMPLE_TEXTS), 384)
+    assert cosine_rows(ours, direct).min() >= 0.999
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(direct, axis=1), rtol=1e-3)
+
+
+def test_batch_composition_does_not_change_a_vector(torch_backend, onnx_backend):
+    # Padding must be masked out: a text alone and next to a long one embeds the same.
+    for backend in (torch_backend, onnx_backend):
+        alone = backend.encode(["hello world"], normalize=True)
+        padded = backend.encode(["hello world", SAMPLE_TEXTS[2]], normalize=True)[:1]
+        assert cosine_rows(alone, padded)[0] >= 0.99999
+
+
+def test_token_counts_are_before_truncation(torch_backend, onnx_backend, reference_model):
+    expected = [len(reference_model.tokenizer(t)["input_ids"]) for t in SAMPLE_TEXTS]
+    assert torch_backend.token_counts(SAMPLE_TEXTS) == expected
+    assert onnx_backend.token_counts(SAMPLE_TEXTS) == expected
+    assert expected[-1] > 256  # the long sample really is past max_seq_length
+    assert torch_backend.max_seq_length == onnx_backend.max_seq_length == 256
+
+
+def test_fastembed_without_an_onnx_file_says_how_to_get_one(minilm_dir):
+    with pytest.raises(ModelUnavailable, match="export-onnx"):
+        load_backend(minilm_spec(backend="fastembed"), minilm_dir, "cpu", engine_settings().inference)
+
+
+def test_catalog_dimensions_are_checked(minilm_onnx_dir):
+    spec = minilm_spec(backend="fastembed", dimensions=768)
+    with pytest.raises(ModelUnavailable, match="384-dimensional"):
+        load_backend(spec, minilm_onnx_dir, "cpu", engine_settings().inference)
+
+
+def test_cuda_device_without_cuda_is_model_unavailable(minilm_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the test is about machines without it")
+    with pytest.raises(ModelUnavailable, match="CUDA"):
+        load_backend(minilm_spec(), minilm_dir, "cuda:0", engine_settings().inference)

@@ -1,0 +1,134 @@
+"""The Redis pub/sub bridge: two EventBus instances (two replicas) sharing the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from app.adapters.events import DownloadEvent, EventBus, Subscription
+from app.downloads.state import ModelState
+from app.services.models import ModelManager
+from tests.support.fake_hub import (
+    HUB_MODEL,
+    SMALL_FILES,
+    FakeHub,
+    hub_settings,
+    load_configs,
+    timeline,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as error:  # pragma: no cover - depends on the machine
+        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def channel() -> str:
+    return f"citadel:test-events:{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def replicas(redis_client: aioredis.Redis, channel: str) -> AsyncIterator[tuple[EventBus, EventBus]]:
+    first, second = EventBus(origin="replica-a"), EventBus(origin="replica-b")
+    await first.attach_redis(redis_client, channel)
+    await second.attach_redis(aioredis.Redis.from_url(REDIS_URL), channel)
+    yield first, second
+    second_redis = second._redis
+    await first.close()
+    await second.close()
+    await second_redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        yield server
+
+
+async def until(subscription: Subscription, state: ModelState, timeout: float = 10.0) -> list[DownloadEvent]:
+    received = []
+    while True:
+        event = await subscription.get(timeout)
+        received.append(event)
+        if event.kind == "state" and event.state is state:
+            return received
+
+
+def event(n: int, state: ModelState = ModelState.DOWNLOADING) -> DownloadEvent:
+    return DownloadEvent(model="m", state=state, attempt=1, max_attempts=3, bytes_done=n)
+
+
+async def test_each_replica_sees_the_others_events_once(replicas: tuple[EventBus, EventBus]) -> None:
+    a, b = replicas
+    async with a.subscribe() as on_a, b.subscribe() as on_b:
+        for n in range(3):
+            a.publish(event(n))
+        b.publish(event(99, ModelState.READY))
+        a.publish(event(3, ModelState.READY))
+        seen_by_b = await until(on_b, ModelState.READY)  # b's own READY first...
+        seen_by_b += await until(on_b, ModelState.READY)  # ...then a's, relayed through Redis
+        seen_by_a = await until(on_a, ModelState.READY)
+        seen_by_a += await until(on_a, ModelState.READY)
+        await asyncio.sleep(0.2)  # anything duplicated would arrive by now
+        assert on_a.pending() == 0 and on_b.pending() == 0
+    assert sorted((e.origin, e.bytes_done) for e in seen_by_b) == sorted((e.origin, e.bytes_done) for e in seen_by_a)
+    assert [e.bytes_done for e in seen_by_a if e.origin == "replica-a"] == [0, 1, 2, 3]
+    assert [e.bytes_done for e in seen_by_b if e.origin == "replica-a"] == [0, 1, 2, 3]
+    assert [e.bytes_done for e in seen_by_a if e.origin == "replica-b"] == [99]
+
+
+async def test_a_download_on_one_replica_is_seen_in_full_on_the_other(
+    replicas: tuple[EventBus, EventBus], hub: FakeHub, tmp_path: Path
+) -> None:
+    a, b = replicas
+    async with a.subscribe(HUB_MODEL) as on_a, b.subscribe(HUB_MODEL) as on_b:
+        hub.add_fault("status", target="api", status=500)  # one retry, so RETRYING is part of the story
+        manager = ModelManager(hub_settings(tmp_path, hub.url, files=SMALL_FILES), load_configs, a)
+        try:
+            status = await manager.ensure(HUB_MODEL)
+        finally:
+            await manager.close()
+        assert status.state is ModelState.READY
+        local = await until(on_a, ModelState.READY)
+        remote = await until(on_b, ModelState.READY)
+    expected = ["QUEUED", "DOWNLOADING", "RETRYING", "DOWNLOADING", "progress", "VERIFYING", "LOADING", "READY"]
+    assert timeline(local) == timeline(remote) == expected
+    # Not just the same shape: the very same events, progress ticks included.
+    assert [e.to_json() for e in remote] == [e.to_json() for e in local]
+    assert {e.origin for e in remote} == {"replica-a"}
+
+
+async def test_subscribing_to_one_model_filters_remote_events_too(replicas: tuple[EventBus, EventBus]) -> None:
+    a, b = replicas
+    async with b.subscribe("wanted") as on_b:
+        a.publish(DownloadEvent(model="other", state=ModelState.QUEUED, attempt=0, max_attempts=3))
+        a.publish(DownloadEvent(model="wanted", state=ModelState.QUEUED, attempt=0, max_attempts=3))
+        received = await on_b.get(5)
+        assert received.model == "wanted"
+
+
+async def test_a_broken_redis_does_not_block_publishing(channel: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    bus = EventBus(origin="lonely")
+    await bus.attach_redis(client, channel)
+    await client.connection_pool.disconnect()
+    await client.aclose()  # the bridge's connection is gone; local delivery must go on
+    async with bus.subscribe() as local:
+        for n in range(50):
+            bus.publish(event(n))
+        assert [(await local.get(1)).bytes_done for _ in range(50)] == list(range(50))
+    await bus.close(flush_timeout=0.5)

@@ -1,0 +1,100 @@
+"""Fresh, uniquely named PostgreSQL databases for tests, dropped afterwards.
+
+The server is the machine's PostgreSQL (CITADEL_TEST_POSTGRES_URL, default
+postgresql://postgres@127.0.0.1:5432/postgres). Tests skip, saying why, when it is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+ADMIN_URL = os.environ.get("CITADEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """`admin_url` pointing at database `name` instead."""
+    parts = urlsplit(admin_url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _admin(admin_url: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(admin_url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL for tests is not reachable at {admin_url}: {exc!r}")
+
+
+async def create_database(prefix: str = "citadel_test", admin_url: str = ADMIN_URL) -> str:
+    """Create an empty database with a unique name; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return database_url(admin_url, name)
+
+
+async def drop_database(url: str, admin_url: str = ADMIN_URL) -> None:
+    """Drop the database of `url`, disconnecting whoever still uses it."""
+    name = urlsplit(url).path.lstrip("/")
+    conn = await _admin(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def temporary_database(prefix: str = "citadel_test", admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
+    """`async with temporary_database() as url:` a fresh database, dropped on exit."""
+    url = await create_database(prefix, admin_url)
+    try:
+        yield url
+    finally:
+        await drop_database(url, admin_url)
+
+
+async def schema_columns(url: str) -> dict[str, set[str]]:
+    """Tables of the public schema with their column names."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await conn.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        )
+    finally:
+        await conn.close()
+    tables: dict[str, set[str]] = {}
+    for row in rows:
+        tables.setdefault(row["table_name"], set()).add(row["column_name"])
+    return tables
+
+
+async def alembic_revision(url: str) -> str | None:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL"):
+            return None
+        return await conn.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+
+
+EXPECTED_SCHEMA = {
+    "collections": {"name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at"},
+    "documents": {
+        "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
+    },
+    "model_status": {
+        "name", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "last_error", "fallback_for",
+        "updated_at",
+    },
+    "alembic_version": {"version_num"},
+}  # fmt: skip

@@ -1,0 +1,187 @@
+"""DynamicBatcher with a fake backend: merging, bounds, length sorting, cancellation, admission."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from app.errors import Internal, ModelUnavailable, Overloaded
+from app.inference.batcher import DynamicBatcher
+
+DIMS = 8
+
+
+class FakeBackend:
+    """Deterministic vectors from the text; records every pass; can be held mid-pass by a gate."""
+
+    model_name = "fake"
+    dimensions = DIMS
+    max_seq_length = 512
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.passes: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.fail_next = False
+
+    def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
+        self.started.set()
+        self.gate.wait(timeout=30)
+        self.passes.append(list(texts))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("device fell over")
+        return np.stack([vector_of(t) for t in texts])
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) + 2 for t in texts]
+
+    def close(self) -> None:
+        pass
+
+
+def vector_of(text: str) -> np.ndarray:
+    rng = np.random.default_rng(abs(hash(text)) % (2**32))
+    return (rng.standard_normal(DIMS) * 3).astype(np.float32)
+
+
+def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
+    options = {"max_batch_size": 16, "max_batch_tokens": 10_000, "max_wait_ms": 20.0, "max_queue": 1_000}
+    options.update(overrides)
+    return DynamicBatcher(backend, **options)  # type: ignore[arg-type]
+
+
+async def submit(batcher: DynamicBatcher, backend: FakeBackend, texts: list[str], normalize: bool = False):
+    return await batcher.submit(texts, backend.token_counts(texts), normalize)
+
+
+async def wait_until(predicate, what: str) -> None:
+    for _ in range(2_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_concurrent_callers_share_forward_passes():
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=64)
+    texts = [f"text {i}" for i in range(64)]
+    results = await asyncio.gather(*(submit(batcher, backend, [t]) for t in texts))
+    assert len(backend.passes) <= 4, f"64 single-text callers took {len(backend.passes)} passes"
+    for text, result in zip(texts, results):
+        np.testing.assert_array_equal(result[0], vector_of(text))
+    assert batcher.pending == 0
+    await batcher.close()
+
+
+async def test_batches_respect_size_and_token_budget():
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=8, max_batch_tokens=60)
+    texts = [" ".join(["w"] * (i % 13 + 1)) for i in range(100)]
+    results = await asyncio.gather(*(submit(batcher, backend, [t]) for t in texts))
+    assert sum(len(p) for p in backend.passes) == 100
+    for batch in backend.passes:
+        counts = backend.token_counts(batch)
+        assert len(batch) <= 8
+        assert len(batch) == 1 or len(batch) * max(counts) <= 60
+    for text, result in zip(texts, results):
+        np.testing.assert_array_equal(result[0], vector_of(text))
+    await batcher.close()
+
+
+async def test_texts_of_similar_length_share_a_pass():
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=4)
+    short = [f"s{i}" for i in range(4)]
+    long = [" ".join([f"l{i}"] * 50) for i in range(4)]
+    interleaved = [t for pair in zip(short, long) for t in pair]
+    await asyncio.gather(*(submit(batcher, backend, [t]) for t in interleaved))
+    assert sorted(map(sorted, backend.passes)) == sorted([sorted(short), sorted(long)])
+    await batcher.close()
+
+
+async def test_cancelled_request_is_never_encoded():
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_ms=0)
+    backend.gate.clear()
+    busy = asyncio.create_task(submit(batcher, backend, ["first"]))
+    await wait_until(backend.started.is_set, "first pass started")
+    doomed = asyncio.create_task(submit(batcher, backend, ["never", "computed"]))
+    await wait_until(lambda: batcher.pending == 3, "second request queued")
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert batcher.pending == 1  # the cancelled texts gave their queue places back at once
+    backend.gate.set()
+    await busy
+    after = await submit(batcher, backend, ["later"])
+    assert after.shape == (1, DIMS)
+    encoded = [t for batch in backend.passes for t in batch]
+    assert "never" not in encoded and "computed" not in encoded
+    assert encoded == ["first", "later"]
+    await batcher.close()
+
+
+async def test_full_queue_refuses_at_once_and_recovers():
+    backend = FakeBackend()
+    batcher = make(backend, max_queue=4, max_wait_ms=0)
+    backend.gate.clear()
+    admitted = [asyncio.create_task(submit(batcher, backend, [f"t{i}"])) for i in range(4)]
+    await wait_until(lambda: batcher.pending == 4, "four texts admitted")
+    with pytest.raises(Overloaded) as refused:
+        await submit(batcher, backend, ["one too many"])
+    assert refused.value.code == "OVERLOADED"
+    backend.gate.set()
+    assert all(r.shape == (1, DIMS) for r in await asyncio.gather(*admitted))
+    assert batcher.pending == 0
+    assert (await submit(batcher, backend, ["room again"])).shape == (1, DIMS)
+    await batcher.close()
+
+
+async def test_one_pass_serves_normalized_and_raw_callers():
+    backend = FakeBackend()
+    batcher = make(backend)
+    unit, raw = await asyncio.gather(
+        submit(batcher, backend, ["same"], normalize=True), submit(batcher, backend, ["same"], normalize=False)
+    )
+    assert len(backend.passes) == 1
+    np.testing.assert_allclose(np.linalg.norm(unit[0]), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(raw[0], vector_of("same"))
+    await batcher.close()
+
+
+async def test_failed_pass_reaches_its_callers_and_the_batcher_goes_on():
+    backend = FakeBackend()
+    batcher = make(backend)
+    backend.fail_next = True
+    with pytest.raises(Internal):
+        await submit(batcher, backend, ["boom", "bang"])
+    assert batcher.pending == 0
+    assert (await submit(batcher, backend, ["fine"])).shape == (1, DIMS)
+    await batcher.close()
+
+
+async def test_close_fails_waiting_callers():
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_ms=0)
+    backend.gate.clear()
+    running = asyncio.create_task(submit(batcher, backend, ["in the pass"]))
+    await wait_until(backend.started.is_set, "pass started")
+    waiting = asyncio.create_task(submit(batcher, backend, ["still queued"]))
+    await wait_until(lambda: batcher.pending == 2, "second text queued")
+    closing = asyncio.create_task(batcher.close())
+    with pytest.raises(ModelUnavailable):
+        await waiting
+    backend.gate.set()
+    await closing
+    with pytest.raises(ModelUnavailable):
+        await running  # its pass was cut off by the close: no answer, but no hang either
+    with pytest.raises(ModelUnavailable):
+        await submit(batcher, backend, ["after close"])

@@ -1,0 +1,144 @@
+"""EmbeddingService with a fake pool, cache and catalog: validation, prompts, dedup, order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from app.domain.embedding import EmbedKind
+from app.errors import BadInput, ModelUnavailable
+from app.services.embedding import EmbeddingService
+from app.settings import DEFAULT_MODEL, ModelSpec, Settings
+
+DIMS = 384
+
+
+def vector_of(text: str) -> np.ndarray:
+    rng = np.random.default_rng(abs(hash(text)) % (2**32))
+    return rng.standard_normal(DIMS).astype(np.float32)
+
+
+class FakePool:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.error: Exception | None = None
+
+    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
+        self.calls.append(list(texts))
+        if self.error:
+            raise self.error
+        return np.stack([vector_of(t) for t in texts])
+
+
+class FakeCache:
+    """Same interface as EmbeddingCache, in a dict."""
+
+    def __init__(self) -> None:
+        self.store: dict[str, np.ndarray] = {}
+
+    def keys(self, model: str, revision: str, prompt: str, normalize: bool, texts: Sequence[str]) -> list[str]:
+        return [f"{model}|{revision}|{prompt}|{normalize}|{t}" for t in texts]
+
+    async def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        return [self.store.get(k) for k in keys]
+
+    async def set_many(self, items: dict[str, np.ndarray]) -> None:
+        self.store.update(items)
+
+
+class FakeModels:
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    async def ready_spec(self, name: str | None) -> ModelSpec:
+        if name not in (None, self.spec.name):
+            raise ModelUnavailable(f"{name} is not ready")
+        return self.spec
+
+
+def make_service(cache: FakeCache | None = None, **spec_update: object) -> tuple[EmbeddingService, FakePool]:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings.limits = settings.limits.model_copy(
+        update={"max_texts_per_request": 5, "max_text_chars": 50, "max_request_chars": 120}
+    )
+    spec = settings.models[DEFAULT_MODEL].model_copy(update=spec_update)
+    pool = FakePool()
+    return EmbeddingService(settings, pool, cache, FakeModels(spec)), pool  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("texts", "fragment", "index"),
+    [
+        ([], "must not be empty", None),
+        (["ok"] * 6, "at most 5", None),
+        (["ok", ""], "text 1 is empty", 1),
+        (["ok", "fine", " \n\t "], "text 2 is empty", 2),
+        (["ok", "x" * 51], "text 1 has 51 characters", 1),
+        (["x" * 50, "y" * 50, "z" * 30], "at text 2", 2),
+    ],
+)
+async def test_bad_input_names_the_problem_before_any_work(texts, fragment, index):
+    service, pool = make_service()
+    with pytest.raises(BadInput) as error:
+        await service.embed(texts)
+    assert fragment in error.value.message
+    assert error.value.extensions.get("index") == index
+    assert pool.calls == []
+
+
+async def test_vectors_come_back_in_input_order_and_duplicates_are_embedded_once():
+    service, pool = make_service()
+    outcome = await service.embed(["b", "a", "b", "c", "a"])
+    assert pool.calls == [["b", "a", "c"]]
+    assert outcome.model == DEFAULT_MODEL and outcome.dimensions == DIMS
+    assert outcome.vectors.shape == (5, DIMS) and outcome.vectors.dtype == np.float32
+    for row, text in zip(outcome.vectors, ["b", "a", "b", "c", "a"]):
+        np.testing.assert_array_equal(row, vector_of(text))
+    assert outcome.cached == [False] * 5
+
+
+async def test_prompt_follows_the_kind():
+    service, pool = make_service(query_prompt="query: ", document_prompt="passage: ")
+    await service.embed(["x"], kind=EmbedKind.QUERY)
+    await service.embed(["x"], kind=EmbedKind.DOCUMENT)
+    assert pool.calls == [["query: x"], ["passage: x"]]
+
+
+async def test_cache_hits_skip_the_pool_and_say_cached():
+    cache = FakeCache()
+    service, pool = make_service(cache)
+    first = await service.embed(["p", "q"])
+    second = await service.embed(["q", "r", "p"])
+    assert pool.calls == [["p", "q"], ["r"]]
+    assert second.cached == [True, False, True]
+    np.testing.assert_array_equal(second.vectors[0], first.vectors[1])
+    third = await service.embed(["p"], use_cache=False)
+    assert third.cached == [False] and pool.calls[-1] == ["p"]
+
+
+async def test_cache_keys_separate_normalize_and_prompts():
+    cache = FakeCache()
+    service, pool = make_service(cache, query_prompt="query: ")
+    await service.embed(["t"], normalize=True)
+    await service.embed(["t"], normalize=False)
+    await service.embed(["t"], kind=EmbedKind.QUERY)
+    assert (await service.embed(["t"], kind=EmbedKind.DOCUMENT)).cached == [True]
+    assert len(pool.calls) == 3
+
+
+async def test_pool_bad_input_is_reported_at_the_callers_index():
+    service, pool = make_service()
+    pool.error = BadInput("text 1 has 900 tokens; model m accepts at most 256", index=1, tokens=900)
+    with pytest.raises(BadInput) as error:
+        await service.embed(["a", "a", "long one"])  # the pool sees ["a", "long one"]
+    assert error.value.extensions["index"] == 2
+    assert error.value.message.startswith("text 2 has 900 tokens")
+
+
+async def test_unready_model_is_model_unavailable():
+    service, pool = make_service()
+    with pytest.raises(ModelUnavailable):
+        await service.embed(["x"], model="BAAI/bge-small-en-v1.5")
+    assert pool.calls == []
