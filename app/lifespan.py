@@ -101,6 +101,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             ingest=ingest,
             search=search,
             health=health,
+            reconciler=reconciler,
         )
         logger.info("shutting down")
 

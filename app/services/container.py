@@ -21,3 +21,4 @@ class Services:
     ingest: Any  # app.services.ingest.IngestService
     search: Any  # app.services.search.SearchService
     health: Any  # app.services.health.HealthService
+    reconciler: Any  # app.services.reconciler.Reconciler
