@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import quote
 
 import psutil
@@ -146,8 +147,6 @@ class _Account:
     uid: int
     gid: int
 
-    def popen_kwargs(self) -> dict[str, object]:
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
 def _service_account(name: str) -> _Account:
@@ -237,6 +236,7 @@ class _EmbeddedServer:
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._account: _Account | None = None  # who the server runs as; None: this process's user
 
     @property
     def runtime_dir(self) -> Path:
@@ -244,11 +244,20 @@ class _EmbeddedServer:
         raise NotImplementedError
 
     # subclass hooks
-    def _prepare(self) -> None: ...
-    def _command(self) -> tuple[list[str], dict[str, object]]: ...  # argv, extra Popen kwargs
-    def _is_ready(self) -> bool: ...
-    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None: ...
-    def _url(self) -> str: ...
+    def _prepare(self) -> None:
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _is_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None:
+        raise NotImplementedError
+
+    def _url(self) -> str:
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:
@@ -315,7 +324,7 @@ class _EmbeddedServer:
     async def astop(self) -> None:
         await asyncio.to_thread(self.stop)
 
-    async def __aenter__(self) -> "_EmbeddedServer":
+    async def __aenter__(self) -> Self:
         await self.astart()
         return self
 
@@ -324,7 +333,7 @@ class _EmbeddedServer:
     ) -> None:
         await self.astop()
 
-    def __enter__(self) -> "_EmbeddedServer":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -334,7 +343,7 @@ class _EmbeddedServer:
         self.stop()
 
     def _launch(self) -> None:
-        argv, extra = self._command()
+        argv, account = self._command(), self._account
         with open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -345,7 +354,9 @@ class _EmbeddedServer:
                 # Its own session: a Ctrl-C meant for Citadel must not stop the database before
                 # the app has drained; stop() shuts it down in order.
                 start_new_session=True,
-                **extra,  # type: ignore[arg-type]
+                user=account.uid if account else None,
+                group=account.gid if account else None,
+                extra_groups=[] if account else None,
             )
 
     def _wait_ready(self) -> None:
@@ -406,7 +417,6 @@ class EmbeddedPostgres(_EmbeddedServer):
         self.database = database
         self.run_as = run_as
         self.socket_dir = _socket_dir(self.root, "pg", f".s.PGSQL.{self.port}.lock")
-        self._account: _Account | None = None
 
     @property
     def runtime_dir(self) -> Path:
@@ -415,9 +425,6 @@ class EmbeddedPostgres(_EmbeddedServer):
     def _url(self) -> str:
         host = quote(str(self.socket_dir), safe="/")
         return f"postgresql://postgres@/{quote(self.database, safe='')}?host={host}&port={self.port}"
-
-    def _run_kwargs(self) -> dict[str, object]:
-        return self._account.popen_kwargs() if self._account else {}
 
     def _prepare(self) -> None:
         bin_dir = postgres_bin_dir()
@@ -450,20 +457,22 @@ class EmbeddedPostgres(_EmbeddedServer):
         logger.info("embedded postgres: initialising a new cluster in {}", self.pgdata)
         argv = [str(bin_dir / "initdb"), "-D", str(staging), "-U", "postgres", "--auth=trust",
                 "--encoding=UTF8", "--locale=C"]  # fmt: skip
+        account = self._account
         try:
             subprocess.run(argv, check=True, capture_output=True, text=True, env=_server_env(),
-                           timeout=self.start_timeout, **self._run_kwargs())  # type: ignore[call-overload]  # fmt: skip
+                           timeout=self.start_timeout, user=account.uid if account else None,
+                           group=account.gid if account else None,
+                           extra_groups=[] if account else None)  # fmt: skip
         except subprocess.CalledProcessError as exc:
             raise DependencyUnavailable(f"initdb failed: {(exc.stderr or exc.stdout).strip()}") from exc
         staging.rename(self.pgdata)
 
-    def _command(self) -> tuple[list[str], dict[str, object]]:
-        argv = [
+    def _command(self) -> list[str]:
+        return [
             str(postgres_bin_dir() / "postgres"), "-D", str(self.pgdata),
             "-k", str(self.socket_dir), "-h", "", "-p", str(self.port),
             "-c", "unix_socket_permissions=0700",
         ]  # fmt: skip
-        return argv, self._run_kwargs()
 
     def _is_ready(self) -> bool:
         # What pg_ctl -w checks: the pid file names our child and says "ready".
@@ -545,8 +554,8 @@ class EmbeddedRedis(_EmbeddedServer):
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def _command(self) -> tuple[list[str], dict[str, object]]:
-        return [str(redis_server_binary()), str(self.config_path)], {}
+    def _command(self) -> list[str]:
+        return [str(redis_server_binary()), str(self.config_path)]
 
     def _is_ready(self) -> bool:
         import redis

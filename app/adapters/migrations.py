@@ -12,11 +12,11 @@ import asyncio
 import threading
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from loguru import logger
 
+from alembic import command
 from app.adapters.postgres import CONNECTION_ERRORS, asyncpg_dsn, unavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"

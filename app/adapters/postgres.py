@@ -276,17 +276,15 @@ class PostgresRepo:
 
         async with self._connection() as conn, conn.transaction():
             # Lock the existing rows: a concurrent upsert of the same ids waits for this one.
-            existing = {
-                r["id"]: r
-                for r in await conn.fetch(
-                    """
-                    SELECT id, content_hash, metadata, status FROM documents
-                    WHERE collection = $1 AND id = ANY($2::text[])
-                    FOR UPDATE
-                    """,
-                    collection, list(seen),
-                )  # fmt: skip
-            }
+            locked = await conn.fetch(
+                """
+                SELECT id, content_hash, metadata, status FROM documents
+                WHERE collection = $1 AND id = ANY($2::text[])
+                FOR UPDATE
+                """,
+                collection, list(seen),
+            )  # fmt: skip
+            existing = {r["id"]: r for r in locked}
             outcomes: list[UpsertOutcome] = []
             changed: list[tuple[DocumentWrite, str]] = []
             for doc in docs:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ import numpy as np
 from loguru import logger
 
 from app.domain.embedding import EmbeddingBackend
-from app.errors import BadInput, CitadelError, ModelUnavailable
+from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
+from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
 from app.settings import ModelSpec, Settings
@@ -62,7 +62,11 @@ class ModelPool:
             if spec.name in self._loaded:  # a new directory or spec replaces the old replicas
                 await self._drop(spec.name)
             self._known[spec.name] = (spec, Path(model_dir))
-            await self._load_locked(spec.name)
+            try:
+                await self._load_locked(spec.name)
+            except BaseException:
+                del self._known[spec.name]  # a model that never loaded is not reloaded on demand
+                raise
         self._start_reaper()
 
     def is_loaded(self, name: str) -> bool:
@@ -114,6 +118,7 @@ class ModelPool:
                             tokens=count,
                             max_tokens=backend.max_seq_length,
                         )
+            self._admit(loaded, len(texts))
             replica = self._least_loaded(loaded)
             return await replica.batcher.submit(texts, counts, normalize)
         finally:
@@ -145,8 +150,6 @@ class ModelPool:
         spec, model_dir = self._known[name]
         inference = self.settings.inference
         devices = resolve_devices(inference.devices, spec.backend)
-        # The queue bound is per model: split it over the replicas.
-        per_replica_queue = math.ceil(inference.max_queue / len(devices))
         replicas: list[_Replica] = []
         try:
             for device in devices:
@@ -154,7 +157,7 @@ class ModelPool:
                     backend = await asyncio.to_thread(load_backend, spec, model_dir, device, inference)
                 except CitadelError:
                     raise
-                except Exception as exc:  # noqa: BLE001  unreadable files, out of memory, driver errors
+                except Exception as exc:  # unreadable files, out of memory, driver errors
                     logger.exception("loading {} on {} failed", name, device)
                     raise ModelUnavailable(
                         f"model {name!r} could not be loaded on {device}: {exc.__class__.__name__}: {exc}", model=name
@@ -164,7 +167,7 @@ class ModelPool:
                     max_batch_size=inference.max_batch_size,
                     max_batch_tokens=inference.max_batch_tokens,
                     max_wait_ms=inference.max_wait_ms,
-                    max_queue=per_replica_queue,
+                    max_queue=inference.max_queue,  # the model-wide bound is checked in _admit
                     model_name=name,
                 )
                 replicas.append(_Replica(backend, batcher))
@@ -191,6 +194,17 @@ class ModelPool:
         if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
             return backend.token_counts(texts)
         return await asyncio.to_thread(backend.token_counts, texts)
+
+    def _admit(self, loaded: _Loaded, count: int) -> None:
+        """The queue bound is per model, over all its replicas: beyond it, OVERLOADED at once."""
+        limit = self.settings.inference.max_queue
+        waiting = sum(replica.batcher.pending for replica in loaded.replicas)
+        if waiting + count > limit:
+            metrics.OVERLOADED.labels(loaded.spec.name).inc()
+            raise Overloaded(
+                f"model {loaded.spec.name!r} is overloaded: {waiting} texts queued, room for {limit}; retry shortly",
+                model=loaded.spec.name,
+            )
 
     @staticmethod
     def _least_loaded(loaded: _Loaded) -> _Replica:

@@ -9,12 +9,12 @@ from logging.config import fileConfig
 from typing import Any
 
 import asyncpg
-from alembic import context
 from loguru import logger
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from alembic import context
 from app.adapters.migrations import MIGRATION_LOCK_KEY
 from app.adapters.postgres import asyncpg_dsn
 

@@ -243,9 +243,9 @@ async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_serv
         states = [h["state"] for h in history]
         values = [h["value"] for h in history if h["value"] is not None]
         assert "DOWNLOADING" in states, history
-        assert any(0 <= v < 100 for v in values), history  # it was seen part-way...
+        part_way = [h["value"] for h in history if h["state"] == "DOWNLOADING" and h["value"] is not None]
+        assert any(0 < v < 100 for v in part_way), history  # seen moving part-way...
         assert values[-1] == 100, history  # ...and finished full
-        assert len(set(values)) >= 2, history
 
         bar = card.get_by_role("progressbar", name=f"Download progress of {name}")
         assert await bar.get_attribute("aria-valuenow") == "100"

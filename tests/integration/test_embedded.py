@@ -18,7 +18,12 @@ import psutil
 import pytest
 import redis.asyncio as aioredis
 
-from app.adapters.embedded import EmbeddedPostgres, EmbeddedRedis, postgres_bin_dir, redis_server_binary
+from app.adapters.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    postgres_bin_dir,
+    redis_server_binary,
+)
 from app.adapters.migrations import head_revision, upgrade_async
 from app.adapters.postgres import PostgresRepo, create_pool
 from app.errors import DependencyUnavailable

@@ -172,7 +172,7 @@ async def test_broken_model_files_are_model_unavailable(tmp_path):
     broken = ModelPool(engine_settings())
     with pytest.raises(ModelUnavailable, match="could not be loaded on cpu"):
         await broken.load(minilm_spec(name="broken", package=None, path=tmp_path), tmp_path)
-    assert not broken.is_loaded("broken")
+    assert not broken.is_loaded("broken") and not broken.knows("broken")
     await broken.close()
 
 

@@ -10,13 +10,18 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from app.adapters.migrations import MIGRATION_LOCK_KEY, head_revision, upgrade, upgrade_async
+from app.adapters.migrations import (
+    MIGRATION_LOCK_KEY,
+    head_revision,
+    upgrade,
+    upgrade_async,
+)
 from app.adapters.postgres import (
     CollectionRow,
     DocumentWrite,
@@ -102,11 +107,17 @@ async def test_concurrent_upgrades_from_two_threads() -> None:
         def run() -> None:
             try:
                 upgrade(url)
-            except BaseException as exc:  # collected, asserted below
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=run) for _ in range(2)]
-        await asyncio.to_thread(lambda: ([t.start() for t in threads], [t.join() for t in threads]))
+        def run_both() -> None:
+            threads = [threading.Thread(target=run) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        await asyncio.to_thread(run_both)
         assert errors == []
         assert await alembic_revision(url) == head_revision()
         assert await schema_columns(url) == EXPECTED_SCHEMA
@@ -116,11 +127,15 @@ async def test_concurrent_upgrades_from_two_processes() -> None:
     async with temporary_database("citadel_mig") as url:
         code = "import sys; from app.adapters.migrations import upgrade; upgrade(sys.argv[1])"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs = [
-            subprocess.Popen([sys.executable, "-c", code, url], cwd="/", env=env, stderr=subprocess.PIPE)
-            for _ in range(2)
-        ]
-        results = await asyncio.to_thread(lambda: [(p.wait(120), p.stderr.read()) for p in procs])  # type: ignore[union-attr]
+
+        def run_both() -> list[tuple[int, bytes]]:
+            procs = [
+                subprocess.Popen([sys.executable, "-c", code, url], cwd="/", env=env, stderr=subprocess.PIPE)
+                for _ in range(2)
+            ]
+            return [(p.wait(120), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+
+        results = await asyncio.to_thread(run_both)
         assert [rc for rc, _ in results] == [0, 0], [err.decode()[-2000:] for _, err in results]
         assert await alembic_revision(url) == head_revision()
         assert await schema_columns(url) == EXPECTED_SCHEMA
@@ -356,7 +371,7 @@ async def test_model_status_round_trip(repo: PostgresRepo) -> None:
     name = unique("model")
     downloading = ModelStatusRow(name, "DOWNLOADING", 1, 3, bytes_done=10, bytes_total=1_000)
     await repo.save_model_status(downloading)
-    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     failed = ModelStatusRow(name, "FAILED", 3, 3, 500, None, "timeout", "BAAI/bge", stamp)
     other = ModelStatusRow(unique("model"), "READY", 1, 3, 7, 7)
     await repo.save_model_status(other)

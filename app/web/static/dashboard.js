@@ -5,8 +5,9 @@
 // vendored graphql-ws client), which first replays every model's current state and then
 // streams events. Events are authoritative: the query never overwrites what an event said.
 //
-// Event bytes: with `file` set, bytesDone/bytesTotal describe that file and the model bar is
-// the sum over its files; with `file` null they describe the whole model.
+// Event bytes: with `file` set, bytesDone/bytesTotal describe that file and the model bar uses
+// modelBytesDone/modelBytesTotal if the subscription selects them, else the sum over the files
+// seen so far; with `file` null they describe the whole model.
 (function () {
   "use strict";
 
@@ -233,14 +234,20 @@
         percent: ev.percent,
         bytesPerSecond: ev.bytesPerSecond,
       });
-      var done = 0;
-      var total = 0;
-      m.files.forEach(function (f) {
-        done += f.bytesDone;
-        total += f.bytesTotal || 0;
-      });
-      m.bytesDone = done;
-      if (!m.bytesTotal || m.bytesTotal < total) m.bytesTotal = total || null;
+      if (ev.modelBytesDone !== undefined) {
+        // The server's own model totals, when the schema exposes them.
+        m.bytesDone = ev.modelBytesDone;
+        m.bytesTotal = ev.modelBytesTotal;
+      } else {
+        var done = 0;
+        var total = 0;
+        m.files.forEach(function (f) {
+          done += f.bytesDone;
+          total += f.bytesTotal || 0;
+        });
+        m.bytesDone = done;
+        if (!m.bytesTotal || m.bytesTotal < total) m.bytesTotal = total || null;
+      }
       m.percent = null;
     } else {
       m.bytesDone = ev.bytesDone;

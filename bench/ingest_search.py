@@ -1,0 +1,289 @@
+"""Ingest and search through GraphQL on the real server, against the in-process encode rate.
+
+    .venv/bin/python bench/ingest_search.py [--quick] [--embedded] [--docs 10000]
+
+Starts `python -m app serve` (fresh PostgreSQL database, unique Redis key prefix, Qdrant Edge in
+a temp dir; --embedded: the server's embedded defaults), creates a collection indexed on
+`topic` and `n`, and ingests a deterministic corpus of short sentences (metadata: a topic
+keyword and an integer) in `ingest` calls of 500 documents:
+
+- the first half by one client (calls one after another, as a simple importer does),
+- the second half by two clients at once (storage of one call overlaps encoding of the other),
+- then everything again: all `unchanged`, no forward pass, so this row is the storage and API
+  cost alone.
+
+documents/s is compared with sentence-transformers `encode` of the same texts (a sample) in
+batches of 64 in this process, measured before the server starts and again after the ingest
+while the server idles (the higher is used). Then one client runs search queries, each first
+uncached (a new text: one forward pass) and then again cached (the query embedding comes from
+Redis), without and with a metadata filter; latency is client-side round trip, `tookMs` is the
+server's own measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    MODEL,
+    TOPICS,
+    Connection,
+    CorpusItem,
+    CpuMeter,
+    EncodeRate,
+    InProcessEncoder,
+    bench_server,
+    corpus,
+    delta,
+    fmt,
+    graphql_body,
+    histogram_mean,
+    machine_summary,
+    percentile,
+    render_table,
+    run,
+    scrape,
+)
+
+COLLECTION = "bench_docs"
+CREATE = """mutation Create($name: String!) {
+  createCollection(name: $name, indexedFields: ["topic", "n"]) { name dimensions }
+}"""
+INGEST = """mutation Ingest($c: String!, $docs: [DocumentInput!]!) {
+  ingest(collection: $c, documents: $docs) { inserted updated unchanged failed errors { index code message } }
+}"""
+SEARCH = """query Search($c: String!, $q: String!, $f: JSON) {
+  search(collection: $c, query: $q, limit: 10, filter: $f) { tookMs hits { id score text metadata } }
+}"""
+COUNT = "query Count($c: String!) { collection(name: $c) { documentCount } }"
+
+
+@dataclass
+class IngestRow:
+    name: str
+    clients: int
+    documents: int
+    seconds: float
+    call_seconds: list[float]
+    counts: dict[str, int]
+    forward_passes: float
+    mean_batch: float
+    server_cpu: float
+    loadgen_cpu: float
+
+    @property
+    def per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds > 0 else math.nan
+
+
+@dataclass
+class SearchRow:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    took_ms: list[float] = field(default_factory=list)
+    hits: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    cache_hits: float = 0.0
+    forward_passes: float = 0.0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="2,000 documents and 50 queries: about a minute")
+    parser.add_argument("--embedded", action="store_true", help="embedded PostgreSQL/Redis instead of the machine's")
+    parser.add_argument("--docs", type=int, default=None, help="corpus size (default 10,000; quick 2,000)")
+    parser.add_argument("--queries", type=int, default=None, help="queries per search scenario (default 200; quick 50)")
+    parser.add_argument("--batch", type=int, default=500, help="documents per ingest call (default 500)")
+    return parser.parse_args()
+
+
+def documents(items: list[CorpusItem], start: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"doc-{start + i:06d}", "text": item.text, "metadata": {"topic": item.topic, "n": item.n}}
+        for i, item in enumerate(items)
+    ]
+
+
+async def ingest(
+    url: str, server_pid: int, name: str, docs: list[dict[str, Any]], batch: int, clients: int
+) -> IngestRow:
+    calls = [docs[i : i + batch] for i in range(0, len(docs), batch)]
+    bodies = iter([graphql_body(INGEST, {"c": COLLECTION, "docs": call}) for call in calls])
+    counts = {"inserted": 0, "updated": 0, "unchanged": 0, "failed": 0}
+    call_seconds: list[float] = []
+    connections = [Connection(url, timeout=600) for _ in range(clients)]
+
+    async def client(connection: Connection) -> None:
+        for body in bodies:
+            started = time.perf_counter()
+            result = (await connection.post(body))["ingest"]
+            call_seconds.append(time.perf_counter() - started)
+            for key in counts:
+                counts[key] += result[key]
+            if result["errors"]:
+                raise RuntimeError(f"ingest reported errors: {result['errors'][:3]}")
+
+    before = scrape(url)
+    own, server = CpuMeter().start(), CpuMeter(server_pid, children=True).start()
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(client(c) for c in connections))
+    finally:
+        seconds = time.perf_counter() - started
+        server_cpu, loadgen_cpu = server.stop(), own.stop()
+        await asyncio.gather(*(c.close() for c in connections))
+    after = scrape(url)
+    row = IngestRow(
+        name=name,
+        clients=clients,
+        documents=len(docs),
+        seconds=seconds,
+        call_seconds=call_seconds,
+        counts=counts,
+        forward_passes=delta(before, after, "citadel_forward_passes_total", model=MODEL),
+        mean_batch=histogram_mean(before, after, "citadel_batch_size", model=MODEL),
+        server_cpu=server_cpu,
+        loadgen_cpu=loadgen_cpu,
+    )
+    print(
+        f"  {name}: {row.per_second:.1f} docs/s over {len(docs):,} docs, {counts}, "
+        f"{int(row.forward_passes)} forward passes, server CPU {server_cpu:.0f}%",
+        flush=True,
+    )
+    return row
+
+
+async def search(url: str, name: str, queries: list[str], filters: list[Any] | None) -> SearchRow:
+    row = SearchRow(name=name)
+    connection = Connection(url)
+    await connection.post(graphql_body("{ __typename }"))
+    before = scrape(url)
+    started = time.perf_counter()
+    try:
+        for index, text in enumerate(queries):
+            variables = {"c": COLLECTION, "q": text, "f": filters[index] if filters else None}
+            body = graphql_body(SEARCH, variables)
+            sent = time.perf_counter()
+            result = (await connection.post(body))["search"]
+            row.latencies.append(time.perf_counter() - sent)
+            row.took_ms.append(result["tookMs"])
+            row.hits.append(len(result["hits"]))
+    finally:
+        row.seconds = time.perf_counter() - started
+        await connection.close()
+    after = scrape(url)
+    row.cache_hits = delta(before, after, "citadel_cache_hits_total", model=MODEL)
+    row.forward_passes = delta(before, after, "citadel_forward_passes_total", model=MODEL)
+    print(
+        f"  {name}: p50 {percentile(row.latencies, 50) * 1000:.1f} ms, p99 {percentile(row.latencies, 99) * 1000:.1f} ms, "
+        f"{int(row.forward_passes)} forward passes, {int(row.cache_hits)} cache hits",
+        flush=True,
+    )
+    return row
+
+
+def topic_filter(index: int, topics: list[str]) -> dict[str, Any]:
+    return {"and": [{"topic": {"eq": topics[index % len(topics)]}}, {"n": {"gte": 100, "lt": 900}}]}
+
+
+async def main() -> None:
+    args = parse_args()
+    total = args.docs or (2_000 if args.quick else 10_000)
+    n_queries = args.queries or (50 if args.quick else 200)
+    items = corpus(total + 2 * n_queries, seed=23)
+    docs = documents(items[:total], 0)
+    # Queries are sentences of the same kind the collection has never seen (so never cached yet).
+    plain_queries = [i.text for i in items[total : total + n_queries]]
+    filtered_queries = [i.text for i in items[total + n_queries :]]
+    topics = list(TOPICS)
+    filters = [topic_filter(i, topics) for i in range(n_queries)]
+    sample = [d["text"] for d in docs[:: max(1, total // (500 if args.quick else 2_000))]]
+
+    print(f"machine: {machine_summary()}")
+    encoder = InProcessEncoder(MODEL)
+    rates: list[EncodeRate] = [encoder.rate(sample)]
+    print(f"in-process encode before the server: {rates[0].per_second:.1f} sentences/s ({len(sample)} texts)", flush=True)
+
+    async with bench_server(embedded=args.embedded) as server:
+        setup = Connection(server.url)
+        await setup.post(graphql_body(CREATE, {"name": COLLECTION}))
+        half = total // 2
+        ingest_rows = [
+            await ingest(server.url, server.pid, "ingest, new documents", docs[:half], args.batch, clients=1),
+            await ingest(server.url, server.pid, "ingest, new documents", docs[half:], args.batch, clients=2),
+            await ingest(server.url, server.pid, "re-ingest, all unchanged", docs, args.batch, clients=1),
+        ]
+        count = (await setup.post(graphql_body(COUNT, {"c": COLLECTION})))["collection"]["documentCount"]
+        await setup.close()
+        if count != total:
+            raise RuntimeError(f"collection holds {count} documents, expected {total}")
+        rates.append(encoder.rate(sample))
+        print(f"in-process encode after the ingest (server idle): {rates[1].per_second:.1f} sentences/s", flush=True)
+
+        search_rows = [
+            await search(server.url, "no filter, uncached query", plain_queries, None),
+            await search(server.url, "no filter, cached query", plain_queries, None),
+            await search(server.url, "filter, uncached query", filtered_queries, filters),
+            await search(server.url, "filter, cached query", filtered_queries, filters),
+        ]
+
+    encode_rate = max(r.per_second for r in rates)
+    print()
+    print(f"## bench/ingest_search.py{' --quick' if args.quick else ''}: {total:,} documents, {MODEL}")
+    print(
+        f"in-process encode (sentence-transformers, batches of 64, {len(sample)} of the corpus texts): "
+        f"{', '.join(f'{r.per_second:.1f}' for r in rates)} sentences/s (before / after); using {encode_rate:.1f}"
+    )
+    print(f"ingest calls of {args.batch} documents; CPU % = percent of one core; load-gen = this process")
+    print()
+    print(
+        render_table(
+            ["ingest", "clients", "documents", "seconds", "documents/s", "ratio to encode", "call p50 s",
+             "inserted", "unchanged", "forward passes", "mean batch", "server CPU %", "load-gen CPU %"],
+            [
+                [r.name, r.clients, r.documents, r.seconds, r.per_second, f"{r.per_second / encode_rate:.2f}x",
+                 percentile(r.call_seconds, 50), r.counts["inserted"], r.counts["unchanged"], int(r.forward_passes),
+                 r.mean_batch, f"{r.server_cpu:.0f}%", f"{r.loadgen_cpu:.0f}%"]
+                for r in ingest_rows
+            ],
+        )
+    )  # fmt: skip
+    print()
+    print(f"search over {total:,} documents, limit 10, one client, {n_queries} queries per row")
+    print(
+        render_table(
+            ["search", "queries", "p50 ms", "p99 ms", "mean ms", "server tookMs p50", "queries/s", "hits/query",
+             "forward passes", "cache hits"],
+            [
+                [r.name, len(r.latencies), percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000,
+                 1000 * sum(r.latencies) / len(r.latencies), percentile(r.took_ms, 50), len(r.latencies) / r.seconds,
+                 sum(r.hits) / len(r.hits), int(r.forward_passes), int(r.cache_hits)]
+                for r in search_rows
+            ],
+        )
+    )  # fmt: skip
+    new_rows = [r for r in ingest_rows if r.counts["inserted"]]
+    best = max(new_rows, key=lambda r: r.per_second)
+    cached = [r for r in search_rows if "cached query" in r.name and "uncached" not in r.name]
+    print()
+    ratio = best.per_second / encode_rate
+    print(
+        f"goal: ingest >= 0.80x of the in-process encode rate: best {ratio:.2f}x ({best.clients} clients) -> "
+        f"{'met' if ratio >= 0.8 else 'NOT met'}"
+    )
+    for r in cached:
+        p50 = percentile(r.latencies, 50) * 1000
+        print(f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    run(main)
