@@ -83,9 +83,25 @@ def schema_export(output: Optional[Path] = typer.Option(None, "--output", "-o", 
 def _mount_models() -> None:
     from app.cli_models import models_app
 
+    models_app.command("export-onnx")(export_onnx_command)
     cli.add_typer(models_app, name="models")
 
 
 def main() -> None:
     _mount_models()
     cli()
+
+
+def export_onnx_command(
+    name: str = typer.Argument("sentence-transformers/all-MiniLM-L6-v2", help="A sentence-transformers model of the catalog."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory to write the ONNX model into."),
+) -> None:
+    """Turn a sentence-transformers model into an ONNX directory the fastembed backend loads."""
+    from app.inference.onnx_export import export_onnx
+    from app.inference.sources import local_model_dir
+    from app.settings import Settings
+
+    settings = Settings()
+    spec = settings.model(name)
+    written = export_onnx(local_model_dir(spec), output)
+    typer.echo(f"wrote {written}; use it with a catalog entry backend=fastembed, path={output}")

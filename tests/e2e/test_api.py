@@ -120,7 +120,8 @@ async def test_subscription_sends_current_state_first(live_server, protocol):
     transport = WebsocketsTransport(url=live_server.ws_url, subprotocols=[protocol])
     async with Client(transport=transport, fetch_schema_from_transport=False) as session:
         subscription = gql("subscription($m: String) { modelDownloadProgress(model: $m) { model state attempt maxAttempts bytesDone } }")
-        stream = session.subscribe(subscription, variable_values={"m": MODEL})
+        subscription.variable_values = {"m": MODEL}
+        stream = session.subscribe(subscription)
         first = await asyncio.wait_for(stream.__anext__(), 30)
         await stream.aclose()
     assert first["modelDownloadProgress"]["model"] == MODEL
