@@ -59,7 +59,7 @@ def db_upgrade() -> None:
     else:
         from app.adapters.embedded import EmbeddedPostgres
 
-        server = EmbeddedPostgres(settings.data_dir / "postgres")
+        server = EmbeddedPostgres(settings.data_dir)
         server.start()
         try:
             upgrade(server.url)

@@ -324,10 +324,10 @@ def _run_version(binary: Path) -> str:
 
 def check_embedded_postgres() -> Check:
     try:
-        import pgserver._commands as commands
+        from app.adapters.embedded import postgres_bin_dir
 
-        bin_dir = Path(commands.POSTGRES_BIN_PATH)
-        for tool in ("initdb", "pg_ctl"):
+        bin_dir = postgres_bin_dir()
+        for tool in ("initdb", "postgres"):  # what EmbeddedPostgres runs
             if not os.access(bin_dir / tool, os.X_OK):
                 raise FileNotFoundError(f"{bin_dir / tool} is missing or not executable")
         version = _run_version(bin_dir / "postgres")

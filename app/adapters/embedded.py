@@ -308,7 +308,7 @@ class _EmbeddedServer:
                 if proc is not None:
                     self._shutdown(proc)
                     logger.info("embedded {} stopped (pid {}, exit code {})", self.kind, proc.pid, proc.returncode)
-                if not self.runtime_dir.is_relative_to(self.root):
+                if self._lock_fd is not None and not self.runtime_dir.is_relative_to(self.root):
                     shutil.rmtree(self.runtime_dir, ignore_errors=True)  # the short-path socket dir in /tmp
             finally:
                 self._release_lock()
@@ -398,7 +398,8 @@ class EmbeddedPostgres(_EmbeddedServer):
     socket in a 0700 directory: trust authentication is safe because nobody else can connect.
 
     Run as root, the server runs as the system user `run_as` (created when missing), which owns
-    the data and socket directories.
+    the data and socket directories; the data dir's parents get o+x (traverse, not list) so that
+    user can reach them. The URL's database is `postgres`, user `postgres`.
     """
 
     kind = "postgres"
@@ -408,13 +409,11 @@ class EmbeddedPostgres(_EmbeddedServer):
         self,
         data_dir: str | os.PathLike[str],
         *,
-        database: str = "postgres",
         run_as: str = "citadel-pg",
         start_timeout: float = 120.0,
     ) -> None:
         super().__init__(data_dir, start_timeout)
         self.pgdata = self.root / "data"
-        self.database = database
         self.run_as = run_as
         self.socket_dir = _socket_dir(self.root, "pg", f".s.PGSQL.{self.port}.lock")
 
@@ -424,7 +423,7 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def _url(self) -> str:
         host = quote(str(self.socket_dir), safe="/")
-        return f"postgresql://postgres@/{quote(self.database, safe='')}?host={host}&port={self.port}"
+        return f"postgresql://postgres@/postgres?host={host}&port={self.port}"
 
     def _prepare(self) -> None:
         bin_dir = postgres_bin_dir()

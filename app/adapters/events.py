@@ -223,34 +223,42 @@ class EventBus:
 
     async def _listen(self, pubsub: Any) -> None:
         backoff = 0.5
-        while True:
-            try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                backoff = 0.5
-            except asyncio.CancelledError:
-                await pubsub.aclose()
-                raise
-            except Exception as error:
-                REDIS_BRIDGE_ERRORS.labels(op="listen").inc()
-                logger.warning("Redis download-event subscription broke ({}); reconnecting in {}s", error, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+        try:
+            while True:
                 try:
-                    await pubsub.aclose()
-                    pubsub = self._redis.pubsub()
-                    await pubsub.subscribe(self._channel)
-                except Exception:
-                    pass
-                continue
-            if not message or message.get("type") != "message":
-                continue
-            try:
-                event = DownloadEvent.from_json(message["data"])
-            except (ValueError, KeyError, TypeError) as error:
-                logger.warning("ignoring a malformed download event from Redis: {}", error)
-                continue
-            if event.origin != self.origin:  # our own were delivered locally already
-                self._deliver(event)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    backoff = 0.5
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # Redis went away: keep trying, local delivery is unaffected
+                    REDIS_BRIDGE_ERRORS.labels(op="listen").inc()
+                    logger.warning("Redis download-event subscription broke ({}); reconnecting in {}s", error, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    pubsub = await self._resubscribe(pubsub)
+                    continue
+                if message and message.get("type") == "message":
+                    self._relay(message["data"])
+        finally:
+            await _close_quietly(pubsub)
+
+    async def _resubscribe(self, old: Any) -> Any:
+        await _close_quietly(old)
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self._channel)
+        except Exception as error:  # still down; the next get_message fails and we come back here
+            logger.debug("re-subscribing to {} failed: {}", self._channel, error)
+        return pubsub
+
+    def _relay(self, raw: bytes | str) -> None:
+        try:
+            event = DownloadEvent.from_json(raw)
+        except (ValueError, KeyError, TypeError) as error:
+            logger.warning("ignoring a malformed download event from Redis: {}", error)
+            return
+        if event.origin != self.origin:  # our own were delivered locally already
+            self._deliver(event)
 
     async def close(self, flush_timeout: float = 1.0) -> None:
         if self._outbox is not None:
@@ -268,6 +276,13 @@ class EventBus:
         self._tasks, self._outbox, self._redis = [], None, None
         for subscription in list(self._subscribers):
             subscription.close()
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception as error:  # closing a connection that is already broken
+        logger.debug("closing a Redis pub/sub connection failed: {}", error)
 
 
 class ProgressThrottle:

@@ -226,6 +226,8 @@ async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server)
 # reachable (local) Hugging Face mirror, so the model really downloads during the test.
 @browser_test
 async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_server) -> None:
+    if not hasattr(live_server, "start_download"):
+        pytest.fail("the live_server fixture must offer start_download(name) for this test")
     name = getattr(live_server, "download_model", PRIMARY_MODEL)
     async with offline_page(browser) as (page, watch):
         await page.goto(live_server.url + "/dashboard")
