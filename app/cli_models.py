@@ -74,7 +74,9 @@ def list_models() -> None:
     fallbacks = {s.fallback for s in settings.models.values() if s.fallback}
     for spec in settings.models.values():
         role = ", ".join(
-            r for r, on in (("default", spec.name == settings.default_model), ("fallback", spec.name in fallbacks)) if on
+            r
+            for r, on in (("default", spec.name == settings.default_model), ("fallback", spec.name in fallbacks))
+            if on
         )
         table.add_row(spec.name, spec.backend, str(spec.dimensions), _source(spec), _cache_state(cache, spec), role)
     console.print(table)
@@ -103,8 +105,12 @@ class _Bars:
             self.progress.update(self.total, completed=event.model_bytes_done, total=event.model_bytes_total)
             return
         self.progress.update(self.total, description=f"{self.model} [{event.state.value}]")
-        if event.state in (ModelState.RETRYING, ModelState.FAILED) or (event.message and "cache broken" in event.message):
-            self.progress.console.print(f"[yellow]{event.state.value}[/yellow] attempt {event.attempt}/{event.max_attempts}: {event.message}")
+        if event.state in (ModelState.RETRYING, ModelState.FAILED) or (
+            event.message and "cache broken" in event.message
+        ):
+            self.progress.console.print(
+                f"[yellow]{event.state.value}[/yellow] attempt {event.attempt}/{event.max_attempts}: {event.message}"
+            )
 
 
 async def _pull(settings: Settings, spec: ModelSpec) -> bool:
@@ -158,7 +164,11 @@ def verify(name: str | None = typer.Argument(None, help="One model; all cached h
     """Check cached files against the manifest (presence, size, sha256); non-zero exit on problems."""
     settings = _settings()
     cache = ModelCache(settings.model_cache_dir)
-    specs = [_spec(settings, name)] if name else [s for s in settings.models.values() if s.repo_id and cache.bytes_on_disk(s)]
+    specs = (
+        [_spec(settings, name)]
+        if name
+        else [s for s in settings.models.values() if s.repo_id and cache.bytes_on_disk(s)]
+    )
     if not specs:
         console.print(f"no downloaded models in {cache.root}")
         return

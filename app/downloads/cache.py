@@ -109,7 +109,9 @@ class ModelCache:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("model cache manifest {} is unreadable ({}); treating the model as not downloaded", path, error)
+            logger.warning(
+                "model cache manifest {} is unreadable ({}); treating the model as not downloaded", path, error
+            )
             return None
 
     def is_complete(self, spec: ModelSpec) -> bool:

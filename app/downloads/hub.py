@@ -129,9 +129,7 @@ class HubClient:
     def _http(self) -> httpx.AsyncClient:
         # Created on first use so that offline mode never even opens a connection pool.
         if self.offline:
-            raise OfflineMode(
-                f"offline mode is on (HF_HUB_OFFLINE); not contacting {self.endpoint}"
-            )
+            raise OfflineMode(f"offline mode is on (HF_HUB_OFFLINE); not contacting {self.endpoint}")
         if self._client is None:
             headers = build_hf_headers(library_name="citadel")
             headers["Accept-Encoding"] = "identity"  # byte ranges must address the file itself
@@ -247,7 +245,10 @@ class HubClient:
             async with client.stream("GET", url, headers=headers) as response:
                 if response.status_code == 416:
                     partial.unlink(missing_ok=True)
-                    raise IntegrityError(f"{what}: server refused to resume at byte {offset}; partial file discarded", "range_not_satisfiable")
+                    raise IntegrityError(
+                        f"{what}: server refused to resume at byte {offset}; partial file discarded",
+                        "range_not_satisfiable",
+                    )
                 self._raise_for_status(response, what)
                 if offset and response.status_code != 206:
                     # The server ignored Range and sends the whole file: start over rather than append it.
@@ -257,7 +258,8 @@ class HubClient:
                 elif offset and not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-"):
                     partial.unlink(missing_ok=True)
                     raise IntegrityError(
-                        f"{what}: server answered Range {offset}- with {response.headers.get('Content-Range')!r}; partial file discarded",
+                        f"{what}: server answered Range {offset}- with "
+                        f"{response.headers.get('Content-Range')!r}; partial file discarded",
                         "bad_range",
                     )
                 done = offset
@@ -289,7 +291,9 @@ class HubClient:
         digest = hashes.sha256.hexdigest()
         if remote.sha256 and digest != remote.sha256:
             partial.unlink(missing_ok=True)
-            raise IntegrityError(f"{what}: sha256 {digest} does not match {remote.sha256}; file discarded", "hash_mismatch")
+            raise IntegrityError(
+                f"{what}: sha256 {digest} does not match {remote.sha256}; file discarded", "hash_mismatch"
+            )
         if remote.blob_id and hashes.git is not None and hashes.git.hexdigest() != remote.blob_id:
             partial.unlink(missing_ok=True)
             raise IntegrityError(
@@ -329,12 +333,16 @@ class _TranslateErrors:
         if error is None or isinstance(error, DownloadError):
             return False
         if isinstance(error, httpx.TimeoutException):
-            raise HubUnreachable(f"{self.what}: no answer from {self.endpoint} within the timeout ({type(error).__name__})", "timeout") from error
+            raise HubUnreachable(
+                f"{self.what}: no answer from {self.endpoint} within the timeout ({type(error).__name__})", "timeout"
+            ) from error
         if isinstance(error, httpx.ConnectError):
             raise HubUnreachable(f"{self.what}: cannot connect to {self.endpoint}: {error}", "unreachable") from error
         if isinstance(error, httpx.TransportError):
             reason = "connection_dropped" if self.mid_transfer else "unreachable"
-            raise HubUnreachable(f"{self.what}: connection to {self.endpoint} broke: {error or type(error).__name__}", reason) from error
+            raise HubUnreachable(
+                f"{self.what}: connection to {self.endpoint} broke: {error or type(error).__name__}", reason
+            ) from error
         return False
 
 

@@ -305,7 +305,12 @@ class ModelManager:
         try:
             directory = local_model_dir(spec)
         except Exception as error:
-            self._fail(spec, DownloadError(f"cannot locate the files of {spec.name}: {error}", reason="missing_files", retryable=False))
+            self._fail(
+                spec,
+                DownloadError(
+                    f"cannot locate the files of {spec.name}: {error}", reason="missing_files", retryable=False
+                ),
+            )
             return
         failure = await self._load(spec, directory, purge_on_failure=False)
         if failure is not None:
@@ -335,8 +340,12 @@ class ModelManager:
             if not failure.retryable or attempt == max_attempts:
                 self._fail(spec, failure)
                 return
-            delay = max(self.settings.downloads.retry_delay_seconds, min(failure.retry_after or 0.0, MAX_RETRY_AFTER_SECONDS))
-            logger.warning("{} attempt {}/{} failed: {}; retrying in {:g}s", spec.name, attempt, max_attempts, failure, delay)
+            delay = max(
+                self.settings.downloads.retry_delay_seconds, min(failure.retry_after or 0.0, MAX_RETRY_AFTER_SECONDS)
+            )
+            logger.warning(
+                "{} attempt {}/{} failed: {}; retrying in {:g}s", spec.name, attempt, max_attempts, failure, delay
+            )
             self._move(
                 spec.name,
                 ModelState.RETRYING,
@@ -418,7 +427,9 @@ class ModelManager:
     def _fail(self, spec: ModelSpec, error: DownloadError) -> None:
         status = self._statuses[spec.name]
         logger.error("model {} FAILED after {} attempt(s): {}", spec.name, status.attempts, error)
-        self._move(spec.name, ModelState.FAILED, message=f"{error.reason}: {error}", last_error=str(error), reason=error.reason)
+        self._move(
+            spec.name, ModelState.FAILED, message=f"{error.reason}: {error}", last_error=str(error), reason=error.reason
+        )
         if spec.name == self.settings.default_model and spec.fallback:
             fallback = self._statuses[spec.fallback]
             fallback.fallback_for = spec.name

@@ -71,7 +71,10 @@ async def test_listing_has_sizes_hashes_and_the_commit(hub: FakeHub, client: Hub
     files = {f.name: f for f in snapshot.files}
     assert set(files) == set(hub.files)
     weights = files["model.safetensors"]
-    assert (weights.size, weights.sha256) == (len(hub.files["model.safetensors"].data), hub.files["model.safetensors"].sha256)
+    assert (weights.size, weights.sha256) == (
+        len(hub.files["model.safetensors"].data),
+        hub.files["model.safetensors"].sha256,
+    )
     assert files["vocab.txt"].blob_id == hub.files["vocab.txt"].blob_id and files["vocab.txt"].sha256 is None
     assert snapshot.total_bytes == hub.size_of()
 
@@ -124,7 +127,9 @@ async def test_offline_mode_makes_no_request_at_all(hub: FakeHub, tmp_path: Path
 # -- transfer and faults ----------------------------------------------------------------------
 
 
-async def test_clean_fetch_writes_verified_files_and_the_manifest_last(hub: FakeHub, client: HubClient, tmp_path: Path) -> None:
+async def test_clean_fetch_writes_verified_files_and_the_manifest_last(
+    hub: FakeHub, client: HubClient, tmp_path: Path
+) -> None:
     cache = ModelCache(tmp_path)
     progress: list[tuple[str, int, int | None]] = []
     manifest = await fetch(cache, client, SMALL_FILES, on_progress=lambda f, d, t: progress.append((f, d, t)))
@@ -140,7 +145,9 @@ async def test_clean_fetch_writes_verified_files_and_the_manifest_last(hub: Fake
     assert last == {e.name: e.size for e in manifest.files}
 
 
-async def test_dropped_connection_resumes_with_range_not_from_byte_zero(hub: FakeHub, client: HubClient, tmp_path: Path) -> None:
+async def test_dropped_connection_resumes_with_range_not_from_byte_zero(
+    hub: FakeHub, client: HubClient, tmp_path: Path
+) -> None:
     cache = ModelCache(tmp_path)
     hub.add_fault("drop", file="tokenizer.json", at_byte=200_000)
     with pytest.raises(HubUnreachable) as caught:
@@ -184,7 +191,9 @@ async def test_truncated_body_is_kept_and_resumed(hub: FakeHub, client: HubClien
     assert sha256(cache.file_path(spec(), "vocab.txt")) == hub.files["vocab.txt"].sha256
 
 
-async def test_corrupted_bytes_are_discarded_and_fetched_again_from_zero(hub: FakeHub, client: HubClient, tmp_path: Path) -> None:
+async def test_corrupted_bytes_are_discarded_and_fetched_again_from_zero(
+    hub: FakeHub, client: HubClient, tmp_path: Path
+) -> None:
     cache = ModelCache(tmp_path)
     hub.add_fault("corrupt", file="tokenizer.json")
     with pytest.raises(IntegrityError) as caught:
@@ -220,7 +229,9 @@ async def test_slow_server_times_out_then_resumes(hub: FakeHub, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("status", [500, 429])
-async def test_server_errors_carry_status_and_retry_after(hub: FakeHub, client: HubClient, tmp_path: Path, status: int) -> None:
+async def test_server_errors_carry_status_and_retry_after(
+    hub: FakeHub, client: HubClient, tmp_path: Path, status: int
+) -> None:
     hub.add_fault("status", file="vocab.txt", status=status, retry_after="3" if status == 429 else None)
     with pytest.raises(HubHTTPError) as caught:
         await fetch(ModelCache(tmp_path), client, SMALL_FILES)
@@ -262,7 +273,9 @@ async def test_verify_finds_missing_resized_and_altered_files(client: HubClient,
     assert any(p.startswith("tokenizer.json: sha256") for p in problems)
 
 
-async def test_interrupted_download_is_not_complete_and_purge_removes_it(hub: FakeHub, client: HubClient, tmp_path: Path) -> None:
+async def test_interrupted_download_is_not_complete_and_purge_removes_it(
+    hub: FakeHub, client: HubClient, tmp_path: Path
+) -> None:
     cache = ModelCache(tmp_path)
     hub.add_fault("status", file="vocab.txt", status=500)
     with pytest.raises(HubHTTPError):
@@ -276,7 +289,9 @@ async def test_interrupted_download_is_not_complete_and_purge_removes_it(hub: Fa
     assert not cache.purge(model)
 
 
-async def test_too_little_disk_is_refused_before_any_file_is_fetched(hub: FakeHub, client: HubClient, tmp_path: Path) -> None:
+async def test_too_little_disk_is_refused_before_any_file_is_fetched(
+    hub: FakeHub, client: HubClient, tmp_path: Path
+) -> None:
     free_mb = shutil.disk_usage(tmp_path).free // (1024 * 1024)
     with pytest.raises(InsufficientDisk) as caught:
         await fetch_model(spec(), ModelCache(tmp_path), client, min_free_disk_mb=free_mb + 1024)
@@ -316,7 +331,12 @@ def test_read_only_cache_dir_gives_a_clear_error() -> None:
         )
         assert result.returncode == 3, result.stdout + result.stderr
         out = result.stdout
-        assert str(read_only) in out and "not writable" in out and "Permission denied" in out and "CITADEL_CACHE_DIR" in out
+        assert (
+            str(read_only) in out
+            and "not writable" in out
+            and "Permission denied" in out
+            and "CITADEL_CACHE_DIR" in out
+        )
     finally:
         read_only.chmod(0o755)
         shutil.rmtree(base)
@@ -357,7 +377,9 @@ def test_cli_pull_verify_list_purge(hub: FakeHub, tmp_path: Path) -> None:
     assert listed.exit_code == 0
     row = next(line for line in listed.output.splitlines() if HUB_MODEL in line)
     assert "cached (" in row and "default" not in row
-    assert "bundled" in next(line for line in listed.output.splitlines() if "all-MiniLM-L6-v2 " in line and "package" in line)
+    assert "bundled" in next(
+        line for line in listed.output.splitlines() if "all-MiniLM-L6-v2 " in line and "package" in line
+    )
 
     assert invoke(env, "verify", HUB_MODEL).exit_code == 0
     cache.file_path(model, "vocab.txt").write_text("tampered")

@@ -96,19 +96,29 @@ def make(settings: Settings, loader: Any = load_configs, persist: bool = True) -
 # -- a clean download -------------------------------------------------------------------------
 
 
-async def test_download_publishes_every_step_and_persists_the_result(hub: FakeHub, tmp_path: Path, log_lines: list[str]) -> None:
+async def test_download_publishes_every_step_and_persists_the_result(
+    hub: FakeHub, tmp_path: Path, log_lines: list[str]
+) -> None:
     manager, rec = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES))
     status = await manager.ensure(HUB_MODEL)
     await manager.close()
     events = rec.drain()
 
     total = hub.size_of(SMALL_FILES)
-    assert (status.state, status.attempts, status.bytes_done, status.bytes_total, status.device) == (S.READY, 1, total, total, "cpu")
+    assert (status.state, status.attempts, status.bytes_done, status.bytes_total, status.device) == (
+        S.READY,
+        1,
+        total,
+        total,
+        "cpu",
+    )
     assert timeline(events) == ["QUEUED", "DOWNLOADING", "progress", "VERIFYING", "LOADING", "READY"]
     assert state_events(events) == [(S.QUEUED, 0), (S.DOWNLOADING, 1), (S.VERIFYING, 1), (S.LOADING, 1), (S.READY, 1)]
     ticks = [e for e in events if e.kind == "progress"]
     last_per_file = {e.file: (e.bytes_done, e.bytes_total, e.percent) for e in ticks}
-    assert last_per_file == {name: (len(f.data), len(f.data), 100.0) for name, f in hub.files.items() if name in last_per_file}
+    assert last_per_file == {
+        name: (len(f.data), len(f.data), 100.0) for name, f in hub.files.items() if name in last_per_file
+    }
     assert len(last_per_file) == 10
     assert [e.model_bytes_done for e in ticks] == sorted(e.model_bytes_done for e in ticks)
     assert ticks[-1].model_bytes_done == ticks[-1].model_bytes_total == total
@@ -203,7 +213,9 @@ async def test_slow_server_times_out_and_the_retry_succeeds(hub: FakeHub, tmp_pa
 # -- failure and fallback ---------------------------------------------------------------------
 
 
-async def test_after_all_attempts_the_fallback_serves_as_default(hub: FakeHub, tmp_path: Path, log_lines: list[str]) -> None:
+async def test_after_all_attempts_the_fallback_serves_as_default(
+    hub: FakeHub, tmp_path: Path, log_lines: list[str]
+) -> None:
     hub.add_fault("status", target="api", status=500, times=100)
     manager, rec = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES), loader=load_sentence_transformer)
     failed = await manager.ensure(HUB_MODEL)
@@ -281,7 +293,9 @@ async def test_unwritable_cache_fails_without_retrying_and_says_what_to_set(hub:
 
 async def test_too_little_disk_fails_before_fetching_any_file(hub: FakeHub, tmp_path: Path) -> None:
     free_mb = shutil.disk_usage(tmp_path).free // (1024 * 1024)
-    manager, _ = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES, downloads={"min_free_disk_mb": free_mb + 1024}))
+    manager, _ = make(
+        hub_settings(tmp_path, hub.url, files=SMALL_FILES, downloads={"min_free_disk_mb": free_mb + 1024})
+    )
     status = await manager.ensure(HUB_MODEL)
     await manager.close()
     assert (status.state, status.attempts, status.reason) == (S.FAILED, 1, "insufficient_disk")
@@ -300,7 +314,14 @@ async def test_a_failed_model_can_be_retried(hub: FakeHub, tmp_path: Path) -> No
     assert (retried.state, retried.attempts, retried.last_error) == (S.READY, 1, None)
     assert manager.effective_default == HUB_MODEL
     assert manager.status(DEFAULT_MODEL).fallback_for is None
-    assert state_events(events)[-6:] == [(S.FAILED, 3), (S.QUEUED, 0), (S.DOWNLOADING, 1), (S.VERIFYING, 1), (S.LOADING, 1), (S.READY, 1)]
+    assert state_events(events)[-6:] == [
+        (S.FAILED, 3),
+        (S.QUEUED, 0),
+        (S.DOWNLOADING, 1),
+        (S.VERIFYING, 1),
+        (S.LOADING, 1),
+        (S.READY, 1),
+    ]
 
 
 # -- concurrency and startup ------------------------------------------------------------------
@@ -363,7 +384,16 @@ async def test_corrupted_cached_model_is_purged_and_fetched_again_at_start(hub: 
     await manager.close()
     events = rec.drain()
     assert spec.name == HUB_MODEL
-    assert timeline(events) == ["QUEUED", "VERIFYING", "VERIFYING", "DOWNLOADING", "progress", "VERIFYING", "LOADING", "READY"]
+    assert timeline(events) == [
+        "QUEUED",
+        "VERIFYING",
+        "VERIFYING",
+        "DOWNLOADING",
+        "progress",
+        "VERIFYING",
+        "LOADING",
+        "READY",
+    ]
     broken = [e.message or "" for e in events if e.state is S.VERIFYING][1]
     assert broken.startswith("cache broken (model.safetensors: sha256") and "purged" in broken
     assert sha256_of(weights) == hub.files["model.safetensors"].sha256
@@ -392,7 +422,16 @@ async def test_cached_files_that_do_not_load_are_purged_and_fetched_again(hub: F
     status = await manager.ensure(HUB_MODEL)
     await manager.close()
     assert (status.state, status.attempts) == (S.READY, 1)
-    assert timeline(rec.drain()) == ["QUEUED", "VERIFYING", "LOADING", "DOWNLOADING", "progress", "VERIFYING", "LOADING", "READY"]
+    assert timeline(rec.drain()) == [
+        "QUEUED",
+        "VERIFYING",
+        "LOADING",
+        "DOWNLOADING",
+        "progress",
+        "VERIFYING",
+        "LOADING",
+        "READY",
+    ]
     assert json.loads(config.read_text())  # the real config is back
 
 

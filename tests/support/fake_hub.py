@@ -136,7 +136,11 @@ class FakeHub:
             return [r for r in self.requests if r.file == name and r.method == method]
 
     def size_of(self, patterns: list[str] | None = None) -> int:
-        return sum(len(f.data) for f in self.files.values() if not patterns or any(fnmatch.fnmatch(f.name, p) for p in patterns))
+        return sum(
+            len(f.data)
+            for f in self.files.values()
+            if not patterns or any(fnmatch.fnmatch(f.name, p) for p in patterns)
+        )
 
     def start(self) -> FakeHub:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -144,7 +148,12 @@ class FakeHub:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self._asgi, log_level="critical", lifespan="off", interface="asgi3", timeout_graceful_shutdown=1, access_log=False
+            self._asgi,
+            log_level="critical",
+            lifespan="off",
+            interface="asgi3",
+            timeout_graceful_shutdown=1,
+            access_log=False,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -199,11 +208,11 @@ class FakeHub:
             return
         path = unquote(scope["path"])
         if path.startswith("/api/models/") and "/revision/" in path:
-            repo, revision = path[len("/api/models/"):].split("/revision/", 1)
+            repo, revision = path[len("/api/models/") :].split("/revision/", 1)
             await self._listing(scope, send, repo, revision)
             return
         if path.startswith("/cdn/"):
-            sha = path[len("/cdn/"):]
+            sha = path[len("/cdn/") :]
             match = next((f for f in self.files.values() if f.sha256 == sha), None)
             await self._file(scope, send, match, redirected=True)
             return
@@ -218,8 +227,14 @@ class FakeHub:
         await self._plain(scope, send, 404, {"error": "not found"}, None)
 
     async def _plain(
-        self, scope: dict[str, Any], send: Any, status: int, body: object, file: str | None,
-        headers: list[tuple[bytes, bytes]] | None = None, fault: Fault | None = None,
+        self,
+        scope: dict[str, Any],
+        send: Any,
+        status: int,
+        body: object,
+        file: str | None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        fault: Fault | None = None,
     ) -> None:
         payload = json.dumps(body).encode()
         self._record(scope, file, status, fault)
@@ -251,8 +266,14 @@ class FakeHub:
                 if f.lfs:
                     entry["lfs"] = {"sha256": f.sha256, "size": len(f.data), "pointerSize": 134}
             siblings.append(entry)
-        await self._plain(scope, send, 200, {"id": self.repo_id, "sha": self.commit, "siblings": siblings}, None,
-                          [(b"x-repo-commit", self.commit.encode())])
+        await self._plain(
+            scope,
+            send,
+            200,
+            {"id": self.repo_id, "sha": self.commit, "siblings": siblings},
+            None,
+            [(b"x-repo-commit", self.commit.encode())],
+        )
 
     async def _file(self, scope: dict[str, Any], send: Any, repo_file: _RepoFile | None, redirected: bool) -> None:
         if repo_file is None:
@@ -291,29 +312,40 @@ class FakeHub:
         if rng:
             start = int(rng.decode().removeprefix("bytes=").split("-")[0])
             if start >= len(data):
-                await self._plain(scope, send, 416, {"error": "range"}, repo_file.name,
-                                  [(b"content-range", f"bytes */{len(data)}".encode())])
+                await self._plain(
+                    scope,
+                    send,
+                    416,
+                    {"error": "range"},
+                    repo_file.name,
+                    [(b"content-range", f"bytes */{len(data)}".encode())],
+                )
                 return
             status = 206
             extra = [(b"content-range", f"bytes {start}-{len(data) - 1}/{len(data)}".encode())]
         body = data[start:]
         if fault is not None and fault.kind == "corrupt":
             middle = len(body) // 2
-            body = body[:middle] + bytes(b ^ 0xFF for b in body[middle:middle + 16]) + body[middle + 16:]
+            body = body[:middle] + bytes(b ^ 0xFF for b in body[middle : middle + 16]) + body[middle + 16 :]
         declared = len(body)
         cut = None
         if fault is not None and fault.kind in ("drop", "truncate"):
             cut = fault.at_byte if fault.at_byte is not None else len(body) // 2
             if fault.kind == "truncate":
                 body, declared = body[:cut], cut
-                extra = [(b"content-range", f"bytes {start}-{start + cut - 1}/{len(data)}".encode())] if status == 206 else []
+                extra = (
+                    [(b"content-range", f"bytes {start}-{start + cut - 1}/{len(data)}".encode())]
+                    if status == 206
+                    else []
+                )
         self._record(scope, repo_file.name, status, fault)
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": common + extra + [(b"content-length", str(declared).encode()),
-                                             (b"content-type", b"application/octet-stream")],
+                "headers": common
+                + extra
+                + [(b"content-length", str(declared).encode()), (b"content-type", b"application/octet-stream")],
             }
         )
         if scope["method"] == "HEAD":
@@ -323,7 +355,7 @@ class FakeHub:
         while sent < len(body):
             if fault is not None and fault.kind == "slow":
                 await self._pause(fault.delay)
-            chunk = body[sent:sent + CHUNK]
+            chunk = body[sent : sent + CHUNK]
             if fault is not None and fault.kind == "drop" and cut is not None and sent + len(chunk) >= cut:
                 await send({"type": "http.response.body", "body": body[sent:cut], "more_body": True})
                 await asyncio.sleep(0.05)  # let the bytes reach the client before the connection is cut
@@ -361,9 +393,7 @@ def hub_settings(tmp_path: Path, endpoint: str, *, files: list[str] | None = Non
         "min_free_disk_mb": 1,
         **overrides.pop("downloads", {}),
     }
-    spec = ModelSpec(
-        name=HUB_MODEL, repo_id=DEFAULT_REPO, files=files or [], dimensions=384, fallback=DEFAULT_MODEL
-    )
+    spec = ModelSpec(name=HUB_MODEL, repo_id=DEFAULT_REPO, files=files or [], dimensions=384, fallback=DEFAULT_MODEL)
     values: dict[str, Any] = {
         "data_dir": tmp_path,
         "cache_dir": tmp_path / "models",

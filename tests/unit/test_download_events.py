@@ -12,7 +12,9 @@ from app.adapters.events import DownloadEvent, EventBus, ProgressThrottle
 from app.downloads.state import ModelState
 
 
-def event(model: str = "m", state: ModelState = ModelState.DOWNLOADING, kind: str = "state", n: int = 0) -> DownloadEvent:
+def event(
+    model: str = "m", state: ModelState = ModelState.DOWNLOADING, kind: str = "state", n: int = 0
+) -> DownloadEvent:
     return DownloadEvent(model=model, state=state, attempt=1, max_attempts=3, bytes_done=n, kind=kind)  # type: ignore[arg-type]
 
 

@@ -18,7 +18,9 @@ from app.downloads.hub import RemoteFile, RepoSnapshot, _etag, _retry_after
 from app.errors import CitadelError
 
 
-@pytest.mark.parametrize("status,retryable", [(500, True), (503, True), (429, True), (408, True), (404, False), (401, False), (403, False)])
+@pytest.mark.parametrize(
+    "status,retryable", [(500, True), (503, True), (429, True), (408, True), (404, False), (401, False), (403, False)]
+)
 def test_http_errors_are_retryable_only_when_waiting_can_help(status: int, retryable: bool) -> None:
     error = HubHTTPError("x", status)
     assert error.retryable is retryable

@@ -25,7 +25,17 @@ def test_every_state_has_its_transitions_listed() -> None:
         # a fresh download
         [S.NOT_DOWNLOADED, S.QUEUED, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.READY],
         # two failed attempts, then success
-        [S.QUEUED, S.DOWNLOADING, S.RETRYING, S.DOWNLOADING, S.RETRYING, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.READY],
+        [
+            S.QUEUED,
+            S.DOWNLOADING,
+            S.RETRYING,
+            S.DOWNLOADING,
+            S.RETRYING,
+            S.DOWNLOADING,
+            S.VERIFYING,
+            S.LOADING,
+            S.READY,
+        ],
         # a healthy cache: no download at all
         [S.QUEUED, S.VERIFYING, S.LOADING, S.READY],
         # a broken cache found while verifying, then while loading
@@ -41,7 +51,13 @@ def test_legal_paths(path: list[ModelState]) -> None:
 
 @pytest.mark.parametrize(
     "current,new",
-    [(S.NOT_DOWNLOADED, S.READY), (S.READY, S.DOWNLOADING), (S.FAILED, S.READY), (S.QUEUED, S.READY), (S.RETRYING, S.READY)],
+    [
+        (S.NOT_DOWNLOADED, S.READY),
+        (S.READY, S.DOWNLOADING),
+        (S.FAILED, S.READY),
+        (S.QUEUED, S.READY),
+        (S.RETRYING, S.READY),
+    ],
 )
 def test_illegal_moves(current: ModelState, new: ModelState) -> None:
     assert not can_move(current, new)
