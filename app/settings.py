@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(None, description="Qdrant API key")
-    default_model: str = Field(DEFAULT_MODEL, description="Model used when a request names none")
+    default_model: str = Field(PRIMARY_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
     models: dict[str, ModelSpec] = Field(default_factory=default_catalog, description="Model catalog (JSON); entries extend the built-in one")
     load_models_at_startup: bool = Field(True, description="Prepare the default model in the background at startup")
     run_migrations: bool = Field(True, description="Apply database migrations at startup")

@@ -65,6 +65,9 @@ def event_to_gql(event: Any) -> t.DownloadEvent:
         bytes_per_second=event.bytes_per_second,
         message=event.message,
         at=event.at,
+        kind=event.kind,
+        model_bytes_done=event.model_bytes_done,
+        model_bytes_total=event.model_bytes_total,
     )
 
 
@@ -82,6 +85,9 @@ def status_to_event_gql(status: Any) -> t.DownloadEvent:
         bytes_per_second=None,
         message=status.last_error if _state_name(status.state) == "FAILED" else "current state",
         at=status.updated_at,
+        kind="state",
+        model_bytes_done=status.bytes_done,
+        model_bytes_total=status.bytes_total,
     )
 
 

@@ -156,6 +156,9 @@ class DownloadEvent:
     bytes_per_second: Optional[float]
     message: Optional[str]
     at: dt.datetime
+    kind: str = strawberry.field(description='"state" for a state change, "progress" for a byte-progress tick')
+    model_bytes_done: Optional[Long] = strawberry.field(description="Bytes of the whole model so far (bytesDone is per file when `file` is set)")
+    model_bytes_total: Optional[Long] = strawberry.field(description="Bytes of the whole model, when known")
 
 
 @strawberry.type

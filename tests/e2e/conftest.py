@@ -1,16 +1,41 @@
-"""A real Citadel server per session: machine PostgreSQL (fresh database) and Redis, Qdrant Edge."""
+"""Real Citadel servers: machine PostgreSQL (fresh database) and Redis, Qdrant Edge, and a local
+Hugging Face mirror (tests/support/fake_hub.py) so models really download over HTTP."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.support.databases import create_database, drop_database
+from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, FakeHub
 from tests.support.server import LiveServer
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def hub_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """Settings for a server whose catalog has a model served by the local mirror."""
+    catalog = {HUB_MODEL: {"repo_id": DEFAULT_REPO, "dimensions": 384, "fallback": BUNDLED}}
+    return {
+        "CITADEL_MODELS": json.dumps(catalog),
+        "CITADEL_HF_ENDPOINT": endpoint,
+        "CITADEL_HF_OFFLINE": "false",
+        "HF_HUB_OFFLINE": "0",
+        "CITADEL_DOWNLOADS__RETRY_DELAY_SECONDS": "0.3",
+        "CITADEL_DOWNLOADS__PROGRESS_INTERVAL_SECONDS": "0.1",
+        "CITADEL_DOWNLOADS__MIN_FREE_DISK_MB": "1",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def fake_hub():
+    with FakeHub() as hub:
+        yield hub
 
 
 @pytest.fixture(scope="session")
@@ -20,20 +45,35 @@ async def e2e_database():
     await drop_database(url)
 
 
+class DownloadingServer(LiveServer):
+    """The browser test's hook: start a real download of a hub model, slowed so it can be watched."""
+
+    hub: FakeHub | None = None
+    download_model = HUB_MODEL
+
+    def start_download(self, name: str) -> dict:
+        if self.hub is not None:  # ~10 ms per 64 KiB of the weights: a few seconds of visible progress
+            self.hub.add_fault("slow", file="*.safetensors", delay=0.01)
+        body = self.graphql("mutation($n: String!) { downloadModel(name: $n) { name state } }", {"n": name})
+        assert "errors" not in body, body
+        return body["data"]["downloadModel"]
+
+
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, e2e_database):
+def live_server(tmp_path_factory, e2e_database, fake_hub):
     ARTIFACTS.mkdir(exist_ok=True)
-    server = LiveServer(
-        env={
-            "CITADEL_DATA_DIR": str(tmp_path_factory.mktemp("citadel-e2e")),
-            "CITADEL_DATABASE_URL": e2e_database,
-            "CITADEL_REDIS_URL": "redis://127.0.0.1:6379/0",
-            "CITADEL_CACHE__KEY_PREFIX": f"citadel-test-{uuid.uuid4().hex[:8]}:",
-            "CITADEL_DEFAULT_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
-            "HF_HUB_OFFLINE": "1",
-        },
+    server = DownloadingServer(
+        env=hub_env(
+            fake_hub.url,
+            CITADEL_DATA_DIR=str(tmp_path_factory.mktemp("citadel-e2e")),
+            CITADEL_DATABASE_URL=e2e_database,
+            CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",
+            CITADEL_CACHE__KEY_PREFIX=f"citadel-test-{uuid.uuid4().hex[:8]}:",
+            CITADEL_DEFAULT_MODEL=BUNDLED,
+        ),
         log_path=ARTIFACTS / "e2e-server.log",
     )
+    server.hub = fake_hub
     server.start()
     try:
         yield server
