@@ -83,7 +83,7 @@ def status_to_event_gql(status: Any) -> t.DownloadEvent:
         bytes_total=status.bytes_total,
         percent=status.percent,
         bytes_per_second=None,
-        message=status.last_error if _state_name(status.state) == "FAILED" else "current state",
+        message=status.last_error if _state_name(status.state) == "FAILED" else None,
         at=status.updated_at,
         kind="state",
         model_bytes_done=status.bytes_done,
