@@ -17,21 +17,24 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import psutil  # noqa: E402
+import httpx
+import psutil
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REDIS_URL = os.environ.get("CITADEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_ADMIN_URL = os.environ.get("CITADEL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "CITADEL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 # -- numbers and tables ------------------------------------------------------------------------
@@ -58,14 +61,32 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A Markdown table (pastes into reports and issues as is), columns padded for the terminal."""
-    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        [c if isinstance(c, str) else fmt(c) for c in row] for row in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))]
+    numeric = [
+        all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))
+    ]
 
     def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if num else c.ljust(w)
+                for c, w, num in zip(row, widths, numeric)
+            )
+            + " |"
+        )
 
-    separator = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
+    separator = (
+        "|"
+        + "|".join(
+            ("-" * (w + 1) + ":") if num else ("-" * (w + 2))
+            for w, num in zip(widths, numeric)
+        )
+        + "|"
+    )
     return "\n".join([line(cells[0]), separator, *(line(row) for row in cells[1:])])
 
 
@@ -83,30 +104,126 @@ def _looks_numeric(cell: str) -> bool:
 # -- a deterministic corpus of short, varied sentences ----------------------------------------
 
 TOPICS: dict[str, list[str]] = {
-    "cooking": ["a mushroom risotto", "the sourdough starter", "a pot of lentil soup", "fresh pasta dough",
-                "a lemon tart", "the spice rack", "a cast iron skillet", "roasted vegetables"],
-    "astronomy": ["the Andromeda galaxy", "a distant quasar", "the rings of Saturn", "a meteor shower",
-                  "the new telescope", "a red dwarf star", "the lunar eclipse", "an exoplanet transit"],
-    "finance": ["the quarterly budget", "a mortgage rate", "the index fund", "an invoice backlog",
-                "the pension plan", "a currency swap", "the tax return", "a startup valuation"],
-    "gardening": ["the tomato seedlings", "a compost heap", "the rose bushes", "a raised vegetable bed",
-                  "the apple orchard", "a greenhouse", "the herb garden", "a row of sunflowers"],
-    "software": ["the database migration", "a memory leak", "the build pipeline", "a flaky unit test",
-                 "the API gateway", "a race condition", "the deployment script", "a code review"],
-    "music": ["a jazz quartet", "the violin concerto", "a vinyl record", "the drum solo",
-              "a choir rehearsal", "the piano sonata", "an open-air festival", "a guitar riff"],
-    "sports": ["the marathon route", "a penalty kick", "the cycling team", "a tennis final",
-               "the swimming relay", "a basketball playoff", "the climbing wall", "a rowing regatta"],
-    "medicine": ["the vaccine trial", "a blood pressure reading", "the surgical team", "an allergy test",
-                 "the physiotherapy plan", "a hospital ward", "the new antibiotic", "a sleep study"],
-    "travel": ["the night train", "a mountain hostel", "the airport lounge", "a ferry crossing",
-               "the old town square", "a road trip", "the coastal path", "a hotel booking"],
-    "history": ["the Roman aqueduct", "a medieval manuscript", "the industrial revolution", "an ancient map",
-                "the castle ruins", "a war diary", "the printing press", "a bronze age hoard"],
-    "weather": ["the autumn storm", "a heat wave", "the morning fog", "a hailstorm",
-                "the monsoon season", "a cold front", "the snow forecast", "a rainbow"],
-    "pets": ["the old sheepdog", "a tabby cat", "the goldfish tank", "a parrot",
-             "the rescue puppy", "a pair of rabbits", "the hamster wheel", "a stray kitten"],
+    "cooking": [
+        "a mushroom risotto",
+        "the sourdough starter",
+        "a pot of lentil soup",
+        "fresh pasta dough",
+        "a lemon tart",
+        "the spice rack",
+        "a cast iron skillet",
+        "roasted vegetables",
+    ],
+    "astronomy": [
+        "the Andromeda galaxy",
+        "a distant quasar",
+        "the rings of Saturn",
+        "a meteor shower",
+        "the new telescope",
+        "a red dwarf star",
+        "the lunar eclipse",
+        "an exoplanet transit",
+    ],
+    "finance": [
+        "the quarterly budget",
+        "a mortgage rate",
+        "the index fund",
+        "an invoice backlog",
+        "the pension plan",
+        "a currency swap",
+        "the tax return",
+        "a startup valuation",
+    ],
+    "gardening": [
+        "the tomato seedlings",
+        "a compost heap",
+        "the rose bushes",
+        "a raised vegetable bed",
+        "the apple orchard",
+        "a greenhouse",
+        "the herb garden",
+        "a row of sunflowers",
+    ],
+    "software": [
+        "the database migration",
+        "a memory leak",
+        "the build pipeline",
+        "a flaky unit test",
+        "the API gateway",
+        "a race condition",
+        "the deployment script",
+        "a code review",
+    ],
+    "music": [
+        "a jazz quartet",
+        "the violin concerto",
+        "a vinyl record",
+        "the drum solo",
+        "a choir rehearsal",
+        "the piano sonata",
+        "an open-air festival",
+        "a guitar riff",
+    ],
+    "sports": [
+        "the marathon route",
+        "a penalty kick",
+        "the cycling team",
+        "a tennis final",
+        "the swimming relay",
+        "a basketball playoff",
+        "the climbing wall",
+        "a rowing regatta",
+    ],
+    "medicine": [
+        "the vaccine trial",
+        "a blood pressure reading",
+        "the surgical team",
+        "an allergy test",
+        "the physiotherapy plan",
+        "a hospital ward",
+        "the new antibiotic",
+        "a sleep study",
+    ],
+    "travel": [
+        "the night train",
+        "a mountain hostel",
+        "the airport lounge",
+        "a ferry crossing",
+        "the old town square",
+        "a road trip",
+        "the coastal path",
+        "a hotel booking",
+    ],
+    "history": [
+        "the Roman aqueduct",
+        "a medieval manuscript",
+        "the industrial revolution",
+        "an ancient map",
+        "the castle ruins",
+        "a war diary",
+        "the printing press",
+        "a bronze age hoard",
+    ],
+    "weather": [
+        "the autumn storm",
+        "a heat wave",
+        "the morning fog",
+        "a hailstorm",
+        "the monsoon season",
+        "a cold front",
+        "the snow forecast",
+        "a rainbow",
+    ],
+    "pets": [
+        "the old sheepdog",
+        "a tabby cat",
+        "the goldfish tank",
+        "a parrot",
+        "the rescue puppy",
+        "a pair of rabbits",
+        "the hamster wheel",
+        "a stray kitten",
+    ],
 }
 _SUBJECTS = ["My neighbour", "The committee", "A student", "Our team", "The reporter", "Grandma", "The engineer",
              "A tourist", "The teacher", "Nobody", "Everyone", "The manager", "A child", "The doctor", "My friend",
@@ -117,7 +234,16 @@ _VERBS = ["talked about", "worried about", "photographed", "wrote a note on", "c
 _TAILS = ["yesterday", "this morning", "after lunch", "late at night", "during the meeting", "on the radio",
           "for the third time", "with great care", "in a hurry", "before the holidays", "in the newsletter",
           "while waiting", "last weekend", "at the market", "on a postcard", "again"]  # fmt: skip
-_ADJECTIVES = ["quietly", "loudly", "happily", "nervously", "briefly", "carefully", "openly", "secretly"]
+_ADJECTIVES = [
+    "quietly",
+    "loudly",
+    "happily",
+    "nervously",
+    "briefly",
+    "carefully",
+    "openly",
+    "secretly",
+]
 
 
 @dataclass(frozen=True)
@@ -138,7 +264,11 @@ def corpus(count: int, seed: int = 7) -> list[CorpusItem]:
     seen: set[str] = set()
     items: list[CorpusItem] = []
     while len(items) < count:
-        topic = topics[len(items) % len(topics)] if rng.random() < 0.5 else rng.choice(topics)
+        topic = (
+            topics[len(items) % len(topics)]
+            if rng.random() < 0.5
+            else rng.choice(topics)
+        )
         text = " ".join(
             [
                 rng.choice(_SUBJECTS),
@@ -150,7 +280,11 @@ def corpus(count: int, seed: int = 7) -> list[CorpusItem]:
         )
         n = rng.randrange(0, 1000)
         if rng.random() < 0.5:
-            text = f"{text}, said item {n}" if rng.random() < 0.5 else f"{text} (note {len(items)})"
+            text = (
+                f"{text}, said item {n}"
+                if rng.random() < 0.5
+                else f"{text} (note {len(items)})"
+            )
         text += "."
         if text in seen:
             continue
@@ -166,10 +300,21 @@ def corpus(count: int, seed: int = 7) -> list[CorpusItem]:
 class EncodeRate:
     texts: int
     seconds: float
+    cpu_seconds: float = math.nan  # this process, every thread
 
     @property
     def per_second(self) -> float:
         return self.texts / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def cpu_ms_per_text(self) -> float:
+        return 1000.0 * self.cpu_seconds / self.texts if self.texts else math.nan
+
+
+def mean_rate(rates: Sequence[EncodeRate]) -> float:
+    """Sentences/s over several measurements taken together (total texts / total time)."""
+    seconds = sum(r.seconds for r in rates)
+    return sum(r.texts for r in rates) / seconds if seconds > 0 else math.nan
 
 
 class InProcessEncoder:
@@ -184,19 +329,30 @@ class InProcessEncoder:
 
         spec = Settings(_env_file=None).model(model)  # type: ignore[call-arg]
         self._torch = torch
-        self.model = SentenceTransformer(str(local_model_dir(spec)), device="cpu", local_files_only=True)
+        self.model = SentenceTransformer(
+            str(local_model_dir(spec)), device="cpu", local_files_only=True
+        )
         self.model.max_seq_length = spec.max_seq_length
         self.model.eval()
 
     def rate(self, texts: Sequence[str], batch_size: int = 64) -> EncodeRate:
         """Sentences/s of encoding `texts` in batches of `batch_size` (after one warm-up batch)."""
         with self._torch.inference_mode():
-            self.model.encode(list(texts[:batch_size]), batch_size=batch_size, normalize_embeddings=True)
-            started = time.perf_counter()
             self.model.encode(
-                list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+                list(texts[:batch_size]),
+                batch_size=batch_size,
+                normalize_embeddings=True,
             )
-        return EncodeRate(len(texts), time.perf_counter() - started)
+            started, cpu = time.perf_counter(), time.process_time()
+            self.model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return EncodeRate(
+            len(texts), time.perf_counter() - started, time.process_time() - cpu
+        )
 
 
 # -- the real server -------------------------------------------------------------------------------
@@ -218,7 +374,9 @@ class BenchServer:
 
 
 @asynccontextmanager
-async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None = None) -> AsyncIterator[BenchServer]:
+async def bench_server(
+    embedded: bool = False, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[BenchServer]:
     """`python -m app serve` in a subprocess on a throwaway data dir, ready (default model READY).
 
     Not embedded: a fresh PostgreSQL database on the machine's server and the machine's Redis under
@@ -245,7 +403,10 @@ async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None 
     try:
         started = time.perf_counter()
         await asyncio.to_thread(server.start, True, 300.0)
-        print(f"server ready in {time.perf_counter() - started:.1f}s at {server.url} (log {server.log_path})", flush=True)
+        print(
+            f"server ready in {time.perf_counter() - started:.1f}s at {server.url} (log {server.log_path})",
+            flush=True,
+        )
         yield BenchServer(server=server, data_dir=data_dir, env=env)
     except BaseException:
         print(f"--- server log tail ---\n{server.log_tail(40)}", file=sys.stderr)
@@ -260,12 +421,18 @@ async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None 
 
 
 async def _create_database() -> str:
+    import pytest
+
     from tests.support.databases import create_database
 
     try:
         return await create_database("citadel_bench", POSTGRES_ADMIN_URL)
-    except BaseException as exc:  # tests.support skips via pytest; a script should just say why
-        raise SystemExit(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable ({exc!r}); try --embedded") from None
+    except (
+        pytest.skip.Exception
+    ) as exc:  # tests.support skips an unreachable server; a script says why
+        raise SystemExit(
+            f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable ({exc!r}); try --embedded"
+        ) from None
 
 
 async def _drop_database(url: str) -> None:
@@ -313,7 +480,8 @@ def sample_total(samples: Samples, name: str, **labels: str) -> float:
     return sum(
         value
         for (sample_name, sample_labels), value in samples.items()
-        if sample_name == name and all(dict(sample_labels).get(k) == v for k, v in labels.items())
+        if sample_name == name
+        and all(dict(sample_labels).get(k) == v for k, v in labels.items())
     )
 
 
@@ -340,7 +508,10 @@ class CpuMeter:
         self._wall = 0.0
 
     def _cpu_seconds(self) -> float:
-        processes = [self.process, *(self.process.children(recursive=True) if self.children else [])]
+        processes = [
+            self.process,
+            *(self.process.children(recursive=True) if self.children else []),
+        ]
         total = 0.0
         for process in processes:
             try:
@@ -350,14 +521,16 @@ class CpuMeter:
             total += times.user + times.system
         return total
 
-    def start(self) -> "CpuMeter":
+    def start(self) -> CpuMeter:
         self._cpu, self._wall = self._cpu_seconds(), time.perf_counter()
         return self
 
     def stop(self) -> float:
         """Percent of one core used since start()."""
         wall = time.perf_counter() - self._wall
-        return 100.0 * (self._cpu_seconds() - self._cpu) / wall if wall > 0 else math.nan
+        return (
+            100.0 * (self._cpu_seconds() - self._cpu) / wall if wall > 0 else math.nan
+        )
 
 
 # -- GraphQL over HTTP, closed-loop clients --------------------------------------------------------
@@ -366,8 +539,12 @@ class CpuMeter:
 class GraphQLError(RuntimeError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         self.errors = errors
-        self.code = (errors[0].get("extensions") or {}).get("code", "?") if errors else "?"
-        super().__init__(f"{self.code}: {errors[0].get('message') if errors else errors}")
+        self.code = (
+            (errors[0].get("extensions") or {}).get("code", "?") if errors else "?"
+        )
+        super().__init__(
+            f"{self.code}: {errors[0].get('message') if errors else errors}"
+        )
 
 
 def graphql_body(query: str, variables: dict[str, Any] | None = None) -> bytes:
@@ -402,7 +579,9 @@ class LoadResult:
     clients: int
     requests: int
     seconds: float
-    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
+    latencies: list[float] = field(
+        default_factory=list
+    )  # seconds, successful requests only
     errors: dict[str, int] = field(default_factory=dict)  # error code -> count
     responses: list[dict[str, Any]] = field(default_factory=list)
     loadgen_cpu_percent: float = math.nan
@@ -420,8 +599,27 @@ class LoadResult:
         return percentile(self.latencies, q) * 1000.0
 
     @property
+    def server_cpu_ms_per_request(self) -> float:
+        return (
+            10.0 * self.server_cpu_percent * self.seconds / self.requests
+            if self.requests
+            else math.nan
+        )
+
+    @property
+    def loadgen_cpu_ms_per_request(self) -> float:
+        return (
+            10.0 * self.loadgen_cpu_percent * self.seconds / self.requests
+            if self.requests
+            else math.nan
+        )
+
+    @property
     def error_summary(self) -> str:
-        return ", ".join(f"{code} x{count}" for code, count in sorted(self.errors.items())) or "0"
+        return (
+            ", ".join(f"{code} x{count}" for code, count in sorted(self.errors.items()))
+            or "0"
+        )
 
 
 async def run_closed_loop(

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import (  # noqa: E402
+from bench._common import (
     MODEL,
     TOPICS,
     Connection,
@@ -97,27 +97,60 @@ class SearchRow:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2,000 documents and 50 queries: about a minute")
-    parser.add_argument("--embedded", action="store_true", help="embedded PostgreSQL/Redis instead of the machine's")
-    parser.add_argument("--docs", type=int, default=None, help="corpus size (default 10,000; quick 2,000)")
-    parser.add_argument("--queries", type=int, default=None, help="queries per search scenario (default 200; quick 50)")
-    parser.add_argument("--batch", type=int, default=500, help="documents per ingest call (default 500)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2,000 documents and 50 queries: about a minute",
+    )
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="embedded PostgreSQL/Redis instead of the machine's",
+    )
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=None,
+        help="corpus size (default 10,000; quick 2,000)",
+    )
+    parser.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="queries per search scenario (default 200; quick 50)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=500, help="documents per ingest call (default 500)"
+    )
     return parser.parse_args()
 
 
 def documents(items: list[CorpusItem], start: int) -> list[dict[str, Any]]:
     return [
-        {"id": f"doc-{start + i:06d}", "text": item.text, "metadata": {"topic": item.topic, "n": item.n}}
+        {
+            "id": f"doc-{start + i:06d}",
+            "text": item.text,
+            "metadata": {"topic": item.topic, "n": item.n},
+        }
         for i, item in enumerate(items)
     ]
 
 
 async def ingest(
-    url: str, server_pid: int, name: str, docs: list[dict[str, Any]], batch: int, clients: int
+    url: str,
+    server_pid: int,
+    name: str,
+    docs: list[dict[str, Any]],
+    batch: int,
+    clients: int,
 ) -> IngestRow:
     calls = [docs[i : i + batch] for i in range(0, len(docs), batch)]
-    bodies = iter([graphql_body(INGEST, {"c": COLLECTION, "docs": call}) for call in calls])
+    bodies = iter(
+        [graphql_body(INGEST, {"c": COLLECTION, "docs": call}) for call in calls]
+    )
     counts = {"inserted": 0, "updated": 0, "unchanged": 0, "failed": 0}
     call_seconds: list[float] = []
     connections = [Connection(url, timeout=600) for _ in range(clients)]
@@ -149,7 +182,9 @@ async def ingest(
         seconds=seconds,
         call_seconds=call_seconds,
         counts=counts,
-        forward_passes=delta(before, after, "citadel_forward_passes_total", model=MODEL),
+        forward_passes=delta(
+            before, after, "citadel_forward_passes_total", model=MODEL
+        ),
         mean_batch=histogram_mean(before, after, "citadel_batch_size", model=MODEL),
         server_cpu=server_cpu,
         loadgen_cpu=loadgen_cpu,
@@ -162,7 +197,9 @@ async def ingest(
     return row
 
 
-async def search(url: str, name: str, queries: list[str], filters: list[Any] | None) -> SearchRow:
+async def search(
+    url: str, name: str, queries: list[str], filters: list[Any] | None
+) -> SearchRow:
     row = SearchRow(name=name)
     connection = Connection(url)
     await connection.post(graphql_body("{ __typename }"))
@@ -170,7 +207,11 @@ async def search(url: str, name: str, queries: list[str], filters: list[Any] | N
     started = time.perf_counter()
     try:
         for index, text in enumerate(queries):
-            variables = {"c": COLLECTION, "q": text, "f": filters[index] if filters else None}
+            variables = {
+                "c": COLLECTION,
+                "q": text,
+                "f": filters[index] if filters else None,
+            }
             body = graphql_body(SEARCH, variables)
             sent = time.perf_counter()
             result = (await connection.post(body))["search"]
@@ -182,7 +223,9 @@ async def search(url: str, name: str, queries: list[str], filters: list[Any] | N
         await connection.close()
     after = scrape(url)
     row.cache_hits = delta(before, after, "citadel_cache_hits_total", model=MODEL)
-    row.forward_passes = delta(before, after, "citadel_forward_passes_total", model=MODEL)
+    row.forward_passes = delta(
+        before, after, "citadel_forward_passes_total", model=MODEL
+    )
     print(
         f"  {name}: p50 {percentile(row.latencies, 50) * 1000:.1f} ms, p99 {percentile(row.latencies, 99) * 1000:.1f} ms, "
         f"{int(row.forward_passes)} forward passes, {int(row.cache_hits)} cache hits",
@@ -192,7 +235,12 @@ async def search(url: str, name: str, queries: list[str], filters: list[Any] | N
 
 
 def topic_filter(index: int, topics: list[str]) -> dict[str, Any]:
-    return {"and": [{"topic": {"eq": topics[index % len(topics)]}}, {"n": {"gte": 100, "lt": 900}}]}
+    return {
+        "and": [
+            {"topic": {"eq": topics[index % len(topics)]}},
+            {"n": {"gte": 100, "lt": 900}},
+        ]
+    }
 
 
 async def main() -> None:
@@ -206,44 +254,81 @@ async def main() -> None:
     filtered_queries = [i.text for i in items[total + n_queries :]]
     topics = list(TOPICS)
     filters = [topic_filter(i, topics) for i in range(n_queries)]
-    sample = [d["text"] for d in docs[:: max(1, total // (500 if args.quick else 2_000))]]
+    sample = [
+        d["text"] for d in docs[:: max(1, total // (500 if args.quick else 2_000))]
+    ]
 
     print(f"machine: {machine_summary()}")
     encoder = InProcessEncoder(MODEL)
     rates: list[EncodeRate] = [encoder.rate(sample)]
-    print(f"in-process encode before the server: {rates[0].per_second:.1f} sentences/s ({len(sample)} texts)", flush=True)
+    print(
+        f"in-process encode before the server: {rates[0].per_second:.1f} sentences/s ({len(sample)} texts)",
+        flush=True,
+    )
 
     async with bench_server(embedded=args.embedded) as server:
         setup = Connection(server.url)
         await setup.post(graphql_body(CREATE, {"name": COLLECTION}))
         half = total // 2
         ingest_rows = [
-            await ingest(server.url, server.pid, "ingest, new documents", docs[:half], args.batch, clients=1),
-            await ingest(server.url, server.pid, "ingest, new documents", docs[half:], args.batch, clients=2),
-            await ingest(server.url, server.pid, "re-ingest, all unchanged", docs, args.batch, clients=1),
+            await ingest(
+                server.url,
+                server.pid,
+                "ingest, new documents",
+                docs[:half],
+                args.batch,
+                clients=1,
+            ),
+            await ingest(
+                server.url,
+                server.pid,
+                "ingest, new documents",
+                docs[half:],
+                args.batch,
+                clients=2,
+            ),
+            await ingest(
+                server.url,
+                server.pid,
+                "re-ingest, all unchanged",
+                docs,
+                args.batch,
+                clients=1,
+            ),
         ]
-        count = (await setup.post(graphql_body(COUNT, {"c": COLLECTION})))["collection"]["documentCount"]
+        count = (await setup.post(graphql_body(COUNT, {"c": COLLECTION})))[
+            "collection"
+        ]["documentCount"]
         await setup.close()
         if count != total:
             raise RuntimeError(f"collection holds {count} documents, expected {total}")
         rates.append(encoder.rate(sample))
-        print(f"in-process encode after the ingest (server idle): {rates[1].per_second:.1f} sentences/s", flush=True)
+        print(
+            f"in-process encode after the ingest (server idle): {rates[1].per_second:.1f} sentences/s",
+            flush=True,
+        )
 
         search_rows = [
             await search(server.url, "no filter, uncached query", plain_queries, None),
             await search(server.url, "no filter, cached query", plain_queries, None),
-            await search(server.url, "filter, uncached query", filtered_queries, filters),
+            await search(
+                server.url, "filter, uncached query", filtered_queries, filters
+            ),
             await search(server.url, "filter, cached query", filtered_queries, filters),
         ]
 
     encode_rate = max(r.per_second for r in rates)
     print()
-    print(f"## bench/ingest_search.py{' --quick' if args.quick else ''}: {total:,} documents, {MODEL}")
+    print(
+        f"## bench/ingest_search.py{' --quick' if args.quick else ''}: {total:,} documents, {MODEL}"
+    )
     print(
         f"in-process encode (sentence-transformers, batches of 64, {len(sample)} of the corpus texts): "
         f"{', '.join(f'{r.per_second:.1f}' for r in rates)} sentences/s (before / after); using {encode_rate:.1f}"
     )
-    print(f"ingest calls of {args.batch} documents; CPU % = percent of one core; load-gen = this process")
+    print(
+        f"ingest calls of {args.batch} documents; CPU % = percent of one core; load-gen = this process"
+    )
     print()
     print(
         render_table(
@@ -258,7 +343,9 @@ async def main() -> None:
         )
     )  # fmt: skip
     print()
-    print(f"search over {total:,} documents, limit 10, one client, {n_queries} queries per row")
+    print(
+        f"search over {total:,} documents, limit 10, one client, {n_queries} queries per row"
+    )
     print(
         render_table(
             ["search", "queries", "p50 ms", "p99 ms", "mean ms", "server tookMs p50", "queries/s", "hits/query",
@@ -273,7 +360,9 @@ async def main() -> None:
     )  # fmt: skip
     new_rows = [r for r in ingest_rows if r.counts["inserted"]]
     best = max(new_rows, key=lambda r: r.per_second)
-    cached = [r for r in search_rows if "cached query" in r.name and "uncached" not in r.name]
+    cached = [
+        r for r in search_rows if "cached query" in r.name and "uncached" not in r.name
+    ]
     print()
     ratio = best.per_second / encode_rate
     print(
@@ -282,7 +371,9 @@ async def main() -> None:
     )
     for r in cached:
         p50 = percentile(r.latencies, 50) * 1000
-        print(f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}")
+        print(
+            f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -132,3 +132,32 @@ def test_graphiql_is_served_without_any_cdn(live_server):
     page = httpx.get(live_server.url + "/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
     assert "unpkg.com" not in page.text and "jsdelivr" not in page.text and "cdn" not in page.text.lower()
+
+
+def forward_passes(live_server) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(live_server.url + "/metrics").text):
+        if family.name == "citadel_forward_passes":
+            total += sum(s.value for s in family.samples if s.name.endswith("_total") and s.labels.get("model") == MODEL)
+    return total
+
+
+async def test_concurrent_http_requests_are_batched_and_cache_hits_skip_the_model(live_server):
+    tag = uuid.uuid4().hex[:8]
+    query = "query($t: [String!]!) { embed(texts: $t) { embeddings { cached } } }"
+    before = forward_passes(live_server)
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=120) as client:
+        responses = await asyncio.gather(
+            *(client.post("/graphql", json={"query": query, "variables": {"t": [f"request {i} {tag}"]}}) for i in range(64))
+        )
+    bodies = [r.json() for r in responses]
+    assert all("errors" not in b for b in bodies), [b for b in bodies if "errors" in b][:2]
+    passes = forward_passes(live_server) - before
+    assert 1 <= passes <= 16, f"64 concurrent single-text requests took {passes} forward passes"
+
+    before = forward_passes(live_server)
+    again = live_server.graphql(query, {"t": [f"request 7 {tag}"]})
+    assert again["data"]["embed"]["embeddings"] == [{"cached": True}]
+    assert forward_passes(live_server) == before, "a cache hit must not run the model"

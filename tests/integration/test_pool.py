@@ -189,3 +189,41 @@ def test_device_lists():
     assert resolve_devices("cuda", "sentence-transformers") == ["cuda:0"]
     with pytest.raises(ModelUnavailable, match="invalid inference device"):
         resolve_devices("tpu:0", "sentence-transformers")
+
+
+async def test_memory_returns_to_baseline_after_an_overload_burst(minilm_dir):
+    """Refused callers must not leave queued work, futures or texts behind (no unbounded growth)."""
+    import gc
+    import tracemalloc
+
+    import psutil
+
+    small = await loaded_pool(minilm_dir, max_queue=32, max_batch_size=16)
+
+    async def burst(round_: int) -> int:
+        results = await asyncio.gather(
+            *(small.encode(MODEL, [f"burst {round_} request {i} " * 4], normalize=True) for i in range(1000)),
+            return_exceptions=True,
+        )
+        await asyncio.sleep(0.05)  # let the loop run the callbacks of the finished tasks
+        return sum(isinstance(r, Overloaded) for r in results)
+
+    try:
+        await burst(0)  # warm-up: first-use allocations (tokenizer caches, thread pools) happen here
+        gc.collect()
+        rss_before = psutil.Process().memory_info().rss
+        tracemalloc.start()
+        baseline = tracemalloc.get_traced_memory()[0]
+        refused = [await burst(round_) for round_ in range(1, 4)]
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - baseline
+        tracemalloc.stop()
+        rss_grown = psutil.Process().memory_info().rss - rss_before
+    finally:
+        await small.close()
+    assert all(r >= 900 for r in refused), refused
+    assert queued() == 0
+    # Three bursts of 1000 requests: Python-level memory is back where it was (a leak of one
+    # 1.5 KiB vector per refused request would already be ~4 MiB), and the process did not grow.
+    assert grown < 1_000_000, f"{grown} bytes still allocated after the bursts"
+    assert rss_grown < 64 * 1024 * 1024, f"RSS grew by {rss_grown / 2**20:.1f} MiB"
