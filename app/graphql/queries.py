@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import strawberry
 
@@ -26,10 +26,14 @@ class Query:
         model: Optional[str] = None,
         kind: Optional[t.EmbedKind] = t.EmbedKind.DOCUMENT,
         normalize: Optional[bool] = True,
+        wait: Annotated[
+            bool,
+            strawberry.argument(description="Wait for a model that is still downloading instead of MODEL_UNAVAILABLE"),
+        ] = False,
     ) -> t.EmbedResult:
         kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as in API.md
         outcome = await info.context.services.embedder.embed(
-            texts, model=model, kind=DomainKind(kind.value), normalize=normalize is not False
+            texts, model=model, kind=DomainKind(kind.value), normalize=normalize is not False, wait=wait
         )
         return t.EmbedResult(
             model=outcome.model,

@@ -34,8 +34,9 @@ class EmbedOutcome:
 
 
 class ReadyModels(Protocol):
-    async def ready_spec(self, name: str | None) -> ModelSpec:
-        """The spec of a READY model (None = the default model), else ModelUnavailable."""
+    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
+        """The spec of a READY model (None = the default model), else ModelUnavailable;
+        with wait, first wait for a download under way."""
         ...
 
 
@@ -49,7 +50,7 @@ class LocalModels:
         self._ready: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def ready_spec(self, name: str | None) -> ModelSpec:
+    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
         spec = self.settings.model(name)  # NotFound for a name outside the catalog
         if spec.name not in self._ready:
             async with self._lock:
@@ -76,6 +77,7 @@ class EmbeddingService:
         kind: EmbedKind = EmbedKind.DOCUMENT,
         normalize: bool = True,
         use_cache: bool = True,
+        wait: bool = False,
     ) -> EmbedOutcome:
         started = time.perf_counter()
         # Label by catalog name only: a client-chosen string must not mint new time series.
@@ -84,7 +86,7 @@ class EmbeddingService:
         outcome = "ok"
         try:
             self._validate(texts)
-            spec = await self.models.ready_spec(model)
+            spec = await self.models.ready_spec(model, wait=wait)
             return await self._embed(spec, list(texts), kind, normalize, use_cache)
         except CitadelError as exc:
             outcome = exc.code

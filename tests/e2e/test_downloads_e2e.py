@@ -106,6 +106,16 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     assert state_b["data"]["model"]["state"] == "NOT_DOWNLOADED"
 
 
+def test_a_request_can_wait_for_a_download_instead_of_being_refused(replicas):
+    _, b = replicas  # B has not downloaded the hub model (the test above downloaded it on A)
+    query = 'query($m: String, $w: Boolean!) { embed(texts: ["patience"], model: $m, wait: $w) { model dimensions } }'
+    refused = b.graphql(query, {"m": HUB_MODEL, "w": False})
+    assert refused["errors"][0]["extensions"]["code"] == "MODEL_UNAVAILABLE", refused
+    assert refused["errors"][0]["extensions"]["state"] in ("QUEUED", "DOWNLOADING", "VERIFYING", "LOADING", "NOT_DOWNLOADED")
+    waited = b.graphql(query, {"m": HUB_MODEL, "w": True}, timeout=240)
+    assert waited["data"]["embed"] == {"model": HUB_MODEL, "dimensions": 384}, waited
+
+
 def test_a_corrupted_cached_model_is_repaired_at_startup(tmp_path, fake_hub, e2e_database):
     env = hub_env(
         fake_hub.url,

@@ -22,7 +22,8 @@ def test_readme_settings_table_matches_settings():
 def test_api_contract_names_are_present():
     sdl = schema_sdl()
     for name in (
-        "embed(texts: [String!]!, model: String = null, kind: EmbedKind = DOCUMENT, normalize: Boolean = true): EmbedResult!",
+        "texts: [String!]!\n    model: String = null\n    kind: EmbedKind = DOCUMENT\n    normalize: Boolean = true",
+        "): EmbedResult!",
         "modelDownloadProgress(model: String = null): DownloadEvent!",
         "downloadModel(name: String!): Model!",
         "deleteDocuments(collection: String!, ids: [ID!]!): Int!",

@@ -52,7 +52,7 @@ class FakeModels:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
-    async def ready_spec(self, name: str | None) -> ModelSpec:
+    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
         if name not in (None, self.spec.name):
             raise ModelUnavailable(f"{name} is not ready")
         return self.spec
