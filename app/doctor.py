@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from app.settings import ModelSpec, Settings
+from app.settings import Settings
 
 MIN_PYTHON = (3, 11)
 SERVICE_TIMEOUT_S = 3.0
@@ -358,34 +358,41 @@ def check_embedded_qdrant() -> Check:
 # --- models ----------------------------------------------------------------------------------
 
 
-def _cached_hub_dir(spec: ModelSpec, cache_dir: Path) -> Path | None:
-    from app.inference.sources import is_model_dir
+def check_model(settings: Settings, name: str, required: bool) -> Check:
+    """Can this model be had: shipped in a package, at a local path, or complete in the cache?"""
+    from app.downloads.cache import ModelCache
+    from app.inference.sources import local_model_dir
 
-    assert spec.repo_id is not None
-    flat = spec.repo_id.replace("/", "--")
-    candidates = [cache_dir / spec.repo_id, cache_dir / flat]
-    candidates += sorted((cache_dir / f"models--{flat}" / "snapshots").glob("*"))
-    return next((c for c in candidates if is_model_dir(c)), None)
-
-
-def check_default_model(settings: Settings) -> Check:
-    name = f"model:{settings.default_model}"
+    label = f"model:{name}"
     try:
-        spec = settings.model(settings.default_model)
+        spec = settings.model(name)
         if spec.package or spec.path:
-            from app.inference.sources import local_model_dir
-
             where = local_model_dir(spec)
             source = f"package {spec.package}" if spec.package else "local path"
-            return Check(name, True, True, f"{source} at {where}", str(where))
-        cached = _cached_hub_dir(spec, settings.model_cache_dir)
+            return Check(label, True, required, f"{source} at {where}", str(where))
+        cache = ModelCache(settings.model_cache_dir)
+        cached = cache.model_dir(spec) if cache.manifest(spec) is not None else None
     except Exception as exc:
-        return Check(name, False, True, _error(exc), None)
+        return Check(label, False, required, _error(exc), None)
     if cached:
-        return Check(name, True, True, f"cached at {cached}", str(cached))
+        return Check(label, True, required, f"cached at {cached}", str(cached))
     if settings.hf_offline:
-        return Check(name, False, True, f"{spec.repo_id} is not in {settings.model_cache_dir} and offline mode forbids downloading it", None)
-    return Check(name, False, False, f"{spec.repo_id} is not cached yet; it will be downloaded from {mask_url(settings.hf_endpoint)}", None)
+        return Check(label, False, required, f"{spec.repo_id} is not in {settings.model_cache_dir} and offline mode forbids downloading it", None)
+    return Check(label, False, False, f"{spec.repo_id} is not cached yet; it will be downloaded from {mask_url(settings.hf_endpoint)}", None)
+
+
+def check_models(settings: Settings) -> list[Check]:
+    """The default model, and its fallback: the service serves if either can be had."""
+    try:
+        fallback = settings.model(settings.default_model).fallback
+    except Exception:
+        fallback = None
+    if not fallback:
+        return [check_model(settings, settings.default_model, required=True)]
+    return [
+        check_model(settings, settings.default_model, required=False),
+        check_model(settings, fallback, required=True),
+    ]
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -397,7 +404,7 @@ def _local_checks(settings: Settings) -> list[Check]:
     checks += check_directory("data_dir", settings.data_dir, min_free)
     checks += check_directory("model_cache_dir", settings.model_cache_dir, min_free)
     checks += check_hugging_face_settings(settings)
-    checks.append(check_default_model(settings))
+    checks += check_models(settings)
     return checks
 
 

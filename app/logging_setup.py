@@ -69,6 +69,8 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         named = logging.getLogger(name)
         named.handlers = []
         named.propagate = True
+        named.setLevel(logging.NOTSET)  # a level a library (or an embedded uvicorn) set would hide records
+        named.disabled = False
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -8,6 +8,7 @@ baseline measured in the same run, because absolute times on a shared 2-core mac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -32,9 +34,7 @@ import psutil
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 REDIS_URL = os.environ.get("CITADEL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_ADMIN_URL = os.environ.get(
-    "CITADEL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+POSTGRES_ADMIN_URL = os.environ.get("CITADEL_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 # -- numbers and tables ------------------------------------------------------------------------
@@ -61,31 +61,15 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A Markdown table (pastes into reports and issues as is), columns padded for the terminal."""
-    cells = [[str(h) for h in headers]] + [
-        [c if isinstance(c, str) else fmt(c) for c in row] for row in rows
-    ]
+    cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [
-        all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))
-    ]
+    numeric = [all(_looks_numeric(row[i]) for row in cells[1:]) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(
-                c.rjust(w) if num else c.ljust(w)
-                for c, w, num in zip(row, widths, numeric)
-            )
-            + " |"
-        )
+        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)) + " |"
 
     separator = (
-        "|"
-        + "|".join(
-            ("-" * (w + 1) + ":") if num else ("-" * (w + 2))
-            for w, num in zip(widths, numeric)
-        )
-        + "|"
+        "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2)) for w, num in zip(widths, numeric)) + "|"
     )
     return "\n".join([line(cells[0]), separator, *(line(row) for row in cells[1:])])
 
@@ -264,11 +248,7 @@ def corpus(count: int, seed: int = 7) -> list[CorpusItem]:
     seen: set[str] = set()
     items: list[CorpusItem] = []
     while len(items) < count:
-        topic = (
-            topics[len(items) % len(topics)]
-            if rng.random() < 0.5
-            else rng.choice(topics)
-        )
+        topic = topics[len(items) % len(topics)] if rng.random() < 0.5 else rng.choice(topics)
         text = " ".join(
             [
                 rng.choice(_SUBJECTS),
@@ -280,11 +260,7 @@ def corpus(count: int, seed: int = 7) -> list[CorpusItem]:
         )
         n = rng.randrange(0, 1000)
         if rng.random() < 0.5:
-            text = (
-                f"{text}, said item {n}"
-                if rng.random() < 0.5
-                else f"{text} (note {len(items)})"
-            )
+            text = f"{text}, said item {n}" if rng.random() < 0.5 else f"{text} (note {len(items)})"
         text += "."
         if text in seen:
             continue
@@ -329,9 +305,7 @@ class InProcessEncoder:
 
         spec = Settings(_env_file=None).model(model)  # type: ignore[call-arg]
         self._torch = torch
-        self.model = SentenceTransformer(
-            str(local_model_dir(spec)), device="cpu", local_files_only=True
-        )
+        self.model = SentenceTransformer(str(local_model_dir(spec)), device="cpu", local_files_only=True)
         self.model.max_seq_length = spec.max_seq_length
         self.model.eval()
 
@@ -350,9 +324,7 @@ class InProcessEncoder:
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
-        return EncodeRate(
-            len(texts), time.perf_counter() - started, time.process_time() - cpu
-        )
+        return EncodeRate(len(texts), time.perf_counter() - started, time.process_time() - cpu)
 
 
 # -- the real server -------------------------------------------------------------------------------
@@ -374,9 +346,7 @@ class BenchServer:
 
 
 @asynccontextmanager
-async def bench_server(
-    embedded: bool = False, extra_env: dict[str, str] | None = None
-) -> AsyncIterator[BenchServer]:
+async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None = None) -> AsyncIterator[BenchServer]:
     """`python -m app serve` in a subprocess on a throwaway data dir, ready (default model READY).
 
     Not embedded: a fresh PostgreSQL database on the machine's server and the machine's Redis under
@@ -427,12 +397,8 @@ async def _create_database() -> str:
 
     try:
         return await create_database("citadel_bench", POSTGRES_ADMIN_URL)
-    except (
-        pytest.skip.Exception
-    ) as exc:  # tests.support skips an unreachable server; a script says why
-        raise SystemExit(
-            f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable ({exc!r}); try --embedded"
-        ) from None
+    except pytest.skip.Exception as exc:  # tests.support skips an unreachable server; a script says why
+        raise SystemExit(f"PostgreSQL at {POSTGRES_ADMIN_URL} is not usable ({exc!r}); try --embedded") from None
 
 
 async def _drop_database(url: str) -> None:
@@ -480,8 +446,7 @@ def sample_total(samples: Samples, name: str, **labels: str) -> float:
     return sum(
         value
         for (sample_name, sample_labels), value in samples.items()
-        if sample_name == name
-        and all(dict(sample_labels).get(k) == v for k, v in labels.items())
+        if sample_name == name and all(dict(sample_labels).get(k) == v for k, v in labels.items())
     )
 
 
@@ -528,9 +493,7 @@ class CpuMeter:
     def stop(self) -> float:
         """Percent of one core used since start()."""
         wall = time.perf_counter() - self._wall
-        return (
-            100.0 * (self._cpu_seconds() - self._cpu) / wall if wall > 0 else math.nan
-        )
+        return 100.0 * (self._cpu_seconds() - self._cpu) / wall if wall > 0 else math.nan
 
 
 # -- GraphQL over HTTP, closed-loop clients --------------------------------------------------------
@@ -539,20 +502,16 @@ class CpuMeter:
 class GraphQLError(RuntimeError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         self.errors = errors
-        self.code = (
-            (errors[0].get("extensions") or {}).get("code", "?") if errors else "?"
-        )
-        super().__init__(
-            f"{self.code}: {errors[0].get('message') if errors else errors}"
-        )
+        self.code = (errors[0].get("extensions") or {}).get("code", "?") if errors else "?"
+        super().__init__(f"{self.code}: {errors[0].get('message') if errors else errors}")
 
 
 def graphql_body(query: str, variables: dict[str, Any] | None = None) -> bytes:
     return json.dumps({"query": query, "variables": variables or {}}).encode()
 
 
-class Connection:
-    """One HTTP/1.1 keep-alive connection to the server (one client of the load generator)."""
+class HttpxConnection:
+    """One HTTP/1.1 keep-alive connection through httpx (about 0.8 ms of client CPU a request)."""
 
     def __init__(self, base_url: str, timeout: float = 120.0) -> None:
         self._client = httpx.AsyncClient(
@@ -564,14 +523,77 @@ class Connection:
 
     async def post(self, body: bytes) -> dict[str, Any]:
         response = await self._client.post("/graphql", content=body)
-        payload = response.json()
-        if payload.get("errors"):
-            raise GraphQLError(payload["errors"])
-        response.raise_for_status()
-        return payload["data"]
+        return _data(response.status_code, response.content)
+
+    async def reset(self) -> None:
+        """After a failed request: httpx reconnects by itself."""
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+class RawConnection:
+    """One HTTP/1.1 keep-alive connection on bare asyncio streams, like wrk's: a tenth of httpx's
+    client CPU, which matters when the load generator shares 2 cores with the server."""
+
+    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.timeout = timeout
+        self._head = f"POST /graphql HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def post(self, body: bytes) -> dict[str, Any]:
+        return await asyncio.wait_for(self._post(body), self.timeout)
+
+    async def _post(self, body: bytes) -> dict[str, Any]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        self._writer.write(f"{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.split(":", 1) for line in header_lines if ":" in line)
+        headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+        if "content-length" not in headers:
+            raise HttpStatusError(f"no content-length in the response: {status_line}")
+        content = await self._reader.readexactly(int(headers["content-length"]))
+        if headers.get("connection", "").lower() == "close":
+            await self.close()
+        return _data(int(status_line.split()[1]), content)
+
+    async def reset(self) -> None:
+        """After a failed request the stream may be mid-response: reconnect on the next one."""
+        await self.close()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+
+def _data(status: int, content: bytes) -> dict[str, Any]:
+    payload = json.loads(content) if content else {}
+    if payload.get("errors"):
+        raise GraphQLError(payload["errors"])
+    if status != 200:
+        raise HttpStatusError(f"HTTP {status}: {content[:200]!r}")
+    return payload["data"]
+
+
+class HttpStatusError(RuntimeError):
+    pass
+
+
+# What a broken connection raises, whichever client: counted per request, the connection reopened.
+TRANSPORT_ERRORS = (httpx.HTTPError, HttpStatusError, OSError, asyncio.IncompleteReadError, TimeoutError)
+
+
+Connection = RawConnection
+CLIENTS = {"raw": RawConnection, "httpx": HttpxConnection}
 
 
 @dataclass
@@ -579,9 +601,7 @@ class LoadResult:
     clients: int
     requests: int
     seconds: float
-    latencies: list[float] = field(
-        default_factory=list
-    )  # seconds, successful requests only
+    latencies: list[float] = field(default_factory=list)  # seconds, successful requests only
     errors: dict[str, int] = field(default_factory=dict)  # error code -> count
     responses: list[dict[str, Any]] = field(default_factory=list)
     loadgen_cpu_percent: float = math.nan
@@ -600,26 +620,15 @@ class LoadResult:
 
     @property
     def server_cpu_ms_per_request(self) -> float:
-        return (
-            10.0 * self.server_cpu_percent * self.seconds / self.requests
-            if self.requests
-            else math.nan
-        )
+        return 10.0 * self.server_cpu_percent * self.seconds / self.requests if self.requests else math.nan
 
     @property
     def loadgen_cpu_ms_per_request(self) -> float:
-        return (
-            10.0 * self.loadgen_cpu_percent * self.seconds / self.requests
-            if self.requests
-            else math.nan
-        )
+        return 10.0 * self.loadgen_cpu_percent * self.seconds / self.requests if self.requests else math.nan
 
     @property
     def error_summary(self) -> str:
-        return (
-            ", ".join(f"{code} x{count}" for code, count in sorted(self.errors.items()))
-            or "0"
-        )
+        return ", ".join(f"{code} x{count}" for code, count in sorted(self.errors.items())) or "0"
 
 
 async def run_closed_loop(
@@ -628,11 +637,12 @@ async def run_closed_loop(
     clients: int,
     server_pid: int | None = None,
     keep_responses: bool = False,
+    client_kind: str = "raw",
 ) -> LoadResult:
     """`clients` connections, each sending its next request as soon as the previous one answered,
     until every body in `bodies` was sent once. The clock starts after a cheap `{ __typename }`
     on each connection has opened it, so connection setup is not measured."""
-    connections = [Connection(base_url) for _ in range(clients)]
+    connections = [CLIENTS[client_kind](base_url) for _ in range(clients)]
     warm = graphql_body("{ __typename }")
     await asyncio.gather(*(c.post(warm) for c in connections))
     queue = iter(enumerate(bodies))
@@ -647,9 +657,10 @@ async def run_closed_loop(
             except GraphQLError as exc:
                 result.errors[exc.code] = result.errors.get(exc.code, 0) + 1
                 continue
-            except httpx.HTTPError as exc:
+            except TRANSPORT_ERRORS as exc:
                 name = exc.__class__.__name__
                 result.errors[name] = result.errors.get(name, 0) + 1
+                await connection.reset()
                 continue
             result.latencies.append(time.perf_counter() - started)
             if keep_responses:

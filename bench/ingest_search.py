@@ -97,9 +97,7 @@ class SearchRow:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -122,9 +120,7 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="queries per search scenario (default 200; quick 50)",
     )
-    parser.add_argument(
-        "--batch", type=int, default=500, help="documents per ingest call (default 500)"
-    )
+    parser.add_argument("--batch", type=int, default=500, help="documents per ingest call (default 500)")
     return parser.parse_args()
 
 
@@ -148,9 +144,7 @@ async def ingest(
     clients: int,
 ) -> IngestRow:
     calls = [docs[i : i + batch] for i in range(0, len(docs), batch)]
-    bodies = iter(
-        [graphql_body(INGEST, {"c": COLLECTION, "docs": call}) for call in calls]
-    )
+    bodies = iter([graphql_body(INGEST, {"c": COLLECTION, "docs": call}) for call in calls])
     counts = {"inserted": 0, "updated": 0, "unchanged": 0, "failed": 0}
     call_seconds: list[float] = []
     connections = [Connection(url, timeout=600) for _ in range(clients)]
@@ -182,9 +176,7 @@ async def ingest(
         seconds=seconds,
         call_seconds=call_seconds,
         counts=counts,
-        forward_passes=delta(
-            before, after, "citadel_forward_passes_total", model=MODEL
-        ),
+        forward_passes=delta(before, after, "citadel_forward_passes_total", model=MODEL),
         mean_batch=histogram_mean(before, after, "citadel_batch_size", model=MODEL),
         server_cpu=server_cpu,
         loadgen_cpu=loadgen_cpu,
@@ -197,9 +189,7 @@ async def ingest(
     return row
 
 
-async def search(
-    url: str, name: str, queries: list[str], filters: list[Any] | None
-) -> SearchRow:
+async def search(url: str, name: str, queries: list[str], filters: list[Any] | None) -> SearchRow:
     row = SearchRow(name=name)
     connection = Connection(url)
     await connection.post(graphql_body("{ __typename }"))
@@ -223,9 +213,7 @@ async def search(
         await connection.close()
     after = scrape(url)
     row.cache_hits = delta(before, after, "citadel_cache_hits_total", model=MODEL)
-    row.forward_passes = delta(
-        before, after, "citadel_forward_passes_total", model=MODEL
-    )
+    row.forward_passes = delta(before, after, "citadel_forward_passes_total", model=MODEL)
     print(
         f"  {name}: p50 {percentile(row.latencies, 50) * 1000:.1f} ms, p99 {percentile(row.latencies, 99) * 1000:.1f} ms, "
         f"{int(row.forward_passes)} forward passes, {int(row.cache_hits)} cache hits",
@@ -254,9 +242,7 @@ async def main() -> None:
     filtered_queries = [i.text for i in items[total + n_queries :]]
     topics = list(TOPICS)
     filters = [topic_filter(i, topics) for i in range(n_queries)]
-    sample = [
-        d["text"] for d in docs[:: max(1, total // (500 if args.quick else 2_000))]
-    ]
+    sample = [d["text"] for d in docs[:: max(1, total // (500 if args.quick else 2_000))]]
 
     print(f"machine: {machine_summary()}")
     encoder = InProcessEncoder(MODEL)
@@ -296,9 +282,7 @@ async def main() -> None:
                 clients=1,
             ),
         ]
-        count = (await setup.post(graphql_body(COUNT, {"c": COLLECTION})))[
-            "collection"
-        ]["documentCount"]
+        count = (await setup.post(graphql_body(COUNT, {"c": COLLECTION})))["collection"]["documentCount"]
         await setup.close()
         if count != total:
             raise RuntimeError(f"collection holds {count} documents, expected {total}")
@@ -311,24 +295,18 @@ async def main() -> None:
         search_rows = [
             await search(server.url, "no filter, uncached query", plain_queries, None),
             await search(server.url, "no filter, cached query", plain_queries, None),
-            await search(
-                server.url, "filter, uncached query", filtered_queries, filters
-            ),
+            await search(server.url, "filter, uncached query", filtered_queries, filters),
             await search(server.url, "filter, cached query", filtered_queries, filters),
         ]
 
     encode_rate = max(r.per_second for r in rates)
     print()
-    print(
-        f"## bench/ingest_search.py{' --quick' if args.quick else ''}: {total:,} documents, {MODEL}"
-    )
+    print(f"## bench/ingest_search.py{' --quick' if args.quick else ''}: {total:,} documents, {MODEL}")
     print(
         f"in-process encode (sentence-transformers, batches of 64, {len(sample)} of the corpus texts): "
         f"{', '.join(f'{r.per_second:.1f}' for r in rates)} sentences/s (before / after); using {encode_rate:.1f}"
     )
-    print(
-        f"ingest calls of {args.batch} documents; CPU % = percent of one core; load-gen = this process"
-    )
+    print(f"ingest calls of {args.batch} documents; CPU % = percent of one core; load-gen = this process")
     print()
     print(
         render_table(
@@ -343,9 +321,7 @@ async def main() -> None:
         )
     )  # fmt: skip
     print()
-    print(
-        f"search over {total:,} documents, limit 10, one client, {n_queries} queries per row"
-    )
+    print(f"search over {total:,} documents, limit 10, one client, {n_queries} queries per row")
     print(
         render_table(
             ["search", "queries", "p50 ms", "p99 ms", "mean ms", "server tookMs p50", "queries/s", "hits/query",
@@ -360,9 +336,7 @@ async def main() -> None:
     )  # fmt: skip
     new_rows = [r for r in ingest_rows if r.counts["inserted"]]
     best = max(new_rows, key=lambda r: r.per_second)
-    cached = [
-        r for r in search_rows if "cached query" in r.name and "uncached" not in r.name
-    ]
+    cached = [r for r in search_rows if "cached query" in r.name and "uncached" not in r.name]
     print()
     ratio = best.per_second / encode_rate
     print(
@@ -371,9 +345,7 @@ async def main() -> None:
     )
     for r in cached:
         p50 = percentile(r.latencies, 50) * 1000
-        print(
-            f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}"
-        )
+        print(f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -237,6 +237,13 @@ class PostgresRepo:
             record = await conn.fetchrow("SELECT * FROM collections WHERE name = $1", name)
         return _collection(record) if record else None
 
+    async def require_collection(self, name: str) -> CollectionRow:
+        """The collection, or NotFound: for callers that cannot go on without it."""
+        row = await self.get_collection(name)
+        if row is None:
+            raise NotFound(f"collection {name!r} not found", collection=name)
+        return row
+
     async def list_collections(self) -> list[CollectionRow]:
         async with self._connection() as conn:
             records = await conn.fetch("SELECT * FROM collections ORDER BY name")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -32,10 +31,16 @@ from app.domain.filters import (
     Not,
     Or,
     Range,
-    parse_indexed_field,
     payload_key,
 )
-from app.domain.vectors import Distance, VectorHit, VectorPoint
+from app.domain.vectors import (
+    Distance,
+    VectorHit,
+    VectorPoint,
+    checked_collection,
+    float32_list,
+    point_uuid,
+)
 from app.errors import BadInput, Conflict, NotFound
 
 T = TypeVar("T")
@@ -73,11 +78,7 @@ class QdrantEdgeStore:
         self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
     ) -> None:
         path = self._path(name)
-        if distance not in _DISTANCES:
-            raise BadInput(f"unknown distance {distance!r}")
-        if dimensions < 1:
-            raise BadInput(f"dimensions must be positive, got {dimensions}")
-        indexes = [parse_indexed_field(spec) for spec in indexed_fields]
+        indexes = checked_collection(dimensions, distance, indexed_fields)
         async with self._registry_lock:
             if name in self._shards or path.exists():
                 raise Conflict(f"collection {name!r} already exists")
@@ -114,13 +115,13 @@ class QdrantEdgeStore:
     async def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         if not points:
             return
-        edge_points = [qe.Point(_point_id(p.id), _vector(p.vector), dict(p.payload)) for p in points]
+        edge_points = [qe.Point(point_uuid(p.id), float32_list(p.vector), dict(p.payload)) for p in points]
         await self._write(name, qe.UpdateOperation.upsert_points(edge_points))
 
     async def delete(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        await self._write(name, qe.UpdateOperation.delete_points([_point_id(i) for i in ids]))
+        await self._write(name, qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
 
     async def search(
         self,
@@ -135,7 +136,7 @@ class QdrantEdgeStore:
         request = qe.QueryRequest(
             limit=limit,
             offset=offset,
-            query=qe.Query.Nearest(_vector(vector)),
+            query=qe.Query.Nearest(float32_list(vector)),
             filter=edge_filter(filter) if filter is not None else None,
             score_threshold=score_threshold,
             with_payload=True,
@@ -217,17 +218,6 @@ async def _call(fn: Callable[..., T], *args: Any) -> T:
         if "dimension error" in str(exc):
             raise BadInput(str(exc)) from None
         raise
-
-
-def _point_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise BadInput(f"point id {value!r} is not a UUID") from None
-
-
-def _vector(vector: Sequence[float]) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).tolist()
 
 
 # -- filter translation ---------------------------------------------------------------------

@@ -7,13 +7,11 @@ indexed once upsert() returns. Transport failures become DependencyUnavailable.
 
 from __future__ import annotations
 
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Sequence
 
 import grpc
 import httpx
-import numpy as np
 from loguru import logger
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -27,10 +25,16 @@ from app.domain.filters import (
     Not,
     Or,
     Range,
-    parse_indexed_field,
     payload_key,
 )
-from app.domain.vectors import Distance, VectorHit, VectorPoint
+from app.domain.vectors import (
+    Distance,
+    VectorHit,
+    VectorPoint,
+    checked_collection,
+    float32_list,
+    point_uuid,
+)
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, NotFound
 
 _DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}
@@ -68,11 +72,7 @@ class QdrantServerStore:
     async def create_collection(
         self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
     ) -> None:
-        if distance not in _DISTANCES:
-            raise BadInput(f"unknown distance {distance!r}")
-        if dimensions < 1:
-            raise BadInput(f"dimensions must be positive, got {dimensions}")
-        indexes = [parse_indexed_field(spec) for spec in indexed_fields]
+        indexes = checked_collection(dimensions, distance, indexed_fields)
         async with self._guard(name):
             if await self.client.collection_exists(name):
                 raise Conflict(f"collection {name!r} already exists")
@@ -99,7 +99,10 @@ class QdrantServerStore:
     # -- points -------------------------------------------------------------------------------
 
     async def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
-        structs = [models.PointStruct(id=_point_id(p.id), vector=_vector(p.vector), payload=dict(p.payload)) for p in points]
+        structs = [
+            models.PointStruct(id=point_uuid(p.id), vector=float32_list(p.vector), payload=dict(p.payload))
+            for p in points
+        ]
         async with self._guard(name):
             for start in range(0, len(structs), _UPSERT_BATCH):
                 await self.client.upsert(name, points=structs[start : start + _UPSERT_BATCH], wait=True)
@@ -107,7 +110,7 @@ class QdrantServerStore:
     async def delete(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        selector = models.PointIdsList(points=[_point_id(i) for i in ids])
+        selector = models.PointIdsList(points=[point_uuid(i) for i in ids])
         async with self._guard(name):
             await self.client.delete(name, points_selector=selector, wait=True)
 
@@ -123,7 +126,7 @@ class QdrantServerStore:
         async with self._guard(name):
             response = await self.client.query_points(
                 name,
-                query=_vector(vector),
+                query=float32_list(vector),
                 limit=limit,
                 offset=offset,
                 query_filter=server_filter(filter) if filter is not None else None,
@@ -195,17 +198,6 @@ def _response_detail(exc: UnexpectedResponse) -> str:
         return str(exc.structured()["status"]["error"])
     except Exception:
         return exc.reason_phrase or "unexpected response"
-
-
-def _point_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise BadInput(f"point id {value!r} is not a UUID") from None
-
-
-def _vector(vector: Sequence[float]) -> list[float]:
-    return np.asarray(vector, dtype=np.float32).tolist()
 
 
 # -- filter translation ---------------------------------------------------------------------

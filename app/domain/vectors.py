@@ -1,4 +1,5 @@
-"""The vector store contract: one Protocol, two adapters (Qdrant server, Qdrant Edge).
+"""The vector store contract: one Protocol, two adapters (Qdrant server, Qdrant Edge), and the
+input checks both adapters share, so they refuse the same things with the same messages.
 
 Points carry the document id and the document's metadata in their payload as
 {"doc_id": str, "metadata": {...}}; filters (app.domain.filters) address metadata keys.
@@ -6,8 +7,14 @@ Points carry the document id and the document's metadata in their payload as
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence, get_args
+
+import numpy as np
+
+from app.domain.filters import IndexedField, parse_indexed_field
+from app.errors import BadInput
 
 Distance = Literal["cosine", "dot", "euclid"]
 
@@ -60,3 +67,27 @@ class VectorStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# -- shared by the adapters -------------------------------------------------------------------
+
+
+def checked_collection(dimensions: int, distance: str, indexed_fields: Sequence[str]) -> list[IndexedField]:
+    """Refuse a collection no adapter can build (BadInput); its payload indexes, parsed."""
+    if distance not in get_args(Distance):
+        raise BadInput(f"unknown distance {distance!r}")
+    if dimensions < 1:
+        raise BadInput(f"dimensions must be positive, got {dimensions}")
+    return [parse_indexed_field(spec) for spec in indexed_fields]
+
+
+def point_uuid(value: str) -> str:
+    """A point id in canonical UUID form; anything else is the caller's mistake."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise BadInput(f"point id {value!r} is not a UUID") from None
+
+
+def float32_list(vector: Sequence[float]) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).tolist()

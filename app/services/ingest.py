@@ -17,7 +17,7 @@ from app.adapters.postgres import DocumentWrite
 from app.domain.embedding import EmbedKind
 from app.domain.filters import DOC_ID_KEY, METADATA_KEY
 from app.domain.vectors import VectorPoint
-from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
+from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.settings import Settings
@@ -227,14 +227,8 @@ class IngestService:
         self.embedder = embedder
         self.models = models
 
-    async def _collection(self, name: str) -> Any:
-        row = await self.repo.get_collection(name)
-        if row is None:
-            raise NotFound(f"collection {name!r} not found", collection=name)
-        return row
-
     async def ingest(self, collection: str, documents: Sequence[Any]) -> IngestReport:
-        row = await self._collection(collection)
+        row = await self.repo.require_collection(collection)
         valid, errors = validate_documents(self.settings, documents)
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
@@ -281,7 +275,7 @@ class IngestService:
         return report
 
     async def delete_documents(self, collection: str, ids: Sequence[str]) -> int:
-        row = await self._collection(collection)
+        row = await self.repo.require_collection(collection)
         limit = self.settings.limits.max_documents_per_ingest
         if len(ids) > limit:
             raise BadInput(f"{len(ids)} ids in one call; at most {limit}", field="ids")

@@ -14,7 +14,7 @@ from prometheus_client import Histogram
 
 from app.domain.embedding import EmbedKind
 from app.domain.filters import DOC_ID_KEY, parse_filter
-from app.errors import BadInput, ModelUnavailable, NotFound
+from app.errors import BadInput, ModelUnavailable
 from app.services.collections import bound_model
 from app.settings import Settings
 
@@ -62,9 +62,7 @@ class SearchService:
         score_threshold: float | None = None,
     ) -> SearchOutcome:
         started = time.perf_counter()
-        row = await self.repo.get_collection(collection)
-        if row is None:
-            raise NotFound(f"collection {collection!r} not found", collection=collection)
+        row = await self.repo.require_collection(collection)
         self._check_paging(limit, offset, score_threshold)
         if (query is None) == (vector is None):
             raise BadInput("give exactly one of query or vector")

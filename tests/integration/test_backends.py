@@ -52,13 +52,17 @@ def test_path_source_and_missing_sources(minilm_dir, tmp_path):
         local_model_dir(minilm_spec(package=None, repo_id="someone/some-model"))
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_torch_backend_matches_direct_encode(torch_backend, reference_model, normalize):
-    ours = torch_backend.encode(SAMPLE_TEXTS, normalize=normalize)
+def assert_matches_direct_encode(backend, reference_model, normalize: bool) -> None:
+    ours = backend.encode(SAMPLE_TEXTS, normalize=normalize)
     direct = reference_model.encode(SAMPLE_TEXTS, normalize_embeddings=normalize, convert_to_numpy=True)
     assert ours.dtype == np.float32 and ours.shape == (len(SAMPLE_TEXTS), 384)
     assert cosine_rows(ours, direct).min() >= 0.999
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(direct, axis=1), rtol=1e-3)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_torch_backend_matches_direct_encode(torch_backend, reference_model, normalize):
+    assert_matches_direct_encode(torch_backend, reference_model, normalize)
 
 
 def test_onnx_export_layout(minilm_onnx_dir):
@@ -76,11 +80,7 @@ def test_onnx_export_layout(minilm_onnx_dir):
 
 @pytest.mark.parametrize("normalize", [True, False])
 def test_fastembed_backend_matches_direct_encode(onnx_backend, reference_model, normalize):
-    ours = onnx_backend.encode(SAMPLE_TEXTS, normalize=normalize)
-    direct = reference_model.encode(SAMPLE_TEXTS, normalize_embeddings=normalize, convert_to_numpy=True)
-    assert ours.dtype == np.float32 and ours.shape == (len(SAMPLE_TEXTS), 384)
-    assert cosine_rows(ours, direct).min() >= 0.999
-    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), np.linalg.norm(direct, axis=1), rtol=1e-3)
+    assert_matches_direct_encode(onnx_backend, reference_model, normalize)
 
 
 def test_batch_composition_does_not_change_a_vector(torch_backend, onnx_backend):

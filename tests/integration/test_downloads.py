@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,19 +27,15 @@ from app.downloads.errors import (
 from app.downloads.fetch import fetch_model
 from app.downloads.hub import HubClient
 from app.settings import ModelSpec
-from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, SMALL_FILES, FakeHub, unused_port
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_hub(hub: FakeHub) -> None:
-    hub.clear_faults()
-    hub.requests.clear()
+from tests.support.fake_hub import (  # noqa: F401  (fixtures: hub, fresh_hub)
+    DEFAULT_REPO,
+    HUB_MODEL,
+    SMALL_FILES,
+    FakeHub,
+    fresh_hub,
+    hub,
+    unused_port,
+)
 
 
 @pytest.fixture

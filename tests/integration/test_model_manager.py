@@ -18,10 +18,12 @@ from app.downloads.state import ModelState
 from app.errors import ModelUnavailable
 from app.services.models import ModelManager, ModelStatus
 from app.settings import DEFAULT_MODEL, ModelSpec, Settings
-from tests.support.fake_hub import (
+from tests.support.fake_hub import (  # noqa: F401  (fixtures: hub, fresh_hub)
     HUB_MODEL,
     SMALL_FILES,
     FakeHub,
+    fresh_hub,
+    hub,
     hub_settings,
     load_configs,
     timeline,
@@ -29,18 +31,6 @@ from tests.support.fake_hub import (
 )
 
 S = ModelState
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[FakeHub]:
-    with FakeHub() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_hub(hub: FakeHub) -> None:
-    hub.clear_faults()
-    hub.requests.clear()
 
 
 @pytest.fixture

@@ -51,6 +51,16 @@ async def _assert_in_sync(stack: Stack, name: str, ids: list[str]) -> None:
     assert stored == expected == {point_id(name, i) for i in ids}
 
 
+async def _pending_collection(stack: Stack, name: str, count: int, seed: int) -> list[dict[str, Any]]:
+    """A new collection whose documents all stay pending: the vector store refuses the ingest."""
+    await stack.collections.create(name)
+    docs = corpus(count, seed=seed)
+    stack.store.fail_after_points = 0
+    with pytest.raises(DependencyUnavailable):
+        await stack.ingest.ingest(name, docs)
+    return docs
+
+
 async def test_store_fails_mid_ingest_then_reconciler_restores_both_sides(stack: Stack) -> None:
     name = "books"
     await stack.collections.create(name, indexed_fields=["topic"])
@@ -90,11 +100,7 @@ async def test_store_fails_mid_ingest_then_reconciler_restores_both_sides(stack:
 
 async def test_next_ingest_indexes_rows_a_failed_call_left_pending(stack: Stack) -> None:
     name = "retry"
-    await stack.collections.create(name)
-    docs = corpus(80, seed=3)
-    stack.store.fail_after_points = 0
-    with pytest.raises(DependencyUnavailable):
-        await stack.ingest.ingest(name, docs)
+    docs = await _pending_collection(stack, name, 80, seed=3)
     assert _statuses(await pg_state(stack, name)) == {"pending": 80}
 
     stack.store.restore()
@@ -138,11 +144,7 @@ async def test_collection_whose_model_revision_changed_is_skipped_not_switched(s
             for d in stale_docs
         ],
     )
-    await stack.collections.create("fresh")
-    fresh_docs = corpus(40, seed=6)
-    stack.store.fail_after_points = 0
-    with pytest.raises(DependencyUnavailable):
-        await stack.ingest.ingest("fresh", fresh_docs)
+    fresh_docs = await _pending_collection(stack, "fresh", 40, seed=6)
     stack.store.restore()
 
     counts = await stack.reconciler.run_once()
@@ -164,11 +166,7 @@ def _reconciler_errors() -> float:
 
 async def test_background_reconciler_survives_failures_and_catches_up(stack: Stack) -> None:
     name = "background"
-    await stack.collections.create(name)
-    docs = corpus(60, seed=8)
-    stack.store.fail_after_points = 0
-    with pytest.raises(DependencyUnavailable):
-        await stack.ingest.ingest(name, docs)
+    docs = await _pending_collection(stack, name, 60, seed=8)
 
     errors = _reconciler_errors()
     stack.reconciler.start()

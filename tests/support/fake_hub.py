@@ -12,6 +12,10 @@ Faults (each applies to the next `times` matching requests):
   corrupt   the full length, with bytes flipped (hash mismatch)
   status    HTTP `status` (500, 429 with Retry-After, 404, ...)
   slow      `delay` seconds of silence before each 64 KiB chunk
+
+Import the fixtures into your test module (one hub per module, faults and requests cleared
+before every test):
+    from tests.support.fake_hub import fresh_hub, hub  # noqa: F401  (fixtures)
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, unquote
 
+import pytest
 import uvicorn
 
 if TYPE_CHECKING:
@@ -368,6 +374,18 @@ class FakeHub:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not self._stopping:
             await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_hub(hub: FakeHub) -> None:
+    hub.clear_faults()
+    hub.requests.clear()
 
 
 def unused_port() -> int:

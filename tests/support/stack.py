@@ -53,7 +53,7 @@ class ModelRuntime:
 
 @pytest.fixture(scope="session")
 async def model_runtime() -> AsyncIterator[ModelRuntime]:
-    settings = Settings(_env_file=None, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, default_model=DEFAULT_MODEL, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
     pool = ModelPool(settings)
     models = LocalModels(settings, pool)
     await models.ready_spec(DEFAULT_MODEL)  # load once, before any test measures forward passes
@@ -138,6 +138,7 @@ async def open_stack(
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
             data_dir=base,
+            default_model=DEFAULT_MODEL,
             database_url=url,
             redis_url=REDIS_URL,
             # A loaded 2-core machine can be slow to answer; a skipped cache would re-encode.

@@ -69,6 +69,20 @@ async def wait_until(predicate, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+async def one_held_one_queued(
+    first: list[str], queued: list[str]
+) -> tuple[FakeBackend, DynamicBatcher, asyncio.Task, asyncio.Task]:
+    """A batcher whose pass over `first` is held at the backend's gate, with `queued` waiting behind it."""
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_ms=0)
+    backend.gate.clear()
+    running = asyncio.create_task(submit(batcher, backend, first))
+    await wait_until(backend.started.is_set, "first pass started")
+    waiting = asyncio.create_task(submit(batcher, backend, queued))
+    await wait_until(lambda: batcher.pending == len(first) + len(queued), "second request queued")
+    return backend, batcher, running, waiting
+
+
 async def test_concurrent_callers_share_forward_passes():
     backend = FakeBackend()
     batcher = make(backend, max_batch_size=64)
@@ -108,13 +122,7 @@ async def test_texts_of_similar_length_share_a_pass():
 
 
 async def test_cancelled_request_is_never_encoded():
-    backend = FakeBackend()
-    batcher = make(backend, max_wait_ms=0)
-    backend.gate.clear()
-    busy = asyncio.create_task(submit(batcher, backend, ["first"]))
-    await wait_until(backend.started.is_set, "first pass started")
-    doomed = asyncio.create_task(submit(batcher, backend, ["never", "computed"]))
-    await wait_until(lambda: batcher.pending == 3, "second request queued")
+    backend, batcher, busy, doomed = await one_held_one_queued(["first"], ["never", "computed"])
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
@@ -169,13 +177,7 @@ async def test_failed_pass_reaches_its_callers_and_the_batcher_goes_on():
 
 
 async def test_close_fails_waiting_callers():
-    backend = FakeBackend()
-    batcher = make(backend, max_wait_ms=0)
-    backend.gate.clear()
-    running = asyncio.create_task(submit(batcher, backend, ["in the pass"]))
-    await wait_until(backend.started.is_set, "pass started")
-    waiting = asyncio.create_task(submit(batcher, backend, ["still queued"]))
-    await wait_until(lambda: batcher.pending == 2, "second text queued")
+    backend, batcher, running, waiting = await one_held_one_queued(["in the pass"], ["still queued"])
     closing = asyncio.create_task(batcher.close())
     with pytest.raises(ModelUnavailable):
         await waiting
