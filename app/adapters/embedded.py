@@ -12,6 +12,7 @@ behind: an orphaned server still running, a stale postmaster.pid, stale sockets.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import fcntl
@@ -226,7 +227,7 @@ def _server_env() -> dict[str, str]:
 # -- the common lifecycle -----------------------------------------------------------------------
 
 
-class _EmbeddedServer:
+class _EmbeddedServer(abc.ABC):
     kind = ""
 
     def __init__(self, data_dir: str | os.PathLike[str], start_timeout: float) -> None:
@@ -239,25 +240,25 @@ class _EmbeddedServer:
         self._account: _Account | None = None  # who the server runs as; None: this process's user
 
     @property
+    @abc.abstractmethod
     def runtime_dir(self) -> Path:
         """Where the server's socket lives."""
-        raise NotImplementedError
 
     # subclass hooks
-    def _prepare(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _prepare(self) -> None: ...
 
-    def _command(self) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _command(self) -> list[str]: ...
 
-    def _is_ready(self) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _is_ready(self) -> bool: ...
 
-    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _shutdown(self, proc: subprocess.Popen[bytes]) -> None: ...
 
-    def _url(self) -> str:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _url(self) -> str: ...
 
     @property
     def running(self) -> bool:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import strawberry
 
+from app.downloads.state import ModelState as DomainModelState
 from app.graphql.scalars import JSON, Long
 
 if TYPE_CHECKING:
@@ -27,16 +28,7 @@ class Distance(enum.Enum):
     EUCLID = "euclid"
 
 
-@strawberry.enum
-class ModelState(enum.Enum):
-    NOT_DOWNLOADED = "NOT_DOWNLOADED"
-    QUEUED = "QUEUED"
-    DOWNLOADING = "DOWNLOADING"
-    RETRYING = "RETRYING"
-    VERIFYING = "VERIFYING"
-    LOADING = "LOADING"
-    READY = "READY"
-    FAILED = "FAILED"
+ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
 
 
 @strawberry.input
