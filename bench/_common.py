@@ -548,9 +548,22 @@ class RawConnection:
         return await asyncio.wait_for(self._post(body), self.timeout)
 
     async def _post(self, body: bytes) -> dict[str, Any]:
+        reused = self._writer is not None
+        try:
+            return await self._exchange(body)
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+            # The server closed a keep-alive connection that sat idle (uvicorn's keep-alive
+            # timeout) before reading this request: open a new one and send it again.
+            await self.close()
+            return await self._exchange(body)
+
+    async def _exchange(self, body: bytes) -> dict[str, Any]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        assert self._reader is not None
+        assert self._reader is not None and self._writer is not None
         self._writer.write(f"{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")

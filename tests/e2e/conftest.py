@@ -69,6 +69,9 @@ def live_server(tmp_path_factory, e2e_database, fake_hub):
             CITADEL_DATABASE_URL=e2e_database,
             CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",
             CITADEL_CACHE__KEY_PREFIX=f"citadel-test-{uuid.uuid4().hex[:8]}:",
+            # A loaded 2-core CI machine can take longer than the default 250 ms to answer; the
+            # cache would then be skipped by design, and these tests are about hits.
+            CITADEL_CACHE__TIMEOUT_MS="5000",
             CITADEL_DEFAULT_MODEL=BUNDLED,
         ),
         log_path=ARTIFACTS / "e2e-server.log",
