@@ -4,6 +4,8 @@ Hugging Face mirror (tests/support/fake_hub.py) so models really download over H
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,9 +19,15 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def hub_env(endpoint: str, **extra: str) -> dict[str, str]:
-    """Settings for a server whose catalog has a model served by the local mirror."""
-    catalog = {HUB_MODEL: {"repo_id": DEFAULT_REPO, "dimensions": 384, "fallback": BUNDLED}}
+ONNX_MODEL = "local/all-MiniLM-L6-v2-onnx"
+
+
+def hub_env(endpoint: str, onnx_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """Settings for a server whose catalog has a model served by the local mirror (and, given a
+    directory made by `citadel models export-onnx`, the bundled model on the fastembed backend)."""
+    catalog: dict[str, dict] = {HUB_MODEL: {"repo_id": DEFAULT_REPO, "dimensions": 384, "fallback": BUNDLED}}
+    if onnx_dir is not None:
+        catalog[ONNX_MODEL] = {"backend": "fastembed", "path": str(onnx_dir), "dimensions": 384}
     return {
         "CITADEL_MODELS": json.dumps(catalog),
         "CITADEL_HF_ENDPOINT": endpoint,
@@ -30,6 +38,18 @@ def hub_env(endpoint: str, **extra: str) -> dict[str, str]:
         "CITADEL_DOWNLOADS__MIN_FREE_DISK_MB": "1",
         **extra,
     }
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory) -> Path:
+    """The bundled model exported to ONNX by the real CLI command."""
+    out = tmp_path_factory.mktemp("onnx") / "minilm"
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "models", "export-onnx", "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +80,12 @@ class DownloadingServer(LiveServer):
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, e2e_database, fake_hub):
+def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir):
     ARTIFACTS.mkdir(exist_ok=True)
     server = DownloadingServer(
         env=hub_env(
             fake_hub.url,
+            onnx_dir,
             CITADEL_DATA_DIR=str(tmp_path_factory.mktemp("citadel-e2e")),
             CITADEL_DATABASE_URL=e2e_database,
             CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",

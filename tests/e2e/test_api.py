@@ -11,6 +11,8 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
+from tests.e2e.conftest import ONNX_MODEL
+
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -39,19 +41,20 @@ def test_liveness_readiness_and_metrics(live_server):
         assert name in metrics, name
 
 
-def test_embed_matches_a_direct_encode_and_is_cached_the_second_time(live_server, reference_model):
+@pytest.mark.parametrize("model", [MODEL, ONNX_MODEL], ids=["torch", "onnx"])
+def test_embed_matches_a_direct_encode_and_is_cached_the_second_time(live_server, reference_model, model):
     tag = uuid.uuid4().hex[:6]  # fresh texts: nothing in the cache yet
     texts = [f"The quick brown fox {tag}", f"A man is playing a guitar {tag}.", f"Stocks fell sharply {tag}."]
-    query = "query($t: [String!]!) { embed(texts: $t) { model dimensions embeddings { index vector cached } } }"
-    first = live_server.graphql(query, {"t": texts})["data"]["embed"]
-    assert first["model"] == MODEL and first["dimensions"] == 384
+    query = "query($t: [String!]!, $m: String) { embed(texts: $t, model: $m, wait: true) { model dimensions embeddings { index vector cached } } }"
+    first = live_server.graphql(query, {"t": texts, "m": model})["data"]["embed"]
+    assert first["model"] == model and first["dimensions"] == 384
     assert [e["index"] for e in first["embeddings"]] == [0, 1, 2]
     assert [e["cached"] for e in first["embeddings"]] == [False, False, False]
     expected = reference_model.encode(texts, normalize_embeddings=True)
     got = np.array([e["vector"] for e in first["embeddings"]], dtype=np.float32)
     cosines = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
     assert cosines.min() >= 0.999, cosines
-    second = live_server.graphql(query, {"t": texts})["data"]["embed"]
+    second = live_server.graphql(query, {"t": texts, "m": model})["data"]["embed"]
     assert [e["cached"] for e in second["embeddings"]] == [True, True, True]
     assert np.allclose(np.array([e["vector"] for e in second["embeddings"]]), got, atol=1e-6)
 
