@@ -108,7 +108,7 @@ class CacheSettings(BaseModel):
     key_prefix: str = Field("citadel:emb:", description="Redis key prefix of cached embeddings")
     # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
     max_memory_mb: int = Field(512, description="maxmemory (allkeys-lru) of the embedded Redis")
-    timeout_ms: float = Field(250.0, description="A slower cache is skipped for that request")  # a slower cache is skipped for that request
+    timeout_ms: float = Field(1000.0, description="A slower cache is skipped for that request (event-loop lag counts too)")
 
 
 class DownloadSettings(BaseModel):
