@@ -92,14 +92,14 @@ class LimitSettings(BaseModel):
 
 
 class InferenceSettings(BaseModel):
-    devices: str = Field("auto", description="`auto` (every visible GPU, else CPU), `cpu`, or a list like `cuda:0,cuda:1`")  # "auto" | "cpu" | "cuda:0,cuda:1"
+    devices: str = Field("auto", description="`auto` (every visible GPU, else CPU), `cpu`, or a list like `cuda:0,cuda:1`")
     max_batch_size: int = Field(64, description="Most texts in one forward pass")
     max_batch_tokens: int = Field(16_384, description="Token budget of one forward pass")
     max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests")
-    max_queue: int = Field(1_024, description="Texts waiting per model replica; beyond it OVERLOADED")  # texts waiting per model; beyond it callers get OVERLOADED
-    truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")  # False: over-long inputs are BAD_INPUT
-    idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")  # 0 keeps models loaded forever
-    threads: int = Field(0, description="torch CPU threads (0: library default)")  # torch intra-op threads; 0 = library default
+    max_queue: int = Field(1_024, description="Texts waiting per model (all replicas); beyond it OVERLOADED")
+    truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")
+    idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")
+    threads: int = Field(0, description="torch CPU threads (0: library default)")
 
 
 class CacheSettings(BaseModel):
@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where embedded servers, shards and models live")
-    cache_dir: Path | None = Field(None, description="Model cache (default `<data_dir>/models`)")  # model cache; default <data_dir>/models
+    cache_dir: Path | None = Field(None, description="Model cache (default `<data_dir>/models`)")
     database_url: str | None = Field(None, description="PostgreSQL URL; unset: embedded PostgreSQL")
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
