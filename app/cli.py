@@ -34,6 +34,7 @@ def serve(
         host=host or settings.server.host,
         port=port or settings.server.port,
         log_config=uvicorn_log_config(),
+        access_log=settings.server.access_log,
         ws="websockets-sansio",
         timeout_graceful_shutdown=10,
     )

@@ -74,6 +74,7 @@ class ServerSettings(BaseModel):
     port: int = Field(8000, description="HTTP port")
     log_level: str = Field("INFO", description="Log level (loguru)")
     log_json: bool = Field(False, description="Write logs as JSON lines")
+    access_log: bool = Field(False, description="Log every HTTP request (about 0.2 ms of CPU each, a fifth of a cached embed; /metrics counts requests anyway)")
     graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
 
 
@@ -138,7 +139,7 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where embedded servers, shards and models live")
-    cache_dir: Path | None = Field(None, description="Model cache (default `<data_dir>/models`)")
+    cache_dir: Path | None = Field(None, description="Model cache (default `$HF_HOME/citadel` when HF_HOME is set, else `<data_dir>/models`)")
     database_url: str | None = Field(None, description="PostgreSQL URL; unset: embedded PostgreSQL")
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
@@ -186,7 +187,10 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.cache_dir or (self.data_dir / "models")
+        # HF_HOME is where an operator has put model files for every Hugging Face tool: honour it.
+        if self.cache_dir:
+            return self.cache_dir
+        return self.hf_home / "citadel" if self.hf_home else self.data_dir / "models"
 
     @property
     def embedded_postgres(self) -> bool:

@@ -29,6 +29,13 @@ def test_health_query_reports_every_dependency_ok(live_server):
     assert {"name": MODEL, "state": "READY"} in health["models"]
 
 
+def test_queries_also_work_over_get(live_server):
+    response = httpx.get(live_server.url + "/graphql", params={"query": "{ health { status } }"})
+    assert response.status_code == 200 and response.json()["data"]["health"]["status"] == "ok"
+    mutation = httpx.get(live_server.url + "/graphql", params={"query": 'mutation { deleteCollection(name: "x") }'})
+    assert mutation.status_code in (400, 405)  # mutations are never run from a GET
+
+
 def test_liveness_readiness_and_metrics(live_server):
     assert httpx.get(live_server.url + "/healthz").json()["status"] == "ok"
     ready = httpx.get(live_server.url + "/readyz")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
+
 import httpx
 import pytest
 from gql import Client, gql
@@ -72,7 +74,7 @@ def replicas(tmp_path_factory, e2e_database, fake_hub):
             server.stop()
 
 
-async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(replicas, fake_hub):
+async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(replicas, fake_hub, e2e_database):
     a, b = replicas
     # The weights' connection drops half-way once: one retry, and the download resumes.
     fake_hub.add_fault("drop", file="*.safetensors")
@@ -98,6 +100,20 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     # The resumed request asked for the rest of the file, not for byte 0 again.
     weights = [r for r in fake_hub.requests if r.file and r.file.endswith(".safetensors") and r.method == "GET"]
     assert weights[-1].range is not None and not weights[-1].range.startswith("bytes=0-"), weights
+
+    # The last state is kept in PostgreSQL, where an operator finds it after a restart.
+    connection = await asyncpg.connect(e2e_database)
+    try:
+        for _ in range(100):  # written by a background writer, so it may trail the event a little
+            row = await connection.fetchrow(
+                "select state, attempts, bytes_done, bytes_total from model_status where name = $1", HUB_MODEL
+            )
+            if row is not None and row["state"] == "READY":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+    assert row["state"] == "READY" and row["attempts"] == 2 and row["bytes_done"] == row["bytes_total"] > 0, dict(row)
 
     # The downloaded model serves, and B's own state is untouched (it has its own cache).
     body = a.graphql('query($m: String) { embed(texts: ["hub model"], model: $m) { model dimensions } }', {"m": HUB_MODEL})
