@@ -56,6 +56,6 @@ def test_schema_export_prints_the_schema_of_the_code():
 
 
 def test_models_list_shows_the_catalog(tmp_path):
-    done = citadel("models", "list", env={"CITADEL_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    done = citadel("models", "list", env={"CITADEL_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert "all-MiniLM-L6-v2" in done.stdout and "bge-small-en-v1.5" in done.stdout

@@ -4,9 +4,8 @@ import pytest
 import strawberry
 
 from app.errors import BadInput, ModelUnavailable
-from app.graphql.errors import PublicErrors
-from app.graphql.limits import TotalTextsLimit
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
+from app.graphql.schema import CitadelSchema, safety_extensions
+from app.settings import LimitSettings
 
 
 @strawberry.type
@@ -43,15 +42,9 @@ class Query:
         return len(texts)
 
 
-schema = strawberry.Schema(
-    Query,
-    extensions=[
-        PublicErrors,
-        lambda: QueryDepthLimiter(max_depth=4),
-        lambda: MaxAliasesLimiter(max_alias_count=3),
-        lambda: TotalTextsLimit(max_total=5),
-    ],
-)
+# The production schema class and extensions, over a small test Query, with tight limits.
+LIMITS = LimitSettings(max_query_depth=4, max_aliases=3, max_texts_per_request=5, max_documents_per_ingest=5)
+schema = CitadelSchema(Query, extensions=safety_extensions(LIMITS))
 
 
 async def run(query: str, variables=None):
@@ -83,6 +76,13 @@ async def test_domain_error_keeps_its_details_and_internal_errors_hide_theirs():
     assert bad.message == "texts[3] is empty" and bad.extensions["index"] == 3
     boom = await run("{ boom }")
     assert "hunter2" not in boom.message and "secret" not in str(boom.extensions)
+
+
+async def test_cached_documents_get_the_same_codes_the_second_time():
+    for _ in range(2):  # the parser and validation caches must not lose the mapping
+        assert (await run("{ bad ")).extensions["code"] == "GRAPHQL_PARSE_FAILED"
+        assert (await run("{ nope }")).extensions["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert (await run("{ a: bad b: bad c: bad d: bad }")).extensions["code"] == "BAD_INPUT"
 
 
 async def test_texts_passed_as_variables_count_too():
