@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 from loguru import logger
 
 from app.adapters.events import EventBus
-from app.adapters.migrations import upgrade_async
 from app.adapters.postgres import ModelStatusRow, PostgresRepo, create_pool
 from app.adapters.redis_cache import EmbeddingCache
 from app.adapters.vector_store import open_vector_store
@@ -27,6 +26,7 @@ from app.services.health import HealthService, mask_url
 from app.services.ingest import IngestService
 from app.services.models import ModelManager
 from app.services.reconciler import Reconciler
+from app.services.schema_upgrader import SchemaUpgrader
 from app.services.search import SearchService
 from app.settings import Settings
 
@@ -41,9 +41,14 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             from app.adapters.embedded import EmbeddedPostgres
 
             database_url = (await stack.enter_async_context(EmbeddedPostgres(settings.data_dir))).url
+        upgrader = SchemaUpgrader(database_url)
         if settings.run_migrations:
-            await upgrade_async(database_url)
-        pg_pool = await create_pool(database_url)
+            await upgrader.start()
+            stack.push_async_callback(upgrader.stop)
+        else:
+            upgrader.done = True
+        # min_size=0: no connection is needed to start, so an outage degrades instead of crashing.
+        pg_pool = await create_pool(database_url, min_size=0)
         stack.push_async_callback(pg_pool.close)
         repo = PostgresRepo(pg_pool)
 
@@ -84,7 +89,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
         health = HealthService(
             {
-                "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), repo.ping),
+                "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), both(upgrader.check, repo.ping)),
                 "redis": ("embedded" if settings.embedded_redis else mask_url(redis_url), redis.ping),
                 "qdrant": ("embedded (Qdrant Edge)" if settings.embedded_qdrant else mask_url(settings.qdrant_url or ""), store.ping),
             }
@@ -104,6 +109,16 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             reconciler=reconciler,
         )
         logger.info("shutting down")
+
+
+def both(*probes):
+    """One health probe made of several checks, run in order."""
+
+    async def probe() -> None:
+        for check in probes:
+            await check()
+
+    return probe
 
 
 def status_saver(repo: PostgresRepo):
