@@ -63,7 +63,9 @@ class QdrantServerStore:
         if client is None:
             if not url:
                 raise ValueError("QdrantServerStore needs a url or a client")
-            client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout))
+            # No version probe at construction: it is a blocking request to a server that may be
+            # down at startup, and health reports reachability anyway.
+            client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
         self.client = client
         self._where = url or "an injected client"
 
