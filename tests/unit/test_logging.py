@@ -40,6 +40,16 @@ def test_stdlib_records_reach_loguru_with_their_level(capsys):
     assert "below the level" not in err
 
 
+def test_per_statement_and_per_request_chatter_is_kept_out_but_warnings_are_not(capsys):
+    configure_logging("INFO")
+    logging.getLogger("sqlalchemy.engine.Engine").info("CREATE TABLE chatter")
+    logging.getLogger("httpx").info("HTTP Request: GET chatter")
+    logging.getLogger("sqlalchemy.engine.Engine").warning("a real problem")
+    err = capsys.readouterr().err
+    assert "chatter" not in err
+    assert "a real problem" in err
+
+
 def test_configuring_twice_keeps_one_sink_and_one_root_handler(capsys):
     configure_logging("INFO")
     configure_logging("INFO")
