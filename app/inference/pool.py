@@ -53,12 +53,13 @@ class ModelPool:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def load(self, spec: ModelSpec, model_dir: Path) -> None:
-        """Load spec's model from model_dir on every configured device (idempotent)."""
+    async def load(self, spec: ModelSpec, model_dir: Path) -> str:
+        """Load spec's model from model_dir on every configured device (idempotent); returns the
+        devices it runs on, e.g. "cpu" or "cuda:0,cuda:1" (shown as the model's `device`)."""
         async with self._lock(spec.name):
             known = self._known.get(spec.name)
             if spec.name in self._loaded and known == (spec, Path(model_dir)):
-                return
+                return ",".join(self.replicas(spec.name))
             if spec.name in self._loaded:  # a new directory or spec replaces the old replicas
                 await self._drop(spec.name)
             self._known[spec.name] = (spec, Path(model_dir))
@@ -68,6 +69,7 @@ class ModelPool:
                 del self._known[spec.name]  # a model that never loaded is not reloaded on demand
                 raise
         self._start_reaper()
+        return ",".join(self.replicas(spec.name))
 
     def is_loaded(self, name: str) -> bool:
         """Replicas are in memory now (False after an idle unload)."""

@@ -42,6 +42,10 @@ def test_liveness_readiness_and_metrics(live_server):
     assert ready.status_code == 200
     models = {m["name"]: m for m in ready.json()["models"]}
     assert models[MODEL]["state"] == "READY" and models[MODEL]["maxAttempts"] >= 1
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert models[MODEL]["device"].startswith(expected), models[MODEL]  # where its replicas run
     live_server.graphql('{ embed(texts: ["metrics warm-up"]) { dimensions } }')
     metrics = httpx.get(live_server.url + "/metrics").text
     for name in ("citadel_process_rss_bytes", "citadel_process_open_files", "citadel_process_cpu_seconds", "citadel_batch_size"):
