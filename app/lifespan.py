@@ -7,7 +7,6 @@ reconciler. Teardown runs backwards, so nothing outlives what it depends on.
 
 from __future__ import annotations
 
-import contextlib
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator
 
@@ -64,8 +63,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(store.close)
 
         bus = EventBus()
-        with contextlib.suppress(Exception):  # no Redis means local events only, not a crash
+        try:
             await bus.attach_redis(redis)
+        except Exception as exc:  # no Redis: this replica's events stay local, it does not crash
+            logger.warning("download events stay on this replica: Redis pub/sub unavailable ({})", exc)
         stack.push_async_callback(bus.close)
 
         pool = ModelPool(settings)
