@@ -195,12 +195,17 @@ class EventBus:
     # -- Redis bridge ----------------------------------------------------------------------
 
     async def attach_redis(self, redis: Any, channel: str = DEFAULT_CHANNEL) -> None:
-        """Bridge over Redis pub/sub (a redis.asyncio.Redis). Returns once the channel is subscribed."""
+        """Bridge over Redis pub/sub (a redis.asyncio.Redis). Returns once the channel is subscribed,
+        or at once when Redis is down: the listener then keeps re-subscribing until it is back."""
         if self._redis is not None:
             raise RuntimeError("this EventBus is already attached to Redis")
         self._redis, self._channel = redis, channel
         pubsub = redis.pubsub()
-        await pubsub.subscribe(channel)
+        try:
+            await pubsub.subscribe(channel)
+        except Exception as error:  # Redis down at startup: _listen retries with backoff
+            REDIS_BRIDGE_ERRORS.labels(op="listen").inc()
+            logger.warning("download events stay on this replica until Redis answers: {}", error)
         self._outbox = asyncio.Queue(maxsize=self.queue_size * 4)
         self._tasks = [
             asyncio.create_task(self._listen(pubsub), name="citadel-events-redis-listen"),

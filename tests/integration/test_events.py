@@ -134,3 +134,45 @@ async def test_a_broken_redis_connection_does_not_block_publishing(channel: str)
     finally:
         await bus.close(flush_timeout=0.5)
         await client.aclose()
+
+
+async def test_redis_down_at_startup_then_back_bridges_replicas_again(tmp_path: Path, channel: str) -> None:
+    import shutil
+    import socket
+    import subprocess
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed, so no private Redis can be started late")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"redis://127.0.0.1:{port}/0"
+    first, second = EventBus(origin="early-a"), EventBus(origin="early-b")
+    clients = [aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)]
+    await first.attach_redis(clients[0], channel)  # nothing listens yet: no exception, local only
+    await second.attach_redis(clients[1], channel)
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with second.subscribe() as remote:
+            for n in range(200):  # until both listeners have re-subscribed (backoff up to a few seconds)
+                first.publish(event(n))
+                try:
+                    received = await remote.get(0.1)
+                except TimeoutError:
+                    continue
+                assert received.model == "m" and received.origin == "early-a"
+                break
+            else:
+                raise AssertionError("events never crossed once Redis came up")
+    finally:
+        await first.close(flush_timeout=0.5)
+        await second.close(flush_timeout=0.5)
+        for client in clients:
+            await client.aclose()
+        server.terminate()
+        server.wait(timeout=10)
