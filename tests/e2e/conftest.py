@@ -20,6 +20,33 @@ BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 ONNX_MODEL = "local/all-MiniLM-L6-v2-onnx"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SESSION_TAG = uuid.uuid4().hex[:8]
+
+
+def shared_redis_env() -> dict[str, str]:
+    """The machine's Redis, with cache keys under a prefix this session removes when it ends."""
+    return {
+        "CITADEL_REDIS_URL": REDIS_URL,
+        "CITADEL_CACHE__KEY_PREFIX": f"citadel-test-{SESSION_TAG}-{uuid.uuid4().hex[:6]}:",
+        # A loaded 2-core CI machine can take longer than the default to answer; the cache would
+        # then be skipped by design, and these tests are about hits.
+        "CITADEL_CACHE__TIMEOUT_MS": "5000",
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_cache_keys():
+    yield
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"citadel-test-{SESSION_TAG}-*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+    finally:
+        client.close()
 
 
 def hub_env(endpoint: str, onnx_dir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -88,11 +115,7 @@ def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir):
             onnx_dir,
             CITADEL_DATA_DIR=str(tmp_path_factory.mktemp("citadel-e2e")),
             CITADEL_DATABASE_URL=e2e_database,
-            CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",
-            CITADEL_CACHE__KEY_PREFIX=f"citadel-test-{uuid.uuid4().hex[:8]}:",
-            # A loaded 2-core CI machine can take longer than the default 250 ms to answer; the
-            # cache would then be skipped by design, and these tests are about hits.
-            CITADEL_CACHE__TIMEOUT_MS="5000",
+            **shared_redis_env(),
             CITADEL_DEFAULT_MODEL=BUNDLED,
         ),
         log_path=ARTIFACTS / "e2e-server.log",

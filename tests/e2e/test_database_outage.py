@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from app.adapters.embedded import EmbeddedPostgres
-from tests.e2e.conftest import ARTIFACTS
+from tests.e2e.conftest import ARTIFACTS, shared_redis_env
 from tests.support.server import LiveServer
 
 HEALTH = "{ health { status dependencies { name ok detail } } }"
@@ -25,7 +25,7 @@ def test_starts_without_its_database_then_recovers_when_it_returns(tmp_path):
         env={
             "CITADEL_DATA_DIR": str(tmp_path / "data"),
             "CITADEL_DATABASE_URL": url,
-            "CITADEL_REDIS_URL": "redis://127.0.0.1:6379/0",
+            **shared_redis_env(),
             "CITADEL_DEFAULT_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
             "HF_HUB_OFFLINE": "1",
         },

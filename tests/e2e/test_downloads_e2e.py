@@ -4,7 +4,6 @@ GraphQL WebSocket clients, two replicas sharing one Redis."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import asyncpg
 
@@ -13,7 +12,7 @@ import pytest
 from gql import Client, gql
 from gql.transport.websockets import WebsocketsTransport
 
-from tests.e2e.conftest import ARTIFACTS, BUNDLED, hub_env
+from tests.e2e.conftest import ARTIFACTS, BUNDLED, hub_env, shared_redis_env
 from tests.support.fake_hub import HUB_MODEL, unused_port
 from tests.support.server import LiveServer
 
@@ -54,8 +53,7 @@ def replicas(tmp_path_factory, e2e_database, fake_hub):
     """Two gateway processes sharing PostgreSQL and Redis, each with its own model cache."""
     shared = {
         "CITADEL_DATABASE_URL": e2e_database,
-        "CITADEL_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "CITADEL_CACHE__KEY_PREFIX": f"citadel-test-{uuid.uuid4().hex[:8]}:",
+        **shared_redis_env(),
         "CITADEL_DEFAULT_MODEL": BUNDLED,
     }
     servers = [
@@ -137,7 +135,7 @@ def test_a_corrupted_cached_model_is_repaired_at_startup(tmp_path, fake_hub, e2e
         fake_hub.url,
         CITADEL_DATA_DIR=str(tmp_path),
         CITADEL_DATABASE_URL=e2e_database,
-        CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",
+        **shared_redis_env(),
         CITADEL_DEFAULT_MODEL=HUB_MODEL,
     )
     first = LiveServer(env=env, log_path=ARTIFACTS / "repair.log").start()
@@ -164,7 +162,7 @@ def test_unreachable_hub_starts_serves_with_the_fallback_and_says_why(tmp_path, 
         f"http://127.0.0.1:{unused_port()}",  # nothing listens there
         CITADEL_DATA_DIR=str(tmp_path),
         CITADEL_DATABASE_URL=e2e_database,
-        CITADEL_REDIS_URL="redis://127.0.0.1:6379/0",
+        **shared_redis_env(),
         CITADEL_DEFAULT_MODEL=HUB_MODEL,
     )
     server = LiveServer(env=env, log_path=ARTIFACTS / "unreachable.log").start(wait_ready=False)
