@@ -21,7 +21,6 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch
 
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY alembic ./alembic
 RUN pip install . && citadel --help > /dev/null
 
 # Unprivileged user; /data and /models become named volumes that inherit this ownership.

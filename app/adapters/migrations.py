@@ -1,4 +1,4 @@
-"""Apply the schema migrations (the alembic/ scripts at the project root) to a database URL.
+"""Apply the schema migrations (the alembic scripts in `app/migrations/`) to a database URL.
 
 Works from any working directory and from an installed package: the alembic configuration is
 built here, no alembic.ini is read. Safe to run from several processes at once (env.py takes a
@@ -19,16 +19,9 @@ from loguru import logger
 from alembic import command
 from app.adapters.postgres import CONNECTION_ERRORS, asyncpg_dsn, unavailable
 
-def _migrations_dir() -> Path:
-    # A source checkout (editable install) has alembic/ beside app/; an image built from the
-    # Dockerfile copies it into the working directory.
-    for candidate in (Path(__file__).resolve().parents[2] / "alembic", Path.cwd() / "alembic"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError("alembic/ (the migration scripts) not found beside the app package or in the working directory")
-
-
-MIGRATIONS_DIR = _migrations_dir()
+# Shipped inside the package, so a wheel installed anywhere finds them; alembic.ini at the repo
+# root points at the same directory for `alembic` users. Never looked up from the working directory.
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 
 # Key of the pg_advisory_xact_lock that serialises concurrent upgrades ("CITADEL" + 1).
 MIGRATION_LOCK_KEY = 0x4349544144454C01
