@@ -26,9 +26,11 @@ def serve(
     from app.logging_setup import configure_logging, uvicorn_log_config
     from app.main import create_app
     from app.settings import Settings
+    from app.settings_check import warn_unknown_settings
 
     settings = Settings()
     configure_logging(settings.server.log_level, json=settings.server.log_json)
+    warn_unknown_settings()
     uvicorn.run(
         create_app(settings),
         host=host or settings.server.host,

@@ -449,6 +449,13 @@ async def run_checks(settings: Settings) -> list[Check]:
     return [_scrub(c, secrets) for c in [*local, *ordered]]
 
 
+def check_unknown_settings() -> list[Check]:
+    """A warning per CITADEL_* variable that no setting reads (a typo is otherwise silent)."""
+    from app.settings_check import unknown_settings
+
+    return [Check(f"settings:{u.name}", False, False, str(u), u.suggestion) for u in unknown_settings()]
+
+
 def overall_ok(checks: list[Check]) -> bool:
     return all(c.ok for c in checks if c.required)
 
@@ -481,7 +488,11 @@ def doctor_command(json_output: bool) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in exc.errors())
         checks = [Check("settings", False, True, f"invalid configuration: {problems}", None)]
     else:
-        checks = [Check("settings", True, True, "configuration parsed", None), *asyncio.run(run_checks(settings))]
+        checks = [
+            Check("settings", True, True, "configuration parsed", None),
+            *check_unknown_settings(),
+            *asyncio.run(run_checks(settings)),
+        ]
     sys.stdout.write(render_json(checks) if json_output else render_text(checks))
     sys.stdout.flush()
     return 0 if overall_ok(checks) else 1

@@ -59,7 +59,7 @@ def default_catalog() -> dict[str, ModelSpec]:
     bge = ModelSpec(
         name=PRIMARY_MODEL,
         backend="fastembed",
-        repo_id="qdrant/bge-small-en-v1.5-onnx-q",
+        repo_id="Qdrant/bge-small-en-v1.5-onnx-Q",  # canonical case: mirrors match names exactly
         files=["*.json", "*.onnx", "*.txt"],
         dimensions=384,
         max_seq_length=512,

@@ -30,6 +30,7 @@ from app.downloads.errors import (
     HubUnreachable,
     IntegrityError,
     OfflineMode,
+    RepoNotFound,
     TruncatedFile,
 )
 
@@ -150,6 +151,8 @@ class HubClient:
         url = f"{self.endpoint}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
         async with self._translate(f"listing {repo_id}@{revision}"):
             response = await client.get(url, params={"blobs": "true"})
+        if response.status_code in (401, 404):
+            raise RepoNotFound(repo_id, revision, self.endpoint, response.status_code)
         self._raise_for_status(response, f"listing {repo_id}@{revision}")
         try:
             data = response.json()
