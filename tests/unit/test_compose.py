@@ -288,6 +288,16 @@ def dockerfile() -> list[tuple[str, str]]:
     return instructions
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's build stages, each starting with its FROM."""
+    out: list[list[tuple[str, str]]] = []
+    for instruction in dockerfile():
+        if instruction[0] == "FROM":
+            out.append([])
+        out[-1].append(instruction)
+    return out
+
+
 def dockerfile_env() -> dict[str, str]:
     env = {}
     for kind, args in dockerfile():
@@ -303,7 +313,7 @@ def only(kind: str) -> str:
 
 
 def test_dockerfile_base_image_and_non_root_user():
-    assert dockerfile()[0] == ("FROM", "python:3.11-slim")
+    assert stages()[-1][0] == ("FROM", "python:3.11-slim")
     user = only("USER")
     assert user.split(":")[0] not in ("root", "0")
 
@@ -312,10 +322,23 @@ def test_dockerfile_installs_cpu_torch_by_default_and_the_project():
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in dockerfile() if k == "ARG" and "=" in a}
     assert args["TORCH_VARIANT"] == "cpu"
     assert "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
-    runs = [a for k, a in dockerfile() if k == "RUN"]
+    runs = [a for k, a in stages()[-1] if k == "RUN"]
     torch_step = next(i for i, r in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}" torch' in r)
-    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install \S*citadel-\*\.whl", r))
     assert torch_step < project_step, "torch must be installed before the project, or pip pulls the CUDA build"
+
+
+def test_image_installs_the_built_wheel_runtime_only_and_keeps_no_source_tree():
+    builder, image = stages()
+    assert builder[0][1].endswith(" AS wheel")
+    assert any(k == "RUN" and "pip wheel" in a and "--no-deps" in a for k, a in builder)
+    copies = [a for k, a in image if k == "COPY"]
+    assert copies == ["--from=wheel /dist /tmp/dist"], "the image must hold the installed wheel, not the source"
+    installs = [a for k, a in image if k == "RUN" and "citadel-" in a]
+    assert installs and all("[" not in a for a in installs), "no extras: what users install is what runs"
+    # The migrations travel inside the package the wheel is built from.
+    assert (ROOT / "app" / "migrations" / "env.py").is_file()
+    assert (ROOT / "app" / "migrations" / "versions" / "__init__.py").is_file()
 
 
 def test_dockerfile_cmd_runs_the_console_script_serve():
