@@ -245,3 +245,13 @@ def test_citadel_console_script(tmp_path):
     ran = subprocess.run([str(script), "doctor"], env=bad, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
     assert "[FAIL] postgres" in ran.stdout and "doctor: FAILED" in ran.stdout
+
+
+def test_an_unknown_setting_is_a_warning_naming_the_closest_real_one(clean_env, capsys):
+    clean_env.setenv("CITADEL_DATABASE_URL", POSTGRES_URL)
+    clean_env.setenv("CITADEL_REDIS_URL", REDIS_URL)
+    clean_env.setenv("CITADEL_SERVR__PORT", "1")
+    assert doctor_command(json_output=False) == 0, "a typo warns; it does not fail the installation"
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "CITADEL_SERVR__PORT" in line)
+    assert line.startswith("[warn]") and "did you mean CITADEL_SERVER__PORT" in line
