@@ -10,6 +10,7 @@ import pytest
 from app.errors import Internal, ModelUnavailable, Overloaded
 from app.inference.batcher import DynamicBatcher
 from tests.support.fakes import FakeBackend
+from tests.support.polling import wait_until
 
 DIMS = FakeBackend().dimensions
 
@@ -22,14 +23,6 @@ def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
 
 async def submit(batcher: DynamicBatcher, backend: FakeBackend, texts: list[str], normalize: bool = False):
     return await batcher.submit(texts, backend.token_counts(texts), normalize)
-
-
-async def wait_until(predicate, what: str) -> None:
-    for _ in range(2_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def one_held_one_queued(
