@@ -21,13 +21,14 @@ from app.inference.pool import ModelPool
 from app.services.collections import CollectionService
 from app.services.container import Services
 from app.services.embedding import EmbeddingService
-from app.services.health import HealthService, mask_url
+from app.services.health import HealthService
 from app.services.ingest import IngestService
 from app.services.models import ModelManager
 from app.services.reconciler import Reconciler
 from app.services.schema_upgrader import SchemaUpgrader
 from app.services.search import SearchService
 from app.settings import Settings
+from app.urls import mask_url
 
 
 @asynccontextmanager

@@ -6,7 +6,19 @@ import os
 
 import pytest
 
+from tests.support import services
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    # Which PostgreSQL/Redis ran the tests: the machine's, or embedded ones standing in.
+    for line in services.summary():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    services.stop_embedded()
 
 
 @pytest.fixture(scope="session")

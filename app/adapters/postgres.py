@@ -20,6 +20,7 @@ import asyncpg
 from loguru import logger
 
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
+from app.urls import asyncpg_dsn
 
 DocumentStatus = Literal["pending", "indexed", "deleting"]
 UpsertStatus = Literal["inserted", "updated", "unchanged"]
@@ -95,12 +96,6 @@ class ModelStatusRow:
 
 
 # -- connections --------------------------------------------------------------------------------
-
-
-def asyncpg_dsn(url: str) -> str:
-    """The URL as asyncpg reads it: SQLAlchemy-style schemes (postgresql+asyncpg://) lose the driver."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
 
 
 def unavailable(exc: BaseException) -> DependencyUnavailable:

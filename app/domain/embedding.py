@@ -30,3 +30,9 @@ class EmbeddingBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (L2); an all-zero row stays zero instead of turning NaN."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -11,7 +11,6 @@ A model without a manifest is never loaded, so a crash at any point leaves nothi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,13 +23,13 @@ from urllib.parse import quote
 from loguru import logger
 
 from app.downloads.errors import CacheNotWritable, InsufficientDisk
+from app.downloads.hashing import sha256_of
 from app.downloads.hub import RepoSnapshot
 from app.settings import ModelSpec
 
 MANIFEST = ".citadel-manifest.json"
 PENDING = ".citadel-download.json"
 PARTIAL_SUFFIX = ".partial"
-_HASH_BLOCK = 4 << 20
 _ENV_HINT = "set CITADEL_CACHE_DIR (or CITADEL_DATA_DIR) to a writable directory"
 
 
@@ -52,14 +51,6 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json_atomically(path: Path, data: object) -> None:

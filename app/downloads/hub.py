@@ -24,6 +24,7 @@ from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from loguru import logger
 
+from app.downloads.hashing import feed_file
 from app.downloads.errors import (
     DownloadError,
     HubHTTPError,
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]  # bytes of the current file on disk so far
 
-_HASH_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -80,12 +80,6 @@ class _Hashes:
 def _write(handle: BinaryIO, hashes: _Hashes, data: bytes) -> None:
     handle.write(data)
     hashes.update(data)
-
-
-def _hash_existing(path: Path, hashes: _Hashes) -> None:
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            hashes.update(block)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -225,7 +219,7 @@ class HubClient:
             offset = 0
         hashes = _Hashes(remote.size if remote.blob_id else None)
         if offset:
-            await asyncio.to_thread(_hash_existing, partial, hashes)
+            await asyncio.to_thread(feed_file, partial, hashes.update)
         on_progress(offset)
         if remote.size is None or offset < remote.size:
             offset, hashes = await self._transfer(client, snapshot, remote, partial, offset, hashes, on_progress)
@@ -357,7 +351,7 @@ def local_copy_matches(remote: RemoteFile, path: Path) -> str | None:
     if remote.size is not None and size != remote.size:
         return None
     hashes = _Hashes(size if remote.blob_id else None)
-    _hash_existing(path, hashes)
+    feed_file(path, hashes.update)
     if remote.sha256 and hashes.sha256.hexdigest() != remote.sha256:
         return None
     if remote.blob_id and hashes.git is not None and hashes.git.hexdigest() != remote.blob_id:

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from app.domain.embedding import EmbeddingBackend
+from app.domain.embedding import EmbeddingBackend, unit_rows
 from app.errors import Internal, ModelUnavailable, Overloaded
 from app.inference import metrics
+from app.tasks import cancel_and_wait
 
 # How many batches' worth of the oldest texts are sorted together by length.
 WINDOW_BATCHES = 4
@@ -119,12 +120,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop the worker; texts still waiting fail with ModelUnavailable."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._worker)
         self._fail_all(ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name))
         # Wait for a pass already running in the thread, so the backend can be closed after us.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
@@ -221,8 +217,7 @@ class DynamicBatcher:
         finally:
             metrics.FORWARD_PASSES.labels(self.model_name, self.device).inc()
             metrics.INFERENCE_SECONDS.labels(self.model_name, self.device).observe(time.perf_counter() - started)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        unit = vectors / np.maximum(norms, 1e-12)
+        unit = unit_rows(vectors)
         for row, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result(unit[row] if item.normalize else vectors[row])

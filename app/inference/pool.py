@@ -23,6 +23,7 @@ from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
 from app.settings import ModelSpec, Settings
+from app.tasks import cancel_and_wait
 
 # Below this many characters, counting tokens on the event loop is cheaper than a thread hop.
 _INLINE_TOKENIZE_CHARS = 8_192
@@ -90,13 +91,8 @@ class ModelPool:
             await self._drop(name)
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            try:
-                await self._reaper
-            except asyncio.CancelledError:
-                pass
-            self._reaper = None
+        reaper, self._reaper = self._reaper, None
+        await cancel_and_wait(reaper)
         for name in list(self._loaded):
             await self.unload(name)
         self._known.clear()

@@ -20,6 +20,7 @@ from app.services.collections import bound_model
 from app.services.ids import point_id
 from app.services.ingest import ToIndex, index_documents
 from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 RECONCILED = Counter(
     "citadel_reconciler_documents_total", "Documents finished by the reconciler", ["action"]
@@ -134,12 +135,7 @@ class Reconciler:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

@@ -1,13 +1,13 @@
 """The Redis embedding cache and EmbeddingService with real Redis and the real bundled model.
 
-The shared Redis on 127.0.0.1:6379 is only read and written under a unique key prefix. Outages
-are made on a redis-server this module starts on a free port, or on a port nobody listens on.
+The shared Redis (the machine's, else an embedded one: tests/support/services.py) is only read
+and written under a unique key prefix. Outages are made on a redis-server this module starts on
+a free port, or on a port nobody listens on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import uuid
@@ -24,6 +24,7 @@ from app.inference.pool import ModelPool
 from app.services.embedding import EmbeddingService, LocalModels
 from app.settings import DEFAULT_MODEL, CacheSettings, Settings
 from tests.support.models import cosine_rows, minilm_dir, reference_model  # noqa: F401  (fixtures)
+from tests.support.services import redis_server_binary, redis_url
 
 pytestmark = pytest.mark.slow
 PROMPTED = "minilm-with-prompts"
@@ -86,12 +87,8 @@ def models(settings, pool) -> LocalModels:
 
 @pytest.fixture
 async def shared_redis():
-    """The machine's Redis, with this test's keys removed afterwards."""
-    client = aioredis.Redis(host="127.0.0.1", port=6379)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - environment problem
-        pytest.skip(f"no Redis on 127.0.0.1:6379: {exc}")
+    """The tests' shared Redis, with this test's keys removed afterwards."""
+    client = aioredis.Redis.from_url(redis_url())
     prefixes: list[str] = []
     yield client, prefixes
     for prefix in prefixes:
@@ -104,9 +101,7 @@ async def shared_redis():
 @pytest.fixture
 def own_redis(tmp_path: Path):
     """A redis-server of our own on a free port, which tests may pause or stop."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed, so no private Redis can be started and stopped")
+    binary = redis_server_binary()
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],

@@ -21,17 +21,13 @@ from tests.support.fake_hub import (
     load_configs,
     timeline,
 )
+from tests.support.services import redis_server_binary, redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as error:  # pragma: no cover - depends on the machine
-        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    client = aioredis.Redis.from_url(redis_url())
     yield client
     await client.aclose()
 
@@ -45,7 +41,7 @@ def channel() -> str:
 async def replicas(redis_client: aioredis.Redis, channel: str) -> AsyncIterator[tuple[EventBus, EventBus]]:
     first, second = EventBus(origin="replica-a"), EventBus(origin="replica-b")
     await first.attach_redis(redis_client, channel)
-    await second.attach_redis(aioredis.Redis.from_url(REDIS_URL), channel)
+    await second.attach_redis(aioredis.Redis.from_url(redis_url()), channel)
     yield first, second
     second_redis = second._redis
     await first.close()
@@ -122,7 +118,7 @@ async def test_subscribing_to_one_model_filters_remote_events_too(replicas: tupl
 
 
 async def test_a_broken_redis_connection_does_not_block_publishing(channel: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = aioredis.Redis.from_url(redis_url())
     bus = EventBus(origin="lonely")
     await bus.attach_redis(client, channel)
     await client.connection_pool.disconnect()  # every connection of the bridge is cut under it
@@ -137,13 +133,10 @@ async def test_a_broken_redis_connection_does_not_block_publishing(channel: str)
 
 
 async def test_redis_down_at_startup_then_back_bridges_replicas_again(tmp_path: Path, channel: str) -> None:
-    import shutil
     import socket
     import subprocess
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed, so no private Redis can be started late")
+    binary = redis_server_binary()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -21,8 +21,8 @@ from app.domain.embedding import EmbedKind
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
 from app.services.ids import point_id
 from app.settings import DEFAULT_MODEL
+from tests.support.services import redis_url
 from tests.support.stack import (
-    REDIS_URL,
     STORE_KINDS,
     Stack,
     both_sides,
@@ -67,7 +67,7 @@ async def cache_prefix() -> Any:
 
     prefix = f"citadel-test:{uuid.uuid4().hex}:"
     yield prefix
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(redis_url())
     try:
         await clear_cache(redis, prefix)
     finally:

@@ -2,15 +2,14 @@
 
 Fresh PostgreSQL database (migrated), a real vector store (Qdrant Edge in tmp_path, or
 qdrant-client's local mode behind QdrantServerStore), the real model pool with the bundled
-all-MiniLM-L6-v2 (loaded once per process), and the embedding cache on the machine's Redis
-under a unique key prefix that is removed afterwards.
+all-MiniLM-L6-v2 (loaded once per process), and the embedding cache on the tests' Redis
+(tests/support/services.py) under a unique key prefix that is removed afterwards.
 
     from tests.support.stack import model_runtime, open_stack
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -37,8 +36,8 @@ from app.services.reconciler import Reconciler
 from app.services.search import SearchService
 from app.settings import DEFAULT_MODEL, CacheSettings, InferenceSettings, IngestSettings, Settings
 from tests.support.databases import temporary_database
+from tests.support.services import redis_url
 
-REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 STORE_KINDS = ("edge", "local")
 
 
@@ -140,7 +139,7 @@ async def open_stack(
             data_dir=base,
             default_model=DEFAULT_MODEL,
             database_url=url,
-            redis_url=REDIS_URL,
+            redis_url=redis_url(),
             # A loaded 2-core machine can be slow to answer; a skipped cache would re-encode.
             cache=CacheSettings(key_prefix=prefix, timeout_ms=5_000),
             ingest=IngestSettings(chunk_size=chunk_size, reconcile_interval_seconds=0.05),
@@ -148,13 +147,9 @@ async def open_stack(
         )
         await upgrade_async(url)
         pg_pool = await create_pool(url, max_size=4)
-        redis = Redis.from_url(REDIS_URL)
+        redis = Redis.from_url(settings.redis_url)
         store = FlakyStore(_open_store(store_kind, base))
         try:
-            try:
-                await redis.ping()
-            except Exception as exc:
-                pytest.skip(f"Redis for tests is not reachable at {REDIS_URL}: {exc!r}")
             repo = PostgresRepo(pg_pool)
             embedder = EmbeddingService(settings, runtime.pool, EmbeddingCache(redis, settings.cache), runtime.models)
             yield Stack(

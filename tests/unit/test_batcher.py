@@ -3,52 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from app.errors import Internal, ModelUnavailable, Overloaded
 from app.inference.batcher import DynamicBatcher
+from tests.support.fakes import FakeBackend
+from tests.support.polling import wait_until
 
-DIMS = 8
-
-
-class FakeBackend:
-    """Deterministic vectors from the text; records every pass; can be held mid-pass by a gate."""
-
-    model_name = "fake"
-    dimensions = DIMS
-    max_seq_length = 512
-    device = "cpu"
-
-    def __init__(self) -> None:
-        self.passes: list[list[str]] = []
-        self.gate = threading.Event()
-        self.gate.set()
-        self.started = threading.Event()
-        self.fail_next = False
-
-    def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
-        self.started.set()
-        self.gate.wait(timeout=30)
-        self.passes.append(list(texts))
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("device fell over")
-        return np.stack([vector_of(t) for t in texts])
-
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) + 2 for t in texts]
-
-    def close(self) -> None:
-        pass
-
-
-def vector_of(text: str) -> np.ndarray:
-    rng = np.random.default_rng(abs(hash(text)) % (2**32))
-    return (rng.standard_normal(DIMS) * 3).astype(np.float32)
+DIMS = FakeBackend().dimensions
 
 
 def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
@@ -59,14 +23,6 @@ def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
 
 async def submit(batcher: DynamicBatcher, backend: FakeBackend, texts: list[str], normalize: bool = False):
     return await batcher.submit(texts, backend.token_counts(texts), normalize)
-
-
-async def wait_until(predicate, what: str) -> None:
-    for _ in range(2_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def one_held_one_queued(
@@ -90,7 +46,7 @@ async def test_concurrent_callers_share_forward_passes():
     results = await asyncio.gather(*(submit(batcher, backend, [t]) for t in texts))
     assert len(backend.passes) <= 4, f"64 single-text callers took {len(backend.passes)} passes"
     for text, result in zip(texts, results):
-        np.testing.assert_array_equal(result[0], vector_of(text))
+        np.testing.assert_array_equal(result[0], backend.vector(text))
     assert batcher.pending == 0
     await batcher.close()
 
@@ -106,7 +62,7 @@ async def test_batches_respect_size_and_token_budget():
         assert len(batch) <= 8
         assert len(batch) == 1 or len(batch) * max(counts) <= 60
     for text, result in zip(texts, results):
-        np.testing.assert_array_equal(result[0], vector_of(text))
+        np.testing.assert_array_equal(result[0], backend.vector(text))
     await batcher.close()
 
 
@@ -161,7 +117,7 @@ async def test_one_pass_serves_normalized_and_raw_callers():
     )
     assert len(backend.passes) == 1
     np.testing.assert_allclose(np.linalg.norm(unit[0]), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(raw[0], vector_of("same"))
+    np.testing.assert_array_equal(raw[0], backend.vector("same"))
     await batcher.close()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from app.domain.embedding import unit_rows
 from app.errors import ModelUnavailable
 from app.inference.backends.tokens import TokenCounter
 from app.inference.onnx_export import EXPORT_MANIFEST
@@ -59,8 +60,7 @@ class FastembedBackend:
         rows = list(self._embedding.embed(list(texts), batch_size=max(1, len(texts))))
         vectors = np.asarray(np.stack(rows), dtype=np.float32)
         if normalize or self._always_normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
+            vectors = unit_rows(vectors)
         return vectors
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
