@@ -25,7 +25,7 @@ from loguru import logger
 
 from app.downloads.errors import CacheNotWritable, InsufficientDisk
 from app.downloads.hub import RepoSnapshot
-from app.settings import ModelSpec
+from app.domain.models import ModelSpec
 
 MANIFEST = ".citadel-manifest.json"
 PENDING = ".citadel-download.json"

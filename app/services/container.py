@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.services.replicas import ClusterView
 
 
 @dataclass
@@ -16,6 +19,7 @@ class Services:
     redis: Any  # redis.asyncio.Redis
     pool: Any  # app.inference.pool.ModelPool
     models: Any  # app.services.models.ModelManager
+    replicas: "ClusterView"  # every live replica's state of each model
     embedder: Any  # app.services.embedding.EmbeddingService
     collections: Any  # app.services.collections.CollectionService
     ingest: Any  # app.services.ingest.IngestService

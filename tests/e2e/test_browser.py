@@ -19,7 +19,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app.settings import PRIMARY_MODEL
+from app.domain.models import BUILTIN_DEFAULT_MODEL
 from app.web.routes import (
     STATIC_DIR,
     asset_url,
@@ -228,7 +228,7 @@ async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server)
 async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_server) -> None:
     if not hasattr(live_server, "start_download"):
         pytest.fail("the live_server fixture must offer start_download(name) for this test")
-    name = getattr(live_server, "download_model", PRIMARY_MODEL)
+    name = getattr(live_server, "download_model", BUILTIN_DEFAULT_MODEL)
     async with offline_page(browser) as (page, watch):
         await page.goto(live_server.url + "/dashboard")
         await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
