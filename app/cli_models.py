@@ -178,7 +178,7 @@ def verify(name: str | None = typer.Argument(None, help="One model; all cached h
         if not spec.repo_id:
             console.print(f"{spec.name}: {_cache_state(cache, spec)}, nothing to verify")
             continue
-        problems = cache.verify(spec)
+        problems = cache.verify(spec, full=True)
         if problems:
             broken += 1
             console.print(f"[red]{spec.name}: {len(problems)} problem(s)[/red]")
