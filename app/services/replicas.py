@@ -20,6 +20,7 @@ from app.adapters.events import EventBus
 from app.domain.models import DownloadEvent, ModelSpec, ModelStatus
 
 MISSED_BEATS = 3  # a replica silent this many heartbeats is gone
+FIRST_REFRESH_TIMEOUT_SECONDS = 3.0
 _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
@@ -101,7 +102,10 @@ class ClusterView:
         """Heart-beat once and read the cluster (so the first answers know the others), then keep at it."""
         if self._store is None:
             return
-        await self.refresh()
+        try:  # a database that does not answer must not hold the start up (its outage is degraded)
+            await asyncio.wait_for(self.refresh(), FIRST_REFRESH_TIMEOUT_SECONDS)
+        except TimeoutError:
+            logger.warning("PostgreSQL did not answer the first heartbeat; the cluster view starts from events")
         self._task = asyncio.create_task(self._beat_forever(), name="citadel-replica-heartbeat")
 
     async def _beat_forever(self) -> None:

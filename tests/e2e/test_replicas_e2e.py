@@ -179,3 +179,32 @@ async def test_two_clusters_on_one_redis_see_none_of_each_others_events(fake_hub
     # ...the other cluster on the very same Redis sees only its own replica.
     assert seen_green and {e["replica"] for e in seen_green} == {"green-1"}, seen_green
     assert all(e["state"] in ("NOT_DOWNLOADED", "QUEUED", "LOADING", "READY") for e in seen_green)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_the_dashboard_shows_one_row_per_model_and_replica(fake_hub, tmp_path):
+    from tests.support.browser import launch_chromium, offline_page
+
+    async with temporary_database("citadel_dash") as database:
+        with cluster(fake_hub, database, tmp_path, ["d1", "d2"]) as servers:
+            listed = lambda: {r["replica"] for r in view(servers[1])["replicas"]} == {"d1", "d2"}  # noqa: E731
+            assert await asyncio.to_thread(wait_for, listed, 30)
+            models = [m["name"] for m in servers[1].graphql("{ models { name } }")["data"]["models"]]
+            async with launch_chromium() as browser, offline_page(browser) as (page, watch):
+                await page.goto(servers[1].url + "/dashboard")
+                await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
+                rows = page.locator("article.model")
+                await rows.nth(2 * len(models) - 1).wait_for(timeout=20_000)
+                shown = await rows.evaluate_all("els => els.map(e => [e.dataset.model, e.dataset.replica])")
+                assert sorted(map(tuple, shown)) == sorted((m, r) for m in models for r in ("d1", "d2")), shown
+                # Rows of one model stay together.
+                assert [m for m, _ in shown] == sorted([m for m, _ in shown], key=[m for m, _ in shown].index)
+
+                # A download on d1, watched on d2's dashboard: d1's row goes READY, d2's stays put.
+                servers[0].graphql("mutation($n: String!) { downloadModel(name: $n) { state } }", {"n": HUB_MODEL})
+                row = f'article.model[data-model="{HUB_MODEL}"]'
+                await page.locator(f'{row}[data-replica="d1"][data-state="READY"]').wait_for(timeout=240_000)
+                assert await page.locator(f'{row}[data-replica="d2"]').get_attribute("data-state") == "NOT_DOWNLOADED"
+                assert "on d1" in await page.locator(f'{row}[data-replica="d1"] .replica').inner_text()
+                assert watch.errors == []
