@@ -72,6 +72,7 @@ class PostgresReplicaStore:
                     last_error = EXCLUDED.last_error,
                     fallback_for = EXCLUDED.fallback_for,
                     updated_at = EXCLUDED.updated_at
+                WHERE model_replicas.updated_at <= EXCLUDED.updated_at  -- a late writer never goes back in time
                 """,
                 status.name, status.replica, status.state.value, status.attempts, status.max_attempts,
                 status.bytes_done, status.bytes_total, status.device, status.last_error, status.fallback_for,

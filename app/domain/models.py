@@ -96,14 +96,15 @@ class ModelState(str, enum.Enum):
 S = ModelState
 
 # A cached model goes QUEUED -> VERIFYING -> LOADING without downloading; a broken cache found while
-# verifying or loading goes back to DOWNLOADING (or RETRYING) to be fetched again.
+# verifying or loading goes back to DOWNLOADING (or RETRYING) to be fetched again, or, in a shared
+# cache that another replica is fetching again, back to VERIFYING once its files are there.
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     S.NOT_DOWNLOADED: frozenset({S.QUEUED}),
     S.QUEUED: frozenset({S.DOWNLOADING, S.VERIFYING, S.LOADING, S.FAILED}),
     S.DOWNLOADING: frozenset({S.VERIFYING, S.RETRYING, S.FAILED}),
     S.RETRYING: frozenset({S.DOWNLOADING, S.FAILED}),
     S.VERIFYING: frozenset({S.DOWNLOADING, S.LOADING, S.RETRYING, S.FAILED}),
-    S.LOADING: frozenset({S.READY, S.DOWNLOADING, S.RETRYING, S.FAILED}),
+    S.LOADING: frozenset({S.READY, S.DOWNLOADING, S.RETRYING, S.VERIFYING, S.FAILED}),
     S.READY: frozenset({S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED}),
 }

@@ -307,7 +307,11 @@ class ModelManager:
     async def _use_cached(self, spec: ModelSpec) -> bool:
         """Verify and load a cached model; a broken one is purged (and False returned) for re-download."""
         directory = self.cache.model_dir(spec)
-        self._move(spec.name, ModelState.VERIFYING, message=f"checking cached files in {directory}")
+        checking = f"checking cached files in {directory}"
+        if self._statuses[spec.name].state is ModelState.VERIFYING:  # a second look (shared cache)
+            self._publish(spec.name, checking)
+        else:
+            self._move(spec.name, ModelState.VERIFYING, message=checking)
         problems = await asyncio.to_thread(self.cache.verify, spec)
         if problems:
             logger.warning("cached {} is broken ({}); purging it and downloading again", spec.name, "; ".join(problems))

@@ -27,6 +27,8 @@ _LONG_AGO = datetime.min.replace(tzinfo=UTC)
 class ReplicaStore(Protocol):
     async def heartbeat(self, replica: str) -> None: ...
 
+    async def save_model_status(self, status: ModelStatus) -> None: ...
+
     async def forget_replica(self, replica: str) -> None: ...
 
     async def live_model_statuses(self, within_seconds: float) -> list[ModelStatus]:
@@ -117,6 +119,9 @@ class ClusterView:
         assert self._store is not None
         try:
             await self._store.heartbeat(self.replica)
+            if self._store_failing:  # what we saved while the database was away may be missing
+                for status in self._local():
+                    await self._store.save_model_status(status)
             rows = await self._store.live_model_statuses(self.ttl_seconds)
         except Exception as error:  # PostgreSQL down: the view goes on from events alone
             if not self._store_failing:

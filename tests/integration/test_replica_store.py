@@ -7,7 +7,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -48,7 +48,7 @@ def status(model: str, replica: str, state: ModelState = ModelState.READY, **ext
 
 async def test_each_replica_keeps_its_own_last_state_of_a_model(store: PostgresReplicaStore) -> None:
     model, a, b = unique("m"), unique("a"), unique("b")
-    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    stamp = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
     await store.save_model_status(status(model, a, ModelState.DOWNLOADING, attempts=1, bytes_done=10, bytes_total=99))
     await store.save_model_status(status(model, b, ModelState.NOT_DOWNLOADED))
     failed = status(model, a, ModelState.FAILED, attempts=3, bytes_done=50, bytes_total=99, last_error="timeout",
@@ -57,6 +57,9 @@ async def test_each_replica_keeps_its_own_last_state_of_a_model(store: PostgresR
 
     saved = {s.replica: s for s in await store.model_statuses() if s.name == model}
     assert saved[a] == failed  # the later save of A replaced A's row, B's row stands
+    late = status(model, a, ModelState.QUEUED, updated_at=stamp - timedelta(hours=1))
+    await store.save_model_status(late)  # a write that arrives late never goes back in time
+    assert {s.replica: s for s in await store.model_statuses() if s.name == model}[a] == failed
     assert saved[b].state is ModelState.NOT_DOWNLOADED
     assert [s.name for s in await store.model_statuses(a)] == [model]
 

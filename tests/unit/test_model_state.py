@@ -44,6 +44,8 @@ def test_every_state_has_its_transitions_listed() -> None:
         [S.QUEUED, S.VERIFYING, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.DOWNLOADING],
         # a bundled model, and a retry of a failed one
         [S.QUEUED, S.LOADING, S.READY],
+        # a shared cache: our load failed, the files another replica fetched again are checked
+        [S.QUEUED, S.VERIFYING, S.LOADING, S.VERIFYING, S.LOADING, S.READY],
         [S.QUEUED, S.FAILED, S.QUEUED],
     ],
 )

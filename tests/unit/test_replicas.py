@@ -25,9 +25,16 @@ class FakeStore:
         self.rows: list[ModelStatus] = []
         self.beats: list[str] = []
         self.forgotten: list[str] = []
+        self.saved: list[ModelStatus] = []
+        self.down = False
 
     async def heartbeat(self, replica: str) -> None:
+        if self.down:
+            raise ConnectionRefusedError("PostgreSQL is down")
         self.beats.append(replica)
+
+    async def save_model_status(self, status: ModelStatus) -> None:
+        self.saved.append(status)
 
     async def forget_replica(self, replica: str) -> None:
         self.forgotten.append(replica)
@@ -112,3 +119,16 @@ async def test_the_store_fills_in_replicas_started_after_their_events_and_silent
     finally:
         await view.close()
     assert store.forgotten == ["me"]
+
+
+async def test_after_a_database_outage_this_replica_saves_its_states_again() -> None:
+    store = FakeStore()
+    store.down = True
+    view = ClusterView("me", EventBus(), lambda: local(S.READY), {}, store=store, heartbeat_seconds=60)
+    await view.refresh()  # fails: nothing saved, nothing raised
+    assert store.saved == [] and view.replicas(MODEL)[0].state is S.READY
+    store.down = False
+    await view.refresh()
+    assert [(s.replica, s.state) for s in store.saved] == [("me", S.READY)]
+    await view.refresh()  # once is enough
+    assert len(store.saved) == 1
