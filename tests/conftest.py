@@ -27,7 +27,7 @@ def reference_model():
     from sentence_transformers import SentenceTransformer
 
     from app.inference.sources import local_model_dir
-    from app.settings import default_catalog
+    from app.domain.models import FALLBACK_MODEL, builtin_catalog
 
-    spec = default_catalog()["sentence-transformers/all-MiniLM-L6-v2"]
+    spec = builtin_catalog()[FALLBACK_MODEL]
     return SentenceTransformer(str(local_model_dir(spec)), device="cpu")

@@ -1,5 +1,5 @@
-"""PostgreSQL, the source of truth: collections, documents (with their indexing status) and
-model download status, over an asyncpg pool.
+"""PostgreSQL, the source of truth: collections and documents (with their indexing status), over
+an asyncpg pool. Model states per replica live in app/adapters/postgres_replicas.py.
 
 Outages (refused connections, a server shutting down, a broken pool) surface as
 DependencyUnavailable; constraint violations as Conflict, NotFound or BadInput.
@@ -82,19 +82,6 @@ class UpsertOutcome:
     pending: bool
 
 
-@dataclass(frozen=True)
-class ModelStatusRow:
-    name: str
-    state: str
-    attempts: int
-    max_attempts: int
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    last_error: str | None = None
-    fallback_for: str | None = None
-    updated_at: datetime | None = None  # None: now, when saved
-
-
 # -- connections --------------------------------------------------------------------------------
 
 
@@ -174,10 +161,6 @@ def _document(record: asyncpg.Record) -> DocumentRow:
         created_at=record["created_at"],
         updated_at=record["updated_at"],
     )
-
-
-def _model_status(record: asyncpg.Record) -> ModelStatusRow:
-    return ModelStatusRow(**dict(record))
 
 
 def _affected(command_status: str) -> int:
@@ -428,34 +411,6 @@ class PostgresRepo:
                 collection, list(ids),
             )  # fmt: skip
         return _affected(status)
-
-    # -- model status -----------------------------------------------------------------------
-
-    async def save_model_status(self, row: ModelStatusRow) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                """
-                INSERT INTO model_status (name, state, attempts, max_attempts, bytes_done, bytes_total,
-                                          last_error, fallback_for, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
-                ON CONFLICT (name) DO UPDATE SET
-                    state = EXCLUDED.state,
-                    attempts = EXCLUDED.attempts,
-                    max_attempts = EXCLUDED.max_attempts,
-                    bytes_done = EXCLUDED.bytes_done,
-                    bytes_total = EXCLUDED.bytes_total,
-                    last_error = EXCLUDED.last_error,
-                    fallback_for = EXCLUDED.fallback_for,
-                    updated_at = EXCLUDED.updated_at
-                """,
-                row.name, row.state, row.attempts, row.max_attempts, row.bytes_done, row.bytes_total,
-                row.last_error, row.fallback_for, row.updated_at,
-            )  # fmt: skip
-
-    async def load_model_statuses(self) -> list[ModelStatusRow]:
-        async with self._connection() as conn:
-            records = await conn.fetch("SELECT * FROM model_status ORDER BY name")
-        return [_model_status(r) for r in records]
 
     # -- health -----------------------------------------------------------------------------
 

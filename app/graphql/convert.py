@@ -6,6 +6,7 @@ from typing import Any
 
 import strawberry
 
+from app.domain.models import DownloadEvent, ModelStatus
 from app.graphql import types as t
 
 
@@ -34,12 +35,13 @@ def collection_to_gql(row: Any) -> t.Collection:
     )
 
 
-def model_to_gql(status: Any, default_name: str | None = None) -> t.Model:
+def model_to_gql(status: ModelStatus, default_name: str | None, replicas: list[ModelStatus]) -> t.Model:
+    """`status` is this replica's truth; `replicas` the cluster's view (this one included)."""
     return t.Model(
         name=status.name,
         backend=status.backend,
         dimensions=status.dimensions,
-        state=t.ModelState(_state_name(status.state)),
+        state=status.state,
         attempts=status.attempts,
         max_attempts=status.max_attempts,
         bytes_done=status.bytes_done,
@@ -49,13 +51,30 @@ def model_to_gql(status: Any, default_name: str | None = None) -> t.Model:
         last_error=status.last_error,
         updated_at=status.updated_at,
         is_default=status.name == default_name,
+        replica=status.replica,
+        replicas=[replica_to_gql(r) for r in replicas],
     )
 
 
-def event_to_gql(event: Any) -> t.DownloadEvent:
+def replica_to_gql(status: ModelStatus) -> t.ModelReplica:
+    return t.ModelReplica(
+        replica=status.replica,
+        state=status.state,
+        attempts=status.attempts,
+        max_attempts=status.max_attempts,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+        device=status.device,
+        last_error=status.last_error,
+        updated_at=status.updated_at,
+    )
+
+
+def event_to_gql(event: DownloadEvent) -> t.DownloadEvent:
     return t.DownloadEvent(
         model=event.model,
-        state=t.ModelState(_state_name(event.state)),
+        replica=event.replica,
+        state=event.state,
         attempt=event.attempt,
         max_attempts=event.max_attempts,
         file=event.file,
@@ -69,28 +88,3 @@ def event_to_gql(event: Any) -> t.DownloadEvent:
         model_bytes_done=event.model_bytes_done,
         model_bytes_total=event.model_bytes_total,
     )
-
-
-def status_to_event_gql(status: Any) -> t.DownloadEvent:
-    """A model's current state as an event: what a late subscriber sees first."""
-    return t.DownloadEvent(
-        model=status.name,
-        state=t.ModelState(_state_name(status.state)),
-        attempt=status.attempts,
-        max_attempts=status.max_attempts,
-        file=None,
-        bytes_done=status.bytes_done,
-        bytes_total=status.bytes_total,
-        percent=status.percent,
-        bytes_per_second=None,
-        message=status.last_error if _state_name(status.state) == "FAILED" else None,
-        at=status.updated_at,
-        kind="state",
-        model_bytes_done=status.bytes_done,
-        model_bytes_total=status.bytes_total,
-    )
-
-
-def _state_name(state: Any) -> str:
-    # The manager may use an enum or a plain string; GraphQL wants the name.
-    return getattr(state, "value", state)

@@ -63,6 +63,6 @@ class Mutation:
 
     @strawberry.mutation(description="Starts a download, or joins the one under way.")
     async def download_model(self, info: Info, name: str) -> t.Model:
-        manager = info.context.services.models
-        status = manager.download(name)
-        return model_to_gql(status, manager.effective_default)
+        services = info.context.services
+        status = services.models.download(name)
+        return model_to_gql(status, services.models.effective_default, services.replicas.replicas(status.name))

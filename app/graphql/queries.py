@@ -112,14 +112,15 @@ class Query:
 
     @strawberry.field
     def models(self, info: Info) -> list[t.Model]:
-        manager = info.context.services.models
-        return [model_to_gql(s, manager.effective_default) for s in manager.statuses()]
+        services = info.context.services
+        default = services.models.effective_default
+        return [model_to_gql(s, default, services.replicas.replicas(s.name)) for s in services.models.statuses()]
 
     @strawberry.field
     def model(self, info: Info, name: str) -> Optional[t.Model]:
-        manager = info.context.services.models
-        status = manager.status(name)
-        return model_to_gql(status, manager.effective_default) if status else None
+        services = info.context.services
+        status = services.models.status(name)
+        return model_to_gql(status, services.models.effective_default, services.replicas.replicas(status.name))
 
     @strawberry.field
     async def health(self, info: Info) -> t.Health:
@@ -133,5 +134,8 @@ class Query:
                 t.DependencyHealth(name=d.name, ok=d.ok, latency_ms=d.latency_ms, detail=d.detail)
                 for d in report.dependencies
             ],
-            models=[model_to_gql(s, manager.effective_default) for s in manager.statuses()],
+            models=[
+                model_to_gql(s, manager.effective_default, services.replicas.replicas(s.name))
+                for s in manager.statuses()
+            ],
         )

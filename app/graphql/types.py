@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import strawberry
 
-from app.downloads.state import ModelState as DomainModelState
+from app.domain.models import ModelState as DomainModelState
 from app.graphql.scalars import JSON, Long
 
 if TYPE_CHECKING:
@@ -118,6 +118,19 @@ class IngestResult:
     errors: list[IngestError]
 
 
+@strawberry.type(description="A model's state on one replica of the cluster")
+class ModelReplica:
+    replica: str
+    state: ModelState
+    attempts: int
+    max_attempts: int
+    bytes_done: Long
+    bytes_total: Optional[Long]
+    device: Optional[str]
+    last_error: Optional[str]
+    updated_at: dt.datetime
+
+
 @strawberry.type
 class Model:
     name: str
@@ -133,11 +146,14 @@ class Model:
     last_error: Optional[str]
     updated_at: dt.datetime
     is_default: bool = strawberry.field(description="True for the model `embed` uses when none is named")
+    replica: str = strawberry.field(description="The replica that answers, whose state `state` is")
+    replicas: list[ModelReplica] = strawberry.field(description="Every live replica's state of this model, this one first")
 
 
 @strawberry.type
 class DownloadEvent:
     model: str
+    replica: str = strawberry.field(description="The replica whose download or state this is")
     state: ModelState
     attempt: int
     max_attempts: int

@@ -22,7 +22,8 @@ from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
 from app.tasks import cancel_and_wait
 
 # Below this many characters, counting tokens on the event loop is cheaper than a thread hop.

@@ -15,7 +15,8 @@ from loguru import logger
 from app.domain.filters import parse_indexed_field
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.embedding import model_revision
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_INDEXED_FIELDS = 32

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: checkers and readers see the real classes
     from app.services.ingest import IngestService
     from app.services.models import ModelManager
     from app.services.reconciler import Reconciler
+    from app.services.replicas import ClusterView
     from app.services.search import SearchService
 
 
@@ -30,6 +31,7 @@ class Services:
     redis: Redis
     pool: ModelPool
     models: ModelManager
+    replicas: ClusterView  # every live replica's state of each model
     embedder: EmbeddingService
     collections: CollectionService
     ingest: IngestService

@@ -22,7 +22,8 @@ from app.errors import BadInput, CitadelError
 from app.inference import metrics
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
 
 
 @dataclass

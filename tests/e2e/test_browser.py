@@ -16,7 +16,7 @@ import re
 import httpx
 import pytest
 
-from app.settings import PRIMARY_MODEL
+from app.domain.models import BUILTIN_DEFAULT_MODEL
 from tests.support.browser import artifact_path, launch_chromium, offline_page, png_size
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -165,7 +165,7 @@ async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server)
 async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_server) -> None:
     if not hasattr(live_server, "start_download"):
         pytest.fail("the live_server fixture must offer start_download(name) for this test")
-    name = getattr(live_server, "download_model", PRIMARY_MODEL)
+    name = getattr(live_server, "download_model", BUILTIN_DEFAULT_MODEL)
     async with offline_page(browser) as (page, watch):
         await page.goto(live_server.url + "/dashboard")
         await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)

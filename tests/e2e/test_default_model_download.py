@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from app.settings import default_catalog
+from app.domain.models import builtin_catalog
 from tests.e2e.conftest import ARTIFACTS, shared_redis_env
 from tests.support.fake_hub import FakeHub
 from tests.support.server import LiveServer
@@ -15,12 +15,12 @@ MODEL_STATE = "query($m: String!) { model(name: $m) { state attempts lastError }
 
 
 def test_catalog_names_the_repo_as_the_hub_lists_it():
-    assert default_catalog()[DEFAULT].repo_id == "Qdrant/bge-small-en-v1.5-onnx-Q"
+    assert builtin_catalog()[DEFAULT].repo_id == "Qdrant/bge-small-en-v1.5-onnx-Q"
 
 
 def test_default_model_downloads_through_a_mirror_that_knows_only_canonical_names(tmp_path, onnx_dir, e2e_database):
     ARTIFACTS.mkdir(exist_ok=True)
-    repo_id = default_catalog()[DEFAULT].repo_id
+    repo_id = builtin_catalog()[DEFAULT].repo_id
     # The mirror holds the bundled model's ONNX export under the default model's repo name, and
     # answers 404 to any other spelling of it.
     with FakeHub(source=onnx_dir, repo_id=repo_id) as mirror:

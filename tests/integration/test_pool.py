@@ -10,7 +10,7 @@ import pytest
 from app.errors import BadInput, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.pool import ModelPool, resolve_devices
-from app.settings import DEFAULT_MODEL
+from app.domain.models import FALLBACK_MODEL
 from tests.support.models import (  # noqa: F401  (fixtures)
     SAMPLE_TEXTS,
     cosine_rows,
@@ -22,7 +22,7 @@ from tests.support.models import (  # noqa: F401  (fixtures)
 from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
-MODEL = DEFAULT_MODEL
+MODEL = FALLBACK_MODEL
 
 
 def passes() -> float:

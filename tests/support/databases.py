@@ -89,9 +89,10 @@ EXPECTED_SCHEMA = {
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
     },
-    "model_status": {
-        "name", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "last_error", "fallback_for",
-        "updated_at",
+    "model_replicas": {
+        "model", "replica", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "device", "last_error",
+        "fallback_for", "updated_at",
     },
+    "replica_heartbeats": {"replica", "started_at", "seen_at"},
     "alembic_version": {"version_num"},
 }  # fmt: skip

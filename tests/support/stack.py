@@ -34,7 +34,8 @@ from app.services.ids import point_id
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler
 from app.services.search import SearchService
-from app.settings import DEFAULT_MODEL, CacheSettings, InferenceSettings, IngestSettings, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import CacheSettings, InferenceSettings, IngestSettings, Settings
 from tests.support.databases import temporary_database
 from tests.support.services import redis_url
 
@@ -52,17 +53,17 @@ class ModelRuntime:
 
 @pytest.fixture(scope="session")
 async def model_runtime() -> AsyncIterator[ModelRuntime]:
-    settings = Settings(_env_file=None, default_model=DEFAULT_MODEL, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, default_model=FALLBACK_MODEL, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
     pool = ModelPool(settings)
     models = LocalModels(settings, pool)
-    await models.ready_spec(DEFAULT_MODEL)  # load once, before any test measures forward passes
+    await models.ready_spec(FALLBACK_MODEL)  # load once, before any test measures forward passes
     try:
         yield ModelRuntime(settings, pool, models)
     finally:
         await pool.close()
 
 
-def forward_passes(model: str = DEFAULT_MODEL) -> float:
+def forward_passes(model: str = FALLBACK_MODEL) -> float:
     return sample_sum(FORWARD_PASSES, "citadel_forward_passes_total", model=model)
 
 
@@ -137,7 +138,7 @@ async def open_stack(
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
             data_dir=base,
-            default_model=DEFAULT_MODEL,
+            default_model=FALLBACK_MODEL,
             database_url=url,
             redis_url=redis_url(),
             # A loaded 2-core machine can be slow to answer; a skipped cache would re-encode.

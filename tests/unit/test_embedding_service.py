@@ -8,7 +8,8 @@ import pytest
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, ModelUnavailable
 from app.services.embedding import EmbeddingService
-from app.settings import DEFAULT_MODEL, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import Settings
 from tests.support.fakes import FakeBackend, FakeCache, FakeModels, FakePool
 
 DIMS = 384
@@ -19,7 +20,7 @@ def make_service(cache: FakeCache | None = None, **spec_update: object) -> tuple
     settings.limits = settings.limits.model_copy(
         update={"max_texts_per_request": 5, "max_text_chars": 50, "max_request_chars": 120}
     )
-    spec = settings.models[DEFAULT_MODEL].model_copy(update=spec_update)
+    spec = settings.models[FALLBACK_MODEL].model_copy(update=spec_update)
     pool = FakePool(FakeBackend(dimensions=DIMS, scale=1.0))
     return EmbeddingService(settings, pool, cache, FakeModels(spec)), pool  # type: ignore[arg-type]
 
@@ -48,7 +49,7 @@ async def test_vectors_come_back_in_input_order_and_duplicates_are_embedded_once
     service, pool = make_service()
     outcome = await service.embed(["b", "a", "b", "c", "a"])
     assert pool.calls == [["b", "a", "c"]]
-    assert outcome.model == DEFAULT_MODEL and outcome.dimensions == DIMS
+    assert outcome.model == FALLBACK_MODEL and outcome.dimensions == DIMS
     assert outcome.vectors.shape == (5, DIMS) and outcome.vectors.dtype == np.float32
     for row, text in zip(outcome.vectors, ["b", "a", "b", "c", "a"]):
         np.testing.assert_array_equal(row, pool.backend.vector(text))

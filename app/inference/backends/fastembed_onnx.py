@@ -22,7 +22,8 @@ from app.domain.embedding import unit_rows
 from app.errors import ModelUnavailable
 from app.inference.backends.tokens import TokenCounter
 from app.inference.onnx_export import EXPORT_MANIFEST
-from app.settings import InferenceSettings, ModelSpec
+from app.domain.models import ModelSpec
+from app.settings import InferenceSettings
 
 
 @dataclass(frozen=True)

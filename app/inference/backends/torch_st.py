@@ -10,7 +10,8 @@ from loguru import logger
 
 from app.errors import ModelUnavailable
 from app.inference.backends.tokens import TokenCounter
-from app.settings import InferenceSettings, ModelSpec
+from app.domain.models import ModelSpec
+from app.settings import InferenceSettings
 
 
 class TorchSentenceTransformerBackend:

@@ -1,4 +1,4 @@
-// Citadel model download dashboard.
+// Citadel model download dashboard: one row per model and replica of the cluster.
 //
 // Data: one `models` query over HTTP for the starting picture, then the
 // `modelDownloadProgress` subscription over WebSocket (graphql-transport-ws, through the
@@ -12,10 +12,11 @@
   "use strict";
 
   var MODELS_QUERY =
-    "query DashboardModels { models { name state attempts maxAttempts bytesDone bytesTotal lastError fallbackFor } }";
+    "query DashboardModels { models { name replica fallbackFor " +
+    "replicas { replica state attempts maxAttempts bytesDone bytesTotal lastError } } }";
   var PROGRESS_SUBSCRIPTION =
     "subscription DashboardProgress { modelDownloadProgress { " +
-    "model state attempt maxAttempts file bytesDone bytesTotal percent bytesPerSecond message at } }";
+    "model replica state attempt maxAttempts file bytesDone bytesTotal percent bytesPerSecond message at } }";
 
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 15000;
@@ -34,7 +35,7 @@
   var wsUrl = new URL(graphqlPath, window.location.href);
   wsUrl.protocol = httpUrl.protocol === "https:" ? "wss:" : "ws:";
 
-  var models = new Map(); // name -> model record (data + its DOM view)
+  var models = new Map(); // model + "\n" + replica -> record (data + its DOM view)
   var nextId = 0;
 
   // ---------- formatting ----------
@@ -118,20 +119,24 @@
     f.value.textContent = text || "";
   }
 
-  function createView(name) {
+  function createView(name, replica) {
     var id = "model-" + nextId++;
     var article = el("article", "model");
     article.setAttribute("data-model", name);
+    article.setAttribute("data-replica", replica);
     article.setAttribute("aria-labelledby", id + "-name");
 
     var header = el("div", "model-header");
     var title = el("h2", "model-name", name);
     title.id = id + "-name";
+    var where = el("span", "replica", replica ? "on " + replica : "");
     var state = el("span", "state");
     header.appendChild(title);
+    header.appendChild(where);
     header.appendChild(state);
 
-    var bar = progressBar("Download progress of " + name);
+    var label = name + (replica ? " on " + replica : "");
+    var bar = progressBar("Download progress of " + label);
     var facts = el("dl", "facts");
     var files = el("ul", "files");
     files.setAttribute("aria-label", "Files of " + name);
@@ -141,7 +146,13 @@
     article.appendChild(bar);
     article.appendChild(facts);
     article.appendChild(files);
-    list.appendChild(article);
+    // Rows of one model stay together, whatever order their replicas report in.
+    var siblings = list.querySelectorAll("article.model");
+    var after = null;
+    siblings.forEach(function (node) {
+      if (node.getAttribute("data-model") === name) after = node;
+    });
+    list.insertBefore(article, after ? after.nextSibling : null);
     empty.hidden = true;
 
     return {
@@ -177,11 +188,14 @@
 
   // ---------- model records ----------
 
-  function record(name) {
-    var m = models.get(name);
+  function record(name, replica) {
+    replica = replica || "";
+    var key = name + "\n" + replica;
+    var m = models.get(key);
     if (!m) {
       m = {
         name: name,
+        replica: replica,
         state: "NOT_DOWNLOADED",
         attempt: 0,
         maxAttempts: 0,
@@ -194,29 +208,31 @@
         fallbackFor: null,
         seenEvent: false,
         files: new Map(), // file -> {bytesDone, bytesTotal, percent, bytesPerSecond}
-        view: createView(name),
+        view: createView(name, replica),
       };
-      models.set(name, m);
+      models.set(key, m);
     }
     return m;
   }
 
   function applyModelRow(row) {
-    var m = record(row.name);
-    if (!m.seenEvent) {
-      m.state = row.state;
-      m.attempt = row.attempts;
-      m.maxAttempts = row.maxAttempts;
-      m.bytesDone = row.bytesDone;
-      m.bytesTotal = row.bytesTotal;
-    }
-    if (row.lastError) m.lastError = row.lastError;
-    m.fallbackFor = row.fallbackFor;
-    render(m);
+    row.replicas.forEach(function (r) {
+      var m = record(row.name, r.replica);
+      if (!m.seenEvent) {
+        m.state = r.state;
+        m.attempt = r.attempts;
+        m.maxAttempts = r.maxAttempts;
+        m.bytesDone = r.bytesDone;
+        m.bytesTotal = r.bytesTotal;
+      }
+      if (r.lastError) m.lastError = r.lastError;
+      if (r.replica === row.replica) m.fallbackFor = row.fallbackFor; // known for the answering replica
+      render(m);
+    });
   }
 
   function applyEvent(ev) {
-    var m = record(ev.model);
+    var m = record(ev.model, ev.replica);
     // A new download after READY/FAILED starts from scratch: drop the old file bars.
     if (ev.state === "QUEUED" && m.state !== "QUEUED") clearFiles(m);
     m.seenEvent = true;
@@ -298,7 +314,7 @@
     m.files.forEach(function (f, file) {
       var fv = v.fileViews.get(file);
       if (!fv) {
-        fv = createFileView(v, m.name, file);
+        fv = createFileView(v, m.name + (m.replica ? " on " + m.replica : ""), file);
         v.fileViews.set(file, fv);
       }
       var p = m.state === "READY" ? 100 : percentOf(f.bytesDone, f.bytesTotal, f.percent);
