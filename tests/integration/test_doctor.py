@@ -249,8 +249,8 @@ def test_citadel_console_script(tmp_path):
 
 
 def test_an_unknown_setting_is_a_warning_naming_the_closest_real_one(clean_env, capsys):
-    clean_env.setenv("CITADEL_DATABASE_URL", POSTGRES_URL)
-    clean_env.setenv("CITADEL_REDIS_URL", REDIS_URL)
+    clean_env.setenv("CITADEL_DATABASE_URL", postgres_admin_url())
+    clean_env.setenv("CITADEL_REDIS_URL", redis_url())
     clean_env.setenv("CITADEL_SERVR__PORT", "1")
     assert doctor_command(json_output=False) == 0, "a typo warns; it does not fail the installation"
     out = capsys.readouterr().out
