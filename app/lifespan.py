@@ -13,17 +13,22 @@ from typing import AsyncIterator
 import redis.asyncio as aioredis
 from loguru import logger
 
+from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.events import EventBus
 from app.adapters.postgres import ModelStatusRow, PostgresRepo, create_pool
 from app.adapters.redis_cache import EmbeddingCache
 from app.adapters.vector_store import open_vector_store
 from app.inference.pool import ModelPool
+from app.services.catalog import ModelCatalog
 from app.services.collections import CollectionService
 from app.services.container import Services
+from app.services.documents import DocumentService
 from app.services.embedding import EmbeddingService
 from app.services.health import HealthService, mask_url
 from app.services.ingest import IngestService
+from app.services.keys import KeyService
 from app.services.models import ModelManager
+from app.services.rate_limit import RateLimiter
 from app.services.reconciler import Reconciler
 from app.services.schema_upgrader import SchemaUpgrader
 from app.services.search import SearchService
@@ -108,6 +113,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             search=search,
             health=health,
             reconciler=reconciler,
+            documents=DocumentService(settings, repo),
+            keys=KeyService(settings, ApiKeyRepo(pg_pool)),
+            limiter=RateLimiter(redis, settings.auth.burst_seconds),
+            catalog=ModelCatalog(settings, models, health),
         )
         logger.info("shutting down")
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PRIMARY_MODEL = "BAAI/bge-small-en-v1.5"
@@ -76,6 +76,45 @@ class ServerSettings(BaseModel):
     log_json: bool = Field(False, description="Write logs as JSON lines")
     access_log: bool = Field(False, description="Log every HTTP request (about 0.2 ms of CPU each, a fifth of a cached embed; /metrics counts requests anyway)")
     graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
+    # NoDecode: the environment may give a comma-separated list as well as JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call /graphql (HTTP and WebSocket), comma-separated or JSON; `*` allows any",
+    )
+    introspection: bool = Field(True, description="GraphQL introspection for non-admin keys (admins always have it)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _normalise_origins(cls, value: list[str]) -> list[str]:
+        # Browsers send scheme://host[:port] with no path or trailing slash.
+        return [origin.rstrip("/") for origin in value]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class AuthSettings(BaseModel):
+    required: bool | None = Field(None, description="Only /healthz and /readyz without a valid key (unset: true unless the server binds a loopback address)")
+    admin_key: SecretStr | None = Field(None, description="An ADMIN secret from the environment, for bootstrapping and operations")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token that may read /metrics when keys are required (an ADMIN key may too)")
+    key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations on the same replica apply at once)")
+    burst_seconds: float = Field(2.0, description="Rate-limit burst: a key may spend this many seconds of its rate at once")
 
 
 class LimitSettings(BaseModel):
@@ -150,6 +189,7 @@ class Settings(BaseSettings):
     run_migrations: bool = Field(True, description="Apply database migrations at startup")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -191,6 +231,12 @@ class Settings(BaseSettings):
         if self.cache_dir:
             return self.cache_dir
         return self.hf_home / "citadel" if self.hf_home else self.data_dir / "models"
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.required is not None:
+            return self.auth.required
+        return not is_loopback(self.server.host)
 
     @property
     def embedded_postgres(self) -> bool:

@@ -94,3 +94,18 @@ def status_to_event_gql(status: Any) -> t.DownloadEvent:
 def _state_name(state: Any) -> str:
     # The manager may use an enum or a plain string; GraphQL wants the name.
     return getattr(state, "value", state)
+
+
+def api_key_to_gql(row: Any) -> t.ApiKey:
+    return t.ApiKey(
+        id=strawberry.ID(row.id),
+        name=row.name,
+        prefix=row.prefix,
+        scopes=[t.Scope(s) for s in row.scopes],
+        collections=None if row.collections is None else list(row.collections),
+        filter=row.filter,
+        rate_per_second=row.rate_per_second,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked=row.revoked,
+    )

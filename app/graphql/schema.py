@@ -10,6 +10,7 @@ from strawberry.extensions.max_aliases import create_validator as max_aliases_ru
 from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
 from strawberry.schema.config import StrawberryConfig
 
+from app.graphql.access import AccessGate
 from app.graphql.errors import PublicErrors, public_error
 from app.graphql.limits import TotalTextsLimit
 from app.graphql.mutations import Mutation
@@ -52,6 +53,8 @@ def safety_extensions(limits: LimitSettings) -> list[Any]:
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
         # Depends on variables, so it runs for every request.
         lambda: TotalTextsLimit(max_total=max_total_texts),
+        # Who may run it at all, and how often: before any resolver.
+        AccessGate,
     ]
 
 

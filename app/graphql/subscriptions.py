@@ -19,13 +19,9 @@ class Subscription:
     async def model_download_progress(
         self, info: Info, model: Optional[str] = None
     ) -> AsyncGenerator[t.DownloadEvent, None]:
-        manager = info.context.services.models
-        if model is not None:
-            info.context.services.settings.model(model)  # NOT_FOUND for an unknown model
-        # Subscribe before reading the snapshot so no event falls between the two.
-        async with manager.bus.subscribe(model) as events:
-            for status in manager.statuses():
-                if model is None or status.name == model:
-                    yield status_to_event_gql(status)
+        catalog = info.context.services.catalog
+        async with catalog.progress(model, info.context.principal) as (snapshot, events):
+            for status in snapshot:
+                yield status_to_event_gql(status)
             async for event in events:
                 yield event_to_gql(event)

@@ -22,3 +22,7 @@ class Services:
     search: Any  # app.services.search.SearchService
     health: Any  # app.services.health.HealthService
     reconciler: Any  # app.services.reconciler.Reconciler
+    documents: Any = None  # app.services.documents.DocumentService
+    keys: Any = None  # app.services.keys.KeyService
+    limiter: Any = None  # app.services.rate_limit.RateLimiter
+    catalog: Any = None  # app.services.catalog.ModelCatalog
