@@ -96,5 +96,9 @@ EXPECTED_SCHEMA = {
         "name", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "last_error", "fallback_for",
         "updated_at",
     },
+    "api_keys": {
+        "id", "name", "prefix", "secret_hash", "scopes", "collections", "filter", "rate_per_second", "created_at",
+        "last_used_at", "revoked_at",
+    },
     "alembic_version": {"version_num"},
 }  # fmt: skip
