@@ -116,6 +116,12 @@ class AuthSettings(BaseModel):
     key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations on the same replica apply at once)")
     burst_seconds: float = Field(2.0, description="Rate-limit burst: a key may spend this many seconds of its rate at once")
 
+    @field_validator("admin_key", "metrics_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `CITADEL_AUTH__ADMIN_KEY=` (e.g. an unset variable in docker compose) means no key.
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 class LimitSettings(BaseModel):
     """Request limits; anything beyond them is BAD_INPUT before any work is done."""

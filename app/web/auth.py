@@ -52,11 +52,16 @@ def ws_close_code(principal: Principal) -> int:
     return WS_UNAUTHENTICATED if principal.kind == "rejected" else WS_FORBIDDEN
 
 
+# How Strawberry closes a refused connection_init: graphql-transport-ws and legacy graphql-ws.
+STRAWBERRY_REJECT_CODES = (WS_FORBIDDEN, 1011)
+
+
 class AuthClosingWebSocketAdapter(ASGIWebSocketAdapter):
-    """Strawberry closes a refused connection_init with 4403; an unauthenticated one gets 4401."""
+    """Strawberry closes a refused connection_init with 4403 (1011 on legacy graphql-ws); an
+    unauthenticated one gets 4401 instead."""
 
     async def close(self, code: int, reason: str) -> None:
         wanted = getattr(self.ws.state, "reject_code", None)
-        if code == WS_FORBIDDEN and wanted is not None:
+        if code in STRAWBERRY_REJECT_CODES and wanted is not None:
             code, reason = wanted, "Unauthorized" if wanted == WS_UNAUTHENTICATED else reason
         await super().close(code, reason)
