@@ -55,6 +55,7 @@ class CitadelGraphQL(GraphQL):
     async def on_ws_connect(self, context: Context) -> Any:
         """No subscription runs before this accepts the connection's key."""
         secret = ws_secret(context.request, context.connection_params)
+        context.ws_secret = secret
         context.principal, context.auth_error = await resolve_principal(context.services, secret)
         if context.auth_error is not None or context.principal.kind == "rejected":
             code = WS_TRY_AGAIN if context.auth_error is not None else ws_close_code(context.principal)

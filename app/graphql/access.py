@@ -40,6 +40,9 @@ class AccessGate(SchemaExtension):
         context = self.execution_context.context
         principal = getattr(context, "principal", None)
         if principal is not None:
+            if context.ws_secret is not None and principal.kind != "rejected":
+                # Same key, checked again per operation (a cache hit, unless it was revoked).
+                principal = context.principal = await context.services.keys.authenticate(context.ws_secret)
             if context.auth_error is not None:
                 raise context.auth_error
             if principal.kind == "rejected":

@@ -25,6 +25,9 @@ class Context:
     # Why the key could not be checked (e.g. PostgreSQL down): the operation fails with it.
     auth_error: CitadelError | None = None
     connection_params: Any = None
+    # A WebSocket's key, kept (in memory only) so each operation re-checks it: a key revoked
+    # while the connection is open cannot start anything new.
+    ws_secret: str | None = field(default=None, repr=False)
     document_loader: DataLoader = field(init=False)
     count_loader: DataLoader = field(init=False)
 
