@@ -126,3 +126,27 @@ async def test_the_dashboard_asks_for_a_key_and_then_connects(browser, access_se
         await page.locator("article.model").first.wait_for(timeout=20_000)
         assert await form.is_hidden()
         assert watch.off_host() == []
+
+
+async def test_graphiql_sends_the_key_from_its_headers_tab_over_http_and_websocket(browser, access_server: AccessServer):
+    import re
+
+    from tests.e2e.test_browser import RESULT_PANE, open_graphiql, type_query
+
+    key = create_key(access_server, "graphiql-user", ["READ"])["secret"]
+    async with offline_page(browser) as (page, watch):
+        await open_graphiql(page, access_server)
+        await page.get_by_role("button", name=re.compile("^Headers$")).click()
+        headers_editor = page.locator(".graphiql-editor-tool .CodeMirror").last
+        await headers_editor.wait_for(timeout=10_000)
+        await page.evaluate(
+            "(args) => document.querySelectorAll('.graphiql-editor-tool .CodeMirror')[args.i].CodeMirror.setValue(args.v)",
+            {"i": await page.locator(".graphiql-editor-tool .CodeMirror").count() - 1,
+             "v": '{"Authorization": "Bearer %s"}' % key},
+        )  # fmt: skip
+        for query, expected in (("{ me { name } }", '"graphiql-user"'), ("subscription { modelDownloadProgress { model state } }", '"modelDownloadProgress"')):
+            await type_query(page, query)
+            await page.get_by_role("button", name=re.compile("Execute query")).click()
+            await page.locator(RESULT_PANE).get_by_text(expected).first.wait_for(timeout=30_000)
+            assert "UNAUTHENTICATED" not in await page.locator(RESULT_PANE).inner_text()
+        assert watch.off_host() == []
