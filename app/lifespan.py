@@ -2,7 +2,7 @@
 
 Order: data dir -> PostgreSQL (embedded or URL) + migrations -> Redis -> vector store ->
 event bus -> model pool -> model manager -> embedding service -> domain services ->
-reconciler. Teardown runs backwards, so nothing outlives what it depends on.
+reconciler -> key revocation listener. Teardown runs backwards, so nothing outlives what it depends on.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from app.services.documents import DocumentService
 from app.services.embedding import EmbeddingService
 from app.services.health import HealthService, mask_url
 from app.services.ingest import IngestService
+from app.services.key_revocations import RevocationListener
 from app.services.keys import KeyService
 from app.services.models import ModelManager
 from app.services.rate_limit import RateLimiter
@@ -93,6 +94,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         reconciler.start()
         stack.push_async_callback(reconciler.stop)
 
+        keys = KeyService(settings, ApiKeyRepo(pg_pool), redis)
+        revocations = RevocationListener(redis, keys)
+        revocations.start()
+        stack.push_async_callback(revocations.stop)
+
         health = HealthService(
             {
                 "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), both(upgrader.check, repo.ping)),
@@ -114,7 +120,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             health=health,
             reconciler=reconciler,
             documents=DocumentService(settings, repo),
-            keys=KeyService(settings, ApiKeyRepo(pg_pool)),
+            keys=keys,
             limiter=RateLimiter(redis, settings.auth.burst_seconds),
             catalog=ModelCatalog(settings, models, health),
         )

@@ -113,7 +113,7 @@ class AuthSettings(BaseModel):
     required: bool | None = Field(None, description="Only /healthz and /readyz without a valid key (unset: true unless the server binds a loopback address)")
     admin_key: SecretStr | None = Field(None, description="An ADMIN secret from the environment, for bootstrapping and operations")
     metrics_token: SecretStr | None = Field(None, description="Bearer token that may read /metrics when keys are required (an ADMIN key may too)")
-    key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations on the same replica apply at once)")
+    key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations reach every replica at once through Redis; this long without it)")
     burst_seconds: float = Field(2.0, description="Rate-limit burst: a key may spend this many seconds of its rate at once")
 
     @field_validator("admin_key", "metrics_token", mode="before")

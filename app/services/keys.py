@@ -3,7 +3,7 @@
 A secret is `ctd_<id>_<43 random characters>` (256 bits). Only its SHA-256 is stored: the
 secret has full entropy, so a fast hash is enough and lets a lookup be one indexed query.
 Looked-up keys are cached for `auth.key_cache_seconds`; a revocation clears this replica's
-cache at once (other replicas see it when their entry expires).
+cache at once and, through Redis, every other replica's (app/services/key_revocations.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from app.domain.access import ANONYMOUS, Principal, Scope, parse_scopes, rejecte
 from app.domain.filters import parse_filter
 from app.errors import BadInput, NotFound
 from app.services.audit import audit
+from app.services.key_revocations import announce_revocation
 from app.services.collections import validate_name
 from app.settings import Settings
 
@@ -77,9 +78,10 @@ def _validated(request: KeyRequest) -> KeyRequest:
 
 
 class KeyService:
-    def __init__(self, settings: Settings, repo: Any) -> None:
+    def __init__(self, settings: Settings, repo: Any, redis: Any = None) -> None:
         self.settings = settings
         self.repo = repo  # app.adapters.api_keys.ApiKeyRepo
+        self.redis = redis  # revocations are announced to the other replicas through it
         self._cache: dict[str, tuple[float, Principal]] = {}
         admin = settings.auth.admin_key
         self._admin_hash = hash_secret(admin.get_secret_value()) if admin and admin.get_secret_value() else None
@@ -150,10 +152,14 @@ class KeyService:
         if await self.repo.get(key_id) is None:
             raise NotFound(f"API key {key_id!r} not found", id=key_id)
         changed = await self.repo.revoke(key_id)
-        # Seen at once on this replica: drop every cached lookup of this key.
-        self._cache = {h: entry for h, entry in self._cache.items() if entry[1].key_id != key_id}
+        self.forget(key_id)  # seen at once on this replica...
+        await announce_revocation(self.redis, key_id, self.settings.auth.key_cache_seconds)  # ...and the others
         audit(principal, "revoked key", key_id)
         return changed
+
+    def forget(self, key_id: str) -> None:
+        """Drop every cached lookup of this key: its next use reads PostgreSQL."""
+        self._cache = {h: entry for h, entry in self._cache.items() if entry[1].key_id != key_id}
 
     async def me(self, principal: Principal) -> Any:
         """The caller's own key row (None for anonymous callers and the environment admin)."""

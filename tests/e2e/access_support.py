@@ -66,6 +66,8 @@ def access_env(data_dir: str, database_url: str, redis_env: dict[str, str], **ex
         "CITADEL_AUTH__METRICS_TOKEN": METRICS_TOKEN,
         "CITADEL_SERVER__CORS_ORIGINS": ALLOWED_ORIGIN,
         "CITADEL_SERVER__INTROSPECTION": "false",
+        # Long enough that a revocation seen by another replica came through Redis, not expiry.
+        "CITADEL_AUTH__KEY_CACHE_SECONDS": "120",
         **extra,
     }
 

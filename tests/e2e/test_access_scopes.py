@@ -204,6 +204,17 @@ def test_a_key_over_its_rate_is_limited_across_two_replicas(access_server, secon
     assert all("errors" not in second_replica.graphql("{ me { id } }", free) for _ in range(5))
 
 
+def test_a_revocation_on_one_replica_reaches_the_other_through_redis(access_server, second_replica):
+    key = create_key(access_server, "revoked-everywhere", ["READ"])
+    assert second_replica.graphql("{ me { id } }", key["secret"])["data"]["me"]["id"] == key["key"]["id"]  # now cached there
+    revoked = access_server.graphql("mutation($id: ID!) { revokeApiKey(id: $id) }", ADMIN_KEY, {"id": key["key"]["id"]})
+    assert revoked["data"] == {"revokeApiKey": True}
+    deadline = time.monotonic() + 20  # far below the 120 s key cache: only the announcement can do it
+    while codes(second_replica.graphql("{ me { id } }", key["secret"])) != ["UNAUTHENTICATED"]:
+        assert time.monotonic() < deadline, second_replica.log_tail()
+        time.sleep(0.2)
+
+
 def test_the_limit_refills_at_its_rate(access_server):
     key = create_key(access_server, "refill", ["READ"], rate=1.0)["secret"]  # burst: 2 tokens
     outcomes = [codes(access_server.graphql("{ me { id } }", key)) for _ in range(3)]
