@@ -160,3 +160,62 @@ async def test_cli_creates_lists_and_revokes_keys():
         assert bad.returncode == 2 and "BAD_INPUT" in bad.stderr
         missing = citadel("keys", "revoke", "nope", env=env)
         assert missing.returncode == 2 and "NOT_FOUND" in missing.stderr
+
+
+class _Keys:
+    """What the listener needs of a KeyService: the settings and forget()."""
+
+    def __init__(self) -> None:
+        self.settings = settings(key_cache_seconds=7)
+        self.forgotten: list[str] = []
+
+    def forget(self, key_id: str) -> None:
+        self.forgotten.append(key_id)
+
+
+async def test_announced_revocations_reach_every_listener():
+    from app.services.key_revocations import RevocationListener, announce_revocation
+
+    clients = [Redis.from_url(REDIS_URL) for _ in range(3)]
+    replicas = [_Keys(), _Keys()]
+    listeners = [RevocationListener(clients[i], replicas[i]) for i in range(2)]
+    for listener in listeners:
+        listener.start()
+    try:
+        key_id = f"k-{uuid.uuid4().hex[:8]}"
+        for _ in range(100):  # announced again until both listeners have subscribed and heard it
+            await announce_revocation(clients[2], key_id, 7)
+            await asyncio.sleep(0.1)
+            if all(r.forgotten for r in replicas):
+                break
+        assert all(key_id in r.forgotten for r in replicas)
+    finally:
+        for listener in listeners:
+            await listener.stop()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_without_redis_revocations_wait_for_the_cache_and_say_so_once():
+    from app.services import key_revocations
+    from app.services.key_revocations import RevocationListener, announce_revocation
+    from tests.support.server import free_port
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
+    listener = RevocationListener(dead, _Keys())
+    original = key_revocations.RETRY_SECONDS
+    key_revocations.RETRY_SECONDS = 0.05
+    try:
+        await announce_revocation(dead, "k1", 7)  # never raises: the revocation itself is stored
+        listener.start()
+        await asyncio.sleep(0.5)  # several reconnect attempts
+        assert listener._task is not None and not listener._task.done()
+        assert len([m for m in messages if "revocations by other replicas apply here within 7" in m]) == 1
+        assert any("revoked key k1 reaches other replicas within 7" in m for m in messages)
+    finally:
+        key_revocations.RETRY_SECONDS = original
+        await listener.stop()
+        logger.remove(sink)
+        await dead.aclose()
