@@ -2,7 +2,7 @@
 
 Order: data dir -> PostgreSQL (embedded or URL) + migrations -> Redis -> vector store ->
 event bus (+ Redis bridge) -> model pool -> model manager -> cluster view -> embedding service ->
-domain services -> reconciler. Teardown runs backwards, so nothing outlives what it depends on.
+domain services -> reconciler -> key revocation listener. Teardown runs backwards, so nothing outlives what it depends on.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import AsyncIterator
 import redis.asyncio as aioredis
 from loguru import logger
 
+from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.events import EventBus
 from app.adapters.postgres import PostgresRepo, create_pool
 from app.adapters.postgres_replicas import PostgresReplicaStore
@@ -20,12 +21,17 @@ from app.adapters.redis_events import RedisEventBridge
 from app.adapters.redis_cache import EmbeddingCache
 from app.adapters.vector_store import open_vector_store
 from app.inference.pool import ModelPool
+from app.services.catalog import ModelCatalog
 from app.services.collections import CollectionService
 from app.services.container import Services
+from app.services.documents import DocumentService
 from app.services.embedding import EmbeddingService
 from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.key_revocations import RevocationListener, revocation_channel
+from app.services.keys import KeyService
 from app.services.models import ModelManager
+from app.services.rate_limit import RateLimiter
 from app.services.reconciler import Reconciler
 from app.services.replicas import ClusterView
 from app.services.schema_upgrader import SchemaUpgrader
@@ -107,6 +113,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         reconciler.start()
         stack.push_async_callback(reconciler.stop)
 
+        keys = KeyService(settings, ApiKeyRepo(pg_pool), redis)
+        revocations = RevocationListener(redis, keys, revocation_channel(settings))
+        revocations.start()
+        stack.push_async_callback(revocations.stop)
+
         health = HealthService(
             {
                 "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), both(upgrader.check, repo.ping)),
@@ -128,6 +139,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             search=search,
             health=health,
             reconciler=reconciler,
+            documents=DocumentService(settings, repo),
+            keys=keys,
+            limiter=RateLimiter(redis, settings.auth.burst_seconds, key_prefix=settings.redis_key("rate") + ":"),
+            catalog=ModelCatalog(settings, models, health, cluster),
         )
         logger.info("shutting down")
 

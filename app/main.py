@@ -6,27 +6,63 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import __version__
 from app.domain.models import ModelState
+from app.domain.access import Principal, rejected
+from app.errors import CitadelError
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
 from app.settings import Settings
+from app.startup_checks import check_admin_reachable, warn_unsafe_settings
+from app.web.auth import AuthClosingWebSocketAdapter, http_secret, ws_close_code, ws_secret
 from app.web.routes import dashboard_route, graphiql_html, static_routes
+
+WS_TRY_AGAIN = 1013  # "try again later": the key could not be checked (a dependency is down)
+
+
+async def resolve_principal(services: Services, secret: str | None) -> tuple[Principal, CitadelError | None]:
+    """The caller for a secret; a key that cannot be checked now is an error of its own."""
+    if secret == "":
+        return rejected("malformed Authorization value; expected: Bearer <key>"), None
+    try:
+        return await services.keys.authenticate(secret), None
+    except CitadelError as exc:
+        return rejected("the key could not be checked"), exc
 
 
 class CitadelGraphQL(GraphQL):
+    websocket_adapter_class = AuthClosingWebSocketAdapter  # type: ignore[assignment]
+
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        return Context(request=request, response=response, services=request.app.state.services)
+        services: Services = request.app.state.services
+        context = Context(request=request, response=response, services=services)
+        if isinstance(request, Request):  # a WebSocket's key comes with connection_init
+            context.principal, context.auth_error = await resolve_principal(services, http_secret(request))
+        return context
+
+    async def on_ws_connect(self, context: Context) -> Any:
+        """No subscription runs before this accepts the connection's key."""
+        secret = ws_secret(context.request, context.connection_params)
+        context.ws_secret = secret
+        context.principal, context.auth_error = await resolve_principal(context.services, secret)
+        if context.auth_error is not None or context.principal.kind == "rejected":
+            code = WS_TRY_AGAIN if context.auth_error is not None else ws_close_code(context.principal)
+            context.request.state.reject_code = code
+            raise ConnectionRejectionError({"message": context.principal.reason})
+        return await super().on_ws_connect(context)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(request.url.path))
@@ -35,18 +71,22 @@ class CitadelGraphQL(GraphQL):
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     register_process_metrics()
+    warn_unsafe_settings(settings)
     graphql = CitadelGraphQL(
         build_schema(settings.limits),
         graphql_ide="graphiql" if settings.server.graphiql else None,
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         keep_alive=True,
         keep_alive_interval=15,
+        # Cross-site WebSocket hijacking: a page on another origin connects only when listed.
+        allowed_origins=settings.server.cors_origins,
     )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            await check_admin_reachable(settings, services)
             yield
 
     async def healthz(request: Request) -> JSONResponse:
@@ -72,6 +112,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
+        if settings.auth_required:
+            services: Services = request.app.state.services
+            secret = http_secret(request)
+            principal, error = await resolve_principal(services, secret)
+            if error is not None or not services.keys.metrics_allowed(secret, principal):
+                return JSONResponse(
+                    {"error": "UNAUTHENTICATED", "message": "/metrics needs an ADMIN key or CITADEL_AUTH__METRICS_TOKEN"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
@@ -83,6 +133,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
         dashboard_route(),
         *static_routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=cors_middleware(settings))
     app.state.settings = settings
     return app
+
+
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """Preflights answered and only listed origins echoed. Keys travel in a header, not in
+    cookies, so credentials are never allowed (and `*` is never paired with them)."""
+    origins = settings.server.cors_origins
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
+

@@ -11,10 +11,11 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.domain.models import BUILTIN_DEFAULT_MODEL, ModelSpec, builtin_catalog
 
@@ -27,6 +28,51 @@ class ServerSettings(BaseModel):
     log_json: bool = Field(False, description="Write logs as JSON lines")
     access_log: bool = Field(False, description="Log every HTTP request (about 0.2 ms of CPU each, a fifth of a cached embed; /metrics counts requests anyway)")
     graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
+    # NoDecode: the environment may give a comma-separated list as well as JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call /graphql (HTTP and WebSocket), comma-separated or JSON; `*` allows any",
+    )
+    introspection: bool = Field(True, description="GraphQL introspection for non-admin keys (admins always have it)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _normalise_origins(cls, value: list[str]) -> list[str]:
+        # Browsers send scheme://host[:port] with no path or trailing slash.
+        return [origin.rstrip("/") for origin in value]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class AuthSettings(BaseModel):
+    required: bool | None = Field(None, description="Only /healthz and /readyz without a valid key (unset: true unless the server binds a loopback address)")
+    admin_key: SecretStr | None = Field(None, description="An ADMIN secret from the environment, for bootstrapping and operations")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token that may read /metrics when keys are required (an ADMIN key may too)")
+    key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations reach every replica at once through Redis; this long without it)")
+    burst_seconds: float = Field(2.0, description="Rate-limit burst: a key may spend this many seconds of its rate at once")
+
+    @field_validator("admin_key", "metrics_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `CITADEL_AUTH__ADMIN_KEY=` (e.g. an unset variable in docker compose) means no key.
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class LimitSettings(BaseModel):
@@ -105,6 +151,7 @@ class Settings(BaseSettings):
     redis_namespace: str | None = Field(None, description="Prefix of every Redis channel and key (default: a short hash of the database, so two clusters on one Redis never mix)")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -170,6 +217,12 @@ class Settings(BaseSettings):
     @property
     def embedding_key_prefix(self) -> str:
         return self.cache.key_prefix if self.cache.key_prefix is not None else self.redis_key("emb") + ":"
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.required is not None:
+            return self.auth.required
+        return not is_loopback(self.server.host)
 
     @property
     def embedded_postgres(self) -> bool:

@@ -243,6 +243,35 @@ class PostgresRepo:
             sql = "SELECT count(*) FROM documents WHERE collection = $1 AND status = $2"
             return int(await conn.fetchval(sql, name, status))
 
+    async def count_documents_in(self, names: Sequence[str]) -> dict[str, int]:
+        """Documents not being deleted, per collection, for many collections in one query."""
+        if not names:
+            return {}
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT collection, count(*) AS n FROM documents
+                WHERE collection = ANY($1::text[]) AND status <> 'deleting' GROUP BY collection
+                """,
+                list(names),
+            )
+        counts = {r["collection"]: int(r["n"]) for r in records}
+        return {name: counts.get(name, 0) for name in names}
+
+    async def document_metadata(self, collection: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        """(id, metadata) of documents not being deleted, in id order after `after`: for checks
+        that must look at every document's metadata (a tenant's count)."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT id, metadata FROM documents
+                WHERE collection = $1 AND status <> 'deleting' AND ($2::text IS NULL OR id > $2)
+                ORDER BY id LIMIT $3
+                """,
+                collection, after, max(0, limit),
+            )  # fmt: skip
+        return [(r["id"], r["metadata"]) for r in records]
+
     # -- documents --------------------------------------------------------------------------
 
     async def upsert_documents(self, collection: str, docs: Sequence[DocumentWrite]) -> list[UpsertOutcome]:

@@ -88,3 +88,18 @@ def event_to_gql(event: DownloadEvent) -> t.DownloadEvent:
         model_bytes_done=event.model_bytes_done,
         model_bytes_total=event.model_bytes_total,
     )
+
+
+def api_key_to_gql(row: Any) -> t.ApiKey:
+    return t.ApiKey(
+        id=strawberry.ID(row.id),
+        name=row.name,
+        prefix=row.prefix,
+        scopes=[t.Scope(s) for s in row.scopes],
+        collections=None if row.collections is None else list(row.collections),
+        filter=row.filter,
+        rate_per_second=row.rate_per_second,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked=row.revoked,
+    )

@@ -8,7 +8,8 @@ import strawberry
 
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import collection_to_gql, model_to_gql
+from app.graphql.convert import api_key_to_gql, collection_to_gql, model_to_gql
+from app.services.keys import KeyRequest
 
 Info = strawberry.Info[Context, None]
 
@@ -25,13 +26,17 @@ class Mutation:
         indexed_fields: Optional[list[str]] = None,
     ) -> t.Collection:
         row = await info.context.services.collections.create(
-            name, model=model, distance=(distance or t.Distance.COSINE).value, indexed_fields=indexed_fields or []
+            name,
+            model=model,
+            distance=(distance or t.Distance.COSINE).value,
+            indexed_fields=indexed_fields or [],
+            principal=info.context.principal,
         )
         return collection_to_gql(row)
 
     @strawberry.mutation
     async def delete_collection(self, info: Info, name: str) -> bool:
-        return await info.context.services.collections.delete(name)
+        return await info.context.services.collections.delete(name, principal=info.context.principal)
 
     @strawberry.mutation
     async def ingest(self, info: Info, collection: str, documents: list[t.DocumentInput]) -> t.IngestResult:
@@ -39,7 +44,7 @@ class Mutation:
             {"id": None if d.id is None else str(d.id), "text": d.text, "metadata": d.metadata}
             for d in documents
         ]
-        report = await info.context.services.ingest.ingest(collection, payload)
+        report = await info.context.services.ingest.ingest(collection, payload, principal=info.context.principal)
         return t.IngestResult(
             ids=[strawberry.ID(i) for i in report.ids],
             inserted=report.inserted,
@@ -59,10 +64,28 @@ class Mutation:
 
     @strawberry.mutation(description="How many documents were removed.")
     async def delete_documents(self, info: Info, collection: str, ids: list[strawberry.ID]) -> int:
-        return await info.context.services.ingest.delete_documents(collection, [str(i) for i in ids])
+        return await info.context.services.ingest.delete_documents(
+            collection, [str(i) for i in ids], principal=info.context.principal
+        )
 
     @strawberry.mutation(description="Starts a download, or joins the one under way.")
     async def download_model(self, info: Info, name: str) -> t.Model:
-        services = info.context.services
-        status = services.models.download(name)
-        return model_to_gql(status, services.models.effective_default, services.replicas.replicas(status.name))
+        catalog = info.context.services.catalog
+        status = catalog.download(name, info.context.principal)
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name))
+
+    @strawberry.mutation(description="A new API key (ADMIN); its secret is in the answer and nowhere else.")
+    async def create_api_key(self, info: Info, input: t.ApiKeyInput) -> t.CreatedApiKey:
+        request = KeyRequest(
+            name=input.name,
+            scopes=[s.value for s in input.scopes],
+            collections=input.collections,
+            filter=input.filter,
+            rate_per_second=input.rate_per_second,
+        )
+        row, secret = await info.context.services.keys.create(request, info.context.principal)
+        return t.CreatedApiKey(key=api_key_to_gql(row), secret=secret)
+
+    @strawberry.mutation(description="Revoke a key at once (ADMIN); false when it was already revoked.")
+    async def revoke_api_key(self, info: Info, id: strawberry.ID) -> bool:
+        return await info.context.services.keys.revoke(str(id), info.context.principal)

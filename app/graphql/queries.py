@@ -10,7 +10,7 @@ from app import __version__
 from app.domain.embedding import EmbedKind as DomainKind
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import collection_to_gql, document_to_gql, model_to_gql
+from app.graphql.convert import api_key_to_gql, collection_to_gql, document_to_gql, model_to_gql
 from app.graphql.scalars import JSON
 
 Info = strawberry.Info[Context, None]
@@ -33,7 +33,12 @@ class Query:
     ) -> t.EmbedResult:
         kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as in API.md
         outcome = await info.context.services.embedder.embed(
-            texts, model=model, kind=DomainKind(kind.value), normalize=normalize is not False, wait=wait
+            texts,
+            model=model,
+            kind=DomainKind(kind.value),
+            normalize=normalize is not False,
+            wait=wait,
+            principal=info.context.principal,
         )
         return t.EmbedResult(
             model=outcome.model,
@@ -64,6 +69,7 @@ class Query:
             offset=offset or 0,
             filter=filter,
             score_threshold=score_threshold,
+            principal=info.context.principal,
         )
         hits = []
         for hit in outcome.hits:
@@ -85,48 +91,55 @@ class Query:
 
     @strawberry.field
     async def collections(self, info: Info) -> list[t.Collection]:
-        rows = await info.context.services.collections.list()
+        rows = await info.context.services.collections.list(principal=info.context.principal)
         return [collection_to_gql(row) for row in rows]
 
     @strawberry.field
     async def collection(self, info: Info, name: str) -> Optional[t.Collection]:
-        row = await info.context.services.repo.get_collection(name)
+        row = await info.context.services.collections.find(name, principal=info.context.principal)
         return collection_to_gql(row) if row else None
 
     @strawberry.field
     async def document(self, info: Info, collection: str, id: strawberry.ID) -> Optional[t.Document]:
-        row = await info.context.services.repo.get_document(collection, str(id))
+        row = await info.context.services.documents.get(collection, str(id), principal=info.context.principal)
         return document_to_gql(row) if row else None
 
     @strawberry.field(description="Page through a collection's documents in id order.")
     async def documents(
         self, info: Info, collection: str, after: Optional[str] = None, first: int = 100
     ) -> t.DocumentConnection:
-        services = info.context.services
-        await services.collections.get(collection)  # NOT_FOUND for an unknown collection
-        first = max(1, min(first, services.settings.limits.max_search_limit))
-        rows = await services.repo.list_documents(collection, after, first + 1)
-        items = [document_to_gql(row) for row in rows[:first]]
-        next_cursor = str(items[-1].id) if len(rows) > first else None
-        return t.DocumentConnection(items=items, next_cursor=next_cursor)
+        rows, next_cursor = await info.context.services.documents.page(
+            collection, after, first, principal=info.context.principal
+        )
+        return t.DocumentConnection(items=[document_to_gql(row) for row in rows], next_cursor=next_cursor)
 
     @strawberry.field
     def models(self, info: Info) -> list[t.Model]:
-        services = info.context.services
-        default = services.models.effective_default
-        return [model_to_gql(s, default, services.replicas.replicas(s.name)) for s in services.models.statuses()]
+        catalog = info.context.services.catalog
+        return [
+            model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+            for s in catalog.statuses(info.context.principal)
+        ]
 
     @strawberry.field
     def model(self, info: Info, name: str) -> Optional[t.Model]:
-        services = info.context.services
-        status = services.models.status(name)
-        return model_to_gql(status, services.models.effective_default, services.replicas.replicas(status.name))
+        catalog = info.context.services.catalog
+        status = catalog.status(name, info.context.principal)
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name)) if status else None
+
+    @strawberry.field(description="Every API key (ADMIN); secrets are never shown.")
+    async def api_keys(self, info: Info) -> list[t.ApiKey]:
+        return [api_key_to_gql(row) for row in await info.context.services.keys.list(info.context.principal)]
+
+    @strawberry.field(description="The key of this request; null without one (or for the environment's admin key).")
+    async def me(self, info: Info) -> Optional[t.ApiKey]:
+        row = await info.context.services.keys.me(info.context.principal)
+        return api_key_to_gql(row) if row else None
 
     @strawberry.field
     async def health(self, info: Info) -> t.Health:
-        services = info.context.services
-        report = await services.health.check()
-        manager = services.models
+        catalog = info.context.services.catalog
+        report = await catalog.health(info.context.principal)
         return t.Health(
             status=report.status,
             version=__version__,
@@ -135,7 +148,7 @@ class Query:
                 for d in report.dependencies
             ],
             models=[
-                model_to_gql(s, manager.effective_default, services.replicas.replicas(s.name))
-                for s in manager.statuses()
+                model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+                for s in catalog.statuses(info.context.principal)
             ],
         )

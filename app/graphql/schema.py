@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import aclosing
+from typing import Any, AsyncGenerator
 
 import strawberry
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
@@ -10,6 +11,7 @@ from strawberry.extensions.max_aliases import create_validator as max_aliases_ru
 from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
 from strawberry.schema.config import StrawberryConfig
 
+from app.graphql.access import AccessGate
 from app.graphql.errors import PublicErrors, public_error
 from app.graphql.limits import TotalTextsLimit
 from app.graphql.mutations import Mutation
@@ -32,10 +34,23 @@ class CitadelSchema(strawberry.Schema):
             result.errors = [public_error(error) for error in result.errors]
         return result
 
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+        # Subscriptions (and operations over WebSocket) bypass execute(): map their errors too,
+        # e.g. an extension's refusal before the first event.
+        return _public_results(await super().stream(*args, **kwargs))
+
     def process_errors(self, errors: list[Any], execution_context: Any = None) -> None:
         # PublicErrors logs what matters (unexpected errors, with their traceback); client
         # mistakes are not server errors and would only flood the log.
         return None
+
+
+async def _public_results(source: Any) -> AsyncGenerator[Any, None]:
+    async with aclosing(source):
+        async for result in source:
+            if getattr(result, "errors", None):
+                result.errors = [public_error(error) for error in result.errors]
+            yield result
 
 
 def safety_extensions(limits: LimitSettings) -> list[Any]:
@@ -52,6 +67,8 @@ def safety_extensions(limits: LimitSettings) -> list[Any]:
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
         # Depends on variables, so it runs for every request.
         lambda: TotalTextsLimit(max_total=max_total_texts),
+        # Who may run it at all, and how often: before any resolver.
+        AccessGate,
     ]
 
 

@@ -19,14 +19,9 @@ class Subscription:
     async def model_download_progress(
         self, info: Info, model: Optional[str] = None
     ) -> AsyncGenerator[t.DownloadEvent, None]:
-        services = info.context.services
-        if model is not None:
-            services.settings.model(model)  # NOT_FOUND for an unknown model
-        names = [model] if model is not None else list(services.settings.models)
-        # Subscribe before reading the snapshot so no event falls between the two.
-        async with services.models.bus.subscribe(model) as events:
-            for name in names:  # the current state on every live replica, one event each
-                for status in services.replicas.replicas(name):
-                    yield event_to_gql(status.as_event())
+        catalog = info.context.services.catalog
+        async with catalog.progress(model, info.context.principal) as (snapshot, events):
+            for event in snapshot:  # the current state on every live replica, one event each
+                yield event_to_gql(event)
             async for event in events:
                 yield event_to_gql(event)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import strawberry
 
+from app.domain.access import Scope as DomainScope
 from app.domain.models import ModelState as DomainModelState
 from app.graphql.scalars import JSON, Long
 
@@ -29,6 +30,7 @@ class Distance(enum.Enum):
 
 
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
+Scope = strawberry.enum(DomainScope, name="Scope", description="WRITE includes READ; ADMIN includes everything")
 
 
 @strawberry.input
@@ -97,7 +99,8 @@ class Collection:
 
     @strawberry.field
     async def document_count(self, info: strawberry.Info["Context", None]) -> Long:
-        return await info.context.services.repo.count_documents(self.name)
+        # Batched: one query for every collection of the response, through the services.
+        return await info.context.count_loader.load(self.name)
 
 
 @strawberry.type
@@ -189,3 +192,32 @@ class Health:
 class DocumentConnection:
     items: list[Document]
     next_cursor: Optional[str]
+
+
+@strawberry.input
+class ApiKeyInput:
+    name: str
+    scopes: list[Scope]
+    collections: Optional[list[str]] = strawberry.field(default=None, description="null: every collection")
+    filter: Optional[JSON] = strawberry.field(default=None, description="Tenant binding: ANDed into every read, required of every write")
+    rate_per_second: Optional[float] = strawberry.field(default=None, description="null: no per-key limit")
+
+
+@strawberry.type
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    prefix: str
+    scopes: list[Scope]
+    collections: Optional[list[str]]
+    filter: Optional[JSON]
+    rate_per_second: Optional[float]
+    created_at: dt.datetime
+    last_used_at: Optional[dt.datetime]
+    revoked: bool
+
+
+@strawberry.type
+class CreatedApiKey:
+    key: ApiKey
+    secret: str = strawberry.field(description="Shown here once, never again")

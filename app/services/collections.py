@@ -12,8 +12,10 @@ from typing import Any
 
 from loguru import logger
 
+from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.filters import parse_indexed_field
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
+from app.services.audit import audit
 from app.services.embedding import model_revision
 from app.domain.models import ModelSpec
 from app.settings import Settings
@@ -90,8 +92,11 @@ class CollectionService:
         model: str | None = None,
         distance: str = "cosine",
         indexed_fields: Sequence[str] | None = None,
+        *,
+        principal: Principal = INTERNAL,
     ) -> Any:
         validate_name(name)
+        principal.require(Scope.ADMIN, name)
         distance = validate_distance(distance)
         fields = validate_indexed_fields(indexed_fields)
         self.settings.model(model)  # NOT_FOUND for a model outside the catalog
@@ -120,6 +125,7 @@ class CollectionService:
         logger.info(
             "created collection {} (model {} {}, {} dims, {})", name, spec.name, revision, spec.dimensions, distance
         )
+        audit(principal, "created collection", name)
         return row
 
     async def _undo_create(self, name: str) -> None:
@@ -129,20 +135,30 @@ class CollectionService:
         except Exception:
             logger.exception("could not remove collection row {} after a failed create", name)
 
-    async def get(self, name: str) -> Any:
+    async def get(self, name: str, *, principal: Principal = INTERNAL) -> Any:
+        principal.require(Scope.READ, name)
         row = await self.repo.get_collection(name)
         if row is None:
             raise NotFound(f"collection {name!r} not found", collection=name)
         return row
 
-    async def list(self) -> list[Any]:
-        return list(await self.repo.list_collections())
+    async def find(self, name: str, *, principal: Principal = INTERNAL) -> Any | None:
+        """The collection, or None when there is none (FORBIDDEN when it is not granted)."""
+        principal.require(Scope.READ, name)
+        return await self.repo.get_collection(name)
+
+    async def list(self, *, principal: Principal = INTERNAL) -> list[Any]:
+        """The collections granted to the caller (others are not even named)."""
+        principal.require(Scope.READ)
+        return [row for row in await self.repo.list_collections() if principal.may_see(row.name)]
 
     async def document_count(self, name: str) -> int:
+        """For the server itself; clients count through DocumentService (grants and tenants)."""
         await self.get(name)
         return int(await self.repo.count_documents(name))
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, principal: Principal = INTERNAL) -> bool:
+        principal.require(Scope.ADMIN, name)
         await self.get(name)
         # PostgreSQL first: once the row is gone nothing can read or write the collection, and a
         # vector collection left behind by a store failure is replaced when the name is reused.
@@ -153,4 +169,5 @@ class CollectionService:
         except Exception:
             logger.exception("collection {} deleted; its vector collection could not be removed yet", name)
         logger.info("deleted collection {}", name)
+        audit(principal, "deleted collection", name)
         return True

@@ -13,13 +13,17 @@ if TYPE_CHECKING:  # annotations only: checkers and readers see the real classes
     from app.adapters.postgres import PostgresRepo
     from app.domain.vectors import VectorStore
     from app.inference.pool import ModelPool
+    from app.services.catalog import ModelCatalog
     from app.services.collections import CollectionService
+    from app.services.documents import DocumentService
     from app.services.embedding import EmbeddingService
     from app.services.health import HealthService
     from app.services.ingest import IngestService
+    from app.services.keys import KeyService
     from app.services.models import ModelManager
     from app.services.reconciler import Reconciler
     from app.services.replicas import ClusterView
+    from app.services.rate_limit import RateLimiter
     from app.services.search import SearchService
 
 
@@ -38,3 +42,7 @@ class Services:
     search: SearchService
     health: HealthService
     reconciler: Reconciler
+    documents: DocumentService
+    keys: KeyService
+    limiter: RateLimiter
+    catalog: ModelCatalog

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from app.adapters.redis_cache import EmbeddingCache
+from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
@@ -79,7 +80,10 @@ class EmbeddingService:
         normalize: bool = True,
         use_cache: bool = True,
         wait: bool = False,
+        *,
+        principal: Principal = INTERNAL,
     ) -> EmbedOutcome:
+        principal.require(Scope.READ)
         started = time.perf_counter()
         # Label by catalog name only: a client-chosen string must not mint new time series.
         label = model or self.settings.default_model

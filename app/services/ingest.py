@@ -14,10 +14,11 @@ from loguru import logger
 from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
+from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind
 from app.domain.filters import DOC_ID_KEY, METADATA_KEY
 from app.domain.vectors import VectorPoint
-from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable
+from app.errors import BadInput, CitadelError, DependencyUnavailable, Forbidden, ModelUnavailable
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.settings import Settings
@@ -227,11 +228,17 @@ class IngestService:
         self.embedder = embedder
         self.models = models
 
-    async def ingest(self, collection: str, documents: Sequence[Any]) -> IngestReport:
+    async def ingest(
+        self, collection: str, documents: Sequence[Any], *, principal: Principal = INTERNAL
+    ) -> IngestReport:
+        principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
         valid, errors = validate_documents(self.settings, documents)
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
+        if principal.tenant is not None:
+            valid, refused = await self._tenant_documents(row.name, valid, principal)
+            errors = sorted(errors + refused, key=lambda e: e.index)
 
         report = IngestReport(errors=errors, failed=len(errors))
         INGESTED.labels("failed").inc(len(errors))
@@ -274,12 +281,33 @@ class IngestService:
             ) from exc
         return report
 
-    async def delete_documents(self, collection: str, ids: Sequence[str]) -> int:
+    async def _tenant_documents(
+        self, collection: str, valid: list[ValidDocument], principal: Principal
+    ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
+        """A tenant-bound key writes only documents of its tenant, and never over another's."""
+        existing = await self.repo.get_documents(collection, [d.id for d in valid])
+        kept: list[ValidDocument] = []
+        refused: list[IngestErrorItem] = []
+        for doc, current in zip(valid, existing):
+            if not principal.owns(doc.metadata):
+                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "metadata does not match this key's filter"))
+            elif current is not None and not principal.owns(current.metadata):
+                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "this id belongs to a document outside this key's filter"))
+            else:
+                kept.append(doc)
+        return kept, refused
+
+    async def delete_documents(self, collection: str, ids: Sequence[str], *, principal: Principal = INTERNAL) -> int:
+        principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
         limit = self.settings.limits.max_documents_per_ingest
         if len(ids) > limit:
             raise BadInput(f"{len(ids)} ids in one call; at most {limit}", field="ids")
         unique = list(dict.fromkeys(str(i) for i in ids))
+        if principal.tenant is not None and unique:
+            # Another tenant's documents are, to this key, documents that do not exist.
+            rows = await self.repo.get_documents(row.name, unique)
+            unique = [i for i, r in zip(unique, rows) if r is not None and principal.owns(r.metadata)]
         if not unique:
             return 0
         # Rows marked 'deleting' are already invisible to search; the reconciler finishes them

@@ -12,6 +12,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
+from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind
 from app.domain.filters import DOC_ID_KEY, parse_filter
 from app.errors import BadInput, ModelUnavailable
@@ -60,13 +61,17 @@ class SearchService:
         offset: int = 0,
         filter: Any | None = None,
         score_threshold: float | None = None,
+        *,
+        principal: Principal = INTERNAL,
     ) -> SearchOutcome:
         started = time.perf_counter()
+        principal.require(Scope.READ, collection)
         row = await self.repo.require_collection(collection)
         self._check_paging(limit, offset, score_threshold)
         if (query is None) == (vector is None):
             raise BadInput("give exactly one of query or vector")
-        parsed_filter = parse_filter(filter) if filter is not None else None
+        # A tenant-bound key's filter is ANDed in: the request can narrow it, never widen it.
+        parsed_filter = principal.read_filter(parse_filter(filter) if filter is not None else None)
 
         if vector is not None:
             target = self._check_vector(vector, row.dimensions)
@@ -76,7 +81,7 @@ class SearchService:
         found = await self.store.search(
             row.name, target, limit=limit, offset=offset, filter=parsed_filter, score_threshold=score_threshold
         )
-        hits = await self._live_hits(row.name, found)
+        hits = await self._live_hits(row.name, found, principal)
         elapsed = time.perf_counter() - started
         SEARCH_SECONDS.labels("vector" if vector is not None else "query").observe(elapsed)
         return SearchOutcome(collection=row.name, model=row.model, hits=hits, took_ms=round(elapsed * 1000, 3))
@@ -111,7 +116,7 @@ class SearchService:
             raise ModelUnavailable(f"model {row.model!r} of collection {row.name!r} is not available", model=row.model)
         return [float(v) for v in outcome.vectors[0]]
 
-    async def _live_hits(self, collection: str, found: Sequence[Any]) -> list[Hit]:
+    async def _live_hits(self, collection: str, found: Sequence[Any], principal: Principal) -> list[Hit]:
         if not found:
             return []
         doc_ids = [str(h.payload.get(DOC_ID_KEY)) for h in found]
@@ -120,6 +125,9 @@ class SearchService:
         for found_hit, doc_row in zip(found, rows):
             # A vector whose row is gone, or is being rewritten or deleted, is never returned.
             if doc_row is None or doc_row.status != "indexed":
+                continue
+            # PostgreSQL is the truth: a vector whose payload lagged a metadata change stays hidden.
+            if not principal.owns(doc_row.metadata):
                 continue
             hits.append(
                 Hit(

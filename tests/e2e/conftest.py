@@ -129,3 +129,7 @@ def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir):
         yield server
     finally:
         server.stop()
+
+
+# Access control: a server with keys required (tests/e2e/access_support.py).
+from tests.e2e.access_support import access_database, access_server  # noqa: E402,F401

@@ -94,5 +94,9 @@ EXPECTED_SCHEMA = {
         "fallback_for", "updated_at",
     },
     "replica_heartbeats": {"replica", "started_at", "seen_at"},
+    "api_keys": {
+        "id", "name", "prefix", "secret_hash", "scopes", "collections", "filter", "rate_per_second", "created_at",
+        "last_used_at", "revoked_at",
+    },
     "alembic_version": {"version_num"},
 }  # fmt: skip

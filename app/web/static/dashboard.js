@@ -8,6 +8,10 @@
 // Event bytes: with `file` set, bytesDone/bytesTotal describe that file and the model bar uses
 // modelBytesDone/modelBytesTotal if the subscription selects them, else the sum over the files
 // seen so far; with `file` null they describe the whole model.
+//
+// Keys: when the server answers UNAUTHENTICATED (or closes the socket with 4401), a form asks
+// for an API key; it is kept in sessionStorage (this tab only) and sent as a Bearer header on
+// HTTP and in the connection_init payload on the WebSocket.
 (function () {
   "use strict";
 
@@ -29,6 +33,11 @@
   var loadError = document.getElementById("load-error");
   var connection = document.getElementById("connection");
   var connectionText = document.getElementById("connection-text");
+  var keyForm = document.getElementById("key-form");
+  var keyInput = document.getElementById("key-input");
+  var keyMessage = document.getElementById("key-message");
+  var KEY_STORAGE = "citadel-api-key";
+  var apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
 
   var graphqlPath = root.getAttribute("data-graphql-path") || "/graphql";
   var httpUrl = new URL(graphqlPath, window.location.href);
@@ -358,60 +367,118 @@
 
   // ---------- data sources ----------
 
+  // ---------- API key ----------
+
+  function askForKey(message) {
+    keyMessage.textContent = message;
+    keyForm.hidden = false;
+    showConnection("disconnected", "Needs an API key");
+    keyInput.focus();
+  }
+
+  function isUnauthenticated(errors) {
+    return (errors || []).some(function (e) {
+      return e.extensions && e.extensions.code === "UNAUTHENTICATED";
+    });
+  }
+
+  keyForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    apiKey = keyInput.value.trim();
+    sessionStorage.setItem(KEY_STORAGE, apiKey);
+    keyInput.value = "";
+    keyForm.hidden = true;
+    start();
+  });
+
+  // ---------- data sources ----------
+
+  // Resolves to false when the server wants a (different) key.
   function loadModels() {
-    return fetch(httpUrl.href, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ query: MODELS_QUERY }),
-    })
+    var headers = { "Content-Type": "application/json", Accept: "application/json" };
+    if (apiKey) headers.Authorization = "Bearer " + apiKey;
+    return fetch(httpUrl.href, { method: "POST", headers: headers, body: JSON.stringify({ query: MODELS_QUERY }) })
       .then(function (response) {
         return response.json();
       })
       .then(function (body) {
+        if (isUnauthenticated(body.errors)) {
+          askForKey(apiKey ? "The server refused this key (" + describeError(body.errors) + ")." : "This server needs an API key.");
+          return false;
+        }
         if (body.errors && body.errors.length) throw new Error(describeError(body.errors));
         body.data.models.forEach(applyModelRow);
         showLoadError("");
+        return true;
       })
       .catch(function (err) {
         showLoadError("Could not load the model list: " + describeError(err));
+        return true; // not a key problem: the subscription still tries (and retries)
       });
   }
 
-  var client = graphqlWs.createClient({
-    url: wsUrl.href,
-    keepAlive: 10000,
-    retryAttempts: Infinity,
-    shouldRetry: function () {
-      return true;
-    },
-    retryWait: function (retries) {
-      var delay = backoffDelay(retries);
-      showConnection("reconnecting", "Disconnected; reconnecting in " + Math.ceil(delay / 1000) + " s (attempt " + (retries + 1) + ")…");
-      return sleep(delay);
-    },
-    on: {
-      connecting: function (isRetry) {
-        showConnection(isRetry ? "reconnecting" : "connecting", isRetry ? "Reconnecting…" : "Connecting…");
+  var client = null;
+
+  function createClient() {
+    return graphqlWs.createClient({
+      url: wsUrl.href,
+      connectionParams: function () {
+        return apiKey ? { authorization: "Bearer " + apiKey } : {};
       },
-      connected: function (socket, payload, wasRetry) {
-        showConnection("connected", "Live");
-        // The subscription replays current state; the query refreshes lastError/fallbackFor too.
-        if (wasRetry) loadModels();
+      keepAlive: 10000,
+      retryAttempts: Infinity,
+      shouldRetry: function () {
+        return true;
       },
-      closed: function (event) {
-        // Only a live connection dropping is news; a failed retry keeps the countdown shown.
-        if (connection.getAttribute("data-state") === "connected") {
-          showConnection("disconnected", "Disconnected (" + describeError(event) + ")");
-        }
+      retryWait: function (retries) {
+        var delay = backoffDelay(retries);
+        showConnection("reconnecting", "Disconnected; reconnecting in " + Math.ceil(delay / 1000) + " s (attempt " + (retries + 1) + ")…");
+        return sleep(delay);
       },
-    },
-  });
+      on: {
+        connecting: function (isRetry) {
+          showConnection(isRetry ? "reconnecting" : "connecting", isRetry ? "Reconnecting…" : "Connecting…");
+        },
+        connected: function (socket, payload, wasRetry) {
+          showConnection("connected", "Live");
+          // The subscription replays current state; the query refreshes lastError/fallbackFor too.
+          if (wasRetry) loadModels();
+        },
+        closed: function (event) {
+          if (event && event.code === 4401) {
+            stopClient();
+            askForKey("The server refused this key on the live connection.");
+            return;
+          }
+          // Only a live connection dropping is news; a failed retry keeps the countdown shown.
+          if (connection.getAttribute("data-state") === "connected") {
+            showConnection("disconnected", "Disconnected (" + describeError(event) + ")");
+          }
+        },
+      },
+    });
+  }
+
+  function stopClient() {
+    if (client) client.dispose();
+    client = null;
+  }
+
+  function start() {
+    loadModels().then(function (authorized) {
+      if (authorized && !client) {
+        client = createClient();
+        subscribe();
+      }
+    });
+  }
 
   var resubscribeAttempts = 0;
 
   // graphql-ws retries dropped connections itself; this covers what it gives up on
   // (a GraphQL error on subscribe, a fatal close code) by starting over after a backoff.
   function subscribe() {
+    if (!client) return; // stopped: waiting for a key
     client.subscribe(
       { query: PROGRESS_SUBSCRIPTION },
       {
@@ -436,10 +503,7 @@
     setTimeout(subscribe, delay);
   }
 
-  window.addEventListener("pagehide", function () {
-    client.dispose();
-  });
+  window.addEventListener("pagehide", stopClient);
 
-  loadModels();
-  subscribe();
+  start();
 })();
