@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import strawberry
 
 from app import __version__
-from app.domain.embedding import EmbedKind as DomainKind
 from app.graphql import types as t
 from app.graphql.context import Context
 from app.graphql.convert import collection_to_gql, document_to_gql, model_to_gql
@@ -33,7 +32,7 @@ class Query:
     ) -> t.EmbedResult:
         kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as in API.md
         outcome = await info.context.services.embedder.embed(
-            texts, model=model, kind=DomainKind(kind.value), normalize=normalize is not False, wait=wait
+            texts, model=model, kind=kind, normalize=normalize is not False, wait=wait
         )
         return t.EmbedResult(
             model=outcome.model,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import TYPE_CHECKING, Optional
 
 import strawberry
 
+from app.domain.embedding import EmbedKind as DomainEmbedKind
+from app.domain.vectors import Distance as DomainDistance
 from app.downloads.state import ModelState as DomainModelState
 from app.graphql.scalars import JSON, Long
 
@@ -15,17 +16,9 @@ if TYPE_CHECKING:
     from app.graphql.context import Context
 
 
-@strawberry.enum
-class EmbedKind(enum.Enum):
-    QUERY = "QUERY"
-    DOCUMENT = "DOCUMENT"
-
-
-@strawberry.enum
-class Distance(enum.Enum):
-    COSINE = "cosine"
-    DOT = "dot"
-    EUCLID = "euclid"
+# One definition per concept: the GraphQL enums are the domain's.
+EmbedKind = strawberry.enum(DomainEmbedKind, name="EmbedKind")
+Distance = strawberry.enum(DomainDistance, name="Distance")
 
 
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's

@@ -13,13 +13,13 @@ from typing import Any
 from loguru import logger
 
 from app.domain.filters import parse_indexed_field
+from app.domain.vectors import Distance
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.embedding import model_revision
 from app.settings import ModelSpec, Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_INDEXED_FIELDS = 32
-DISTANCES = ("cosine", "dot", "euclid")
 
 
 def validate_name(name: str) -> str:
@@ -33,8 +33,9 @@ def validate_name(name: str) -> str:
 
 def validate_distance(distance: str) -> str:
     value = str(getattr(distance, "value", distance)).lower()
-    if value not in DISTANCES:
-        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(DISTANCES)}", field="distance")
+    choices = [d.value for d in Distance]
+    if value not in choices:
+        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(choices)}", field="distance")
     return value
 
 

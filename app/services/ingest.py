@@ -15,8 +15,7 @@ from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
 from app.domain.embedding import EmbedKind
-from app.domain.filters import DOC_ID_KEY, METADATA_KEY
-from app.domain.vectors import VectorPoint
+from app.domain.vectors import DOC_ID_KEY, METADATA_KEY, VectorPoint
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id

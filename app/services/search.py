@@ -13,7 +13,8 @@ from typing import Any
 from prometheus_client import Histogram
 
 from app.domain.embedding import EmbedKind
-from app.domain.filters import DOC_ID_KEY, parse_filter
+from app.domain.filters import parse_filter
+from app.domain.vectors import DOC_ID_KEY
 from app.errors import BadInput, ModelUnavailable
 from app.services.collections import bound_model
 from app.settings import Settings
