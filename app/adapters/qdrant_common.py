@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Callable
 
 from app.domain.filters import And, Eq, Exists, FilterNode, In, Not, Or, Range
-from app.domain.vectors import Distance, FacetValue, payload_key
+from app.domain.vectors import CHUNK_KEY, Distance, FacetValue, payload_key
 
 # Attribute names in (qdrant_edge, qdrant_client.models).
 DISTANCES: dict[Distance, tuple[str, str]] = {
@@ -71,6 +71,13 @@ def _condition(node: FilterNode, d: QdrantDialect) -> Any:
     if isinstance(node, Exists):
         return d.make_filter(must_not=[d.is_empty(key)])
     raise TypeError(f"not a filter node: {node!r}")
+
+
+def document_points(node: FilterNode | None, dialect: QdrantDialect) -> Any:
+    """`node` restricted to one point per document (unchunked points and first chunks), so facets
+    count documents, not chunks."""
+    first = dialect.make_filter(should=[dialect.is_empty(CHUNK_KEY), dialect.match_value(f"{CHUNK_KEY}.index", 0)])
+    return dialect.make_filter(must=[first] if node is None else [first, qdrant_filter(node, dialect)])
 
 
 def count_facets(payloads: Iterable[Mapping[str, Any]], key: str, limit: int) -> list[FacetValue]:

@@ -22,7 +22,15 @@ import numpy as np
 import qdrant_edge as qe
 from loguru import logger
 
-from app.adapters.qdrant_common import DISTANCES, EDGE, INDEX_TYPES, QdrantDialect, count_facets, qdrant_filter
+from app.adapters.qdrant_common import (
+    DISTANCES,
+    EDGE,
+    INDEX_TYPES,
+    QdrantDialect,
+    count_facets,
+    document_points,
+    qdrant_filter,
+)
 from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
@@ -136,6 +144,12 @@ class QdrantEdgeStore:
             return
         await self._write(name, qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
 
+    async def set_sparse_vectors(self, name: str, vectors: Sequence[tuple[str, SparseVector]]) -> None:
+        if not vectors:
+            return
+        updates = [qe.PointVectors(point_uuid(pid), {SPARSE_VECTOR: _edge_sparse(v)}) for pid, v in vectors]
+        await self._write(name, qe.UpdateOperation.update_vectors(updates))
+
     async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
         if not doc_ids:
             return
@@ -183,7 +197,7 @@ class QdrantEdgeStore:
 
     async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
         entry = await self._open(name)
-        where = edge_filter(filter) if filter is not None else None
+        where = document_points(filter, EDGE_DIALECT)
         try:
             response = await _call(entry.shard.facet, qe.FacetRequest(key, limit=limit, exact=True, filter=where))
             return [FacetValue(value=_plain(h.value), count=int(h.count)) for h in response.hits]

@@ -16,7 +16,15 @@ from loguru import logger
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from app.adapters.qdrant_common import CLIENT, DISTANCES, INDEX_TYPES, QdrantDialect, count_facets, qdrant_filter
+from app.adapters.qdrant_common import (
+    CLIENT,
+    DISTANCES,
+    INDEX_TYPES,
+    QdrantDialect,
+    count_facets,
+    document_points,
+    qdrant_filter,
+)
 from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
@@ -124,6 +132,12 @@ class QdrantServerStore:
         async with self._guard(name):
             await self.client.delete(name, points_selector=selector, wait=True)
 
+    async def set_sparse_vectors(self, name: str, vectors: Sequence[tuple[str, SparseVector]]) -> None:
+        updates = [models.PointVectors(id=point_uuid(pid), vector={SPARSE_VECTOR: _client_sparse(v)}) for pid, v in vectors]
+        async with self._guard(name):
+            for start in range(0, len(updates), _UPSERT_BATCH):
+                await self.client.update_vectors(name, points=updates[start : start + _UPSERT_BATCH], wait=True)
+
     async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
         if not doc_ids:
             return
@@ -181,7 +195,7 @@ class QdrantServerStore:
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
 
     async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
-        where = server_filter(filter) if filter is not None else None
+        where = document_points(filter, SERVER_DIALECT)
         try:
             async with self._guard(name):
                 response = await self.client.facet(name, key, facet_filter=where, limit=limit, exact=True)

@@ -142,7 +142,7 @@ class _Parser:
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
     def field(self, field: Any, ops: Any, where: str) -> list[FilterNode]:
-        _check_field(field, where)
+        check_field(field, where)
         if not isinstance(ops, Mapping):
             raise BadInput(f"{where}: expected an object of operators, got {_json_type(ops)}")
         if not ops:
@@ -176,7 +176,8 @@ class _Parser:
         return out
 
 
-def _check_field(field: Any, where: str) -> None:
+def check_field(field: Any, where: str) -> None:
+    """BadInput unless `field` is a metadata path the filter language (and facets) can address."""
     if not isinstance(field, str) or not field:
         raise BadInput(f"{where}: empty field name")
     if len(field) > MAX_FIELD_CHARS:
@@ -273,7 +274,7 @@ def parse_indexed_field(spec: str) -> IndexedField:
     """`topic`, `price:float`, `author.name:keyword`, ...; BadInput when malformed."""
     where = f"indexedFields[{spec[:64]!r}]"
     field, _, kind = spec.partition(":")
-    _check_field(field, where)
+    check_field(field, where)
     kind = kind or "keyword"
     if kind not in INDEX_TYPES:
         raise BadInput(f"{where}: unknown index type {kind!r}; expected one of {', '.join(INDEX_TYPES)}")
