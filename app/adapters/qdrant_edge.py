@@ -176,9 +176,9 @@ class QdrantEdgeStore:
         if query.mode is SearchMode.HYBRID:
             prefetches = [
                 qe.Prefetch(limit=query.prefetch, query=dense, filter=where, params=exact),
-                qe.Prefetch(limit=query.prefetch, query=sparse, filter=where),
+                qe.Prefetch(limit=query.prefetch, query=sparse, filter=where, score_threshold=query.keyword_min_score),
             ]
-            ranking: Any = qe.Fusion.Rrf(k=RRF_K) if query.fusion is Fusion.RRF else qe.Fusion.Dbsf()
+            ranking: Any = qe.Fusion.Rrf(k=RRF_K, weights=[1.0, query.keyword_weight]) if query.fusion is Fusion.RRF else qe.Fusion.Dbsf()
         else:
             ranking = dense if query.mode is SearchMode.SEMANTIC else sparse
         request = qe.QueryRequest(

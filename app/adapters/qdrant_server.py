@@ -168,10 +168,16 @@ class QdrantServerStore:
         if query.mode is SearchMode.HYBRID:
             prefetch = [
                 models.Prefetch(query=dense, limit=query.prefetch, filter=where),
-                models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=query.prefetch, filter=where),
+                models.Prefetch(
+                    query=sparse,
+                    using=SPARSE_VECTOR,
+                    limit=query.prefetch,
+                    filter=where,
+                    score_threshold=query.keyword_min_score,
+                ),
             ]
             ranking: Any = (
-                models.RrfQuery(rrf=models.Rrf(k=RRF_K))
+                models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=[1.0, query.keyword_weight]))
                 if query.fusion is Fusion.RRF
                 else models.FusionQuery(fusion=models.Fusion.DBSF)
             )

@@ -11,6 +11,7 @@ Filters (app.domain.filters) address metadata keys through payload_key().
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import uuid
 from dataclasses import dataclass, field
@@ -84,6 +85,8 @@ class StoreQuery:
     sparse: SparseVector | None = None
     fusion: Fusion = Fusion.RRF
     prefetch: int = 100
+    keyword_weight: float = 1.0  # RRF weight of the keyword ranking (the dense one weighs 1.0)
+    keyword_min_score: float | None = None  # HYBRID: keyword candidates below this BM25 score are not fused
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def checked_query(vector: Sequence[float] | None, query: StoreQuery | None) -> S
     if query is None:
         query = StoreQuery(dense=vector)
     elif vector is not None and query.dense is None:
-        query = StoreQuery(query.mode, vector, query.sparse, query.fusion, query.prefetch)
+        query = dataclasses.replace(query, dense=vector)
     if query.mode in (SearchMode.SEMANTIC, SearchMode.HYBRID) and query.dense is None:
         raise BadInput(f"{query.mode.value} search needs a dense vector")
     if query.mode in (SearchMode.KEYWORD, SearchMode.HYBRID) and query.sparse is None:

@@ -8,6 +8,7 @@ returned once, with its best chunk, so limit/offset count documents.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -19,7 +20,17 @@ from prometheus_client import Histogram
 from app.adapters.bm25 import bm25
 from app.domain.embedding import EmbedKind
 from app.domain.filters import FilterNode, check_field, parse_filter
-from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, FacetValue, Fusion, SearchMode, StoreQuery, VectorHit, payload_key
+from app.domain.vectors import (
+    CHUNK_KEY,
+    DOC_ID_KEY,
+    FacetValue,
+    Fusion,
+    SearchMode,
+    SparseVector,
+    StoreQuery,
+    VectorHit,
+    payload_key,
+)
 from app.errors import BadInput, ModelUnavailable
 from app.services.collections import bound_model
 from app.settings import Settings
@@ -34,6 +45,8 @@ SEARCH_SECONDS = Histogram(
 MIN_PREFETCH = 100  # candidates per side before a HYBRID fusion
 CHUNK_FETCH_FACTOR = 4  # chunk points fetched per wanted document, grown until enough documents
 MAX_CHUNK_FETCH = 10_000
+KEYWORD_WEIGHT_POWER = 6  # see SearchService._keyword_trust
+KEYWORD_SCORE_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,9 @@ class SearchService:
         store_query = StoreQuery(
             mode=mode, dense=dense, sparse=sparse, fusion=fusion, prefetch=max(MIN_PREFETCH, 2 * (offset + limit))
         )
+        if mode is SearchMode.HYBRID and fusion is Fusion.RRF:
+            weight, min_score = await self._keyword_trust(row, sparse, parsed_filter)
+            store_query = dataclasses.replace(store_query, keyword_weight=weight, keyword_min_score=min_score)
         found = await self._ranked(row, store_query, limit, offset, parsed_filter, score_threshold)
         hits = await self._live_hits(row.name, found, mode)
         label = "vector" if vector is not None else {"SEMANTIC": "query"}.get(mode.value, mode.value.lower())
@@ -151,7 +167,7 @@ class SearchService:
         wanted = offset + limit
         fetch = min(MAX_CHUNK_FETCH, wanted * CHUNK_FETCH_FACTOR)
         while True:
-            wide = StoreQuery(query.mode, query.dense, query.sparse, query.fusion, max(query.prefetch, fetch))
+            wide = dataclasses.replace(query, prefetch=max(query.prefetch, fetch))
             found = await self.store.search(
                 row.name, None, limit=fetch, filter=filter, score_threshold=score_threshold, query=wide
             )
@@ -161,6 +177,34 @@ class SearchService:
             if len(best) >= wanted or len(found) < fetch or fetch >= MAX_CHUNK_FETCH:
                 return list(best.values())[offset:wanted]
             fetch = min(MAX_CHUNK_FETCH, fetch * CHUNK_FETCH_FACTOR)
+
+    async def _keyword_trust(
+        self, row: Any, sparse: SparseVector | None, filter: FilterNode | None
+    ) -> tuple[float, float | None]:
+        """How far HYBRID's RRF trusts the keyword ranking for this query: (weight, least score).
+
+        Rank fusion alone cannot tell a part code found whole from a question whose words merely
+        brush a text: it never sees how good a match was. So the best keyword match is looked at
+        first. Its coverage (the share of the query's terms it contains) sets the weight; Qdrant's
+        weighted RRF stretches ranks (rank r counts as r / weight), hence the power: a query found
+        whole weighs as much as meaning (1.0), two of five terms almost nothing (0.004). And only
+        keyword candidates scoring at least KEYWORD_SCORE_SHARE of the best are fused, so a
+        text sharing the first name but not the surname of "Alice Okonkwo" does not compete.
+        """
+        if sparse is None or not sparse.indices:
+            return 0.0, None
+        top = await self.store.search(
+            row.name, None, limit=1, filter=filter, query=StoreQuery(SearchMode.KEYWORD, sparse=sparse)
+        )
+        if not top:
+            return 0.0, None
+        doc = (await self.repo.get_documents(row.name, [str(top[0].payload.get(DOC_ID_KEY))]))[0]
+        if doc is None:
+            return 0.0, None
+        chunk = _chunk(top[0].payload.get(CHUNK_KEY), doc.text)
+        terms = set(bm25().query(chunk.text if chunk else doc.text).indices)
+        coverage = len(terms.intersection(sparse.indices)) / len(set(sparse.indices))
+        return coverage**KEYWORD_WEIGHT_POWER, top[0].score * KEYWORD_SCORE_SHARE
 
     def _check_keyword_index(self, row: Any) -> None:
         if row.keyword_index == "ready":
