@@ -3,7 +3,8 @@
     .venv/bin/python bench/retrieval.py [--docs 2000] [--long-docs 150] [--queries 60]
 
 Starts `python -m app serve` (fresh PostgreSQL database, unique Redis key prefix, Qdrant Edge)
-and ingests, in calls of 250 documents by one client:
+and ingests, in calls of 250 documents by one client, the calls to the two collections of one
+shape alternating (a noisy neighbour then slows both alike):
 
 - short sentences into a dense-only collection (`keywordIndex: false`): the baseline,
 - as many other short sentences into a collection with the keyword index (the default),
@@ -20,7 +21,6 @@ against the baseline of the same shape (short or long) measured in this run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,17 +82,22 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def ingest(conn: Any, name: str, shape: str, docs: list[dict[str, Any]]) -> IngestRow:
-    points = 0
-    started = time.perf_counter()
-    for i in range(0, len(docs), CALL_DOCS):
-        result = (await conn.post(graphql_body(INGEST, {"n": name, "d": docs[i : i + CALL_DOCS]})))["ingest"]
-        if result["failed"]:
-            raise RuntimeError(f"ingest into {name} failed for {result['failed']} documents")
-        points += result["chunks"]
-    row = IngestRow(name, shape, len(docs), points, time.perf_counter() - started)
-    print(f"  ingest {name}: {row.per_second:.1f} docs/s, {points} points", flush=True)
-    return row
+async def ingest_interleaved(conn: Any, shape: str, plan: list[tuple[str, list[dict[str, Any]]]]) -> list[IngestRow]:
+    """Calls to the collections of one shape alternate, so a noisy neighbour slows them alike."""
+    rows = [IngestRow(name, shape, len(docs), 0, 0.0) for name, docs in plan]
+    for i in range(0, max(len(docs) for _, docs in plan), CALL_DOCS):
+        for row, (name, docs) in zip(rows, plan):
+            if i >= len(docs):
+                continue
+            started = time.perf_counter()
+            result = (await conn.post(graphql_body(INGEST, {"n": name, "d": docs[i : i + CALL_DOCS]})))["ingest"]
+            row.seconds += time.perf_counter() - started
+            if result["failed"]:
+                raise RuntimeError(f"ingest into {name} failed for {result['failed']} documents")
+            row.points += result["chunks"]
+    for row in rows:
+        print(f"  ingest {row.name}: {row.per_second:.1f} docs/s, {row.points} points", flush=True)
+    return rows
 
 
 async def search(conn: Any, name: str, shape: str, mode: str, fusion: str, queries: list[str]) -> SearchRow:
@@ -146,10 +151,12 @@ async def main() -> None:
     print(f"machine: {machine_summary()}")
     async with bench_server() as server:
         conn = Connection(server.url, timeout=600)
-        ingest_rows = []
-        for name, shape, keyword_index, chunking, docs in plan:
+        for name, _, keyword_index, chunking, _ in plan:
             await conn.post(graphql_body(CREATE, {"n": name, "k": keyword_index, "c": chunking}))
-            ingest_rows.append(await ingest(conn, name, shape, docs))
+        ingest_rows = []
+        for shape in ("short", "long"):
+            pairs = [(name, docs) for name, row_shape, _, _, docs in plan if row_shape == shape]
+            ingest_rows.extend(await ingest_interleaved(conn, shape, pairs))
         search_rows = []
         for index, (name, mode, fusion) in enumerate(searches):
             shape = next(r.shape for r in ingest_rows if r.name == name)
