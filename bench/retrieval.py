@@ -85,8 +85,9 @@ def parse_args() -> argparse.Namespace:
 async def ingest_interleaved(conn: Any, shape: str, plan: list[tuple[str, list[dict[str, Any]]]]) -> list[IngestRow]:
     """Calls to the collections of one shape alternate, so a noisy neighbour slows them alike."""
     rows = [IngestRow(name, shape, len(docs), 0, 0.0) for name, docs in plan]
-    for i in range(0, max(len(docs) for _, docs in plan), CALL_DOCS):
-        for row, (name, docs) in zip(rows, plan):
+    for turn, i in enumerate(range(0, max(len(docs) for _, docs in plan), CALL_DOCS)):
+        order = list(zip(rows, plan))
+        for row, (name, docs) in order if turn % 2 == 0 else order[::-1]:  # who goes first alternates too
             if i >= len(docs):
                 continue
             started = time.perf_counter()
