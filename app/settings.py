@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Annotated, Literal
+from typing import Annotated
 
 from platformdirs import user_data_dir
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator

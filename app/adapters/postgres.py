@@ -23,6 +23,7 @@ from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
 from app.urls import asyncpg_dsn
 
 DocumentStatus = Literal["pending", "indexed", "deleting"]
+KeywordIndexState = Literal["none", "building", "ready"]
 UpsertStatus = Literal["inserted", "updated", "unchanged"]
 
 # Errors that mean "the database cannot be reached or is going away", not "the query is wrong".
@@ -49,6 +50,15 @@ class CollectionRow:
     distance: str
     indexed_fields: tuple[str, ...]
     created_at: datetime
+    keyword_index: KeywordIndexState = "none"
+    keyword_cursor: str | None = None  # while building: the last document id backfilled
+    chunk_max_tokens: int | None = None  # None: not chunked
+    chunk_overlap_tokens: int = 0
+
+    @property
+    def has_keywords(self) -> bool:
+        """Points written now get a sparse vector (the index exists, ready or being built)."""
+        return self.keyword_index != "none"
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,10 @@ def _collection(record: asyncpg.Record) -> CollectionRow:
         distance=record["distance"],
         indexed_fields=tuple(record["indexed_fields"]),
         created_at=record["created_at"],
+        keyword_index=record["keyword_index"],
+        keyword_cursor=record["keyword_cursor"],
+        chunk_max_tokens=record["chunk_max_tokens"],
+        chunk_overlap_tokens=record["chunk_overlap_tokens"],
     )
 
 
@@ -193,16 +207,21 @@ class PostgresRepo:
         dimensions: int,
         distance: str,
         indexed_fields: Sequence[str] = (),
+        keyword_index: bool = False,
+        chunk_max_tokens: int | None = None,
+        chunk_overlap_tokens: int = 0,
     ) -> CollectionRow:
         async with self._connection() as conn:
             try:
                 record = await conn.fetchrow(
                     """
-                    INSERT INTO collections (name, model, model_revision, dimensions, distance, indexed_fields)
-                    VALUES ($1, $2, $3, $4, $5, $6)
+                    INSERT INTO collections (name, model, model_revision, dimensions, distance, indexed_fields,
+                                             keyword_index, chunk_max_tokens, chunk_overlap_tokens)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                     RETURNING *
                     """,
                     name, model, model_revision, dimensions, distance, list(indexed_fields),
+                    "ready" if keyword_index else "none", chunk_max_tokens, chunk_overlap_tokens,
                 )  # fmt: skip
             except asyncpg.UniqueViolationError:
                 raise Conflict(f"collection {name!r} already exists", collection=name) from None
@@ -231,6 +250,38 @@ class PostgresRepo:
         """Delete the collection and (cascade) its documents; False when it did not exist."""
         async with self._connection() as conn:
             return _affected(await conn.execute("DELETE FROM collections WHERE name = $1", name)) > 0
+
+    async def collections_building_keywords(self) -> list[CollectionRow]:
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT * FROM collections WHERE keyword_index = 'building' ORDER BY name")
+        return [_collection(r) for r in records]
+
+    async def set_keyword_progress(self, name: str, cursor: str | None, done: bool) -> None:
+        """Record the keyword backfill's position; done: the index is ready."""
+        async with self._connection() as conn:
+            await conn.execute(
+                """
+                UPDATE collections SET keyword_cursor = $2,
+                    keyword_index = CASE WHEN $3 THEN 'ready' ELSE keyword_index END
+                WHERE name = $1 AND keyword_index = 'building'
+                """,
+                name, None if done else cursor, done,
+            )  # fmt: skip
+
+    async def keyword_progress(self, name: str) -> tuple[int, int]:
+        """(documents backfilled, documents) of a collection whose keyword index is being built."""
+        async with self._connection() as conn:
+            record = await conn.fetchrow(
+                """
+                SELECT count(*) FILTER (WHERE c.keyword_cursor IS NOT NULL AND d.id <= c.keyword_cursor) AS done,
+                       count(d.id) AS total
+                FROM collections c LEFT JOIN documents d ON d.collection = c.name AND d.status <> 'deleting'
+                WHERE c.name = $1
+                GROUP BY c.name
+                """,
+                name,
+            )
+        return (int(record["done"]), int(record["total"])) if record else (0, 0)
 
     async def count_documents(self, name: str, status: DocumentStatus | None = None) -> int:
         """Documents of a collection with `status`; without one, those not being deleted."""

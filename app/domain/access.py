@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from app.domain.filters import And, FilterNode, matches, parse_filter
+from app.domain.filter_matcher import matches
+from app.domain.filters import And, FilterNode, parse_filter
 from app.errors import Forbidden, Unauthenticated
 
 

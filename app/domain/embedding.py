@@ -29,6 +29,11 @@ class EmbeddingBackend(Protocol):
         """Tokens per text (before truncation), used for token budgets and length sorting."""
         ...
 
+    def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        """Character offsets of each text's tokens (special tokens excluded), and how many special
+        tokens the model adds to every text: what chunking and truncation warnings count."""
+        ...
+
     def close(self) -> None: ...
 
 

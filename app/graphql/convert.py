@@ -32,7 +32,29 @@ def collection_to_gql(row: Any) -> t.Collection:
         distance=t.Distance(row.distance),
         indexed_fields=list(row.indexed_fields),
         created_at=row.created_at,
+        keyword_index=row.keyword_index != "none",
+        chunking=t.Chunking(max_tokens=row.chunk_max_tokens, overlap_tokens=row.chunk_overlap_tokens)
+        if row.chunk_max_tokens
+        else None,
+        row=row,
     )
+
+
+def hit_to_gql(hit: Any, collection: str) -> t.SearchHit:
+    chunk = hit.chunk
+    return t.SearchHit(
+        id=strawberry.ID(hit.id),
+        score=hit.score,
+        text=hit.text,
+        metadata=hit.metadata,
+        collection_name=collection,
+        mode=hit.mode,
+        chunk=t.Chunk(index=chunk.index, text=chunk.text, start=chunk.start, end=chunk.end) if chunk else None,
+    )
+
+
+def ingest_error_to_gql(e: Any) -> t.IngestError:
+    return t.IngestError(index=e.index, id=None if e.id is None else strawberry.ID(e.id), code=e.code, message=e.message)
 
 
 def model_to_gql(status: ModelStatus, default_name: str | None, replicas: list[ModelStatus]) -> t.Model:

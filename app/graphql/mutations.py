@@ -8,7 +8,8 @@ import strawberry
 
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import api_key_to_gql, collection_to_gql, model_to_gql
+from app.domain.chunking import Chunking
+from app.graphql.convert import api_key_to_gql, collection_to_gql, ingest_error_to_gql, model_to_gql
 from app.services.keys import KeyRequest
 
 Info = strawberry.Info[Context, None]
@@ -24,12 +25,16 @@ class Mutation:
         model: Optional[str] = None,
         distance: Optional[t.Distance] = t.Distance.COSINE,
         indexed_fields: Optional[list[str]] = None,
+        chunking: Optional[t.ChunkingInput] = None,
+        keyword_index: Optional[bool] = True,
     ) -> t.Collection:
         row = await info.context.services.collections.create(
             name,
             model=model,
             distance=(distance or t.Distance.COSINE).value,
             indexed_fields=indexed_fields or [],
+            keyword_index=keyword_index is not False,
+            chunking=Chunking(chunking.max_tokens, chunking.overlap_tokens or 0) if chunking else None,
             principal=info.context.principal,
         )
         return collection_to_gql(row)
@@ -51,15 +56,9 @@ class Mutation:
             updated=report.updated,
             unchanged=report.unchanged,
             failed=report.failed,
-            errors=[
-                t.IngestError(
-                    index=e.index,
-                    id=None if e.id is None else strawberry.ID(e.id),
-                    code=e.code,
-                    message=e.message,
-                )
-                for e in report.errors
-            ],
+            errors=[ingest_error_to_gql(e) for e in report.errors],
+            chunks=report.chunks,
+            warnings=[ingest_error_to_gql(w) for w in report.warnings],
         )
 
     @strawberry.mutation(description="How many documents were removed.")

@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 import strawberry
 
 from app import __version__
-from app.domain.embedding import EmbedKind as DomainKind
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import api_key_to_gql, collection_to_gql, document_to_gql, model_to_gql
+from app.graphql.convert import api_key_to_gql, collection_to_gql, document_to_gql, hit_to_gql, model_to_gql
 from app.graphql.scalars import JSON
 
 Info = strawberry.Info[Context, None]
@@ -35,7 +34,7 @@ class Query:
         outcome = await info.context.services.embedder.embed(
             texts,
             model=model,
-            kind=DomainKind(kind.value),
+            kind=kind,
             normalize=normalize is not False,
             wait=wait,
             principal=info.context.principal,
@@ -49,7 +48,7 @@ class Query:
             ],
         )
 
-    @strawberry.field(description="Semantic search: exactly one of `query` or `vector`.")
+    @strawberry.field(description="Search: exactly one of `query` or `vector` (SEMANTIC only); KEYWORD and HYBRID need `query`.")
     async def search(
         self,
         info: Info,
@@ -60,6 +59,8 @@ class Query:
         offset: Optional[int] = 0,
         filter: Optional[JSON] = None,
         score_threshold: Optional[float] = None,
+        mode: Optional[t.SearchMode] = t.SearchMode.SEMANTIC,
+        fusion: Optional[t.Fusion] = t.Fusion.RRF,
     ) -> t.SearchResult:
         outcome = await info.context.services.search.search(
             collection,
@@ -69,6 +70,8 @@ class Query:
             offset=offset or 0,
             filter=filter,
             score_threshold=score_threshold,
+            mode=mode or t.SearchMode.SEMANTIC,
+            fusion=fusion or t.Fusion.RRF,
             principal=info.context.principal,
         )
         hits = []
@@ -76,18 +79,19 @@ class Query:
             # Prime the loader: the rows were already read to drop deleted documents.
             if getattr(hit, "row", None) is not None:
                 info.context.document_loader.prime((collection, hit.id), document_to_gql(hit.row))
-            hits.append(
-                t.SearchHit(
-                    id=strawberry.ID(hit.id),
-                    score=hit.score,
-                    text=hit.text,
-                    metadata=hit.metadata,
-                    collection_name=collection,
-                )
-            )
+            hits.append(hit_to_gql(hit, collection))
         return t.SearchResult(
             collection=outcome.collection, model=outcome.model, hits=hits, took_ms=outcome.took_ms
         )
+
+    @strawberry.field(description="Documents per value of a metadata field under the filter, most frequent first.")
+    async def facets(
+        self, info: Info, collection: str, field: str, filter: Optional[JSON] = None, limit: Optional[int] = 10
+    ) -> list[t.FacetCount]:
+        counts = await info.context.services.search.facets(
+            collection, field, filter=filter, limit=10 if limit is None else limit, principal=info.context.principal
+        )
+        return [t.FacetCount(value=c.value, count=c.count) for c in counts]
 
     @strawberry.field
     async def collections(self, info: Info) -> list[t.Collection]:

@@ -3,30 +3,57 @@
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import TYPE_CHECKING, Optional
 
 import strawberry
 
 from app.domain.access import Scope as DomainScope
 from app.domain.models import ModelState as DomainModelState
+from app.domain.embedding import EmbedKind as DomainEmbedKind
+from app.domain.vectors import Distance as DomainDistance
+from app.domain.vectors import Fusion as DomainFusion
+from app.domain.vectors import SearchMode as DomainSearchMode
 from app.graphql.scalars import JSON, Long
 
 if TYPE_CHECKING:
     from app.graphql.context import Context
 
 
-@strawberry.enum
-class EmbedKind(enum.Enum):
-    QUERY = "QUERY"
-    DOCUMENT = "DOCUMENT"
+# One definition per concept: the GraphQL enums are the domain's.
+EmbedKind = strawberry.enum(DomainEmbedKind, name="EmbedKind")
+Distance = strawberry.enum(DomainDistance, name="Distance")
+SearchMode = strawberry.enum(
+    DomainSearchMode,
+    name="SearchMode",
+    description="SEMANTIC: dense vectors; KEYWORD: BM25 over the document text; HYBRID: both, fused",
+)
+Fusion = strawberry.enum(DomainFusion, name="Fusion", description="How HYBRID fuses its two rankings")
 
 
-@strawberry.enum
-class Distance(enum.Enum):
-    COSINE = "cosine"
-    DOT = "dot"
-    EUCLID = "euclid"
+@strawberry.input(description="Chunks of at most maxTokens tokens of the collection's model")
+class ChunkingInput:
+    max_tokens: int
+    overlap_tokens: Optional[int] = 0
+
+
+@strawberry.type
+class Chunking:
+    max_tokens: int
+    overlap_tokens: int
+
+
+@strawberry.type(description="A chunk of a document: text == document.text[start:end]")
+class Chunk:
+    index: int
+    text: str
+    start: int
+    end: int
+
+
+@strawberry.type(description="Documents per value of a metadata field")
+class FacetCount:
+    value: JSON
+    count: Long
 
 
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
@@ -73,6 +100,8 @@ class SearchHit:
     text: str
     metadata: Optional[JSON]
     collection_name: strawberry.Private[str]
+    mode: SearchMode = strawberry.field(description="The ranking that scored this hit")
+    chunk: Optional[Chunk] = strawberry.field(default=None, description="The best-matching chunk; null when not chunked")
 
     @strawberry.field
     async def document(self, info: strawberry.Info["Context", None]) -> Document:
@@ -96,11 +125,18 @@ class Collection:
     distance: Distance
     indexed_fields: list[str]
     created_at: dt.datetime
+    keyword_index: bool = strawberry.field(description="BM25 vectors for KEYWORD and HYBRID search (maybe still being built)")
+    chunking: Optional[Chunking] = None
+    row: strawberry.Private[object] = None
 
     @strawberry.field
     async def document_count(self, info: strawberry.Info["Context", None]) -> Long:
         # Batched: one query for every collection of the response, through the services.
         return await info.context.count_loader.load(self.name)
+
+    @strawberry.field(description="Share of documents in the keyword index (1.0: ready; null: no keyword index)")
+    async def keyword_index_progress(self, info: strawberry.Info["Context", None]) -> Optional[float]:
+        return await info.context.services.collections.keyword_progress(self.row)
 
 
 @strawberry.type
@@ -119,6 +155,8 @@ class IngestResult:
     unchanged: int
     failed: int
     errors: list[IngestError]
+    chunks: int = strawberry.field(description="Vector points written: one per document, or one per chunk")
+    warnings: list[IngestError] = strawberry.field(description="Stored, but e.g. TRUNCATED (longer than the model's window)")
 
 
 @strawberry.type(description="A model's state on one replica of the cluster")

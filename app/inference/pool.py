@@ -124,6 +124,17 @@ class ModelPool:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
 
+    async def token_spans(self, name: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, int]:
+        """(token offsets per text, special tokens per text, max_seq_length) in the model's tokenizer."""
+        loaded = await self._acquire(name)
+        try:
+            backend = loaded.replicas[0].backend
+            spans, specials = await asyncio.to_thread(backend.token_spans, texts)
+            return spans, specials, backend.max_seq_length
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
     # -- internals -----------------------------------------------------------------------------
 
     def _lock(self, name: str) -> asyncio.Lock:

@@ -13,7 +13,9 @@ from typing import Any
 from loguru import logger
 
 from app.domain.access import INTERNAL, Principal, Scope
+from app.domain.chunking import Chunking, check_chunking
 from app.domain.filters import parse_indexed_field
+from app.domain.vectors import Distance
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.audit import audit
 from app.services.embedding import model_revision
@@ -22,7 +24,6 @@ from app.settings import Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_INDEXED_FIELDS = 32
-DISTANCES = ("cosine", "dot", "euclid")
 
 
 def validate_name(name: str) -> str:
@@ -36,8 +37,9 @@ def validate_name(name: str) -> str:
 
 def validate_distance(distance: str) -> str:
     value = str(getattr(distance, "value", distance)).lower()
-    if value not in DISTANCES:
-        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(DISTANCES)}", field="distance")
+    choices = [d.value for d in Distance]
+    if value not in choices:
+        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(choices)}", field="distance")
     return value
 
 
@@ -92,6 +94,8 @@ class CollectionService:
         model: str | None = None,
         distance: str = "cosine",
         indexed_fields: Sequence[str] | None = None,
+        keyword_index: bool = True,
+        chunking: Chunking | None = None,
         *,
         principal: Principal = INTERNAL,
     ) -> Any:
@@ -99,20 +103,35 @@ class CollectionService:
         principal.require(Scope.ADMIN, name)
         distance = validate_distance(distance)
         fields = validate_indexed_fields(indexed_fields)
+        if not isinstance(keyword_index, bool):
+            raise BadInput("keywordIndex must be true or false", field="keywordIndex")
         self.settings.model(model)  # NOT_FOUND for a model outside the catalog
         spec: ModelSpec = await self.models.ready_spec(model)
         if model and spec.name != model:
             # Binding a collection to a fallback would silently change what its vectors mean.
             raise ModelUnavailable(f"model {model!r} is not available (only {spec.name!r} is)", model=model)
 
+        if chunking is not None:
+            chunking = check_chunking(chunking.max_tokens, chunking.overlap_tokens, spec.max_seq_length)
+
         revision = model_revision(spec)
-        row = await self.repo.create_collection(name, spec.name, revision, spec.dimensions, distance, fields)
+        row = await self.repo.create_collection(
+            name,
+            spec.name,
+            revision,
+            spec.dimensions,
+            distance,
+            fields,
+            keyword_index=keyword_index,
+            chunk_max_tokens=chunking.max_tokens if chunking else None,
+            chunk_overlap_tokens=chunking.overlap_tokens if chunking else 0,
+        )
         try:
             # PostgreSQL had no such collection, so a store collection of that name is a leftover.
             if await self.store.collection_exists(name):
                 logger.warning("replacing orphaned vector collection {}", name)
                 await self.store.delete_collection(name)
-            await self.store.create_collection(name, spec.dimensions, distance, fields)
+            await self.store.create_collection(name, spec.dimensions, distance, fields, keyword_index=keyword_index)
         except BaseException as exc:  # cancellation included: nothing may half-exist
             await self._undo_create(name)
             if isinstance(exc, CitadelError) or not isinstance(exc, Exception):
@@ -151,6 +170,15 @@ class CollectionService:
         """The collections granted to the caller (others are not even named)."""
         principal.require(Scope.READ)
         return [row for row in await self.repo.list_collections() if principal.may_see(row.name)]
+
+    async def keyword_progress(self, row: Any) -> float | None:
+        """Share of documents with a keyword vector: None without a keyword index, 1.0 when ready."""
+        if row.keyword_index == "none":
+            return None
+        if row.keyword_index == "ready":
+            return 1.0
+        done, total = await self.repo.keyword_progress(row.name)
+        return done / total if total else 0.0
 
     async def document_count(self, name: str) -> int:
         """For the server itself; clients count through DocumentService (grants and tenants)."""

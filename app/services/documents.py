@@ -1,7 +1,7 @@
 """Reading stored documents as a caller may see them: one document, pages, and counts.
 
 Every read checks READ and the collection grant; a tenant-bound key sees only documents whose
-metadata matches its filter (app.domain.filters.matches, the same semantics as search).
+metadata matches its filter (app.domain.filter_matcher.matches, the same semantics as search).
 """
 
 from __future__ import annotations

@@ -103,6 +103,15 @@ class EmbeddingService:
             metrics.EMBED_REQUESTS.labels(label, outcome).inc()
             metrics.EMBED_DURATION.labels(label).observe(time.perf_counter() - started)
 
+    async def document_tokens(self, model: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        """Each text's token offsets in `model`'s tokenizer, and its window for document text: the
+        tokens of a document that are embedded (max_seq_length less special and prompt tokens)."""
+        spec = await self.models.ready_spec(model)
+        prompt = spec.document_prompt
+        spans, specials, max_length = await self.pool.token_spans(spec.name, [*texts, prompt] if prompt else list(texts))
+        prompt_tokens = len(spans.pop()) if prompt else 0
+        return spans, max(1, max_length - specials - prompt_tokens)
+
     async def _embed(
         self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool
     ) -> EmbedOutcome:

@@ -38,3 +38,8 @@ def derived_document_id(text: str, metadata: dict[str, Any] | None) -> str:
 
 def point_id(collection: str, document_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}/{document_id}"))
+
+
+def chunk_point_id(collection: str, document_id: str, chunk_index: int) -> str:
+    # NUL cannot occur in a document id (ingest refuses it), so no two (id, index) pairs collide.
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}/{document_id}\x00{chunk_index}"))

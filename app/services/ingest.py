@@ -15,15 +15,14 @@ from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
 from app.domain.access import INTERNAL, Principal, Scope
-from app.domain.embedding import EmbedKind
-from app.domain.filters import DOC_ID_KEY, METADATA_KEY
-from app.domain.vectors import VectorPoint
-from app.errors import BadInput, CitadelError, DependencyUnavailable, Forbidden, ModelUnavailable
+from app.errors import BadInput, CitadelError, DependencyUnavailable, Forbidden
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
+from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
 
 MAX_ID_CHARS = 256
+TRUNCATED = "TRUNCATED"  # warning code: a text longer than the model's window, embedded from its start
 
 INGESTED = Counter(
     "citadel_ingest_documents_total", "Documents per ingest outcome", ["outcome"]
@@ -49,6 +48,8 @@ class IngestReport:
     unchanged: int = 0
     failed: int = 0
     errors: list[IngestErrorItem] = field(default_factory=list)
+    chunks: int = 0  # vector points written: one per document, or one per chunk when chunked
+    warnings: list[IngestErrorItem] = field(default_factory=list)  # stored, but e.g. TRUNCATED
 
 
 @dataclass(frozen=True)
@@ -155,68 +156,6 @@ def _printable_id(value: Any) -> str | None:
     return value[:MAX_ID_CHARS] if isinstance(value, str) else None
 
 
-# -- indexing (shared with the reconciler) ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToIndex:
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    content_hash: str
-
-
-def embed_chunk_size(settings: Settings) -> int:
-    """Texts per embed call: the ingest setting, within what one embed request may carry."""
-    return max(1, min(settings.ingest.chunk_size, settings.limits.max_texts_per_request))
-
-
-def chunks(docs: Sequence[ToIndex], max_docs: int, max_chars: int) -> list[Sequence[ToIndex]]:
-    """Consecutive slices of at most max_docs documents and (unless one text alone is larger)
-    max_chars characters, the two limits of one embed request."""
-    out: list[Sequence[ToIndex]] = []
-    start, chars = 0, 0
-    for i, doc in enumerate(docs):
-        if i > start and (i - start >= max_docs or chars + len(doc.text) > max_chars):
-            out.append(docs[start:i])
-            start, chars = i, 0
-        chars += len(doc.text)
-    if start < len(docs):
-        out.append(docs[start:])
-    return out
-
-
-async def index_documents(
-    embedder: Any, store: Any, repo: Any, collection: Any, docs: Sequence[ToIndex], settings: Settings
-) -> int:
-    """Embed, upsert and mark indexed, chunk by chunk, so finished chunks stay finished."""
-    done = 0
-    for chunk in chunks(docs, embed_chunk_size(settings), settings.limits.max_request_chars):
-        outcome = await embedder.embed(
-            [d.text for d in chunk], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
-        )
-        if outcome.model != collection.model or int(outcome.dimensions) != int(collection.dimensions):
-            # Never store vectors of another model in a collection.
-            raise ModelUnavailable(
-                f"model {collection.model!r} of collection {collection.name!r} answered as "
-                f"{outcome.model!r} ({outcome.dimensions} dims)",
-                model=collection.model,
-            )
-        points = [
-            VectorPoint(
-                id=point_id(collection.name, d.id),
-                vector=vector,
-                payload={DOC_ID_KEY: d.id, METADATA_KEY: d.metadata},
-            )
-            for d, vector in zip(chunk, outcome.vectors)
-        ]
-        await store.upsert(collection.name, points)
-        # With the hashes, a row rewritten meanwhile stays pending for its new text.
-        await repo.mark_indexed(collection.name, [d.id for d in chunk], [d.content_hash for d in chunk])
-        done += len(chunk)
-    return done
-
-
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -264,10 +203,10 @@ class IngestService:
             INGESTED.labels(outcome.status).inc()
             # Includes an unchanged row still pending because an earlier call failed.
             if outcome.pending:
-                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash))
+                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash, doc.index))
 
         try:
-            await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
+            indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
         except Exception as exc:
             INDEX_FAILURES.inc()
             logger.warning("ingest into {}: {} documents saved, indexing failed: {!r}", row.name, len(writes), exc)
@@ -279,6 +218,17 @@ class IngestService:
                 collection=row.name,
                 saved=len(writes),
             ) from exc
+        report.chunks = indexed.points
+        report.warnings = [
+            IngestErrorItem(
+                t.doc.index if t.doc.index is not None else -1,
+                t.doc.id,
+                TRUNCATED,
+                f"text has {t.tokens} tokens; model {row.model!r} embeds the first {t.window} only, the rest "
+                "is not searchable by meaning (create the collection with chunking to index all of it)",
+            )
+            for t in indexed.truncated
+        ]
         return report
 
     async def _tenant_documents(
@@ -314,7 +264,7 @@ class IngestService:
         # if the vector side fails now.
         await self.repo.mark_deleting(row.name, unique)
         try:
-            await self.store.delete(row.name, [point_id(row.name, i) for i in unique])
+            await remove_points(self.store, row, unique)
         except Exception as exc:
             logger.warning("delete from {}: vector store failed: {!r}", row.name, exc)
             raise DependencyUnavailable(

@@ -55,6 +55,7 @@ def _fresh() -> str:
 ROOT_FIELDS = [
     ("embed", "READ", None, '{ embed(texts: ["hi"]) { dimensions } }', {}),
     ("search", "READ", OTHER, '{ search(collection: "%s", query: "invoices") { hits { id } } }' % OTHER, {}),
+    ("facets", "READ", OTHER, '{ facets(collection: "%s", field: "tenant") { value count } }' % OTHER, {}),
     ("collection", "READ", OTHER, '{ collection(name: "%s") { name documentCount } }' % OTHER, {}),
     ("document", "READ", OTHER, '{ document(collection: "%s", id: "a1") { id } }' % OTHER, {}),
     ("documents", "READ", OTHER, '{ documents(collection: "%s") { items { id } } }' % OTHER, {}),
@@ -148,6 +149,13 @@ def test_a_tenant_key_cannot_read_page_or_count_another_tenants_documents(access
     assert all(c["documentCount"] <= 3 for c in counted["collections"])  # acme's docs only, in every collection
     full = access_server.graphql('{ collection(name: "%s") { documentCount } }' % GRANTED, world["READ"])["data"]
     assert full["collection"]["documentCount"] >= 4
+    # Facets count the tenant's documents only, whatever filter the request sends.
+    facets = 'query($f: JSON) { facets(collection: "%s", field: "tenant", filter: $f) { value count } }' % GRANTED
+    for request_filter in (None, {"tenant": {"eq": "globex"}}, {"not": {"tenant": {"eq": "acme"}}}):
+        seen = access_server.graphql(facets, key, {"f": request_filter})["data"]["facets"]
+        assert {f["value"] for f in seen} <= {"acme"}, (request_filter, seen)
+    everyone = access_server.graphql(facets, world["READ"], {"f": None})["data"]["facets"]
+    assert {"acme", "globex"} <= {f["value"] for f in everyone}
 
 
 def test_a_tenant_key_writes_and_deletes_only_its_tenants_documents(access_server, world):

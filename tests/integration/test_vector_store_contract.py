@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from app.adapters.qdrant_edge import QdrantEdgeStore
 from app.adapters.qdrant_server import QdrantServerStore
-from app.domain.filters import matches, parse_filter
+from app.domain.filters import parse_filter
 from app.domain.vectors import VectorPoint
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
+from app.domain.filter_matcher import matches
 from tests.support.vectors import (
     EXACT_KINDS,
     STORE_KINDS,

@@ -85,7 +85,10 @@ async def alembic_revision(url: str) -> str | None:
 
 
 EXPECTED_SCHEMA = {
-    "collections": {"name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at"},
+    "collections": {
+        "name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at",
+        "keyword_index", "keyword_cursor", "chunk_max_tokens", "chunk_overlap_tokens",
+    },
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
     },

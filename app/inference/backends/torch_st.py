@@ -58,6 +58,9 @@ class TorchSentenceTransformerBackend:
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self._counter.count(texts)
 
+    def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        return self._counter.spans(texts), self._counter.special_tokens
+
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
