@@ -36,6 +36,7 @@ from app.services.reconciler import Reconciler
 from app.services.replicas import ClusterView
 from app.services.schema_upgrader import SchemaUpgrader
 from app.services.search import SearchService
+from app.startup_checks import check_admin_reachable
 from app.settings import Settings
 from app.urls import mask_url
 
@@ -61,6 +62,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(pg_pool.close)
         repo = PostgresRepo(pg_pool)
         replica_store = PostgresReplicaStore(pg_pool)
+        keys_repo = ApiKeyRepo(pg_pool)
+        await check_admin_reachable(settings, keys_repo)  # before any background work starts
 
         if settings.embedded_redis:
             from app.adapters.embedded import EmbeddedRedis
@@ -113,7 +116,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         reconciler.start()
         stack.push_async_callback(reconciler.stop)
 
-        keys = KeyService(settings, ApiKeyRepo(pg_pool), redis)
+        keys = KeyService(settings, keys_repo, redis)
         revocations = RevocationListener(redis, keys, revocation_channel(settings))
         revocations.start()
         stack.push_async_callback(revocations.stop)

@@ -26,7 +26,7 @@ from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
 from app.settings import Settings
-from app.startup_checks import check_admin_reachable, warn_unsafe_settings
+from app.startup_checks import warn_unsafe_settings
 from app.web.auth import AuthClosingWebSocketAdapter, http_secret, ws_close_code, ws_secret
 from app.web.routes import dashboard_route, graphiql_html, static_routes
 
@@ -86,7 +86,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            await check_admin_reachable(settings, services)
             yield
 
     async def healthz(request: Request) -> JSONResponse:

@@ -33,14 +33,15 @@ def warn_unsafe_settings(settings: Settings) -> None:
         logger.info("API keys are required (CITADEL_AUTH__REQUIRED)")
 
 
-async def check_admin_reachable(settings: Settings, services: Any) -> None:
+async def check_admin_reachable(settings: Settings, keys_repo: Any) -> None:
     """On a non-loopback bind with keys required, someone must be able to act as ADMIN:
-    CITADEL_AUTH__ADMIN_KEY, or an ADMIN key already stored (`citadel keys create`)."""
+    CITADEL_AUTH__ADMIN_KEY, or an ADMIN key already stored (`citadel keys create`). Runs before
+    any background work starts, so a refusal has nothing to stop but the connections."""
     if not settings.auth_required or is_loopback(settings.server.host) or settings.auth.admin_key is not None:
         return
     try:
         async with asyncio.timeout(ADMIN_CHECK_SECONDS):
-            found = await _stored_admin(services)
+            found = await _stored_admin(keys_repo)
     except Exception as exc:  # PostgreSQL away: the server degrades rather than refusing
         logger.warning("could not check for a stored ADMIN key ({!r}); starting anyway", exc)
         return
@@ -54,11 +55,11 @@ async def check_admin_reachable(settings: Settings, services: Any) -> None:
         raise StartupRefused(message)
 
 
-async def _stored_admin(services: Any) -> bool:
+async def _stored_admin(keys_repo: Any) -> bool:
     # Migrations may still be running in the background: give them a moment.
     while True:
         try:
-            return await services.keys.repo.has_active_admin()
+            return await keys_repo.has_active_admin()
         except Exception as exc:
             if "api_keys" not in str(exc):
                 raise
