@@ -11,6 +11,7 @@ from strawberry.extensions.query_depth_limiter import create_validator as max_de
 from strawberry.schema.config import StrawberryConfig
 
 from app.graphql.errors import PublicErrors, public_error
+from app.graphql.execution import CitadelExecutionContext
 from app.graphql.limits import TotalTextsLimit
 from app.graphql.mutations import Mutation
 from app.graphql.queries import Query
@@ -55,13 +56,14 @@ def safety_extensions(limits: LimitSettings) -> list[Any]:
     ]
 
 
-def build_schema(limits: LimitSettings | None = None) -> strawberry.Schema:
+def build_schema(limits: LimitSettings | None = None, execution_context_class: type | None = None) -> strawberry.Schema:
     return CitadelSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         extensions=safety_extensions(limits or LimitSettings()),
+        execution_context_class=execution_context_class or CitadelExecutionContext,
     )
 
 
