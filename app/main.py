@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -10,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+import strawberry.http.async_base_view as strawberry_http_view
 from strawberry.asgi import GraphQL
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
@@ -20,7 +23,14 @@ from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
 from app.settings import Settings
+from app.web import json_codec
+from app.web.json_codec import FastJSONResponse
 from app.web.routes import dashboard_route, graphiql_html, static_routes
+
+
+# Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
+# embed); clients send the same one or two values, so remember the last few answers.
+strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
 class CitadelGraphQL(GraphQL):
@@ -29,6 +39,13 @@ class CitadelGraphQL(GraphQL):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(request.url.path))
+
+    def encode_json(self, data: object) -> str:
+        # A str, not bytes: the WebSocket transport sends bytes as binary frames.
+        return json_codec.dumps_str(data)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return json_codec.loads(data)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -46,10 +63,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            # Everything loaded so far (models, libraries) lives as long as the process: keep it
+            # out of the collector's generations so collections under load stay cheap.
+            gc.collect()
+            gc.freeze()
             yield
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return FastJSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
@@ -67,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ],
             "models": [_model_json(s) for s in models.statuses()],
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return FastJSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")

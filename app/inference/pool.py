@@ -169,7 +169,7 @@ class ModelPool:
                     max_batch_size=inference.max_batch_size,
                     max_batch_tokens=inference.max_batch_tokens,
                     max_wait_ms=inference.max_wait_ms,
-                    max_queue=inference.max_queue,  # the model-wide bound is checked in _admit
+                    max_queue=inference.max_queue,  # admission is _admit's; the batcher only bounds leftovers
                     model_name=name,
                 )
                 replicas.append(_Replica(backend, batcher))
