@@ -25,6 +25,7 @@ from app.services.container import Services
 from app.settings import Settings
 from app.web import json_codec
 from app.web.json_codec import FastJSONResponse
+from app.web.openai_api import openai_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
 
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *openai_routes(),
         dashboard_route(),
         *static_routes(),
     ]

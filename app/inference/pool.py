@@ -103,13 +103,16 @@ class ModelPool:
 
     # -- inference -----------------------------------------------------------------------------
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
+    async def encode(
+        self, name: str, texts: Sequence[str], normalize: bool, token_counts: Sequence[int] | None = None
+    ) -> np.ndarray:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
-        settings.inference.truncate is False (extensions carry the offending index)."""
+        settings.inference.truncate is False (extensions carry the offending index).
+        token_counts: what token_counts() said of these texts, so they are not counted twice."""
         loaded = await self._acquire(name)
         try:
             backend = loaded.replicas[0].backend
-            counts = await self._token_counts(backend, texts)
+            counts = list(token_counts) if token_counts is not None else await self._token_counts(backend, texts)
             if not self.settings.inference.truncate:
                 for index, count in enumerate(counts):
                     if count > backend.max_seq_length:
@@ -123,6 +126,15 @@ class ModelPool:
             self._admit(loaded, len(texts))
             replica = self._least_loaded(loaded)
             return await replica.batcher.submit(texts, counts, normalize)
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
+    async def token_counts(self, name: str, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as the model sees it, special tokens included, before truncation."""
+        loaded = await self._acquire(name)
+        try:
+            return await self._token_counts(loaded.replicas[0].backend, texts)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()

@@ -25,7 +25,7 @@ class FakePool:
         self.calls: list[list[str]] = []
         self.error: Exception | None = None
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
+    async def encode(self, name: str, texts: Sequence[str], normalize: bool, token_counts=None) -> np.ndarray:
         self.calls.append(list(texts))
         if self.error:
             raise self.error
