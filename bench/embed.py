@@ -22,10 +22,15 @@ idles; each scenario's ratio uses those two, so a noisy neighbour skews both sid
 
 from __future__ import annotations
 
+import os
+
+# The ceiling runs torch under the same OpenMP wait policy as the server (app/inference sets it):
+# busy-waiting threads collapse on a shared machine and would make the ceiling, not the server, slow.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
