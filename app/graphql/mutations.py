@@ -36,7 +36,13 @@ class Mutation:
     @strawberry.mutation
     async def ingest(self, info: Info, collection: str, documents: list[t.DocumentInput]) -> t.IngestResult:
         payload = [
-            {"id": None if d.id is None else str(d.id), "text": d.text, "metadata": d.metadata}
+            {
+                "id": None if d.id is None else str(d.id),
+                "text": d.text,
+                "metadata": d.metadata,
+                "vector": d.vector,
+                "vector_base64": d.vector_base64,
+            }
             for d in documents
         ]
         report = await info.context.services.ingest.ingest(collection, payload)

@@ -38,6 +38,12 @@ class DocumentInput:
     id: Optional[strawberry.ID] = None
     text: str
     metadata: Optional[JSON] = None
+    vector: Optional[list[float]] = strawberry.field(
+        default=None, description="The document's own embedding (the collection's dimensions); the text is then not embedded"
+    )
+    vector_base64: Optional[str] = strawberry.field(
+        default=None, description="The same as `vector`, as little-endian float32 bytes in base64 (compact for bulk loads)"
+    )
 
 
 @strawberry.type

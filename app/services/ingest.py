@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import base64
+import binascii
+import math
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from prometheus_client import Counter
 
@@ -57,15 +61,17 @@ class ValidDocument:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    vector: bytes | None = None  # little-endian float32: the client's own embedding
 
 
 # -- validation (pure) ------------------------------------------------------------------------
 
 
 def validate_documents(
-    settings: Settings, documents: Sequence[Any]
+    settings: Settings, documents: Sequence[Any], dimensions: int | None = None
 ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
-    """Split a call's documents into valid ones and per-document errors; BadInput for the call."""
+    """Split a call's documents into valid ones and per-document errors; BadInput for the call.
+    dimensions: the collection's, which a document's own vector must have."""
     limit = settings.limits.max_documents_per_ingest
     if not isinstance(documents, (list, tuple)):
         raise BadInput("documents must be a list")
@@ -77,7 +83,7 @@ def validate_documents(
     for index, raw in enumerate(documents):
         given_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            doc = _validate_one(settings, index, raw)
+            doc = _validate_one(settings, index, raw, dimensions)
         except BadInput as exc:
             errors.append(IngestErrorItem(index, _printable_id(given_id), exc.code, exc.message))
             continue
@@ -96,7 +102,7 @@ def validate_documents(
     return valid, errors
 
 
-def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
+def _validate_one(settings: Settings, index: int, raw: Any, dimensions: int | None = None) -> ValidDocument:
     if not isinstance(raw, Mapping):
         raise BadInput("a document must be an object with text, and optionally id and metadata")
     text = raw.get("text")
@@ -136,7 +142,38 @@ def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
         if len(doc_id) > MAX_ID_CHARS:
             raise BadInput(f"id has {len(doc_id)} characters; at most {MAX_ID_CHARS}")
         _check_storable(doc_id, "id")
-    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata))
+    vector = own_vector(raw.get("vector"), raw.get("vector_base64"), dimensions)
+    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata, vector), vector)
+
+
+def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | None:
+    """A document's own embedding (a list of floats, or little-endian float32 in base64) as
+    float32 bytes; None when it brings none."""
+    if values is None and encoded is None:
+        return None
+    if values is not None and encoded is not None:
+        raise BadInput("give vector or vectorBase64, not both")
+    if encoded is not None:
+        try:
+            raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if not raw or len(raw) % 4:
+            raise BadInput("vectorBase64 is not base64 of little-endian float32 values")
+        array = np.frombuffer(raw, dtype="<f4")
+    else:
+        if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise BadInput("vector must be a list of numbers")
+        array = np.asarray(values, dtype="<f4")
+    if dimensions is not None and array.shape != (dimensions,):
+        raise BadInput(f"vector has {array.size} dimensions; the collection's model has {dimensions}")
+    if not np.isfinite(array).all():
+        raise BadInput("vector contains NaN or infinity")
+    if not math.isfinite(float(np.linalg.norm(array.astype(np.float64)))) or not array.any():
+        raise BadInput("vector is all zeros or too large")  # no direction: cosine search could not use it
+    return array.tobytes()
 
 
 def _check_storable(value: str, what: str) -> None:
@@ -163,6 +200,7 @@ class ToIndex:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    vector: bytes | None = None  # the document's own embedding; None: embed the text
 
 
 def embed_chunk_size(settings: Settings) -> int:
@@ -191,8 +229,32 @@ async def index_documents(
     """Embed, upsert and mark indexed, chunk by chunk, so finished chunks stay finished."""
     done = 0
     for chunk in chunks(docs, embed_chunk_size(settings), settings.limits.max_request_chars):
+        vectors = await _chunk_vectors(embedder, collection, chunk)
+        points = [
+            VectorPoint(
+                id=point_id(collection.name, d.id),
+                vector=vector,
+                payload={DOC_ID_KEY: d.id, METADATA_KEY: d.metadata},
+            )
+            for d, vector in zip(chunk, vectors)
+        ]
+        await store.upsert(collection.name, points)
+        # With the hashes, a row rewritten meanwhile stays pending for its new text.
+        await repo.mark_indexed(collection.name, [d.id for d in chunk], [d.content_hash for d in chunk])
+        done += len(chunk)
+    return done
+
+
+async def _chunk_vectors(embedder: Any, collection: Any, chunk: Sequence[ToIndex]) -> np.ndarray:
+    """The chunk's vectors in order: documents' own as given, the rest embedded by the model."""
+    vectors = np.empty((len(chunk), int(collection.dimensions)), dtype=np.float32)
+    to_embed = [i for i, d in enumerate(chunk) if d.vector is None]
+    for i, d in enumerate(chunk):
+        if d.vector is not None:
+            vectors[i] = np.frombuffer(d.vector, dtype="<f4")
+    if to_embed:
         outcome = await embedder.embed(
-            [d.text for d in chunk], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
+            [chunk[i].text for i in to_embed], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
         )
         if outcome.model != collection.model or int(outcome.dimensions) != int(collection.dimensions):
             # Never store vectors of another model in a collection.
@@ -201,19 +263,8 @@ async def index_documents(
                 f"{outcome.model!r} ({outcome.dimensions} dims)",
                 model=collection.model,
             )
-        points = [
-            VectorPoint(
-                id=point_id(collection.name, d.id),
-                vector=vector,
-                payload={DOC_ID_KEY: d.id, METADATA_KEY: d.metadata},
-            )
-            for d, vector in zip(chunk, outcome.vectors)
-        ]
-        await store.upsert(collection.name, points)
-        # With the hashes, a row rewritten meanwhile stays pending for its new text.
-        await repo.mark_indexed(collection.name, [d.id for d in chunk], [d.content_hash for d in chunk])
-        done += len(chunk)
-    return done
+        vectors[to_embed] = outcome.vectors
+    return vectors
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -229,7 +280,7 @@ class IngestService:
 
     async def ingest(self, collection: str, documents: Sequence[Any]) -> IngestReport:
         row = await self.repo.require_collection(collection)
-        valid, errors = validate_documents(self.settings, documents)
+        valid, errors = validate_documents(self.settings, documents, int(row.dimensions))
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
 
@@ -245,6 +296,7 @@ class IngestService:
                 metadata=d.metadata,
                 content_hash=d.content_hash,
                 point_id=point_id(row.name, d.id),
+                vector=d.vector,
             )
             for d in valid
         ]
@@ -257,7 +309,7 @@ class IngestService:
             INGESTED.labels(outcome.status).inc()
             # Includes an unchanged row still pending because an earlier call failed.
             if outcome.pending:
-                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash))
+                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash, doc.vector))
 
         try:
             await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)

@@ -91,6 +91,7 @@ EXPECTED_SCHEMA = {
     "collections": {"name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at"},
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
+        "vector",
     },
     "model_status": {
         "name", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "last_error", "fallback_for",
