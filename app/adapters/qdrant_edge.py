@@ -34,6 +34,8 @@ from app.domain.filters import (
     payload_key,
 )
 from app.domain.vectors import (
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
     VectorHit,
     VectorPoint,
@@ -75,14 +77,32 @@ class QdrantEdgeStore:
     # -- collections ------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
+        self,
+        name: str,
+        dimensions: int,
+        distance: Distance,
+        indexed_fields: Sequence[str] = (),
+        layout: CollectionLayout | None = None,
     ) -> None:
         path = self._path(name)
         indexes = checked_collection(dimensions, distance, indexed_fields)
+        # One local shard: shard_number and the replication settings are a Qdrant server's.
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._registry_lock:
             if name in self._shards or path.exists():
                 raise Conflict(f"collection {name!r} already exists")
-            config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=dimensions, distance=_DISTANCES[distance]))
+            vectors = qe.EdgeVectorParams(
+                size=dimensions,
+                distance=_DISTANCES[distance],
+                on_disk=layout.on_disk_vectors,
+                quantization_config=quantization,
+            )
+            config = qe.EdgeConfig(vectors=vectors, on_disk_payload=layout.on_disk_payload)
 
             def create() -> qe.EdgeShard:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +161,9 @@ class QdrantEdgeStore:
             score_threshold=score_threshold,
             with_payload=True,
             with_vector=False,
-            params=qe.SearchParams(exact=True),
+            params=qe.SearchParams(
+                exact=True, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+            ),
         )
         found = await _call(entry.shard.query, request)
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]

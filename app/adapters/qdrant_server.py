@@ -28,6 +28,8 @@ from app.domain.filters import (
     payload_key,
 )
 from app.domain.vectors import (
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
     VectorHit,
     VectorPoint,
@@ -59,6 +61,7 @@ class QdrantServerStore:
         *,
         client: AsyncQdrantClient | None = None,
         timeout: float = 10.0,
+        read_consistency: int | str = 1,
     ) -> None:
         if client is None:
             if not url:
@@ -68,19 +71,44 @@ class QdrantServerStore:
             client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
         self.client = client
         self._where = url or "an injected client"
+        # How many replicas of each shard answer a search: 1 (fastest), or "majority"/"quorum"/"all".
+        self.read_consistency = read_consistency
+        self._quantized: dict[str, bool] = {}  # per collection, read once: rescoring only where it applies
 
     # -- collections ------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
+        self,
+        name: str,
+        dimensions: int,
+        distance: Distance,
+        indexed_fields: Sequence[str] = (),
+        layout: CollectionLayout | None = None,
     ) -> None:
         indexes = checked_collection(dimensions, distance, indexed_fields)
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._guard(name):
             if await self.client.collection_exists(name):
                 raise Conflict(f"collection {name!r} already exists")
             await self.client.create_collection(
-                name, vectors_config=models.VectorParams(size=dimensions, distance=_DISTANCES[distance])
+                name,
+                vectors_config=models.VectorParams(
+                    size=dimensions, distance=_DISTANCES[distance], on_disk=layout.on_disk_vectors
+                ),
+                shard_number=layout.shard_number,
+                replication_factor=layout.replication_factor,
+                write_consistency_factor=layout.write_consistency_factor,
+                on_disk_payload=layout.on_disk_payload,
+                quantization_config=quantization,
             )
+            self._quantized[name] = quantization is not None
             for index in indexes:
                 await self.client.create_payload_index(
                     name, payload_key(index.field), field_schema=_INDEX_TYPES[index.type], wait=True
@@ -90,6 +118,7 @@ class QdrantServerStore:
     async def delete_collection(self, name: str) -> None:
         try:
             async with self._guard(name):
+                self._quantized.pop(name, None)
                 await self.client.delete_collection(name)
         except NotFound:
             pass  # already gone: deleting is idempotent
@@ -135,8 +164,22 @@ class QdrantServerStore:
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vectors=False,
+                search_params=await self._search_params(name),
+                consistency=self.read_consistency,
             )
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+
+    async def _search_params(self, name: str) -> models.SearchParams | None:
+        if name not in self._quantized:
+            info = await self.client.get_collection(name)
+            vectors = info.config.params.vectors
+            own = getattr(vectors, "quantization_config", None)  # None for named-vector layouts
+            self._quantized[name] = bool(info.config.quantization_config or own)
+        if not self._quantized[name]:
+            return None
+        return models.SearchParams(
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        )
 
     async def count(self, name: str) -> int:
         async with self._guard(name):

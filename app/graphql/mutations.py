@@ -23,9 +23,19 @@ class Mutation:
         model: Optional[str] = None,
         distance: Optional[t.Distance] = t.Distance.COSINE,
         indexed_fields: Optional[list[str]] = None,
+        layout: Optional[t.CollectionLayoutInput] = None,
     ) -> t.Collection:
+        overrides = None
+        if layout is not None:
+            overrides = {k: v for k, v in vars(layout).items() if v is not None}
+            if layout.quantization is not None:
+                overrides["quantization"] = layout.quantization.value
         row = await info.context.services.collections.create(
-            name, model=model, distance=(distance or t.Distance.COSINE).value, indexed_fields=indexed_fields or []
+            name,
+            model=model,
+            distance=(distance or t.Distance.COSINE).value,
+            indexed_fields=indexed_fields or [],
+            layout=overrides,
         )
         return collection_to_gql(row)
 

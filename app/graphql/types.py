@@ -30,6 +30,26 @@ class Distance(enum.Enum):
     EUCLID = "euclid"
 
 
+@strawberry.enum
+class Quantization(enum.Enum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+@strawberry.input(description="How a collection is laid out in Qdrant; omitted fields take the CITADEL_VECTORS__* defaults")
+class CollectionLayoutInput:
+    shard_number: Optional[int] = strawberry.field(default=None, description="Qdrant server: shards")
+    replication_factor: Optional[int] = strawberry.field(default=None, description="Qdrant server: copies of each shard")
+    write_consistency_factor: Optional[int] = strawberry.field(
+        default=None, description="Qdrant server: replicas that must acknowledge a write"
+    )
+    on_disk_vectors: Optional[bool] = None
+    on_disk_payload: Optional[bool] = None
+    quantization: Optional[Quantization] = strawberry.field(
+        default=None, description="INT8: scalar quantization, searches rescored on the original vectors"
+    )
+
+
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
 
 

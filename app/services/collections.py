@@ -6,13 +6,15 @@ model's dimensions and the chosen distance.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loguru import logger
 
 from app.domain.filters import parse_indexed_field
+from app.domain.vectors import CollectionLayout
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.embedding import model_revision
 from app.settings import ModelSpec, Settings
@@ -89,10 +91,13 @@ class CollectionService:
         model: str | None = None,
         distance: str = "cosine",
         indexed_fields: Sequence[str] | None = None,
+        layout: Mapping[str, Any] | None = None,
     ) -> Any:
+        """layout: CollectionLayout fields to override the settings' defaults (None values ignored)."""
         validate_name(name)
         distance = validate_distance(distance)
         fields = validate_indexed_fields(indexed_fields)
+        chosen = self._layout(layout)
         self.settings.model(model)  # NOT_FOUND for a model outside the catalog
         spec: ModelSpec = await self.models.ready_spec(model)
         if model and spec.name != model:
@@ -106,7 +111,7 @@ class CollectionService:
             if await self.store.collection_exists(name):
                 logger.warning("replacing orphaned vector collection {}", name)
                 await self.store.delete_collection(name)
-            await self.store.create_collection(name, spec.dimensions, distance, fields)
+            await self.store.create_collection(name, spec.dimensions, distance, fields, chosen)
         except BaseException as exc:  # cancellation included: nothing may half-exist
             await self._undo_create(name)
             if isinstance(exc, CitadelError) or not isinstance(exc, Exception):
@@ -120,6 +125,12 @@ class CollectionService:
             "created collection {} (model {} {}, {} dims, {})", name, spec.name, revision, spec.dimensions, distance
         )
         return row
+
+    def _layout(self, overrides: Mapping[str, Any] | None) -> CollectionLayout:
+        defaults = self.settings.vectors
+        values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(CollectionLayout)}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None and k in values})
+        return CollectionLayout(**values).checked()
 
     async def _undo_create(self, name: str) -> None:
         # Nothing half-exists: without its vectors side, the row goes too.
