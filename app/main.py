@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+import strawberry.http.async_base_view as strawberry_http_view
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -19,7 +22,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from app import __version__
 from app.domain.models import ModelState
 from app.domain.access import Principal, rejected
-from app.errors import CitadelError
+from app.errors import CitadelError, Unauthenticated
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
@@ -28,6 +31,9 @@ from app.services.container import Services
 from app.settings import Settings
 from app.startup_checks import warn_unsafe_settings
 from app.web.auth import AuthClosingWebSocketAdapter, http_secret, ws_close_code, ws_secret
+from app.web import json_codec
+from app.web.json_codec import FastJSONResponse
+from app.web.openai_api import openai_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
 
 WS_TRY_AGAIN = 1013  # "try again later": the key could not be checked (a dependency is down)
@@ -41,6 +47,23 @@ async def resolve_principal(services: Services, secret: str | None) -> tuple[Pri
         return await services.keys.authenticate(secret), None
     except CitadelError as exc:
         return rejected("the key could not be checked"), exc
+
+
+async def authorize_http(request: Request, services: Services) -> Principal:
+    """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
+    a refused key is UNAUTHENTICATED, and the key's rate limit applies."""
+    principal, error = await resolve_principal(services, http_secret(request))
+    if error is not None:
+        raise error
+    if principal.kind == "rejected":
+        raise Unauthenticated(principal.reason or "a valid API key is required")
+    await services.limiter.check(principal)
+    return principal
+
+
+# Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
+# embed); clients send the same one or two values, so remember the last few answers.
+strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
 class CitadelGraphQL(GraphQL):
@@ -67,6 +90,13 @@ class CitadelGraphQL(GraphQL):
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(request.url.path))
 
+    def encode_json(self, data: object) -> str:
+        # A str, not bytes: the WebSocket transport sends bytes as binary frames.
+        return json_codec.dumps_str(data)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return json_codec.loads(data)
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
@@ -86,10 +116,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            # Everything loaded so far (models, libraries) lives as long as the process: keep it
+            # out of the collector's generations so collections under load stay cheap.
+            gc.collect()
+            gc.freeze()
             yield
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return FastJSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
@@ -108,7 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             ],
             "models": [s.to_readyz() for s in models.statuses()],
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return FastJSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         if settings.auth_required:
@@ -129,6 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *openai_routes(authorize_http),
         dashboard_route(),
         *static_routes(),
     ]

@@ -11,7 +11,7 @@ import os
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
-from typing import Annotated
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -123,6 +123,18 @@ class IngestSettings(BaseModel):
     reconcile_interval_seconds: float = Field(30.0, description="How often pending documents are re-indexed")
 
 
+class VectorSettings(BaseModel):
+    """Defaults for new collections (createCollection `layout` overrides them per collection)."""
+
+    shard_number: int = Field(1, description="Qdrant server: shards per collection (spread over the cluster's nodes)")
+    replication_factor: int = Field(1, description="Qdrant server: copies of each shard")
+    write_consistency_factor: int = Field(1, description="Qdrant server: replicas that must acknowledge a write")
+    read_consistency: str = Field("1", description="Qdrant server: replicas that answer a search (`1`, `majority`, `quorum`, `all`)")
+    on_disk_vectors: bool = Field(False, description="Keep original vectors on disk (with int8, the codes stay in RAM)")
+    on_disk_payload: bool = Field(True, description="Keep payloads on disk")
+    quantization: Literal["none", "int8"] = Field("none", description="`int8`: scalar quantization, searches rescored on the originals")
+
+
 def _default_data_dir() -> Path:
     return Path(user_data_dir("citadel", appauthor=False))
 
@@ -157,6 +169,7 @@ class Settings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    vectors: VectorSettings = Field(default_factory=VectorSettings)
 
     # Standard variables of the ecosystem, honoured as they are (no prefix).
     hf_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

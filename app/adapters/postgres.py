@@ -68,6 +68,7 @@ class DocumentWrite:
     metadata: Mapping[str, Any]
     content_hash: str
     point_id: str | uuid.UUID
+    vector: bytes | None = None  # little-endian float32, when the client brought its own
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class DocumentRow:
     status: DocumentStatus
     created_at: datetime
     updated_at: datetime
+    vector: bytes | None = None  # read only where it is needed (pending_documents)
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def _document(record: asyncpg.Record) -> DocumentRow:
         status=record["status"],
         created_at=record["created_at"],
         updated_at=record["updated_at"],
+        vector=record.get("vector"),
     )
 
 
@@ -372,15 +375,16 @@ class PostgresRepo:
                 try:
                     await conn.execute(
                         """
-                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, status)
-                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, 'pending'
-                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[])
-                             AS t(id, text, metadata, content_hash, point_id)
+                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, vector, status)
+                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, t.vector, 'pending'
+                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::bytea[])
+                             AS t(id, text, metadata, content_hash, point_id, vector)
                         ON CONFLICT (collection, id) DO UPDATE SET
                             text = EXCLUDED.text,
                             metadata = EXCLUDED.metadata,
                             content_hash = EXCLUDED.content_hash,
                             point_id = EXCLUDED.point_id,
+                            vector = EXCLUDED.vector,
                             status = 'pending',
                             updated_at = now()
                         """,
@@ -390,6 +394,7 @@ class PostgresRepo:
                         [m for _, m in changed],
                         [d.content_hash for d, _ in changed],
                         [str(d.point_id) for d, _ in changed],
+                        [d.vector for d, _ in changed],
                     )
                 except asyncpg.ForeignKeyViolationError:
                     raise NotFound(f"collection {collection!r} not found", collection=collection) from None
@@ -425,7 +430,7 @@ class PostgresRepo:
         async with self._connection() as conn:
             records = await conn.fetch(
                 f"""
-                SELECT {_DOCUMENT_COLUMNS} FROM documents
+                SELECT {_DOCUMENT_COLUMNS}, vector FROM documents
                 WHERE status <> 'indexed'
                 ORDER BY updated_at, collection, id
                 LIMIT $1

@@ -35,6 +35,8 @@ from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
     SPARSE_VECTOR,
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
     FacetValue,
     Fusion,
@@ -82,17 +84,29 @@ class QdrantEdgeStore:
         distance: Distance | str,
         indexed_fields: Sequence[str] = (),
         keyword_index: bool = False,
+        layout: CollectionLayout | None = None,
     ) -> None:
         path = self._path(name)
         indexes = checked_collection(dimensions, distance, indexed_fields)
         edge_distance = getattr(qe.Distance, DISTANCES[checked_distance(distance)][EDGE])
+        # One local shard: shard_number and the replication settings are a Qdrant server's.
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._registry_lock:
             if name in self._shards or path.exists():
                 raise Conflict(f"collection {name!r} already exists")
             sparse = {SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if keyword_index else None
-            config = qe.EdgeConfig(
-                vectors=qe.EdgeVectorParams(size=dimensions, distance=edge_distance), sparse_vectors=sparse
+            vectors = qe.EdgeVectorParams(
+                size=dimensions,
+                distance=edge_distance,
+                on_disk=layout.on_disk_vectors,
+                quantization_config=quantization,
             )
+            config = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, on_disk_payload=layout.on_disk_payload)
 
             def create() -> qe.EdgeShard:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +183,10 @@ class QdrantEdgeStore:
         query = checked_query(vector, query)
         entry = await self._open(name)
         where = edge_filter(filter) if filter is not None else None
-        exact = qe.SearchParams(exact=True)
+        # Exact, and rescored with the original vectors where the collection is quantized.
+        exact = qe.SearchParams(
+            exact=True, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        )
         dense = qe.Query.Nearest(float32_list(query.dense)) if query.dense is not None else None
         sparse = qe.Query.Nearest(_edge_sparse(query.sparse), using=SPARSE_VECTOR) if query.sparse is not None else None
         prefetches = None

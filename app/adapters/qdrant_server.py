@@ -29,6 +29,8 @@ from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
     SPARSE_VECTOR,
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
     FacetValue,
     Fusion,
@@ -60,6 +62,7 @@ class QdrantServerStore:
         *,
         client: AsyncQdrantClient | None = None,
         timeout: float = 10.0,
+        read_consistency: int | str = 1,
     ) -> None:
         if client is None:
             if not url:
@@ -69,6 +72,9 @@ class QdrantServerStore:
             client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
         self.client = client
         self._where = url or "an injected client"
+        # How many replicas of each shard answer a search: 1 (fastest), or "majority"/"quorum"/"all".
+        self.read_consistency = read_consistency
+        self._quantized: dict[str, bool] = {}  # per collection, read once: rescoring only where it applies
 
     # -- collections ------------------------------------------------------------------------
 
@@ -79,17 +85,32 @@ class QdrantServerStore:
         distance: Distance | str,
         indexed_fields: Sequence[str] = (),
         keyword_index: bool = False,
+        layout: CollectionLayout | None = None,
     ) -> None:
         indexes = checked_collection(dimensions, distance, indexed_fields)
         client_distance = getattr(models.Distance, DISTANCES[checked_distance(distance)][CLIENT])
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._guard(name):
             if await self.client.collection_exists(name):
                 raise Conflict(f"collection {name!r} already exists")
             await self.client.create_collection(
                 name,
-                vectors_config=models.VectorParams(size=dimensions, distance=client_distance),
+                vectors_config=models.VectorParams(size=dimensions, distance=client_distance, on_disk=layout.on_disk_vectors),
                 sparse_vectors_config={SPARSE_VECTOR: _SPARSE_PARAMS} if keyword_index else None,
+                shard_number=layout.shard_number,
+                replication_factor=layout.replication_factor,
+                write_consistency_factor=layout.write_consistency_factor,
+                on_disk_payload=layout.on_disk_payload,
+                quantization_config=quantization,
             )
+            self._quantized[name] = quantization is not None
             for index in indexes:
                 index_type = getattr(models.PayloadSchemaType, INDEX_TYPES[index.type][CLIENT])
                 await self.client.create_payload_index(name, payload_key(index.field), field_schema=index_type, wait=True)
@@ -106,6 +127,7 @@ class QdrantServerStore:
     async def delete_collection(self, name: str) -> None:
         try:
             async with self._guard(name):
+                self._quantized.pop(name, None)
                 await self.client.delete_collection(name)
         except NotFound:
             pass  # already gone: deleting is idempotent
@@ -165,9 +187,11 @@ class QdrantServerStore:
         sparse = _client_sparse(query.sparse) if query.sparse is not None else None
         prefetch = None
         using = None
+        # Rescoring applies to the dense vectors of a quantized collection only.
+        dense_params = await self._search_params(name) if dense is not None else None
         if query.mode is SearchMode.HYBRID:
             prefetch = [
-                models.Prefetch(query=dense, limit=query.prefetch, filter=where),
+                models.Prefetch(query=dense, limit=query.prefetch, filter=where, params=dense_params),
                 models.Prefetch(
                     query=sparse,
                     using=SPARSE_VECTOR,
@@ -197,6 +221,8 @@ class QdrantServerStore:
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vectors=False,
+                search_params=dense_params if query.mode is SearchMode.SEMANTIC else None,
+                consistency=self.read_consistency,
             )
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
 
@@ -221,6 +247,18 @@ class QdrantServerStore:
                 if offset is None:
                     break
         return count_facets(payloads, key, limit)
+
+    async def _search_params(self, name: str) -> models.SearchParams | None:
+        if name not in self._quantized:
+            info = await self.client.get_collection(name)
+            vectors = info.config.params.vectors
+            own = getattr(vectors, "quantization_config", None)  # None for named-vector layouts
+            self._quantized[name] = bool(info.config.quantization_config or own)
+        if not self._quantized[name]:
+            return None
+        return models.SearchParams(
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        )
 
     async def count(self, name: str) -> int:
         async with self._guard(name):

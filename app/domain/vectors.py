@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence, get_args
 
 import numpy as np
 
@@ -58,6 +58,38 @@ class Fusion(str, enum.Enum):
 class SparseVector:
     indices: Sequence[int]
     values: Sequence[float]
+
+
+Quantization = Literal["none", "int8"]
+
+
+@dataclass(frozen=True)
+class CollectionLayout:
+    """How a collection is laid out in the vector store. A Qdrant server uses all of it (its
+    distributed mode); Qdrant Edge is one local shard and uses quantization and on-disk storage."""
+
+    shard_number: int = 1
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
+    on_disk_vectors: bool = False  # originals on disk (with int8, the codes stay in RAM)
+    on_disk_payload: bool = True
+    quantization: Quantization = "none"  # "int8": scalar quantization, searches rescored on the originals
+
+    def checked(self) -> CollectionLayout:
+        for name in ("shard_number", "replication_factor", "write_consistency_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+                raise BadInput(f"{name} must be an integer from 1 to 1024", field=name)
+        if self.write_consistency_factor > self.replication_factor:
+            raise BadInput("write_consistency_factor cannot exceed replication_factor", field="write_consistency_factor")
+        if self.quantization not in get_args(Quantization):
+            raise BadInput(f"quantization must be one of {', '.join(get_args(Quantization))}", field="quantization")
+        return self
+
+
+# Searches of an int8 collection look at twice the candidates in int8, then rescore them on the
+# original vectors: recall as without quantization (bench/scale.py), at a fraction of the cost.
+RESCORE_OVERSAMPLING = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +139,7 @@ class VectorStore(Protocol):
         distance: Distance | str,
         indexed_fields: Sequence[str] = (),
         keyword_index: bool = False,
+        layout: CollectionLayout | None = None,
     ) -> None: ...
 
     async def add_keyword_index(self, name: str) -> None:

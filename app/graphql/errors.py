@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 from graphql.error import GraphQLError
 from loguru import logger
-from strawberry.extensions import SchemaExtension
 
 from app.errors import CitadelError
 
@@ -42,11 +39,3 @@ def public_error(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions={**(error.extensions or {}), **extra, "code": code},
     )
-
-
-class PublicErrors(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is not None and result.errors:
-            result.errors = [public_error(e) for e in result.errors]

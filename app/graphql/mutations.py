@@ -27,12 +27,19 @@ class Mutation:
         indexed_fields: Optional[list[str]] = None,
         chunking: Optional[t.ChunkingInput] = None,
         keyword_index: Optional[bool] = True,
+        layout: Optional[t.CollectionLayoutInput] = None,
     ) -> t.Collection:
+        overrides = None
+        if layout is not None:
+            overrides = {k: v for k, v in vars(layout).items() if v is not None}
+            if layout.quantization is not None:
+                overrides["quantization"] = layout.quantization.value
         row = await info.context.services.collections.create(
             name,
             model=model,
             distance=(distance or t.Distance.COSINE).value,
             indexed_fields=indexed_fields or [],
+            layout=overrides,
             keyword_index=keyword_index is not False,
             chunking=Chunking(chunking.max_tokens, chunking.overlap_tokens or 0) if chunking else None,
             principal=info.context.principal,
@@ -46,7 +53,13 @@ class Mutation:
     @strawberry.mutation
     async def ingest(self, info: Info, collection: str, documents: list[t.DocumentInput]) -> t.IngestResult:
         payload = [
-            {"id": None if d.id is None else str(d.id), "text": d.text, "metadata": d.metadata}
+            {
+                "id": None if d.id is None else str(d.id),
+                "text": d.text,
+                "metadata": d.metadata,
+                "vector": d.vector,
+                "vector_base64": d.vector_base64,
+            }
             for d in documents
         ]
         report = await info.context.services.ingest.ingest(collection, payload, principal=info.context.principal)

@@ -43,7 +43,7 @@ class Query:
             model=outcome.model,
             dimensions=outcome.dimensions,
             embeddings=[
-                t.Embedding(index=i, vector=vector.tolist(), cached=cached)
+                t.Embedding(index=i, values=vector, cached=cached)
                 for i, (vector, cached) in enumerate(zip(outcome.vectors, outcome.cached))
             ],
         )

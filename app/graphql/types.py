@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import enum
 import datetime as dt
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import strawberry
 
 from app.domain.access import Scope as DomainScope
@@ -56,6 +59,26 @@ class FacetCount:
     count: Long
 
 
+@strawberry.enum
+class Quantization(enum.Enum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+@strawberry.input(description="How a collection is laid out in Qdrant; omitted fields take the CITADEL_VECTORS__* defaults")
+class CollectionLayoutInput:
+    shard_number: Optional[int] = strawberry.field(default=None, description="Qdrant server: shards")
+    replication_factor: Optional[int] = strawberry.field(default=None, description="Qdrant server: copies of each shard")
+    write_consistency_factor: Optional[int] = strawberry.field(
+        default=None, description="Qdrant server: replicas that must acknowledge a write"
+    )
+    on_disk_vectors: Optional[bool] = None
+    on_disk_payload: Optional[bool] = None
+    quantization: Optional[Quantization] = strawberry.field(
+        default=None, description="INT8: scalar quantization, searches rescored on the original vectors"
+    )
+
+
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
 Scope = strawberry.enum(DomainScope, name="Scope", description="WRITE includes READ; ADMIN includes everything")
 
@@ -65,13 +88,34 @@ class DocumentInput:
     id: Optional[strawberry.ID] = None
     text: str
     metadata: Optional[JSON] = None
+    vector: Optional[list[float]] = strawberry.field(
+        default=None, description="The document's own embedding (the collection's dimensions); the text is then not embedded"
+    )
+    vector_base64: Optional[str] = strawberry.field(
+        default=None, description="The same as `vector`, as little-endian float32 bytes in base64 (compact for bulk loads)"
+    )
 
 
 @strawberry.type
 class Embedding:
     index: int
-    vector: list[float]
     cached: bool
+    values: strawberry.Private[np.ndarray]  # float32 (dimensions,)
+
+    @strawberry.field
+    def vector(self) -> list[float]:
+        return self.values.tolist()
+
+    @strawberry.field(
+        description="The vector as little-endian float32 bytes, base64-encoded (a quarter of the JSON of `vector`)"
+    )
+    def vector_base64(self) -> str:
+        return vector_base64(self.values)
+
+
+def vector_base64(values: np.ndarray) -> str:
+    """Little-endian float32 bytes, base64: OpenAI's `encoding_format: "base64"`."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
 @strawberry.type

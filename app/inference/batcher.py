@@ -1,8 +1,9 @@
 """Dynamic batching for one model replica.
 
 Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handler.py):
-- admission control: at most `max_queue` texts admitted and unanswered; beyond that callers get
-  Overloaded at once, so memory stays bounded whatever the load;
+- admission control lives in one place, the pool (ModelPool._admit: at most `max_queue` texts
+  admitted and unanswered per model, beyond that OVERLOADED at once); the batcher queues what it
+  is given and only uses `max_queue` to bound the deque of cancelled leftovers;
 - texts from concurrent callers are merged into forward passes bounded by `max_batch_size` and a
   padded-token budget `max_batch_tokens`; an idle replica waits at most `max_wait_ms` after the
   oldest text arrived for more to join;
@@ -27,7 +28,7 @@ import numpy as np
 from loguru import logger
 
 from app.domain.embedding import EmbeddingBackend, unit_rows
-from app.errors import Internal, ModelUnavailable, Overloaded
+from app.errors import Internal, ModelUnavailable
 from app.inference import metrics
 from app.tasks import cancel_and_wait
 
@@ -85,13 +86,6 @@ class DynamicBatcher:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:
             return np.empty((0, self.backend.dimensions), dtype=np.float32)
-        if self._pending + len(texts) > self.max_queue:
-            metrics.OVERLOADED.labels(self.model_name).inc()
-            raise Overloaded(
-                f"model {self.model_name!r} is overloaded: {self._pending} texts queued on {self.device} "
-                f"(limit {self.max_queue}); retry shortly",
-                model=self.model_name,
-            )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         cap = self.backend.max_seq_length

@@ -6,8 +6,9 @@ model's dimensions and the chosen distance.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loguru import logger
@@ -15,7 +16,7 @@ from loguru import logger
 from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.chunking import Chunking, check_chunking
 from app.domain.filters import parse_indexed_field
-from app.domain.vectors import Distance
+from app.domain.vectors import CollectionLayout, Distance
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.audit import audit
 from app.services.embedding import model_revision
@@ -96,15 +97,18 @@ class CollectionService:
         indexed_fields: Sequence[str] | None = None,
         keyword_index: bool = True,
         chunking: Chunking | None = None,
+        layout: Mapping[str, Any] | None = None,
         *,
         principal: Principal = INTERNAL,
     ) -> Any:
+        """layout: CollectionLayout fields to override the settings' defaults (None values ignored)."""
         validate_name(name)
         principal.require(Scope.ADMIN, name)
         distance = validate_distance(distance)
         fields = validate_indexed_fields(indexed_fields)
         if not isinstance(keyword_index, bool):
             raise BadInput("keywordIndex must be true or false", field="keywordIndex")
+        chosen = self._layout(layout)
         self.settings.model(model)  # NOT_FOUND for a model outside the catalog
         spec: ModelSpec = await self.models.ready_spec(model)
         if model and spec.name != model:
@@ -131,7 +135,9 @@ class CollectionService:
             if await self.store.collection_exists(name):
                 logger.warning("replacing orphaned vector collection {}", name)
                 await self.store.delete_collection(name)
-            await self.store.create_collection(name, spec.dimensions, distance, fields, keyword_index=keyword_index)
+            await self.store.create_collection(
+                name, spec.dimensions, distance, fields, keyword_index=keyword_index, layout=chosen
+            )
         except BaseException as exc:  # cancellation included: nothing may half-exist
             await self._undo_create(name)
             if isinstance(exc, CitadelError) or not isinstance(exc, Exception):
@@ -146,6 +152,12 @@ class CollectionService:
         )
         audit(principal, "created collection", name)
         return row
+
+    def _layout(self, overrides: Mapping[str, Any] | None) -> CollectionLayout:
+        defaults = self.settings.vectors
+        values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(CollectionLayout)}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None and k in values})
+        return CollectionLayout(**values).checked()
 
     async def _undo_create(self, name: str) -> None:
         # Nothing half-exists: without its vectors side, the row goes too.

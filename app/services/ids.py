@@ -22,12 +22,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def content_hash(text: str, metadata: dict[str, Any] | None) -> str:
+def content_hash(text: str, metadata: dict[str, Any] | None, vector: bytes | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(text.encode("utf-8"))
     # A separator byte that cannot occur in UTF-8 text keeps (text, metadata) pairs unambiguous.
     digest.update(b"\xff")
     digest.update(canonical_json(metadata or {}).encode("utf-8"))
+    if vector is not None:  # a document's own vector is content too: a new one is an update
+        digest.update(b"\xff")
+        digest.update(vector)
     return digest.hexdigest()
 
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
+
 from app.adapters.bm25 import bm25
 from app.domain.chunking import TextChunk, chunk_text
 from app.domain.embedding import EmbedKind
@@ -30,6 +32,7 @@ class ToIndex:
     metadata: dict[str, Any]
     content_hash: str
     index: int | None = None  # position in the ingest call, for warnings
+    vector: bytes | None = None  # the document's own embedding (little-endian float32); None: embed the text
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,9 @@ async def index_documents(
         spans, window = await embedder.document_tokens(collection.model, [d.text for d in batch])
         pieces: list[_Piece] = []
         for doc, doc_spans in zip(batch, spans):
-            if collection.chunk_max_tokens:
+            if doc.vector is not None:  # its own embedding: one point, whatever the chunking
+                pieces.append(_Piece(doc, None))
+            elif collection.chunk_max_tokens:
                 budget = min(collection.chunk_max_tokens, window)
                 pieces.extend(_Piece(doc, c) for c in chunk_text(doc.text, doc_spans, budget, collection.chunk_overlap_tokens))
             else:
@@ -113,17 +118,26 @@ async def index_documents(
 
 async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece]) -> list[VectorPoint]:
     texts = [p.text for p in pieces]
-    embedded = await embedder.embed(texts, model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True)
-    if embedded.model != collection.model or int(embedded.dimensions) != int(collection.dimensions):
-        # Never store vectors of another model in a collection.
-        raise ModelUnavailable(
-            f"model {collection.model!r} of collection {collection.name!r} answered as "
-            f"{embedded.model!r} ({embedded.dimensions} dims)",
-            model=collection.model,
+    vectors = np.empty((len(pieces), int(collection.dimensions)), dtype=np.float32)
+    to_embed = [i for i, p in enumerate(pieces) if p.doc.vector is None]
+    for i, piece in enumerate(pieces):
+        if piece.doc.vector is not None:  # checked at ingest: the collection's dimensions, finite
+            vectors[i] = np.frombuffer(piece.doc.vector, dtype="<f4")
+    if to_embed:
+        embedded = await embedder.embed(
+            [texts[i] for i in to_embed], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
         )
+        if embedded.model != collection.model or int(embedded.dimensions) != int(collection.dimensions):
+            # Never store vectors of another model in a collection.
+            raise ModelUnavailable(
+                f"model {collection.model!r} of collection {collection.name!r} answered as "
+                f"{embedded.model!r} ({embedded.dimensions} dims)",
+                model=collection.model,
+            )
+        vectors[to_embed] = embedded.vectors
     sparse = await bm25().documents(texts) if collection.has_keywords else [None] * len(texts)
     points = []
-    for piece, vector, keywords in zip(pieces, embedded.vectors, sparse):
+    for piece, vector, keywords in zip(pieces, vectors, sparse):
         payload: dict[str, Any] = {DOC_ID_KEY: piece.doc.id, METADATA_KEY: piece.doc.metadata}
         if piece.chunk is None:
             pid = point_id(collection.name, piece.doc.id)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import base64
+import binascii
+import math
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from prometheus_client import Counter
 
@@ -59,15 +63,17 @@ class ValidDocument:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    vector: bytes | None = None  # little-endian float32: the client's own embedding
 
 
 # -- validation (pure) ------------------------------------------------------------------------
 
 
 def validate_documents(
-    settings: Settings, documents: Sequence[Any]
+    settings: Settings, documents: Sequence[Any], dimensions: int | None = None
 ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
-    """Split a call's documents into valid ones and per-document errors; BadInput for the call."""
+    """Split a call's documents into valid ones and per-document errors; BadInput for the call.
+    dimensions: the collection's, which a document's own vector must have."""
     limit = settings.limits.max_documents_per_ingest
     if not isinstance(documents, (list, tuple)):
         raise BadInput("documents must be a list")
@@ -79,7 +85,7 @@ def validate_documents(
     for index, raw in enumerate(documents):
         given_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            doc = _validate_one(settings, index, raw)
+            doc = _validate_one(settings, index, raw, dimensions)
         except BadInput as exc:
             errors.append(IngestErrorItem(index, _printable_id(given_id), exc.code, exc.message))
             continue
@@ -98,7 +104,7 @@ def validate_documents(
     return valid, errors
 
 
-def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
+def _validate_one(settings: Settings, index: int, raw: Any, dimensions: int | None = None) -> ValidDocument:
     if not isinstance(raw, Mapping):
         raise BadInput("a document must be an object with text, and optionally id and metadata")
     text = raw.get("text")
@@ -138,7 +144,38 @@ def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
         if len(doc_id) > MAX_ID_CHARS:
             raise BadInput(f"id has {len(doc_id)} characters; at most {MAX_ID_CHARS}")
         _check_storable(doc_id, "id")
-    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata))
+    vector = own_vector(raw.get("vector"), raw.get("vector_base64"), dimensions)
+    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata, vector), vector)
+
+
+def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | None:
+    """A document's own embedding (a list of floats, or little-endian float32 in base64) as
+    float32 bytes; None when it brings none."""
+    if values is None and encoded is None:
+        return None
+    if values is not None and encoded is not None:
+        raise BadInput("give vector or vectorBase64, not both")
+    if encoded is not None:
+        try:
+            raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if not raw or len(raw) % 4:
+            raise BadInput("vectorBase64 is not base64 of little-endian float32 values")
+        array = np.frombuffer(raw, dtype="<f4")
+    else:
+        if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise BadInput("vector must be a list of numbers")
+        array = np.asarray(values, dtype="<f4")
+    if dimensions is not None and array.shape != (dimensions,):
+        raise BadInput(f"vector has {array.size} dimensions; the collection's model has {dimensions}")
+    if not np.isfinite(array).all():
+        raise BadInput("vector contains NaN or infinity")
+    if not math.isfinite(float(np.linalg.norm(array.astype(np.float64)))) or not array.any():
+        raise BadInput("vector is all zeros or too large")  # no direction: cosine search could not use it
+    return array.tobytes()
 
 
 def _check_storable(value: str, what: str) -> None:
@@ -172,7 +209,7 @@ class IngestService:
     ) -> IngestReport:
         principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
-        valid, errors = validate_documents(self.settings, documents)
+        valid, errors = validate_documents(self.settings, documents, int(row.dimensions))
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
         if principal.tenant is not None:
@@ -191,6 +228,7 @@ class IngestService:
                 metadata=d.metadata,
                 content_hash=d.content_hash,
                 point_id=point_id(row.name, d.id),
+                vector=d.vector,
             )
             for d in valid
         ]
@@ -203,7 +241,9 @@ class IngestService:
             INGESTED.labels(outcome.status).inc()
             # Includes an unchanged row still pending because an earlier call failed.
             if outcome.pending:
-                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash, doc.index))
+                to_index.append(
+                    ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash, index=doc.index, vector=doc.vector)
+                )
 
         try:
             indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)

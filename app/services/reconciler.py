@@ -161,7 +161,7 @@ class Reconciler:
             return 0
         if self.models is not None:
             await bound_model(self.models, collection)
-        docs = [ToIndex(r.id, r.text, r.metadata, r.content_hash) for r in rows]
+        docs = [ToIndex(r.id, r.text, r.metadata, r.content_hash, vector=r.vector) for r in rows]
         done = (await index_documents(self.embedder, self.store, self.repo, collection, docs, self.settings)).documents
         RECONCILED.labels("indexed").inc(done)
         return done

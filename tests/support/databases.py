@@ -91,6 +91,7 @@ EXPECTED_SCHEMA = {
     },
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
+        "vector",
     },
     "model_replicas": {
         "model", "replica", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "device", "last_error",
