@@ -21,7 +21,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 
 from app import __version__
 from app.domain.models import ModelState
-from app.domain.access import Principal, rejected
+from app.domain.access import ANONYMOUS, Principal, rejected
 from app.errors import CitadelError, Unauthenticated
 from app.graphql.context import Context
 from app.graphql.schema import build_schema
@@ -51,8 +51,11 @@ async def resolve_principal(services: Services, secret: str | None) -> tuple[Pri
 
 async def authorize_http(request: Request, services: Services) -> Principal:
     """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
-    a refused key is UNAUTHENTICATED, and the key's rate limit applies."""
+    a refused key is UNAUTHENTICATED, and the key's rate limit applies. OpenAI clients always send
+    some key: where keys are not required, one that is not a Citadel key is ignored."""
     principal, error = await resolve_principal(services, http_secret(request))
+    if not services.settings.auth_required and (error is not None or principal.kind == "rejected"):
+        return ANONYMOUS
     if error is not None:
         raise error
     if principal.kind == "rejected":

@@ -250,7 +250,8 @@ class QdrantServerStore:
 
     async def _search_params(self, name: str) -> models.SearchParams | None:
         if name not in self._quantized:
-            info = await self.client.get_collection(name)
+            async with self._guard(name):  # a missing collection is NOT_FOUND, as for the search itself
+                info = await self.client.get_collection(name)
             vectors = info.config.params.vectors
             own = getattr(vectors, "quantization_config", None)  # None for named-vector layouts
             self._quantized[name] = bool(info.config.quantization_config or own)
