@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
@@ -15,6 +16,8 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 
 from app import __version__
 from app.graphql.context import Context
+from app.graphql.http import GraphQLHttpEdge
+from app.graphql.websockets import LegacyWSHandler, TransportWSHandler
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
@@ -23,7 +26,10 @@ from app.settings import Settings
 from app.web.routes import dashboard_route, graphiql_html, static_routes
 
 
-class CitadelGraphQL(GraphQL):
+class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
+
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         return Context(request=request, response=response, services=request.app.state.services)
 
@@ -40,7 +46,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         keep_alive=True,
         keep_alive_interval=15,
+        connection_init_wait_timeout=timedelta(seconds=settings.server.ws_init_timeout_seconds),
+        max_subscriptions_per_connection=settings.server.max_subscriptions_per_connection,
     )
+    graphql.max_body_bytes = settings.request_body_limit
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

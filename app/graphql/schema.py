@@ -10,8 +10,10 @@ from strawberry.extensions.max_aliases import create_validator as max_aliases_ru
 from strawberry.extensions.query_depth_limiter import create_validator as max_depth_rule
 from strawberry.schema.config import StrawberryConfig
 
+from app.graphql.arguments import ArgumentStrings
 from app.graphql.errors import PublicErrors, public_error
 from app.graphql.limits import TotalTextsLimit
+from app.graphql.operations import OperationNameRequired
 from app.graphql.mutations import Mutation
 from app.graphql.queries import Query
 from app.graphql.scalars import SCALAR_MAP
@@ -50,8 +52,10 @@ def safety_extensions(limits: LimitSettings) -> list[Any]:
         lambda: MaxTokensLimiter(max_token_count=limits.max_query_tokens),
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),
         lambda: ValidationCache(maxsize=DOCUMENT_CACHE_SIZE),
-        # Depends on variables, so it runs for every request.
+        OperationNameRequired,
+        # These depend on variables, so they run for every request.
         lambda: TotalTextsLimit(max_total=max_total_texts),
+        lambda: ArgumentStrings(max_text_chars=limits.max_text_chars),
     ]
 
 

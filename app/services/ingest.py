@@ -21,8 +21,9 @@ from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnava
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.settings import Settings
+from app.validation import MAX_NAME_CHARS, string_problem
 
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = MAX_NAME_CHARS
 
 INGESTED = Counter(
     "citadel_ingest_documents_total", "Documents per ingest outcome", ["outcome"]
@@ -140,14 +141,10 @@ def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
 
 
 def _check_storable(value: str, what: str) -> None:
-    # PostgreSQL text and jsonb refuse NUL and unpaired surrogates; refusing them here keeps one
-    # bad document from failing the whole transaction.
-    if "\x00" in value:
-        raise BadInput(f"{what} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInput(f"{what} is not valid Unicode (unpaired surrogate)") from None
+    # Refused per document: one bad document must not fail the whole transaction.
+    problem = string_problem(value)
+    if problem is not None:
+        raise BadInput(f"{what} {problem}")
 
 
 def _printable_id(value: Any) -> str | None:
