@@ -33,6 +33,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # closed pool or connection
+    # "cannot switch to state N; another operation is in progress": the connection is still
+    # consuming a reply (e.g. after the server's shutdown message) and must not be reused.
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,  # admin/crash shutdown, database dropped, idle timeout
 )
 
 
@@ -203,7 +207,14 @@ class PostgresRepo:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         with translate_connection_errors():
             async with self.pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except CONNECTION_ERRORS as exc:
+                    if not isinstance(exc, ValueError) and not isinstance(exc, asyncpg.QueryCanceledError):
+                        # Never hand a connection in an unknown protocol state to the next caller:
+                        # the pool replaces a terminated one.
+                        conn.terminate()
+                    raise
 
     # -- collections ------------------------------------------------------------------------
 
@@ -362,19 +373,37 @@ class PostgresRepo:
             )  # fmt: skip
         return _affected(status)
 
-    async def pending_documents(self, limit: int) -> list[DocumentRow]:
-        """Rows waiting for the reconciler ('pending' or 'deleting'), across collections, oldest first."""
+    async def pending_documents(self, limit: int, collection: str | None = None) -> list[DocumentRow]:
+        """Rows waiting for the reconciler ('pending' or 'deleting'), oldest first: across
+        collections, or of one collection."""
         async with self._connection() as conn:
             records = await conn.fetch(
                 f"""
                 SELECT {_DOCUMENT_COLUMNS} FROM documents
-                WHERE status <> 'indexed'
+                WHERE status <> 'indexed' AND ($2::text IS NULL OR collection = $2)
                 ORDER BY updated_at, collection, id
                 LIMIT $1
                 """,
-                max(0, limit),
-            )
+                max(0, limit), collection,
+            )  # fmt: skip
         return [_document(r) for r in records]
+
+    async def pending_collections(self) -> list[str]:
+        """Collections with rows waiting for the reconciler, the one waiting longest first."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT collection FROM documents WHERE status <> 'indexed'
+                GROUP BY collection ORDER BY min(updated_at), collection
+                """
+            )
+        return [r["collection"] for r in records]
+
+    async def point_ids(self, collection: str) -> set[str]:
+        """The vector point id of every row of a collection, whatever its status."""
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT point_id FROM documents WHERE collection = $1", collection)
+        return {str(r["point_id"]) for r in records}
 
     async def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow | None]:
         """Rows for `ids` in the same order (None where missing), in one query: a DataLoader's
