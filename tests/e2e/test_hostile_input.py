@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
+import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -287,8 +290,43 @@ async def test_subscriptions_per_connection_are_capped(server):
         assert refused["id"] == "3" and "limit" in refused["payload"][0]["message"].lower(), refused
 
 
+# -- GraphQL over HTTP: graphql-http's own audit (npm), run against the live server ----------------
+
+AUDIT_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "graphql_http_audit.mjs"
+
+
+@pytest.fixture(scope="module")
+def graphql_http_audit(tmp_path_factory) -> Path:
+    """graphql-http installed from npm into a scratch folder, next to a copy of the audit script."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js/npm are not installed: the graphql-http audit cannot run here")
+    folder = tmp_path_factory.mktemp("graphql-http")
+    done = subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", "graphql-http@1", "graphql@16"],
+        cwd=folder, capture_output=True, text=True, timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"npm could not install graphql-http (no registry?): {done.stderr[-500:]}")
+    script = folder / AUDIT_SCRIPT.name
+    shutil.copy(AUDIT_SCRIPT, script)
+    return script
+
+
+def test_graphql_http_audit_passes_every_must_and_should(server, graphql_http_audit):
+    done = subprocess.run(
+        ["node", str(graphql_http_audit), server.url + "/graphql"],
+        cwd=graphql_http_audit.parent, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(results) > 30, results  # the audit really ran
+    failing = [r for r in results if r["status"] != "ok" and ("MUST" in r["name"] or "SHOULD" in r["name"])]
+    assert failing == [], json.dumps(failing, indent=1)
+
+
 def test_stored_data_is_unchanged_and_the_log_is_clean(server):
     assert server.graphql(STORED, {"c": COLLECTION})["data"] == server.stored_before
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-5000:]
     assert " | ERROR " not in log, [line for line in log.splitlines() if " | ERROR " in line][:5]
+
