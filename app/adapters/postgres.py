@@ -107,8 +107,29 @@ def asyncpg_dsn(url: str) -> str:
     return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
 
 
+class _OutageLog:
+    """One warning per `every` seconds while PostgreSQL is down, not one per request."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = -every
+        self.suppressed = 0
+
+    def warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more failed calls since the last report)" if self.suppressed else ""
+        logger.warning("PostgreSQL unavailable: {!r}{}", exc, more)
+        self.last, self.suppressed = now, 0
+
+
+_outage_log = _OutageLog()
+
+
 def unavailable(exc: BaseException) -> DependencyUnavailable:
-    logger.warning("PostgreSQL unavailable: {!r}", exc)
+    _outage_log.warn(exc)
     # The client sees the kind of failure only; addresses and details stay in the log.
     return DependencyUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})", dependency="postgres")
 
