@@ -12,7 +12,8 @@ Space: every replaced or deleted point stays in its segment until the shard is o
 steady stream of updates would grow the data dir without bound. Once the points changed since
 the last optimization pass a share of the shard, optimize() runs in a worker thread: it rewrites
 the segments without the dead points (no HNSW graph is built, m=0: search is exact anyway).
-Searches go on meanwhile; writes to that shard wait for it.
+Searches go on meanwhile; writes to that shard wait for it. The shard's WAL bounds itself: it
+rotates 32 MiB segments, so it stays below about 64 MiB per shard.
 """
 
 from __future__ import annotations
