@@ -139,10 +139,13 @@ async def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--docs", type=int, default=2_000, help="the steady document count")
     parser.add_argument("--embedded", action="store_true", help="the server's embedded PostgreSQL and Redis")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the server (e.g. MALLOC_ARENA_MAX=2); repeatable")
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     print(machine_summary(), flush=True)
 
-    async with bench_server(embedded=args.embedded) as server:
+    async with bench_server(embedded=args.embedded, extra_env=extra_env) as server:
         setup = RawConnection(server.url)
         await setup.post(graphql_body(CREATE))
         ids = [f"doc-{i:06d}" for i in range(args.docs)]
@@ -192,7 +195,7 @@ async def main() -> None:
     print()
     print(
         f"soak: {args.duration / 60:.1f} min, {args.clients} clients, steady {args.docs} documents "
-        f"(count at the end: {count}); requests by kind: {tally.by_kind}"
+        f"(count at the end: {count}); requests by kind: {tally.by_kind}; server env: {extra_env or 'default'}"
     )
     print(render_table(
         ["min", "requests", "in sample", "errors", "RSS MiB", "RSS ratio", "anon MiB", "anon ratio",
