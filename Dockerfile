@@ -2,6 +2,14 @@
 #   docker build --build-arg TORCH_VARIANT=cu126 .
 # (the CUDA wheels bring their own CUDA runtime; the host needs the NVIDIA driver and
 # container toolkit, and the container `--gpus all` or compose's device reservation).
+# Stage 1 builds the wheel; the image installs only that wheel (no source tree, no test extras),
+# exactly as a user's `pip install citadel-*.whl` would, migrations included in the package.
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
 FROM python:3.11-slim
 
 ARG TORCH_VARIANT=cpu
@@ -15,13 +23,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv/citadel
 
 # torch first, from the index of the chosen variant, in its own layer: it is the largest
-# download, and `pip install .` keeps an installed torch that satisfies the requirement
+# download, and installing the project keeps an installed torch that satisfies the requirement
 # instead of pulling the CUDA build from PyPI.
 RUN pip install --index-url "${TORCH_INDEX_URL}" torch
 
-COPY pyproject.toml README.md ./
-COPY app ./app
-RUN pip install . && citadel --help > /dev/null
+COPY --from=wheel /dist /tmp/dist
+RUN pip install /tmp/dist/citadel-*.whl && rm -rf /tmp/dist && citadel --help > /dev/null
 
 # Unprivileged user; /data and /models become named volumes that inherit this ownership.
 RUN useradd --create-home --uid 10001 --user-group citadel \

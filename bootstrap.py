@@ -27,9 +27,24 @@ TORCH_SPEC = os.environ.get("CITADEL_TORCH_SPEC", "torch==2.13.0")
 BROWSER = Path("/usr/bin/chromium")
 
 
-def run(*args: str | Path, check: bool = True) -> int:
+def run(*args: str | Path) -> None:
     print("+", " ".join(str(a) for a in args), flush=True)
-    return subprocess.run([str(a) for a in args], cwd=ROOT, check=check).returncode
+    subprocess.run([str(a) for a in args], cwd=ROOT, check=True)
+
+
+def run_foreground(*args: str | Path) -> int:
+    """Run a long-lived command (the server, the tests) until it ends by itself.
+
+    Ctrl-C in a terminal reaches the whole process group, the child included: the child then
+    shuts down in its own time (the server stops its embedded databases), so this only waits.
+    subprocess.run would kill it 0.25 s after the interrupt and orphan those databases."""
+    print("+", " ".join(str(a) for a in args), flush=True)
+    process = subprocess.Popen([str(a) for a in args], cwd=ROOT)
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def pip(*args: str) -> None:
@@ -69,14 +84,14 @@ def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("serve", [])
     if command == "serve":
         setup()
-        return run(BIN / "citadel", "serve", *rest, check=False)
+        return run_foreground(BIN / "citadel", "serve", *rest)
     if command == "test":
         setup("[test]")
         ensure_browser()
-        return run(PYTHON, "-m", "pytest", *rest, check=False)
+        return run_foreground(PYTHON, "-m", "pytest", *rest)
     if command == "citadel":
         setup()
-        return run(BIN / "citadel", *rest, check=False)
+        return run_foreground(BIN / "citadel", *rest)
     print(__doc__)
     return 2
 

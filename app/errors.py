@@ -46,3 +46,19 @@ class DependencyUnavailable(CitadelError):
 
 class Internal(CitadelError):
     code = "INTERNAL"
+
+
+class Unauthenticated(CitadelError):
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(CitadelError):
+    code = "FORBIDDEN"
+
+
+class RateLimited(CitadelError):
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after: float, **extensions: Any) -> None:
+        super().__init__(message, retryAfter=retry_after, **extensions)
+        self.retry_after = retry_after

@@ -1,8 +1,8 @@
 """Start everything in a fixed order and stop it in reverse (one AsyncExitStack).
 
 Order: data dir -> PostgreSQL (embedded or URL) + migrations -> Redis -> vector store ->
-event bus -> model pool -> model manager -> embedding service -> domain services ->
-reconciler. Teardown runs backwards, so nothing outlives what it depends on.
+event bus (+ Redis bridge) -> model pool -> model manager -> cluster view -> embedding service ->
+domain services -> reconciler -> key revocation listener. Teardown runs backwards, so nothing outlives what it depends on.
 """
 
 from __future__ import annotations
@@ -13,21 +13,32 @@ from typing import AsyncIterator
 import redis.asyncio as aioredis
 from loguru import logger
 
+from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.events import EventBus
-from app.adapters.postgres import ModelStatusRow, PostgresRepo, create_pool
+from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.postgres_replicas import PostgresReplicaStore
+from app.adapters.redis_events import RedisEventBridge
 from app.adapters.redis_cache import EmbeddingCache
 from app.adapters.vector_store import open_vector_store
 from app.inference.pool import ModelPool
+from app.services.catalog import ModelCatalog
 from app.services.collections import CollectionService
 from app.services.container import Services
+from app.services.documents import DocumentService
 from app.services.embedding import EmbeddingService
-from app.services.health import HealthService, mask_url
+from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.key_revocations import RevocationListener, revocation_channel
+from app.services.keys import KeyService
 from app.services.models import ModelManager
+from app.services.rate_limit import RateLimiter
 from app.services.reconciler import Reconciler
+from app.services.replicas import ClusterView
 from app.services.schema_upgrader import SchemaUpgrader
 from app.services.search import SearchService
+from app.startup_checks import check_admin_reachable
 from app.settings import Settings
+from app.urls import mask_url
 
 
 @asynccontextmanager
@@ -50,6 +61,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         pg_pool = await create_pool(database_url, min_size=0)
         stack.push_async_callback(pg_pool.close)
         repo = PostgresRepo(pg_pool)
+        replica_store = PostgresReplicaStore(pg_pool)
+        keys_repo = ApiKeyRepo(pg_pool)
+        await check_admin_reachable(settings, keys_repo)  # before any background work starts
 
         if settings.embedded_redis:
             from app.adapters.embedded import EmbeddedRedis
@@ -63,20 +77,34 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(store.close)
 
         bus = EventBus()
+        stack.push_async_callback(bus.close)
+        bridge = RedisEventBridge(bus, redis, settings.redis_key("model-events"))
         try:
-            await bus.attach_redis(redis)
+            await bridge.start()
         except Exception as exc:  # no Redis: this replica's events stay local, it does not crash
             logger.warning("download events stay on this replica: Redis pub/sub unavailable ({})", exc)
-        stack.push_async_callback(bus.close)
+        stack.push_async_callback(bridge.close)
 
         pool = ModelPool(settings)
         stack.push_async_callback(pool.close)
 
-        models = ModelManager(settings, loader=pool.load, bus=bus, persist=status_saver(repo))
+        models = ModelManager(
+            settings, loader=pool.load, bus=bus, persist=replica_store.save_model_status, lock=replica_store
+        )
         stack.push_async_callback(models.close)
+        cluster = ClusterView(
+            settings.replica, bus, models.statuses, settings.models, replica_store, settings.replica_heartbeat_seconds
+        )
         await models.start()
+        await cluster.start()
+        stack.push_async_callback(cluster.close)
+        logger.info("replica {} (Redis namespace {})", settings.replica, settings.namespace)
 
-        cache = EmbeddingCache(redis, settings.cache) if settings.cache.enabled else None
+        cache = (
+            EmbeddingCache(redis, settings.cache, key_prefix=settings.embedding_key_prefix)
+            if settings.cache.enabled
+            else None
+        )
         embedder = EmbeddingService(settings, pool, cache, models)
         collections = CollectionService(settings, repo, store, models)
         ingest = IngestService(settings, repo, store, embedder, models)
@@ -87,6 +115,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         reconciler.start()
         stack.push_async_callback(reconciler.stop)
+
+        keys = KeyService(settings, keys_repo, redis)
+        revocations = RevocationListener(redis, keys, revocation_channel(settings))
+        revocations.start()
+        stack.push_async_callback(revocations.stop)
 
         health = HealthService(
             {
@@ -102,12 +135,17 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis=redis,
             pool=pool,
             models=models,
+            replicas=cluster,
             embedder=embedder,
             collections=collections,
             ingest=ingest,
             search=search,
             health=health,
             reconciler=reconciler,
+            documents=DocumentService(settings, repo),
+            keys=keys,
+            limiter=RateLimiter(redis, settings.auth.burst_seconds, key_prefix=settings.redis_key("rate") + ":"),
+            catalog=ModelCatalog(settings, models, health, cluster),
         )
         logger.info("shutting down")
 
@@ -120,24 +158,3 @@ def both(*probes):
             await check()
 
     return probe
-
-
-def status_saver(repo: PostgresRepo):
-    """Keep each model's last state in PostgreSQL (what an operator reads after a restart)."""
-
-    async def save(status) -> None:
-        await repo.save_model_status(
-            ModelStatusRow(
-                name=status.name,
-                state=status.state.value,
-                attempts=status.attempts,
-                max_attempts=status.max_attempts,
-                bytes_done=status.bytes_done,
-                bytes_total=status.bytes_total,
-                last_error=status.last_error,
-                fallback_for=status.fallback_for,
-                updated_at=status.updated_at,
-            )
-        )
-
-    return save

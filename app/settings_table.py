@@ -16,7 +16,7 @@ INTERNAL_FIELDS = {"hf_endpoint", "hf_offline", "hf_home"}  # read from HF_* var
 def _default(field) -> str:
     if field.default_factory is not None:
         name = getattr(field.default_factory, "__name__", "")
-        return {"_default_data_dir": "user data dir/citadel", "default_catalog": "built-in catalog"}.get(name, "")
+        return {"_default_data_dir": "user data dir/citadel", "builtin_catalog": "built-in catalog"}.get(name, "")
     if field.default is PydanticUndefined or field.default is None:
         return ""
     return f"`{field.default}`"

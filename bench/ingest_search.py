@@ -7,8 +7,9 @@ a temp dir; --embedded: the server's embedded defaults), creates a collection in
 `topic` and `n`, and ingests a deterministic corpus of short sentences (metadata: a topic
 keyword and an integer) in `ingest` calls of 500 documents:
 
-- the first half by one client (calls one after another, as a simple importer does),
-- the second half by two clients at once (storage of one call overlaps encoding of the other),
+- the first third by one client (calls one after another, as a simple importer does),
+- the second third by two clients at once, the last by four (storage of one call overlaps
+  encoding of another),
 - then everything again: all `unchanged`, no forward pass, so this row is the storage and API
   cost alone.
 
@@ -21,6 +22,12 @@ trip, `tookMs` the server's own measure.
 """
 
 from __future__ import annotations
+
+import os
+
+# The in-process encode runs under the server's OpenMP wait policy (app/inference sets it): with
+# busy-waiting threads a loaded machine would slow the baseline, not the server.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import asyncio
@@ -258,10 +265,11 @@ async def main() -> None:
     async with bench_server(embedded=args.embedded) as server:
         setup = Connection(server.url)
         await setup.post(graphql_body(CREATE, {"name": COLLECTION}))
-        half = total // 2
+        third = total // 3
         plan = [
-            ("ingest, new documents", docs[:half], 1),
-            ("ingest, new documents", docs[half:], 2),
+            ("ingest, new documents", docs[:third], 1),
+            ("ingest, new documents", docs[third : 2 * third], 2),
+            ("ingest, new documents", docs[2 * third :], 4),
             ("re-ingest, all unchanged", docs, 1),
         ]
         ingest_rows = []
@@ -327,6 +335,10 @@ async def main() -> None:
         f"goal: ingest >= 0.80x of the in-process encode rate: best {ratio:.2f}x ({best.clients} clients) -> "
         f"{'met' if ratio >= 0.8 else 'NOT met'}"
     )
+    for r in new_rows:
+        if r.clients >= 2:
+            each = r.per_second / r.encode_rate
+            print(f"goal: {r.clients} concurrent ingest clients >= 0.90x the encode rate: {each:.2f}x -> {'met' if each >= 0.9 else 'NOT met'}")
     for r in cached:
         p50 = percentile(r.latencies, 50) * 1000
         print(f"goal: cached-query search p50 < 20 ms ({r.name}): {fmt(p50)} ms -> {'met' if p50 < 20 else 'NOT met'}")

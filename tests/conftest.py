@@ -6,7 +6,19 @@ import os
 
 import pytest
 
+from tests.support import services
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    # Which PostgreSQL/Redis ran the tests: the machine's, or embedded ones standing in.
+    for line in services.summary():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    services.stop_embedded()
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +27,7 @@ def reference_model():
     from sentence_transformers import SentenceTransformer
 
     from app.inference.sources import local_model_dir
-    from app.settings import default_catalog
+    from app.domain.models import FALLBACK_MODEL, builtin_catalog
 
-    spec = default_catalog()["sentence-transformers/all-MiniLM-L6-v2"]
+    spec = builtin_catalog()[FALLBACK_MODEL]
     return SentenceTransformer(str(local_model_dir(spec)), device="cpu")

@@ -17,7 +17,8 @@ from alembic.script import ScriptDirectory
 from loguru import logger
 
 from alembic import command
-from app.adapters.postgres import CONNECTION_ERRORS, asyncpg_dsn, unavailable
+from app.adapters.postgres import CONNECTION_ERRORS, unavailable
+from app.urls import asyncpg_dsn
 
 # Shipped inside the package, so a wheel installed anywhere finds them; alembic.ini at the repo
 # root points at the same directory for `alembic` users. Never looked up from the working directory.

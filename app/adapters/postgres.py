@@ -1,5 +1,5 @@
-"""PostgreSQL, the source of truth: collections, documents (with their indexing status) and
-model download status, over an asyncpg pool.
+"""PostgreSQL, the source of truth: collections and documents (with their indexing status), over
+an asyncpg pool. Model states per replica live in app/adapters/postgres_replicas.py.
 
 Outages (refused connections, a server shutting down, a broken pool) surface as
 DependencyUnavailable; constraint violations as Conflict, NotFound or BadInput.
@@ -20,8 +20,10 @@ import asyncpg
 from loguru import logger
 
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
+from app.urls import asyncpg_dsn
 
 DocumentStatus = Literal["pending", "indexed", "deleting"]
+KeywordIndexState = Literal["none", "building", "ready"]
 UpsertStatus = Literal["inserted", "updated", "unchanged"]
 
 # Errors that mean "the database cannot be reached or is going away", not "the query is wrong".
@@ -52,6 +54,15 @@ class CollectionRow:
     distance: str
     indexed_fields: tuple[str, ...]
     created_at: datetime
+    keyword_index: KeywordIndexState = "none"
+    keyword_cursor: str | None = None  # while building: the last document id backfilled
+    chunk_max_tokens: int | None = None  # None: not chunked
+    chunk_overlap_tokens: int = 0
+
+    @property
+    def has_keywords(self) -> bool:
+        """Points written now get a sparse vector (the index exists, ready or being built)."""
+        return self.keyword_index != "none"
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class DocumentWrite:
     metadata: Mapping[str, Any]
     content_hash: str
     point_id: str | uuid.UUID
+    vector: bytes | None = None  # little-endian float32, when the client brought its own
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,7 @@ class DocumentRow:
     status: DocumentStatus
     created_at: datetime
     updated_at: datetime
+    vector: bytes | None = None  # read only where it is needed (pending_documents)
 
 
 @dataclass(frozen=True)
@@ -85,26 +98,7 @@ class UpsertOutcome:
     pending: bool
 
 
-@dataclass(frozen=True)
-class ModelStatusRow:
-    name: str
-    state: str
-    attempts: int
-    max_attempts: int
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    last_error: str | None = None
-    fallback_for: str | None = None
-    updated_at: datetime | None = None  # None: now, when saved
-
-
 # -- connections --------------------------------------------------------------------------------
-
-
-def asyncpg_dsn(url: str) -> str:
-    """The URL as asyncpg reads it: SQLAlchemy-style schemes (postgresql+asyncpg://) lose the driver."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme.split('+', 1)[0]}{sep}{rest}" if sep else url
 
 
 class _OutageLog:
@@ -189,6 +183,10 @@ def _collection(record: asyncpg.Record) -> CollectionRow:
         distance=record["distance"],
         indexed_fields=tuple(record["indexed_fields"]),
         created_at=record["created_at"],
+        keyword_index=record["keyword_index"],
+        keyword_cursor=record["keyword_cursor"],
+        chunk_max_tokens=record["chunk_max_tokens"],
+        chunk_overlap_tokens=record["chunk_overlap_tokens"],
     )
 
 
@@ -203,11 +201,8 @@ def _document(record: asyncpg.Record) -> DocumentRow:
         status=record["status"],
         created_at=record["created_at"],
         updated_at=record["updated_at"],
+        vector=record.get("vector"),
     )
-
-
-def _model_status(record: asyncpg.Record) -> ModelStatusRow:
-    return ModelStatusRow(**dict(record))
 
 
 def _affected(command_status: str) -> int:
@@ -247,16 +242,21 @@ class PostgresRepo:
         dimensions: int,
         distance: str,
         indexed_fields: Sequence[str] = (),
+        keyword_index: bool = False,
+        chunk_max_tokens: int | None = None,
+        chunk_overlap_tokens: int = 0,
     ) -> CollectionRow:
         async with self._connection() as conn:
             try:
                 record = await conn.fetchrow(
                     """
-                    INSERT INTO collections (name, model, model_revision, dimensions, distance, indexed_fields)
-                    VALUES ($1, $2, $3, $4, $5, $6)
+                    INSERT INTO collections (name, model, model_revision, dimensions, distance, indexed_fields,
+                                             keyword_index, chunk_max_tokens, chunk_overlap_tokens)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                     RETURNING *
                     """,
                     name, model, model_revision, dimensions, distance, list(indexed_fields),
+                    "ready" if keyword_index else "none", chunk_max_tokens, chunk_overlap_tokens,
                 )  # fmt: skip
             except asyncpg.UniqueViolationError:
                 raise Conflict(f"collection {name!r} already exists", collection=name) from None
@@ -286,6 +286,38 @@ class PostgresRepo:
         async with self._connection() as conn:
             return _affected(await conn.execute("DELETE FROM collections WHERE name = $1", name)) > 0
 
+    async def collections_building_keywords(self) -> list[CollectionRow]:
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT * FROM collections WHERE keyword_index = 'building' ORDER BY name")
+        return [_collection(r) for r in records]
+
+    async def set_keyword_progress(self, name: str, cursor: str | None, done: bool) -> None:
+        """Record the keyword backfill's position; done: the index is ready."""
+        async with self._connection() as conn:
+            await conn.execute(
+                """
+                UPDATE collections SET keyword_cursor = $2,
+                    keyword_index = CASE WHEN $3 THEN 'ready' ELSE keyword_index END
+                WHERE name = $1 AND keyword_index = 'building'
+                """,
+                name, None if done else cursor, done,
+            )  # fmt: skip
+
+    async def keyword_progress(self, name: str) -> tuple[int, int]:
+        """(documents backfilled, documents) of a collection whose keyword index is being built."""
+        async with self._connection() as conn:
+            record = await conn.fetchrow(
+                """
+                SELECT count(*) FILTER (WHERE c.keyword_cursor IS NOT NULL AND d.id <= c.keyword_cursor) AS done,
+                       count(d.id) AS total
+                FROM collections c LEFT JOIN documents d ON d.collection = c.name AND d.status <> 'deleting'
+                WHERE c.name = $1
+                GROUP BY c.name
+                """,
+                name,
+            )
+        return (int(record["done"]), int(record["total"])) if record else (0, 0)
+
     async def count_documents(self, name: str, status: DocumentStatus | None = None) -> int:
         """Documents of a collection with `status`; without one, those not being deleted."""
         if status is not None:
@@ -296,6 +328,35 @@ class PostgresRepo:
                 return int(await conn.fetchval(sql, name))
             sql = "SELECT count(*) FROM documents WHERE collection = $1 AND status = $2"
             return int(await conn.fetchval(sql, name, status))
+
+    async def count_documents_in(self, names: Sequence[str]) -> dict[str, int]:
+        """Documents not being deleted, per collection, for many collections in one query."""
+        if not names:
+            return {}
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT collection, count(*) AS n FROM documents
+                WHERE collection = ANY($1::text[]) AND status <> 'deleting' GROUP BY collection
+                """,
+                list(names),
+            )
+        counts = {r["collection"]: int(r["n"]) for r in records}
+        return {name: counts.get(name, 0) for name in names}
+
+    async def document_metadata(self, collection: str, after: str | None, limit: int) -> list[tuple[str, Any]]:
+        """(id, metadata) of documents not being deleted, in id order after `after`: for checks
+        that must look at every document's metadata (a tenant's count)."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT id, metadata FROM documents
+                WHERE collection = $1 AND status <> 'deleting' AND ($2::text IS NULL OR id > $2)
+                ORDER BY id LIMIT $3
+                """,
+                collection, after, max(0, limit),
+            )  # fmt: skip
+        return [(r["id"], r["metadata"]) for r in records]
 
     # -- documents --------------------------------------------------------------------------
 
@@ -346,15 +407,16 @@ class PostgresRepo:
                 try:
                     await conn.execute(
                         """
-                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, status)
-                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, 'pending'
-                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[])
-                             AS t(id, text, metadata, content_hash, point_id)
+                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, vector, status)
+                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, t.vector, 'pending'
+                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::bytea[])
+                             AS t(id, text, metadata, content_hash, point_id, vector)
                         ON CONFLICT (collection, id) DO UPDATE SET
                             text = EXCLUDED.text,
                             metadata = EXCLUDED.metadata,
                             content_hash = EXCLUDED.content_hash,
                             point_id = EXCLUDED.point_id,
+                            vector = EXCLUDED.vector,
                             status = 'pending',
                             updated_at = now()
                         """,
@@ -364,6 +426,7 @@ class PostgresRepo:
                         [m for _, m in changed],
                         [d.content_hash for d, _ in changed],
                         [str(d.point_id) for d, _ in changed],
+                        [d.vector for d, _ in changed],
                     )
                 except asyncpg.ForeignKeyViolationError:
                     raise NotFound(f"collection {collection!r} not found", collection=collection) from None
@@ -400,7 +463,7 @@ class PostgresRepo:
         async with self._connection() as conn:
             records = await conn.fetch(
                 f"""
-                SELECT {_DOCUMENT_COLUMNS} FROM documents
+                SELECT {_DOCUMENT_COLUMNS}, vector FROM documents
                 WHERE status <> 'indexed' AND ($2::text IS NULL OR collection = $2)
                 ORDER BY updated_at, collection, id
                 LIMIT $1
@@ -483,34 +546,6 @@ class PostgresRepo:
                 collection, list(ids),
             )  # fmt: skip
         return _affected(status)
-
-    # -- model status -----------------------------------------------------------------------
-
-    async def save_model_status(self, row: ModelStatusRow) -> None:
-        async with self._connection() as conn:
-            await conn.execute(
-                """
-                INSERT INTO model_status (name, state, attempts, max_attempts, bytes_done, bytes_total,
-                                          last_error, fallback_for, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
-                ON CONFLICT (name) DO UPDATE SET
-                    state = EXCLUDED.state,
-                    attempts = EXCLUDED.attempts,
-                    max_attempts = EXCLUDED.max_attempts,
-                    bytes_done = EXCLUDED.bytes_done,
-                    bytes_total = EXCLUDED.bytes_total,
-                    last_error = EXCLUDED.last_error,
-                    fallback_for = EXCLUDED.fallback_for,
-                    updated_at = EXCLUDED.updated_at
-                """,
-                row.name, row.state, row.attempts, row.max_attempts, row.bytes_done, row.bytes_total,
-                row.last_error, row.fallback_for, row.updated_at,
-            )  # fmt: skip
-
-    async def load_model_statuses(self) -> list[ModelStatusRow]:
-        async with self._connection() as conn:
-            records = await conn.fetch("SELECT * FROM model_status ORDER BY name")
-        return [_model_status(r) for r in records]
 
     # -- health -----------------------------------------------------------------------------
 

@@ -30,37 +30,40 @@ import numpy as np
 import qdrant_edge as qe
 from loguru import logger
 
-from app.domain.filters import (
-    And,
-    Eq,
-    Exists,
-    FilterNode,
-    In,
-    Not,
-    Or,
-    Range,
-    payload_key,
+from app.adapters.qdrant_common import (
+    DISTANCES,
+    EDGE,
+    INDEX_TYPES,
+    QdrantDialect,
+    count_facets,
+    document_points,
+    qdrant_filter,
 )
+from app.domain.filters import FilterNode
 from app.domain.vectors import (
+    DOC_ID_KEY,
+    SPARSE_VECTOR,
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
+    FacetValue,
+    Fusion,
+    SearchMode,
+    SparseVector,
+    StoreQuery,
     VectorHit,
     VectorPoint,
     checked_collection,
+    checked_distance,
+    checked_query,
     float32_list,
+    payload_key,
     point_uuid,
 )
 from app.errors import BadInput, Conflict, NotFound
 
 T = TypeVar("T")
 
-_DISTANCES = {"cosine": qe.Distance.Cosine, "dot": qe.Distance.Dot, "euclid": qe.Distance.Euclid}
-_INDEX_TYPES = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "float": qe.PayloadSchemaType.Float,
-    "bool": qe.PayloadSchemaType.Bool,
-    "datetime": qe.PayloadSchemaType.Datetime,
-}
 # Collection names become directory names: no separators, no "." or "..".
 _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SCROLL_PAGE = 1_000
@@ -72,11 +75,13 @@ OPTIMIZE_CHANGED_SHARE = 0.2
 OPTIMIZE_MIN_CHANGES = 1_000
 
 
-def _shard_config(dimensions: int, distance: Distance) -> qe.EdgeConfig:
+def _shard_config(vectors: qe.EdgeVectorParams, sparse: dict[str, Any] | None, on_disk_payload: bool) -> qe.EdgeConfig:
     # indexing_threshold=1: optimize() always rebuilds appendable segments, dropping dead points;
     # m=0: without building a graph nobody would use (search is exact).
     return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dimensions, distance=_DISTANCES[distance]),
+        vectors=vectors,
+        sparse_vectors=sparse,
+        on_disk_payload=on_disk_payload,
         optimizers=qe.EdgeOptimizersConfig(deleted_threshold=0.2, vacuum_min_vector_number=100, indexing_threshold=1),
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
     )
@@ -109,26 +114,58 @@ class QdrantEdgeStore:
     # -- collections ------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
+        self,
+        name: str,
+        dimensions: int,
+        distance: Distance | str,
+        indexed_fields: Sequence[str] = (),
+        keyword_index: bool = False,
+        layout: CollectionLayout | None = None,
     ) -> None:
         path = self._path(name)
         indexes = checked_collection(dimensions, distance, indexed_fields)
+        edge_distance = getattr(qe.Distance, DISTANCES[checked_distance(distance)][EDGE])
+        # One local shard: shard_number and the replication settings are a Qdrant server's.
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._registry_lock:
             if name in self._shards or path.exists():
                 raise Conflict(f"collection {name!r} already exists")
-            config = _shard_config(dimensions, distance)
+            sparse = {SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)} if keyword_index else None
+            vectors = qe.EdgeVectorParams(
+                size=dimensions,
+                distance=edge_distance,
+                on_disk=layout.on_disk_vectors,
+                quantization_config=quantization,
+            )
+            config = _shard_config(vectors, sparse, layout.on_disk_payload)
 
             def create() -> qe.EdgeShard:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 shard = qe.EdgeShard.create(str(path), config)
                 for index in indexes:
-                    op = qe.UpdateOperation.create_field_index(payload_key(index.field), _INDEX_TYPES[index.type])
+                    index_type = getattr(qe.PayloadSchemaType, INDEX_TYPES[index.type][EDGE])
+                    op = qe.UpdateOperation.create_field_index(payload_key(index.field), index_type)
                     shard.update(op)
                 shard.flush()
                 return shard
 
             self._shards[name] = _Shard(await asyncio.to_thread(create))
-        logger.info("edge collection {} created ({} dims, {})", name, dimensions, distance)
+        logger.info("edge collection {} created ({} dims, {}, keyword index {})", name, dimensions, distance, keyword_index)
+
+    async def add_keyword_index(self, name: str) -> None:
+        entry = await self._open(name)
+
+        def add() -> None:  # creating an existing sparse vector again is a no-op in Edge
+            entry.shard.update(qe.UpdateOperation.create_sparse_vector(SPARSE_VECTOR, modifier=qe.Modifier.Idf))
+            entry.shard.flush()
+
+        async with entry.write_lock:
+            await _call(add)
 
     async def delete_collection(self, name: str) -> None:
         path = self._path(name)
@@ -149,7 +186,7 @@ class QdrantEdgeStore:
     async def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         if not points:
             return
-        edge_points = [qe.Point(point_uuid(p.id), float32_list(p.vector), dict(p.payload)) for p in points]
+        edge_points = [qe.Point(point_uuid(p.id), _edge_vector(p), dict(p.payload)) for p in points]
         await self._write(name, qe.UpdateOperation.upsert_points(edge_points), changed=len(edge_points))
 
     async def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -157,28 +194,71 @@ class QdrantEdgeStore:
             return
         await self._write(name, qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]), changed=len(ids))
 
+    async def set_sparse_vectors(self, name: str, vectors: Sequence[tuple[str, SparseVector]]) -> None:
+        if not vectors:
+            return
+        updates = [qe.PointVectors(point_uuid(pid), {SPARSE_VECTOR: _edge_sparse(v)}) for pid, v in vectors]
+        await self._write(name, qe.UpdateOperation.update_vectors(updates))
+
+    async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
+        if not doc_ids:
+            return
+        selector = qe.Filter(must=[qe.FieldCondition(DOC_ID_KEY, match=qe.MatchAny([str(i) for i in doc_ids]))])
+        await self._write(name, qe.UpdateOperation.delete_points_by_filter(selector))
+
     async def search(
         self,
         name: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         limit: int,
         offset: int = 0,
         filter: FilterNode | None = None,
         score_threshold: float | None = None,
+        query: StoreQuery | None = None,
     ) -> list[VectorHit]:
+        query = checked_query(vector, query)
         entry = await self._open(name)
+        where = edge_filter(filter) if filter is not None else None
+        # Exact, and rescored with the original vectors where the collection is quantized.
+        exact = qe.SearchParams(
+            exact=True, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        )
+        dense = qe.Query.Nearest(float32_list(query.dense)) if query.dense is not None else None
+        sparse = qe.Query.Nearest(_edge_sparse(query.sparse), using=SPARSE_VECTOR) if query.sparse is not None else None
+        prefetches = None
+        if query.mode is SearchMode.HYBRID:
+            prefetches = [
+                qe.Prefetch(limit=query.prefetch, query=dense, filter=where, params=exact),
+                qe.Prefetch(limit=query.prefetch, query=sparse, filter=where, score_threshold=query.keyword_min_score),
+            ]
+            ranking: Any = qe.Fusion.Rrf(k=RRF_K, weights=[1.0, query.keyword_weight]) if query.fusion is Fusion.RRF else qe.Fusion.Dbsf()
+        else:
+            ranking = dense if query.mode is SearchMode.SEMANTIC else sparse
         request = qe.QueryRequest(
             limit=limit,
             offset=offset,
-            query=qe.Query.Nearest(float32_list(vector)),
-            filter=edge_filter(filter) if filter is not None else None,
+            query=ranking,
+            prefetches=prefetches,
+            filter=where,
             score_threshold=score_threshold,
             with_payload=True,
             with_vector=False,
-            params=qe.SearchParams(exact=True),
+            params=exact if query.mode is SearchMode.SEMANTIC else None,
         )
         found = await _call(entry.shard.query, request)
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+
+    async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
+        entry = await self._open(name)
+        where = document_points(filter, EDGE_DIALECT)
+        try:
+            response = await _call(entry.shard.facet, qe.FacetRequest(key, limit=limit, exact=True, filter=where))
+            return [FacetValue(value=_plain(h.value), count=int(h.count)) for h in response.hits]
+        except Exception as exc:
+            if "No appropriate index for faceting" not in str(exc):
+                raise
+        # Qdrant facets only indexed fields; other fields are counted from a scroll.
+        return count_facets(await _call(_scroll_payloads, entry.shard, where), key, limit)
 
     async def count(self, name: str) -> int:
         entry = await self._open(name)
@@ -272,6 +352,35 @@ class QdrantEdgeStore:
                     await entry.optimizing
 
 
+RRF_K = 60  # the usual reciprocal-rank-fusion constant (Qdrant server's default too)
+
+
+def _edge_sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(indices=[int(i) for i in vector.indices], values=[float(v) for v in vector.values])
+
+
+def _edge_vector(point: VectorPoint) -> Any:
+    dense = float32_list(point.vector)
+    if point.sparse is None:
+        return dense
+    return {"": dense, SPARSE_VECTOR: _edge_sparse(point.sparse)}
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, bool)) else str(value)
+
+
+def _scroll_payloads(shard: qe.EdgeShard, where: qe.Filter | None) -> list[dict[str, Any]]:
+    payloads: list[dict[str, Any]] = []
+    offset = None
+    while True:
+        request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=True, with_vector=False)
+        records, offset = shard.scroll(request)
+        payloads.extend(dict(r.payload or {}) for r in records)
+        if offset is None:
+            return payloads
+
+
 async def _call(fn: Callable[..., T], *args: Any) -> T:
     try:
         return await asyncio.to_thread(fn, *args)
@@ -285,40 +394,24 @@ async def _call(fn: Callable[..., T], *args: Any) -> T:
 # -- filter translation ---------------------------------------------------------------------
 
 
-def edge_filter(node: FilterNode) -> qe.Filter:
-    condition = _condition(node)
-    return condition if isinstance(condition, qe.Filter) else qe.Filter(must=[condition])
-
-
-def _condition(node: FilterNode) -> Any:
-    if isinstance(node, And):
-        return qe.Filter(must=[_condition(item) for item in node.items])
-    if isinstance(node, Or):
-        return qe.Filter(should=[_condition(item) for item in node.items])
-    if isinstance(node, Not):
-        if isinstance(node.item, Exists):  # not exists == is empty
-            return qe.IsEmptyCondition(payload_key(node.item.field))
-        return qe.Filter(must_not=[_condition(node.item)])
-    key = payload_key(node.field)
-    if isinstance(node, Eq):
-        return qe.FieldCondition(key, match=qe.MatchValue(_match_value(node.value)))
-    if isinstance(node, In):
-        return qe.FieldCondition(key, match=qe.MatchAny(list(node.values)))
-    if isinstance(node, Range):
-        if node.is_datetime:
-            bounds = {k: v.isoformat() for k, v in _bounds(node).items()}
-            return qe.FieldCondition(key, range=qe.RangeDateTime(**bounds))
-        return qe.FieldCondition(key, range=qe.RangeFloat(**{k: float(v) for k, v in _bounds(node).items()}))
-    if isinstance(node, Exists):
-        return qe.Filter(must_not=[qe.IsEmptyCondition(key)])
-    raise TypeError(f"not a filter node: {node!r}")
-
-
-def _match_value(value: str | int | bool) -> Any:
+def _match_value(key: str, value: str | int | bool) -> qe.FieldCondition:
     # qdrant-edge-py 0.9 reads a Python bool as an integer (MatchValue(True) matches 1, not
     # true); numpy.bool_ is not an int, so it reaches the binding as a real boolean.
-    return np.bool_(value) if isinstance(value, bool) else value
+    return qe.FieldCondition(key, match=qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value))
 
 
-def _bounds(node: Range) -> dict[str, Any]:
-    return {k: v for k, v in (("gt", node.gt), ("gte", node.gte), ("lt", node.lt), ("lte", node.lte)) if v is not None}
+EDGE_DIALECT = QdrantDialect(
+    filter_type=qe.Filter,
+    make_filter=qe.Filter,
+    is_empty=qe.IsEmptyCondition,
+    match_value=_match_value,
+    match_any=lambda key, values: qe.FieldCondition(key, match=qe.MatchAny(values)),
+    number_range=lambda key, bounds: qe.FieldCondition(key, range=qe.RangeFloat(**bounds)),
+    datetime_range=lambda key, bounds: qe.FieldCondition(
+        key, range=qe.RangeDateTime(**{k: v.isoformat() for k, v in bounds.items()})
+    ),
+)
+
+
+def edge_filter(node: FilterNode) -> qe.Filter:
+    return qdrant_filter(node, EDGE_DIALECT)

@@ -16,35 +16,38 @@ from loguru import logger
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from app.domain.filters import (
-    And,
-    Eq,
-    Exists,
-    FilterNode,
-    In,
-    Not,
-    Or,
-    Range,
-    payload_key,
+from app.adapters.qdrant_common import (
+    CLIENT,
+    DISTANCES,
+    INDEX_TYPES,
+    QdrantDialect,
+    count_facets,
+    document_points,
+    qdrant_filter,
 )
+from app.domain.filters import FilterNode
 from app.domain.vectors import (
+    DOC_ID_KEY,
+    SPARSE_VECTOR,
+    RESCORE_OVERSAMPLING,
+    CollectionLayout,
     Distance,
+    FacetValue,
+    Fusion,
+    SearchMode,
+    SparseVector,
+    StoreQuery,
     VectorHit,
     VectorPoint,
     checked_collection,
+    checked_distance,
+    checked_query,
     float32_list,
+    payload_key,
     point_uuid,
 )
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, NotFound
 
-_DISTANCES = {"cosine": models.Distance.COSINE, "dot": models.Distance.DOT, "euclid": models.Distance.EUCLID}
-_INDEX_TYPES = {
-    "keyword": models.PayloadSchemaType.KEYWORD,
-    "integer": models.PayloadSchemaType.INTEGER,
-    "float": models.PayloadSchemaType.FLOAT,
-    "bool": models.PayloadSchemaType.BOOL,
-    "datetime": models.PayloadSchemaType.DATETIME,
-}
 _UPSERT_BATCH = 256
 _SCROLL_PAGE = 1_000
 
@@ -59,6 +62,7 @@ class QdrantServerStore:
         *,
         client: AsyncQdrantClient | None = None,
         timeout: float = 10.0,
+        read_consistency: int | str = 1,
     ) -> None:
         if client is None:
             if not url:
@@ -68,28 +72,62 @@ class QdrantServerStore:
             client = AsyncQdrantClient(url=url, api_key=api_key, timeout=int(timeout), check_compatibility=False)
         self.client = client
         self._where = url or "an injected client"
+        # How many replicas of each shard answer a search: 1 (fastest), or "majority"/"quorum"/"all".
+        self.read_consistency = read_consistency
+        self._quantized: dict[str, bool] = {}  # per collection, read once: rescoring only where it applies
 
     # -- collections ------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, dimensions: int, distance: Distance, indexed_fields: Sequence[str] = ()
+        self,
+        name: str,
+        dimensions: int,
+        distance: Distance | str,
+        indexed_fields: Sequence[str] = (),
+        keyword_index: bool = False,
+        layout: CollectionLayout | None = None,
     ) -> None:
         indexes = checked_collection(dimensions, distance, indexed_fields)
+        client_distance = getattr(models.Distance, DISTANCES[checked_distance(distance)][CLIENT])
+        layout = (layout or CollectionLayout()).checked()
+        quantization = (
+            models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+            if layout.quantization == "int8"
+            else None
+        )
         async with self._guard(name):
             if await self.client.collection_exists(name):
                 raise Conflict(f"collection {name!r} already exists")
             await self.client.create_collection(
-                name, vectors_config=models.VectorParams(size=dimensions, distance=_DISTANCES[distance])
+                name,
+                vectors_config=models.VectorParams(size=dimensions, distance=client_distance, on_disk=layout.on_disk_vectors),
+                sparse_vectors_config={SPARSE_VECTOR: _SPARSE_PARAMS} if keyword_index else None,
+                shard_number=layout.shard_number,
+                replication_factor=layout.replication_factor,
+                write_consistency_factor=layout.write_consistency_factor,
+                on_disk_payload=layout.on_disk_payload,
+                quantization_config=quantization,
             )
+            self._quantized[name] = quantization is not None
             for index in indexes:
-                await self.client.create_payload_index(
-                    name, payload_key(index.field), field_schema=_INDEX_TYPES[index.type], wait=True
-                )
-        logger.info("qdrant collection {} created ({} dims, {})", name, dimensions, distance)
+                index_type = getattr(models.PayloadSchemaType, INDEX_TYPES[index.type][CLIENT])
+                await self.client.create_payload_index(name, payload_key(index.field), field_schema=index_type, wait=True)
+        logger.info("qdrant collection {} created ({} dims, {}, keyword index {})", name, dimensions, distance, keyword_index)
+
+    async def add_keyword_index(self, name: str) -> None:
+        async with self._guard(name):
+            info = await self.client.get_collection(name)
+            if SPARSE_VECTOR in (info.config.params.sparse_vectors or {}):
+                return
+            config = models.SparseVectorNameConfig(sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF))
+            await self.client.create_vector_name(name, SPARSE_VECTOR, config, wait=True)
 
     async def delete_collection(self, name: str) -> None:
         try:
             async with self._guard(name):
+                self._quantized.pop(name, None)
                 await self.client.delete_collection(name)
         except NotFound:
             pass  # already gone: deleting is idempotent
@@ -102,7 +140,7 @@ class QdrantServerStore:
 
     async def upsert(self, name: str, points: Sequence[VectorPoint]) -> None:
         structs = [
-            models.PointStruct(id=point_uuid(p.id), vector=float32_list(p.vector), payload=dict(p.payload))
+            models.PointStruct(id=point_uuid(p.id), vector=_client_vector(p), payload=dict(p.payload))
             for p in points
         ]
         async with self._guard(name):
@@ -116,27 +154,111 @@ class QdrantServerStore:
         async with self._guard(name):
             await self.client.delete(name, points_selector=selector, wait=True)
 
+    async def set_sparse_vectors(self, name: str, vectors: Sequence[tuple[str, SparseVector]]) -> None:
+        updates = [models.PointVectors(id=point_uuid(pid), vector={SPARSE_VECTOR: _client_sparse(v)}) for pid, v in vectors]
+        async with self._guard(name):
+            for start in range(0, len(updates), _UPSERT_BATCH):
+                await self.client.update_vectors(name, points=updates[start : start + _UPSERT_BATCH], wait=True)
+
+    async def delete_documents(self, name: str, doc_ids: Sequence[str]) -> None:
+        if not doc_ids:
+            return
+        selector = models.FilterSelector(
+            filter=models.Filter(
+                must=[models.FieldCondition(key=DOC_ID_KEY, match=models.MatchAny(any=[str(i) for i in doc_ids]))]
+            )
+        )
+        async with self._guard(name):
+            await self.client.delete(name, points_selector=selector, wait=True)
+
     async def search(
         self,
         name: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         limit: int,
         offset: int = 0,
         filter: FilterNode | None = None,
         score_threshold: float | None = None,
+        query: StoreQuery | None = None,
     ) -> list[VectorHit]:
+        query = checked_query(vector, query)
+        where = server_filter(filter) if filter is not None else None
+        dense = float32_list(query.dense) if query.dense is not None else None
+        sparse = _client_sparse(query.sparse) if query.sparse is not None else None
+        prefetch = None
+        using = None
+        # Rescoring applies to the dense vectors of a quantized collection only.
+        dense_params = await self._search_params(name) if dense is not None else None
+        if query.mode is SearchMode.HYBRID:
+            prefetch = [
+                models.Prefetch(query=dense, limit=query.prefetch, filter=where, params=dense_params),
+                models.Prefetch(
+                    query=sparse,
+                    using=SPARSE_VECTOR,
+                    limit=query.prefetch,
+                    filter=where,
+                    score_threshold=query.keyword_min_score,
+                ),
+            ]
+            ranking: Any = (
+                models.RrfQuery(rrf=models.Rrf(k=RRF_K, weights=[1.0, query.keyword_weight]))
+                if query.fusion is Fusion.RRF
+                else models.FusionQuery(fusion=models.Fusion.DBSF)
+            )
+        elif query.mode is SearchMode.SEMANTIC:
+            ranking = dense
+        else:
+            ranking, using = sparse, SPARSE_VECTOR
         async with self._guard(name):
             response = await self.client.query_points(
                 name,
-                query=float32_list(vector),
+                query=ranking,
+                using=using,
+                prefetch=prefetch,
                 limit=limit,
                 offset=offset,
-                query_filter=server_filter(filter) if filter is not None else None,
+                query_filter=where,
                 score_threshold=score_threshold,
                 with_payload=True,
                 with_vectors=False,
+                search_params=dense_params if query.mode is SearchMode.SEMANTIC else None,
+                consistency=self.read_consistency,
             )
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
+
+    async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
+        where = document_points(filter, SERVER_DIALECT)
+        try:
+            async with self._guard(name):
+                response = await self.client.facet(name, key, facet_filter=where, limit=limit, exact=True)
+            return [FacetValue(value=h.value, count=int(h.count)) for h in response.hits]
+        except BadInput as exc:
+            # A server facets only indexed fields; other fields are counted from a scroll.
+            if "index" not in exc.message.lower():
+                raise
+        payloads: list[dict[str, Any]] = []
+        offset: Any = None
+        async with self._guard(name):
+            while True:
+                records, offset = await self.client.scroll(
+                    name, scroll_filter=where, limit=_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False
+                )
+                payloads.extend(dict(r.payload or {}) for r in records)
+                if offset is None:
+                    break
+        return count_facets(payloads, key, limit)
+
+    async def _search_params(self, name: str) -> models.SearchParams | None:
+        if name not in self._quantized:
+            info = await self.client.get_collection(name)
+            vectors = info.config.params.vectors
+            own = getattr(vectors, "quantization_config", None)  # None for named-vector layouts
+            self._quantized[name] = bool(info.config.quantization_config or own)
+        if not self._quantized[name]:
+            return None
+        return models.SearchParams(
+            quantization=models.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+        )
 
     async def count(self, name: str) -> int:
         async with self._guard(name):
@@ -202,33 +324,33 @@ def _response_detail(exc: UnexpectedResponse) -> str:
         return exc.reason_phrase or "unexpected response"
 
 
-# -- filter translation ---------------------------------------------------------------------
+# -- vectors and filters ---------------------------------------------------------------------
+
+RRF_K = 60  # the same constant as the Edge adapter, so both fuse alike
+_SPARSE_PARAMS = models.SparseVectorParams(modifier=models.Modifier.IDF)
+
+
+def _client_sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=[int(i) for i in vector.indices], values=[float(v) for v in vector.values])
+
+
+def _client_vector(point: VectorPoint) -> Any:
+    dense = float32_list(point.vector)
+    if point.sparse is None:
+        return dense
+    return {"": dense, SPARSE_VECTOR: _client_sparse(point.sparse)}
+
+
+SERVER_DIALECT = QdrantDialect(
+    filter_type=models.Filter,
+    make_filter=models.Filter,
+    is_empty=lambda key: models.IsEmptyCondition(is_empty=models.PayloadField(key=key)),
+    match_value=lambda key, value: models.FieldCondition(key=key, match=models.MatchValue(value=value)),
+    match_any=lambda key, values: models.FieldCondition(key=key, match=models.MatchAny(any=values)),
+    number_range=lambda key, bounds: models.FieldCondition(key=key, range=models.Range(**bounds)),
+    datetime_range=lambda key, bounds: models.FieldCondition(key=key, range=models.DatetimeRange(**bounds)),
+)
 
 
 def server_filter(node: FilterNode) -> models.Filter:
-    condition = _condition(node)
-    return condition if isinstance(condition, models.Filter) else models.Filter(must=[condition])
-
-
-def _condition(node: FilterNode) -> Any:
-    if isinstance(node, And):
-        return models.Filter(must=[_condition(item) for item in node.items])
-    if isinstance(node, Or):
-        return models.Filter(should=[_condition(item) for item in node.items])
-    if isinstance(node, Not):
-        if isinstance(node.item, Exists):  # not exists == is empty
-            return models.IsEmptyCondition(is_empty=models.PayloadField(key=payload_key(node.item.field)))
-        return models.Filter(must_not=[_condition(node.item)])
-    key = payload_key(node.field)
-    if isinstance(node, Eq):
-        return models.FieldCondition(key=key, match=models.MatchValue(value=node.value))
-    if isinstance(node, In):
-        return models.FieldCondition(key=key, match=models.MatchAny(any=list(node.values)))
-    if isinstance(node, Range):
-        bounds = {k: getattr(node, k) for k in ("gt", "gte", "lt", "lte") if getattr(node, k) is not None}
-        if node.is_datetime:
-            return models.FieldCondition(key=key, range=models.DatetimeRange(**bounds))
-        return models.FieldCondition(key=key, range=models.Range(**{k: float(v) for k, v in bounds.items()}))
-    if isinstance(node, Exists):
-        return models.Filter(must_not=[models.IsEmptyCondition(is_empty=models.PayloadField(key=key))])
-    raise TypeError(f"not a filter node: {node!r}")
+    return qdrant_filter(node, SERVER_DIALECT)

@@ -31,9 +31,13 @@ _WARN_EVERY_SECONDS = 30.0
 
 
 class EmbeddingCache:
-    def __init__(self, redis: Redis, settings: CacheSettings, cooldown_seconds: float = 2.0) -> None:
+    def __init__(
+        self, redis: Redis, settings: CacheSettings, cooldown_seconds: float = 2.0, *, key_prefix: str | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        # The app passes Settings.embedding_key_prefix (inside the cluster's Redis namespace).
+        self.key_prefix = key_prefix if key_prefix is not None else (settings.key_prefix or "citadel:emb:")
         self.cooldown_seconds = cooldown_seconds
         self._skip_until = float("-inf")
         self._last_warning = float("-inf")
@@ -42,7 +46,7 @@ class EmbeddingCache:
     def keys(self, model: str, revision: str, prompt: str, normalize: bool, texts: Sequence[str]) -> list[str]:
         """One key per text. The prompt (not the kind) is hashed: kinds with equal prompts share."""
         space = hashlib.sha256(json.dumps([model, revision, prompt, normalize]).encode()).digest()
-        prefix = self.settings.key_prefix
+        prefix = self.key_prefix
         return [
             prefix + hashlib.sha256(space + hashlib.sha256(text.encode()).digest()).hexdigest() for text in texts
         ]

@@ -14,7 +14,12 @@ def open_vector_store(settings: Settings) -> VectorStore:
         from app.adapters.qdrant_server import QdrantServerStore
 
         logger.info("vector store: qdrant server at {}", settings.qdrant_url)
-        return QdrantServerStore(settings.qdrant_url, settings.qdrant_api_key)
+        consistency = settings.vectors.read_consistency
+        return QdrantServerStore(
+            settings.qdrant_url,
+            settings.qdrant_api_key,
+            read_consistency=int(consistency) if consistency.isdigit() else consistency,
+        )
 
     from app.adapters.qdrant_edge import QdrantEdgeStore
 

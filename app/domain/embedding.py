@@ -29,4 +29,15 @@ class EmbeddingBackend(Protocol):
         """Tokens per text (before truncation), used for token budgets and length sorting."""
         ...
 
+    def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        """Character offsets of each text's tokens (special tokens excluded), and how many special
+        tokens the model adds to every text: what chunking and truncation warnings count."""
+        ...
+
     def close(self) -> None: ...
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (L2); an all-zero row stays zero instead of turning NaN."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

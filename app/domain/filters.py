@@ -6,8 +6,8 @@
 
 `parse_filter` validates the JSON and returns an immutable AST; every problem is a BadInput
 naming the offending part (`filter.and[1].price: unknown operator 'gtx'`). The vector store
-adapters translate the AST to Qdrant filters; `matches` evaluates it in Python with exactly the
-semantics of that translation (the contract tests check the two agree).
+adapters translate the AST to Qdrant filters (app.adapters.qdrant_common); the tests' reference
+matcher (tests/support/filter_matcher.py) evaluates it in Python with exactly these semantics.
 
 Semantics (those of Qdrant, which the adapters rely on):
 - FIELD `a.b` is the metadata key `b` inside the object under `a`. Paths walk objects only: a
@@ -101,16 +101,6 @@ class Not:
 
 FilterNode = Union[Eq, In, Range, Exists, And, Or, Not]
 
-# Payload layout shared by both adapters: {"doc_id": str, "metadata": {...}}.
-DOC_ID_KEY = "doc_id"
-METADATA_KEY = "metadata"
-
-
-def payload_key(field: str) -> str:
-    """The Qdrant payload path of a filter FIELD."""
-    return f"{METADATA_KEY}.{field}"
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing
 
@@ -152,7 +142,7 @@ class _Parser:
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
     def field(self, field: Any, ops: Any, where: str) -> list[FilterNode]:
-        _check_field(field, where)
+        check_field(field, where)
         if not isinstance(ops, Mapping):
             raise BadInput(f"{where}: expected an object of operators, got {_json_type(ops)}")
         if not ops:
@@ -186,7 +176,8 @@ class _Parser:
         return out
 
 
-def _check_field(field: Any, where: str) -> None:
+def check_field(field: Any, where: str) -> None:
+    """BadInput unless `field` is a metadata path the filter language (and facets) can address."""
     if not isinstance(field, str) or not field:
         raise BadInput(f"{where}: empty field name")
     if len(field) > MAX_FIELD_CHARS:
@@ -268,108 +259,6 @@ def _json_type(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference predicate
-
-
-def matches(node: FilterNode, metadata: Mapping[str, Any]) -> bool:
-    """Whether a document's metadata satisfies the filter, exactly as the Qdrant translation does."""
-    if isinstance(node, And):
-        return all(matches(item, metadata) for item in node.items)
-    if isinstance(node, Or):
-        return any(matches(item, metadata) for item in node.items)
-    if isinstance(node, Not):
-        return not matches(node.item, metadata)
-    if isinstance(node, Exists):
-        raw = _lookup(metadata, node.field)
-        return raw is not _MISSING and raw is not None and raw != []
-    values = _values(metadata, node.field)
-    if isinstance(node, Eq):
-        return any(_same(v, node.value) for v in values)
-    if isinstance(node, In):
-        return any(_same(v, x) for v in values for x in node.values)
-    if isinstance(node, Range):
-        check = _in_datetime_range if node.is_datetime else _in_number_range
-        return any(check(v, node) for v in values)
-    raise TypeError(f"not a filter node: {node!r}")
-
-
-_MISSING = object()
-
-
-def _lookup(metadata: Mapping[str, Any], field: str) -> Any:
-    current: Any = metadata
-    for key in field.split("."):
-        if not isinstance(current, Mapping) or key not in current:
-            return _MISSING
-        current = current[key]
-    return current
-
-
-def _values(metadata: Mapping[str, Any], field: str) -> list[Any]:
-    raw = _lookup(metadata, field)
-    if raw is _MISSING:
-        return []
-    return list(raw) if isinstance(raw, list) else [raw]
-
-
-def _same(value: Any, wanted: Scalar) -> bool:
-    # Python says True == 1 == 1.0; Qdrant keeps bool, integer, float and string apart.
-    return type(value) is type(wanted) and value == wanted
-
-
-def _in_number_range(value: Any, r: Range) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return _bounds_hold(float(value), r, float)
-
-
-def _in_datetime_range(value: Any, r: Range) -> bool:
-    if not isinstance(value, str):
-        return False
-    parsed = parse_payload_datetime(value)
-    return parsed is not None and _bounds_hold(parsed, r, lambda b: b)
-
-
-def _bounds_hold(value: Any, r: Range, conv: Any) -> bool:
-    return (
-        (r.gt is None or value > conv(r.gt))
-        and (r.gte is None or value >= conv(r.gte))
-        and (r.lt is None or value < conv(r.lt))
-        and (r.lte is None or value <= conv(r.lte))
-    )
-
-
-# The payload string formats Qdrant recognises as datetimes (segment/src/types.rs, the
-# DateTimeWrapper parser): RFC 3339, then with or without 'T', fraction and zone, date only.
-_PAYLOAD_DATETIME_FORMATS = (
-    "%Y-%m-%dT%H:%M:%S.%f%z",
-    "%Y-%m-%d %H:%M:%S.%f%z",
-    "%Y-%m-%dT%H:%M:%S%z",
-    "%Y-%m-%d %H:%M:%S%z",
-    "%Y-%m-%dT%H:%M:%S.%f",
-    "%Y-%m-%d %H:%M:%S.%f",
-    "%Y-%m-%dT%H:%M:%S",
-    "%Y-%m-%d %H:%M:%S",
-    "%Y-%m-%dT%H:%M",
-    "%Y-%m-%d %H:%M",
-    "%Y-%m-%d",
-)
-_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
-
-
-def parse_payload_datetime(value: str) -> datetime | None:
-    """A metadata string as Qdrant reads it for datetime ranges (aware UTC), or None."""
-    # Qdrant keeps nanoseconds; microseconds are as fine as both sides compare here.
-    text = _LONG_FRACTION.sub(r"\1", value.lstrip())
-    for fmt in _PAYLOAD_DATETIME_FORMATS:
-        try:
-            return _utc(datetime.strptime(text, fmt))
-        except ValueError:
-            continue
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Indexed fields of a collection: "FIELD" or "FIELD:TYPE" (TYPE defaults to keyword).
 
 INDEX_TYPES = ("keyword", "integer", "float", "bool", "datetime")
@@ -385,7 +274,7 @@ def parse_indexed_field(spec: str) -> IndexedField:
     """`topic`, `price:float`, `author.name:keyword`, ...; BadInput when malformed."""
     where = f"indexedFields[{spec[:64]!r}]"
     field, _, kind = spec.partition(":")
-    _check_field(field, where)
+    check_field(field, where)
     kind = kind or "keyword"
     if kind not in INDEX_TYPES:
         raise BadInput(f"{where}: unknown index type {kind!r}; expected one of {', '.join(INDEX_TYPES)}")

@@ -5,17 +5,20 @@
         <file>                                 verified, renamed from .partial
         .citadel-download.json                 the commit being fetched (a new commit voids partials)
         .citadel-manifest.json                 written LAST: its presence means "complete"
+        .citadel-verified.json                 (size, mtime) of each file when its hash last matched
 
 A model without a manifest is never loaded, so a crash at any point leaves nothing half-usable.
+A start checks sizes and the stamp, hashing only the files that changed since they were last
+verified (multi-GB models start in milliseconds); `citadel models verify` hashes everything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,13 +27,17 @@ from urllib.parse import quote
 from loguru import logger
 
 from app.downloads.errors import CacheNotWritable, InsufficientDisk
+from app.downloads.hashing import sha256_of
 from app.downloads.hub import RepoSnapshot
-from app.settings import ModelSpec
+from app.domain.models import ModelSpec
 
 MANIFEST = ".citadel-manifest.json"
 PENDING = ".citadel-download.json"
+STAMP = ".citadel-verified.json"
 PARTIAL_SUFFIX = ".partial"
-_HASH_BLOCK = 4 << 20
+# A file modified within this long of its stamp may have changed within the clock's granularity
+# ("racy git"): such a stamp does not vouch for it, and its next check hashes it again.
+RACY_NS = 2_000_000_000
 _ENV_HINT = "set CITADEL_CACHE_DIR (or CITADEL_DATA_DIR) to a writable directory"
 
 
@@ -52,14 +59,6 @@ class Manifest:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json_atomically(path: Path, data: object) -> None:
@@ -161,27 +160,61 @@ class ModelCache:
         payload["files"] = [asdict(f) for f in files]
         _write_json_atomically(directory / MANIFEST, payload)
         (directory / PENDING).unlink(missing_ok=True)
+        self._write_stamp(spec, [f.name for f in files])  # every file was just hashed while downloading
         return manifest
 
-    def verify(self, spec: ModelSpec) -> list[str]:
-        """Problems of a cached model (empty when it is complete and intact). Blocking: hashes files."""
+    def verify(self, spec: ModelSpec, full: bool = False) -> list[str]:
+        """Problems of a cached model (empty when it is complete and intact). Blocking.
+
+        Sizes are always checked; a file's hash only when `full` or when the file changed (size or
+        mtime) since its hash last matched.
+        """
         manifest = self.manifest(spec)
         if manifest is None:
             return [f"{self.model_dir(spec)} has no complete download (no {MANIFEST})"]
-        problems = []
+        stamp = {} if full else self._read_stamp(spec)
+        problems, verified = [], []
         for entry in manifest.files:
             path = self.file_path(spec, entry.name)
             if not path.is_file():
                 problems.append(f"{entry.name}: missing")
                 continue
-            size = path.stat().st_size
-            if size != entry.size:
-                problems.append(f"{entry.name}: {size} bytes, expected {entry.size}")
+            stat = path.stat()
+            if stat.st_size != entry.size:
+                problems.append(f"{entry.name}: {stat.st_size} bytes, expected {entry.size}")
+                continue
+            if stamp.get(entry.name) == (stat.st_size, stat.st_mtime_ns):
+                verified.append(entry.name)
                 continue
             digest = sha256_of(path)
             if digest != entry.sha256:
                 problems.append(f"{entry.name}: sha256 {digest[:12]}…, expected {entry.sha256[:12]}…")
+            else:
+                verified.append(entry.name)
+        if not problems:
+            self._write_stamp(spec, verified)
         return problems
+
+    def _write_stamp(self, spec: ModelSpec, names: list[str]) -> None:
+        directory = self.model_dir(spec)
+        files = {}
+        for name in names:
+            stat = self.file_path(spec, name).stat()
+            files[name] = [stat.st_size, stat.st_mtime_ns]
+        try:
+            _write_json_atomically(directory / STAMP, {"verified_at_ns": time.time_ns(), "files": files})
+        except OSError as error:  # a read-only cache still works, it is only hashed at every start
+            logger.debug("cannot write {}: {}", directory / STAMP, error)
+
+    def _read_stamp(self, spec: ModelSpec) -> dict[str, tuple[int, int]]:
+        """Files whose stamp may be trusted: (size, mtime_ns) as they were when their hash matched."""
+        try:
+            raw = json.loads((self.model_dir(spec) / STAMP).read_text(encoding="utf-8"))
+            verified_at = int(raw["verified_at_ns"])
+            entries = {name: (int(size), int(mtime)) for name, (size, mtime) in raw["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {name: entry for name, entry in entries.items() if entry[1] + RACY_NS < verified_at}
 
     def purge(self, spec: ModelSpec) -> bool:
         """Delete the model's directory; True when there was something to delete."""

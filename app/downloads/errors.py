@@ -27,6 +27,20 @@ class HubHTTPError(DownloadError):
         self.status = status
 
 
+class RepoNotFound(HubHTTPError):
+    """The hub (or mirror) has no such repo or revision. The Hugging Face Hub answers 401 rather
+    than 404 for a repo it does not show, and mirrors match names case-sensitively."""
+
+    def __init__(self, repo_id: str, revision: str, endpoint: str, status: int) -> None:
+        super().__init__(
+            f"{endpoint} has no repo {repo_id!r} at revision {revision!r} (HTTP {status}). Check the repo id "
+            "letter for letter, case included, as the hub lists it; the revision; that HF_ENDPOINT is the mirror "
+            "you mean and that it mirrors this repo; and HF_TOKEN if the repo is private or gated.",
+            status,
+        )
+        self.reason = self.extensions["reason"] = "repo_not_found"
+
+
 class IntegrityError(DownloadError):
     """A file arrived with the wrong size or hash; it has been discarded."""
 

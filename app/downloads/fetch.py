@@ -11,7 +11,7 @@ from collections.abc import Callable
 from app.downloads.cache import Manifest, ModelCache
 from app.downloads.errors import DownloadError
 from app.downloads.hub import HubClient, RepoSnapshot, local_copy_matches
-from app.settings import ModelSpec
+from app.domain.models import ModelSpec
 
 SnapshotCallback = Callable[[RepoSnapshot], None]
 FileProgressCallback = Callable[[str, int, "int | None"], None]  # file, bytes done, file size

@@ -24,12 +24,14 @@ from huggingface_hub import constants, hf_hub_url
 from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 from loguru import logger
 
+from app.downloads.hashing import feed_file
 from app.downloads.errors import (
     DownloadError,
     HubHTTPError,
     HubUnreachable,
     IntegrityError,
     OfflineMode,
+    RepoNotFound,
     TruncatedFile,
 )
 
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 ProgressCallback = Callable[[int], None]  # bytes of the current file on disk so far
 
-_HASH_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -79,12 +80,6 @@ class _Hashes:
 def _write(handle: BinaryIO, hashes: _Hashes, data: bytes) -> None:
     handle.write(data)
     hashes.update(data)
-
-
-def _hash_existing(path: Path, hashes: _Hashes) -> None:
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            hashes.update(block)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -150,6 +145,8 @@ class HubClient:
         url = f"{self.endpoint}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
         async with self._translate(f"listing {repo_id}@{revision}"):
             response = await client.get(url, params={"blobs": "true"})
+        if response.status_code in (401, 404):
+            raise RepoNotFound(repo_id, revision, self.endpoint, response.status_code)
         self._raise_for_status(response, f"listing {repo_id}@{revision}")
         try:
             data = response.json()
@@ -222,7 +219,7 @@ class HubClient:
             offset = 0
         hashes = _Hashes(remote.size if remote.blob_id else None)
         if offset:
-            await asyncio.to_thread(_hash_existing, partial, hashes)
+            await asyncio.to_thread(feed_file, partial, hashes.update)
         on_progress(offset)
         if remote.size is None or offset < remote.size:
             offset, hashes = await self._transfer(client, snapshot, remote, partial, offset, hashes, on_progress)
@@ -354,7 +351,7 @@ def local_copy_matches(remote: RemoteFile, path: Path) -> str | None:
     if remote.size is not None and size != remote.size:
         return None
     hashes = _Hashes(size if remote.blob_id else None)
-    _hash_existing(path, hashes)
+    feed_file(path, hashes.update)
     if remote.sha256 and hashes.sha256.hexdigest() != remote.sha256:
         return None
     if remote.blob_id and hashes.git is not None and hashes.git.hexdigest() != remote.blob_id:

@@ -6,6 +6,7 @@ from typing import Any
 
 import strawberry
 
+from app.domain.models import DownloadEvent, ModelStatus
 from app.graphql import types as t
 
 
@@ -31,15 +32,38 @@ def collection_to_gql(row: Any) -> t.Collection:
         distance=t.Distance(row.distance),
         indexed_fields=list(row.indexed_fields),
         created_at=row.created_at,
+        keyword_index=row.keyword_index != "none",
+        chunking=t.Chunking(max_tokens=row.chunk_max_tokens, overlap_tokens=row.chunk_overlap_tokens)
+        if row.chunk_max_tokens
+        else None,
+        row=row,
     )
 
 
-def model_to_gql(status: Any, default_name: str | None = None) -> t.Model:
+def hit_to_gql(hit: Any, collection: str) -> t.SearchHit:
+    chunk = hit.chunk
+    return t.SearchHit(
+        id=strawberry.ID(hit.id),
+        score=hit.score,
+        text=hit.text,
+        metadata=hit.metadata,
+        collection_name=collection,
+        mode=hit.mode,
+        chunk=t.Chunk(index=chunk.index, text=chunk.text, start=chunk.start, end=chunk.end) if chunk else None,
+    )
+
+
+def ingest_error_to_gql(e: Any) -> t.IngestError:
+    return t.IngestError(index=e.index, id=None if e.id is None else strawberry.ID(e.id), code=e.code, message=e.message)
+
+
+def model_to_gql(status: ModelStatus, default_name: str | None, replicas: list[ModelStatus]) -> t.Model:
+    """`status` is this replica's truth; `replicas` the cluster's view (this one included)."""
     return t.Model(
         name=status.name,
         backend=status.backend,
         dimensions=status.dimensions,
-        state=t.ModelState(_state_name(status.state)),
+        state=status.state,
         attempts=status.attempts,
         max_attempts=status.max_attempts,
         bytes_done=status.bytes_done,
@@ -49,13 +73,30 @@ def model_to_gql(status: Any, default_name: str | None = None) -> t.Model:
         last_error=status.last_error,
         updated_at=status.updated_at,
         is_default=status.name == default_name,
+        replica=status.replica,
+        replicas=[replica_to_gql(r) for r in replicas],
     )
 
 
-def event_to_gql(event: Any) -> t.DownloadEvent:
+def replica_to_gql(status: ModelStatus) -> t.ModelReplica:
+    return t.ModelReplica(
+        replica=status.replica,
+        state=status.state,
+        attempts=status.attempts,
+        max_attempts=status.max_attempts,
+        bytes_done=status.bytes_done,
+        bytes_total=status.bytes_total,
+        device=status.device,
+        last_error=status.last_error,
+        updated_at=status.updated_at,
+    )
+
+
+def event_to_gql(event: DownloadEvent) -> t.DownloadEvent:
     return t.DownloadEvent(
         model=event.model,
-        state=t.ModelState(_state_name(event.state)),
+        replica=event.replica,
+        state=event.state,
         attempt=event.attempt,
         max_attempts=event.max_attempts,
         file=event.file,
@@ -71,26 +112,16 @@ def event_to_gql(event: Any) -> t.DownloadEvent:
     )
 
 
-def status_to_event_gql(status: Any) -> t.DownloadEvent:
-    """A model's current state as an event: what a late subscriber sees first."""
-    return t.DownloadEvent(
-        model=status.name,
-        state=t.ModelState(_state_name(status.state)),
-        attempt=status.attempts,
-        max_attempts=status.max_attempts,
-        file=None,
-        bytes_done=status.bytes_done,
-        bytes_total=status.bytes_total,
-        percent=status.percent,
-        bytes_per_second=None,
-        message=status.last_error if _state_name(status.state) == "FAILED" else None,
-        at=status.updated_at,
-        kind="state",
-        model_bytes_done=status.bytes_done,
-        model_bytes_total=status.bytes_total,
+def api_key_to_gql(row: Any) -> t.ApiKey:
+    return t.ApiKey(
+        id=strawberry.ID(row.id),
+        name=row.name,
+        prefix=row.prefix,
+        scopes=[t.Scope(s) for s in row.scopes],
+        collections=None if row.collections is None else list(row.collections),
+        filter=row.filter,
+        rate_per_second=row.rate_per_second,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked=row.revoked,
     )
-
-
-def _state_name(state: Any) -> str:
-    # The manager may use an enum or a plain string; GraphQL wants the name.
-    return getattr(state, "value", state)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import asyncpg
 from graphql.error import GraphQLError
 from loguru import logger
-from strawberry.extensions import SchemaExtension
 
 from app.errors import CitadelError
 
@@ -55,11 +52,3 @@ def _first_line(error: BaseException) -> str:
     if isinstance(error, UnicodeEncodeError):
         return "text is not valid Unicode (unpaired surrogate)"
     return (str(error).splitlines() or [type(error).__name__])[0][:200]
-
-
-class PublicErrors(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is not None and result.errors:
-            result.errors = [public_error(e) for e in result.errors]

@@ -8,7 +8,9 @@ import strawberry
 
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import collection_to_gql, model_to_gql
+from app.domain.chunking import Chunking
+from app.graphql.convert import api_key_to_gql, collection_to_gql, ingest_error_to_gql, model_to_gql
+from app.services.keys import KeyRequest
 
 Info = strawberry.Info[Context, None]
 
@@ -23,46 +25,79 @@ class Mutation:
         model: Optional[str] = None,
         distance: Optional[t.Distance] = t.Distance.COSINE,
         indexed_fields: Optional[list[str]] = None,
+        chunking: Optional[t.ChunkingInput] = None,
+        keyword_index: Optional[bool] = True,
+        layout: Optional[t.CollectionLayoutInput] = None,
     ) -> t.Collection:
+        overrides = None
+        if layout is not None:
+            overrides = {k: v for k, v in vars(layout).items() if v is not None}
+            if layout.quantization is not None:
+                overrides["quantization"] = layout.quantization.value
         row = await info.context.services.collections.create(
-            name, model=model, distance=(distance or t.Distance.COSINE).value, indexed_fields=indexed_fields or []
+            name,
+            model=model,
+            distance=(distance or t.Distance.COSINE).value,
+            indexed_fields=indexed_fields or [],
+            layout=overrides,
+            keyword_index=keyword_index is not False,
+            chunking=Chunking(chunking.max_tokens, chunking.overlap_tokens or 0) if chunking else None,
+            principal=info.context.principal,
         )
         return collection_to_gql(row)
 
     @strawberry.mutation
     async def delete_collection(self, info: Info, name: str) -> bool:
-        return await info.context.services.collections.delete(name)
+        return await info.context.services.collections.delete(name, principal=info.context.principal)
 
     @strawberry.mutation
     async def ingest(self, info: Info, collection: str, documents: list[t.DocumentInput]) -> t.IngestResult:
         payload = [
-            {"id": None if d.id is None else str(d.id), "text": d.text, "metadata": d.metadata}
+            {
+                "id": None if d.id is None else str(d.id),
+                "text": d.text,
+                "metadata": d.metadata,
+                "vector": d.vector,
+                "vector_base64": d.vector_base64,
+            }
             for d in documents
         ]
-        report = await info.context.services.ingest.ingest(collection, payload)
+        report = await info.context.services.ingest.ingest(collection, payload, principal=info.context.principal)
         return t.IngestResult(
             ids=[strawberry.ID(i) for i in report.ids],
             inserted=report.inserted,
             updated=report.updated,
             unchanged=report.unchanged,
             failed=report.failed,
-            errors=[
-                t.IngestError(
-                    index=e.index,
-                    id=None if e.id is None else strawberry.ID(e.id),
-                    code=e.code,
-                    message=e.message,
-                )
-                for e in report.errors
-            ],
+            errors=[ingest_error_to_gql(e) for e in report.errors],
+            chunks=report.chunks,
+            warnings=[ingest_error_to_gql(w) for w in report.warnings],
         )
 
     @strawberry.mutation(description="How many documents were removed.")
     async def delete_documents(self, info: Info, collection: str, ids: list[strawberry.ID]) -> int:
-        return await info.context.services.ingest.delete_documents(collection, [str(i) for i in ids])
+        return await info.context.services.ingest.delete_documents(
+            collection, [str(i) for i in ids], principal=info.context.principal
+        )
 
     @strawberry.mutation(description="Starts a download, or joins the one under way.")
     async def download_model(self, info: Info, name: str) -> t.Model:
-        manager = info.context.services.models
-        status = manager.download(name)
-        return model_to_gql(status, manager.effective_default)
+        catalog = info.context.services.catalog
+        status = catalog.download(name, info.context.principal)
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name))
+
+    @strawberry.mutation(description="A new API key (ADMIN); its secret is in the answer and nowhere else.")
+    async def create_api_key(self, info: Info, input: t.ApiKeyInput) -> t.CreatedApiKey:
+        request = KeyRequest(
+            name=input.name,
+            scopes=[s.value for s in input.scopes],
+            collections=input.collections,
+            filter=input.filter,
+            rate_per_second=input.rate_per_second,
+        )
+        row, secret = await info.context.services.keys.create(request, info.context.principal)
+        return t.CreatedApiKey(key=api_key_to_gql(row), secret=secret)
+
+    @strawberry.mutation(description="Revoke a key at once (ADMIN); false when it was already revoked.")
+    async def revoke_api_key(self, info: Info, id: strawberry.ID) -> bool:
+        return await info.context.services.keys.revoke(str(id), info.context.principal)

@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 import strawberry
 
 from app import __version__
-from app.domain.embedding import EmbedKind as DomainKind
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import collection_to_gql, document_to_gql, model_to_gql
+from app.graphql.convert import api_key_to_gql, collection_to_gql, document_to_gql, hit_to_gql, model_to_gql
 from app.graphql.scalars import JSON
 
 Info = strawberry.Info[Context, None]
@@ -33,18 +32,23 @@ class Query:
     ) -> t.EmbedResult:
         kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as in API.md
         outcome = await info.context.services.embedder.embed(
-            texts, model=model, kind=DomainKind(kind.value), normalize=normalize is not False, wait=wait
+            texts,
+            model=model,
+            kind=kind,
+            normalize=normalize is not False,
+            wait=wait,
+            principal=info.context.principal,
         )
         return t.EmbedResult(
             model=outcome.model,
             dimensions=outcome.dimensions,
             embeddings=[
-                t.Embedding(index=i, vector=vector.tolist(), cached=cached)
+                t.Embedding(index=i, values=vector, cached=cached)
                 for i, (vector, cached) in enumerate(zip(outcome.vectors, outcome.cached))
             ],
         )
 
-    @strawberry.field(description="Semantic search: exactly one of `query` or `vector`.")
+    @strawberry.field(description="Search: exactly one of `query` or `vector` (SEMANTIC only); KEYWORD and HYBRID need `query`.")
     async def search(
         self,
         info: Info,
@@ -55,6 +59,8 @@ class Query:
         offset: Optional[int] = 0,
         filter: Optional[JSON] = None,
         score_threshold: Optional[float] = None,
+        mode: Optional[t.SearchMode] = t.SearchMode.SEMANTIC,
+        fusion: Optional[t.Fusion] = t.Fusion.RRF,
     ) -> t.SearchResult:
         outcome = await info.context.services.search.search(
             collection,
@@ -64,68 +70,80 @@ class Query:
             offset=offset or 0,
             filter=filter,
             score_threshold=score_threshold,
+            mode=mode or t.SearchMode.SEMANTIC,
+            fusion=fusion or t.Fusion.RRF,
+            principal=info.context.principal,
         )
         hits = []
         for hit in outcome.hits:
             # Prime the loader: the rows were already read to drop deleted documents.
             if getattr(hit, "row", None) is not None:
                 info.context.document_loader.prime((collection, hit.id), document_to_gql(hit.row))
-            hits.append(
-                t.SearchHit(
-                    id=strawberry.ID(hit.id),
-                    score=hit.score,
-                    text=hit.text,
-                    metadata=hit.metadata,
-                    collection_name=collection,
-                )
-            )
+            hits.append(hit_to_gql(hit, collection))
         return t.SearchResult(
             collection=outcome.collection, model=outcome.model, hits=hits, took_ms=outcome.took_ms
         )
 
+    @strawberry.field(description="Documents per value of a metadata field under the filter, most frequent first.")
+    async def facets(
+        self, info: Info, collection: str, field: str, filter: Optional[JSON] = None, limit: Optional[int] = 10
+    ) -> list[t.FacetCount]:
+        counts = await info.context.services.search.facets(
+            collection, field, filter=filter, limit=10 if limit is None else limit, principal=info.context.principal
+        )
+        return [t.FacetCount(value=c.value, count=c.count) for c in counts]
+
     @strawberry.field
     async def collections(self, info: Info) -> list[t.Collection]:
-        rows = await info.context.services.collections.list()
+        rows = await info.context.services.collections.list(principal=info.context.principal)
         return [collection_to_gql(row) for row in rows]
 
     @strawberry.field
     async def collection(self, info: Info, name: str) -> Optional[t.Collection]:
-        row = await info.context.services.repo.get_collection(name)
+        row = await info.context.services.collections.find(name, principal=info.context.principal)
         return collection_to_gql(row) if row else None
 
     @strawberry.field
     async def document(self, info: Info, collection: str, id: strawberry.ID) -> Optional[t.Document]:
-        row = await info.context.services.repo.get_document(collection, str(id))
+        row = await info.context.services.documents.get(collection, str(id), principal=info.context.principal)
         return document_to_gql(row) if row else None
 
     @strawberry.field(description="Page through a collection's documents in id order.")
     async def documents(
         self, info: Info, collection: str, after: Optional[str] = None, first: int = 100
     ) -> t.DocumentConnection:
-        services = info.context.services
-        await services.collections.get(collection)  # NOT_FOUND for an unknown collection
-        first = max(1, min(first, services.settings.limits.max_search_limit))
-        rows = await services.repo.list_documents(collection, after, first + 1)
-        items = [document_to_gql(row) for row in rows[:first]]
-        next_cursor = str(items[-1].id) if len(rows) > first else None
-        return t.DocumentConnection(items=items, next_cursor=next_cursor)
+        rows, next_cursor = await info.context.services.documents.page(
+            collection, after, first, principal=info.context.principal
+        )
+        return t.DocumentConnection(items=[document_to_gql(row) for row in rows], next_cursor=next_cursor)
 
     @strawberry.field
     def models(self, info: Info) -> list[t.Model]:
-        manager = info.context.services.models
-        return [model_to_gql(s, manager.effective_default) for s in manager.statuses()]
+        catalog = info.context.services.catalog
+        return [
+            model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+            for s in catalog.statuses(info.context.principal)
+        ]
 
     @strawberry.field
     def model(self, info: Info, name: str) -> Optional[t.Model]:
-        manager = info.context.services.models
-        status = manager.status(name)
-        return model_to_gql(status, manager.effective_default) if status else None
+        catalog = info.context.services.catalog
+        status = catalog.status(name, info.context.principal)
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name)) if status else None
+
+    @strawberry.field(description="Every API key (ADMIN); secrets are never shown.")
+    async def api_keys(self, info: Info) -> list[t.ApiKey]:
+        return [api_key_to_gql(row) for row in await info.context.services.keys.list(info.context.principal)]
+
+    @strawberry.field(description="The key of this request; null without one (or for the environment's admin key).")
+    async def me(self, info: Info) -> Optional[t.ApiKey]:
+        row = await info.context.services.keys.me(info.context.principal)
+        return api_key_to_gql(row) if row else None
 
     @strawberry.field
     async def health(self, info: Info) -> t.Health:
-        services = info.context.services
-        report = await services.health.check()
-        manager = services.models
+        catalog = info.context.services.catalog
+        report = await catalog.health(info.context.principal)
         return t.Health(
             status=report.status,
             version=__version__,
@@ -133,5 +151,8 @@ class Query:
                 t.DependencyHealth(name=d.name, ok=d.ok, latency_ms=d.latency_ms, detail=d.detail)
                 for d in report.dependencies
             ],
-            models=[model_to_gql(s, manager.effective_default) for s in manager.statuses()],
+            models=[
+                model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+                for s in catalog.statuses(info.context.principal)
+            ],
         )

@@ -1,4 +1,4 @@
-"""Subscriptions: model download progress, current state first, then live events."""
+"""Subscriptions: model download progress, the current state on every replica first, then live events."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import strawberry
 
 from app.graphql import types as t
 from app.graphql.context import Context
-from app.graphql.convert import event_to_gql, status_to_event_gql
+from app.graphql.convert import event_to_gql
 
 Info = strawberry.Info[Context, None]
 
@@ -19,13 +19,9 @@ class Subscription:
     async def model_download_progress(
         self, info: Info, model: Optional[str] = None
     ) -> AsyncGenerator[t.DownloadEvent, None]:
-        manager = info.context.services.models
-        if model is not None:
-            info.context.services.settings.model(model)  # NOT_FOUND for an unknown model
-        # Subscribe before reading the snapshot so no event falls between the two.
-        async with manager.bus.subscribe(model) as events:
-            for status in manager.statuses():
-                if model is None or status.name == model:
-                    yield status_to_event_gql(status)
+        catalog = info.context.services.catalog
+        async with catalog.progress(model, info.context.principal) as (snapshot, events):
+            for event in snapshot:  # the current state on every live replica, one event each
+                yield event_to_gql(event)
             async for event in events:
                 yield event_to_gql(event)

@@ -2,33 +2,85 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import base64
 import enum
+import datetime as dt
 from typing import TYPE_CHECKING, Optional
 
+import numpy as np
 import strawberry
 
-from app.downloads.state import ModelState as DomainModelState
+from app.domain.access import Scope as DomainScope
+from app.domain.models import ModelState as DomainModelState
+from app.domain.embedding import EmbedKind as DomainEmbedKind
+from app.domain.vectors import Distance as DomainDistance
+from app.domain.vectors import Fusion as DomainFusion
+from app.domain.vectors import SearchMode as DomainSearchMode
 from app.graphql.scalars import JSON, Long
 
 if TYPE_CHECKING:
     from app.graphql.context import Context
 
 
-@strawberry.enum
-class EmbedKind(enum.Enum):
-    QUERY = "QUERY"
-    DOCUMENT = "DOCUMENT"
+# One definition per concept: the GraphQL enums are the domain's.
+EmbedKind = strawberry.enum(DomainEmbedKind, name="EmbedKind")
+Distance = strawberry.enum(DomainDistance, name="Distance")
+SearchMode = strawberry.enum(
+    DomainSearchMode,
+    name="SearchMode",
+    description="SEMANTIC: dense vectors; KEYWORD: BM25 over the document text; HYBRID: both, fused",
+)
+Fusion = strawberry.enum(DomainFusion, name="Fusion", description="How HYBRID fuses its two rankings")
+
+
+@strawberry.input(description="Chunks of at most maxTokens tokens of the collection's model")
+class ChunkingInput:
+    max_tokens: int
+    overlap_tokens: Optional[int] = 0
+
+
+@strawberry.type
+class Chunking:
+    max_tokens: int
+    overlap_tokens: int
+
+
+@strawberry.type(description="A chunk of a document: text == document.text[start:end]")
+class Chunk:
+    index: int
+    text: str
+    start: int
+    end: int
+
+
+@strawberry.type(description="Documents per value of a metadata field")
+class FacetCount:
+    value: JSON
+    count: Long
 
 
 @strawberry.enum
-class Distance(enum.Enum):
-    COSINE = "cosine"
-    DOT = "dot"
-    EUCLID = "euclid"
+class Quantization(enum.Enum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+@strawberry.input(description="How a collection is laid out in Qdrant; omitted fields take the CITADEL_VECTORS__* defaults")
+class CollectionLayoutInput:
+    shard_number: Optional[int] = strawberry.field(default=None, description="Qdrant server: shards")
+    replication_factor: Optional[int] = strawberry.field(default=None, description="Qdrant server: copies of each shard")
+    write_consistency_factor: Optional[int] = strawberry.field(
+        default=None, description="Qdrant server: replicas that must acknowledge a write"
+    )
+    on_disk_vectors: Optional[bool] = None
+    on_disk_payload: Optional[bool] = None
+    quantization: Optional[Quantization] = strawberry.field(
+        default=None, description="INT8: scalar quantization, searches rescored on the original vectors"
+    )
 
 
 ModelState = strawberry.enum(DomainModelState, name="ModelState")  # one list of states, the state machine's
+Scope = strawberry.enum(DomainScope, name="Scope", description="WRITE includes READ; ADMIN includes everything")
 
 
 @strawberry.input
@@ -36,13 +88,34 @@ class DocumentInput:
     id: Optional[strawberry.ID] = None
     text: str
     metadata: Optional[JSON] = None
+    vector: Optional[list[float]] = strawberry.field(
+        default=None, description="The document's own embedding (the collection's dimensions); the text is then not embedded"
+    )
+    vector_base64: Optional[str] = strawberry.field(
+        default=None, description="The same as `vector`, as little-endian float32 bytes in base64 (compact for bulk loads)"
+    )
 
 
 @strawberry.type
 class Embedding:
     index: int
-    vector: list[float]
     cached: bool
+    values: strawberry.Private[np.ndarray]  # float32 (dimensions,)
+
+    @strawberry.field
+    def vector(self) -> list[float]:
+        return self.values.tolist()
+
+    @strawberry.field(
+        description="The vector as little-endian float32 bytes, base64-encoded (a quarter of the JSON of `vector`)"
+    )
+    def vector_base64(self) -> str:
+        return vector_base64(self.values)
+
+
+def vector_base64(values: np.ndarray) -> str:
+    """Little-endian float32 bytes, base64: OpenAI's `encoding_format: "base64"`."""
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
 @strawberry.type
@@ -71,6 +144,8 @@ class SearchHit:
     text: str
     metadata: Optional[JSON]
     collection_name: strawberry.Private[str]
+    mode: SearchMode = strawberry.field(description="The ranking that scored this hit")
+    chunk: Optional[Chunk] = strawberry.field(default=None, description="The best-matching chunk; null when not chunked")
 
     @strawberry.field
     async def document(self, info: strawberry.Info["Context", None]) -> Document:
@@ -94,10 +169,18 @@ class Collection:
     distance: Distance
     indexed_fields: list[str]
     created_at: dt.datetime
+    keyword_index: bool = strawberry.field(description="BM25 vectors for KEYWORD and HYBRID search (maybe still being built)")
+    chunking: Optional[Chunking] = None
+    row: strawberry.Private[object] = None
 
     @strawberry.field
     async def document_count(self, info: strawberry.Info["Context", None]) -> Long:
-        return await info.context.services.repo.count_documents(self.name)
+        # Batched: one query for every collection of the response, through the services.
+        return await info.context.count_loader.load(self.name)
+
+    @strawberry.field(description="Share of documents in the keyword index (1.0: ready; null: no keyword index)")
+    async def keyword_index_progress(self, info: strawberry.Info["Context", None]) -> Optional[float]:
+        return await info.context.services.collections.keyword_progress(self.row)
 
 
 @strawberry.type
@@ -116,6 +199,21 @@ class IngestResult:
     unchanged: int
     failed: int
     errors: list[IngestError]
+    chunks: int = strawberry.field(description="Vector points written: one per document, or one per chunk")
+    warnings: list[IngestError] = strawberry.field(description="Stored, but e.g. TRUNCATED (longer than the model's window)")
+
+
+@strawberry.type(description="A model's state on one replica of the cluster")
+class ModelReplica:
+    replica: str
+    state: ModelState
+    attempts: int
+    max_attempts: int
+    bytes_done: Long
+    bytes_total: Optional[Long]
+    device: Optional[str]
+    last_error: Optional[str]
+    updated_at: dt.datetime
 
 
 @strawberry.type
@@ -133,11 +231,14 @@ class Model:
     last_error: Optional[str]
     updated_at: dt.datetime
     is_default: bool = strawberry.field(description="True for the model `embed` uses when none is named")
+    replica: str = strawberry.field(description="The replica that answers, whose state `state` is")
+    replicas: list[ModelReplica] = strawberry.field(description="Every live replica's state of this model, this one first")
 
 
 @strawberry.type
 class DownloadEvent:
     model: str
+    replica: str = strawberry.field(description="The replica whose download or state this is")
     state: ModelState
     attempt: int
     max_attempts: int
@@ -173,3 +274,32 @@ class Health:
 class DocumentConnection:
     items: list[Document]
     next_cursor: Optional[str]
+
+
+@strawberry.input
+class ApiKeyInput:
+    name: str
+    scopes: list[Scope]
+    collections: Optional[list[str]] = strawberry.field(default=None, description="null: every collection")
+    filter: Optional[JSON] = strawberry.field(default=None, description="Tenant binding: ANDed into every read, required of every write")
+    rate_per_second: Optional[float] = strawberry.field(default=None, description="null: no per-key limit")
+
+
+@strawberry.type
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    prefix: str
+    scopes: list[Scope]
+    collections: Optional[list[str]]
+    filter: Optional[JSON]
+    rate_per_second: Optional[float]
+    created_at: dt.datetime
+    last_used_at: Optional[dt.datetime]
+    revoked: bool
+
+
+@strawberry.type
+class CreatedApiKey:
+    key: ApiKey
+    secret: str = strawberry.field(description="Shown here once, never again")

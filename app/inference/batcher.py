@@ -1,8 +1,9 @@
 """Dynamic batching for one model replica.
 
 Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handler.py):
-- admission control: at most `max_queue` texts admitted and unanswered; beyond that callers get
-  Overloaded at once, so memory stays bounded whatever the load;
+- admission control lives in one place, the pool (ModelPool._admit: at most `max_queue` texts
+  admitted and unanswered per model, beyond that OVERLOADED at once); the batcher queues what it
+  is given and only uses `max_queue` to bound the deque of cancelled leftovers;
 - texts from concurrent callers are merged into forward passes bounded by `max_batch_size` and a
   padded-token budget `max_batch_tokens`; an idle replica waits at most `max_wait_ms` after the
   oldest text arrived for more to join;
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from app.domain.embedding import EmbeddingBackend
-from app.errors import Internal, ModelUnavailable, Overloaded
+from app.domain.embedding import EmbeddingBackend, unit_rows
+from app.errors import Internal, ModelUnavailable
 from app.inference import metrics
+from app.tasks import cancel_and_wait
 
 # How many batches' worth of the oldest texts are sorted together by length.
 WINDOW_BATCHES = 4
@@ -84,13 +86,6 @@ class DynamicBatcher:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:
             return np.empty((0, self.backend.dimensions), dtype=np.float32)
-        if self._pending + len(texts) > self.max_queue:
-            metrics.OVERLOADED.labels(self.model_name).inc()
-            raise Overloaded(
-                f"model {self.model_name!r} is overloaded: {self._pending} texts queued on {self.device} "
-                f"(limit {self.max_queue}); retry shortly",
-                model=self.model_name,
-            )
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         cap = self.backend.max_seq_length
@@ -119,12 +114,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stop the worker; texts still waiting fail with ModelUnavailable."""
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._worker)
         self._fail_all(ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name))
         # Wait for a pass already running in the thread, so the backend can be closed after us.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
@@ -221,8 +211,7 @@ class DynamicBatcher:
         finally:
             metrics.FORWARD_PASSES.labels(self.model_name, self.device).inc()
             metrics.INFERENCE_SECONDS.labels(self.model_name, self.device).observe(time.perf_counter() - started)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        unit = vectors / np.maximum(norms, 1e-12)
+        unit = unit_rows(vectors)
         for row, item in enumerate(batch):
             if not item.future.done():
                 item.future.set_result(unit[row] if item.normalize else vectors[row])

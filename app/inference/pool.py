@@ -22,7 +22,9 @@ from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 # Below this many characters, counting tokens on the event loop is cheaper than a thread hop.
 _INLINE_TOKENIZE_CHARS = 8_192
@@ -90,26 +92,24 @@ class ModelPool:
             await self._drop(name)
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            try:
-                await self._reaper
-            except asyncio.CancelledError:
-                pass
-            self._reaper = None
+        reaper, self._reaper = self._reaper, None
+        await cancel_and_wait(reaper)
         for name in list(self._loaded):
             await self.unload(name)
         self._known.clear()
 
     # -- inference -----------------------------------------------------------------------------
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
+    async def encode(
+        self, name: str, texts: Sequence[str], normalize: bool, token_counts: Sequence[int] | None = None
+    ) -> np.ndarray:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
-        settings.inference.truncate is False (extensions carry the offending index)."""
+        settings.inference.truncate is False (extensions carry the offending index).
+        token_counts: what token_counts() said of these texts, so they are not counted twice."""
         loaded = await self._acquire(name)
         try:
             backend = loaded.replicas[0].backend
-            counts = await self._token_counts(backend, texts)
+            counts = list(token_counts) if token_counts is not None else await self._token_counts(backend, texts)
             if not self.settings.inference.truncate:
                 for index, count in enumerate(counts):
                     if count > backend.max_seq_length:
@@ -123,6 +123,26 @@ class ModelPool:
             self._admit(loaded, len(texts))
             replica = self._least_loaded(loaded)
             return await replica.batcher.submit(texts, counts, normalize)
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
+    async def token_spans(self, name: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, int]:
+        """(token offsets per text, special tokens per text, max_seq_length) in the model's tokenizer."""
+        loaded = await self._acquire(name)
+        try:
+            backend = loaded.replicas[0].backend
+            spans, specials = await asyncio.to_thread(backend.token_spans, texts)
+            return spans, specials, backend.max_seq_length
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+
+    async def token_counts(self, name: str, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as the model sees it, special tokens included, before truncation."""
+        loaded = await self._acquire(name)
+        try:
+            return await self._token_counts(loaded.replicas[0].backend, texts)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -169,7 +189,7 @@ class ModelPool:
                     max_batch_size=inference.max_batch_size,
                     max_batch_tokens=inference.max_batch_tokens,
                     max_wait_ms=inference.max_wait_ms,
-                    max_queue=inference.max_queue,  # the model-wide bound is checked in _admit
+                    max_queue=inference.max_queue,  # admission is _admit's; the batcher only bounds leftovers
                     model_name=name,
                 )
                 replicas.append(_Replica(backend, batcher))

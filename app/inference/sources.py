@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from app.errors import ModelUnavailable
-from app.settings import ModelSpec
+from app.domain.models import ModelSpec
 
 # Files that mark a directory as a loadable model: a transformers/sentence-transformers
 # checkpoint or an ONNX export.

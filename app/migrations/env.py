@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
 from app.adapters.migrations import MIGRATION_LOCK_KEY
-from app.adapters.postgres import asyncpg_dsn
+from app.urls import asyncpg_dsn
 
 config = context.config
 

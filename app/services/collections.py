@@ -6,20 +6,25 @@ model's dimensions and the chosen distance.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from loguru import logger
 
+from app.domain.access import INTERNAL, Principal, Scope
+from app.domain.chunking import Chunking, check_chunking
 from app.domain.filters import parse_indexed_field
+from app.domain.vectors import CollectionLayout, Distance
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
+from app.services.audit import audit
 from app.services.embedding import model_revision
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_INDEXED_FIELDS = 32
-DISTANCES = ("cosine", "dot", "euclid")
 
 
 def validate_name(name: str) -> str:
@@ -33,8 +38,9 @@ def validate_name(name: str) -> str:
 
 def validate_distance(distance: str) -> str:
     value = str(getattr(distance, "value", distance)).lower()
-    if value not in DISTANCES:
-        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(DISTANCES)}", field="distance")
+    choices = [d.value for d in Distance]
+    if value not in choices:
+        raise BadInput(f"unknown distance {distance!r}; one of: {', '.join(choices)}", field="distance")
     return value
 
 
@@ -89,24 +95,49 @@ class CollectionService:
         model: str | None = None,
         distance: str = "cosine",
         indexed_fields: Sequence[str] | None = None,
+        keyword_index: bool = True,
+        chunking: Chunking | None = None,
+        layout: Mapping[str, Any] | None = None,
+        *,
+        principal: Principal = INTERNAL,
     ) -> Any:
+        """layout: CollectionLayout fields to override the settings' defaults (None values ignored)."""
         validate_name(name)
+        principal.require(Scope.ADMIN, name)
         distance = validate_distance(distance)
         fields = validate_indexed_fields(indexed_fields)
+        if not isinstance(keyword_index, bool):
+            raise BadInput("keywordIndex must be true or false", field="keywordIndex")
+        chosen = self._layout(layout)
         self.settings.model(model)  # NOT_FOUND for a model outside the catalog
         spec: ModelSpec = await self.models.ready_spec(model)
         if model and spec.name != model:
             # Binding a collection to a fallback would silently change what its vectors mean.
             raise ModelUnavailable(f"model {model!r} is not available (only {spec.name!r} is)", model=model)
 
+        if chunking is not None:
+            chunking = check_chunking(chunking.max_tokens, chunking.overlap_tokens, spec.max_seq_length)
+
         revision = model_revision(spec)
-        row = await self.repo.create_collection(name, spec.name, revision, spec.dimensions, distance, fields)
+        row = await self.repo.create_collection(
+            name,
+            spec.name,
+            revision,
+            spec.dimensions,
+            distance,
+            fields,
+            keyword_index=keyword_index,
+            chunk_max_tokens=chunking.max_tokens if chunking else None,
+            chunk_overlap_tokens=chunking.overlap_tokens if chunking else 0,
+        )
         try:
             # PostgreSQL had no such collection, so a store collection of that name is a leftover.
             if await self.store.collection_exists(name):
                 logger.warning("replacing orphaned vector collection {}", name)
                 await self.store.delete_collection(name)
-            await self.store.create_collection(name, spec.dimensions, distance, fields)
+            await self.store.create_collection(
+                name, spec.dimensions, distance, fields, keyword_index=keyword_index, layout=chosen
+            )
         except BaseException as exc:  # cancellation included: nothing may half-exist
             await self._undo_create(name)
             if isinstance(exc, CitadelError) or not isinstance(exc, Exception):
@@ -119,7 +150,14 @@ class CollectionService:
         logger.info(
             "created collection {} (model {} {}, {} dims, {})", name, spec.name, revision, spec.dimensions, distance
         )
+        audit(principal, "created collection", name)
         return row
+
+    def _layout(self, overrides: Mapping[str, Any] | None) -> CollectionLayout:
+        defaults = self.settings.vectors
+        values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(CollectionLayout)}
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None and k in values})
+        return CollectionLayout(**values).checked()
 
     async def _undo_create(self, name: str) -> None:
         # Nothing half-exists: without its vectors side, the row goes too.
@@ -128,20 +166,39 @@ class CollectionService:
         except Exception:
             logger.exception("could not remove collection row {} after a failed create", name)
 
-    async def get(self, name: str) -> Any:
+    async def get(self, name: str, *, principal: Principal = INTERNAL) -> Any:
+        principal.require(Scope.READ, name)
         row = await self.repo.get_collection(name)
         if row is None:
             raise NotFound(f"collection {name!r} not found", collection=name)
         return row
 
-    async def list(self) -> list[Any]:
-        return list(await self.repo.list_collections())
+    async def find(self, name: str, *, principal: Principal = INTERNAL) -> Any | None:
+        """The collection, or None when there is none (FORBIDDEN when it is not granted)."""
+        principal.require(Scope.READ, name)
+        return await self.repo.get_collection(name)
+
+    async def list(self, *, principal: Principal = INTERNAL) -> list[Any]:
+        """The collections granted to the caller (others are not even named)."""
+        principal.require(Scope.READ)
+        return [row for row in await self.repo.list_collections() if principal.may_see(row.name)]
+
+    async def keyword_progress(self, row: Any) -> float | None:
+        """Share of documents with a keyword vector: None without a keyword index, 1.0 when ready."""
+        if row.keyword_index == "none":
+            return None
+        if row.keyword_index == "ready":
+            return 1.0
+        done, total = await self.repo.keyword_progress(row.name)
+        return done / total if total else 0.0
 
     async def document_count(self, name: str) -> int:
+        """For the server itself; clients count through DocumentService (grants and tenants)."""
         await self.get(name)
         return int(await self.repo.count_documents(name))
 
-    async def delete(self, name: str) -> bool:
+    async def delete(self, name: str, *, principal: Principal = INTERNAL) -> bool:
+        principal.require(Scope.ADMIN, name)
         await self.get(name)
         # PostgreSQL first: once the row is gone nothing can read or write the collection, and a
         # vector collection left behind by a store failure is replaced when the name is reused.
@@ -152,4 +209,5 @@ class CollectionService:
         except Exception:
             logger.exception("collection {} deleted; its vector collection could not be removed yet", name)
         logger.info("deleted collection {}", name)
+        audit(principal, "deleted collection", name)
         return True

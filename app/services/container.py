@@ -3,22 +3,46 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
+
+if TYPE_CHECKING:  # annotations only: checkers and readers see the real classes, and no import cycle can start here
+    from redis.asyncio import Redis
+
+    from app.adapters.postgres import PostgresRepo
+    from app.domain.vectors import VectorStore
+    from app.inference.pool import ModelPool
+    from app.services.catalog import ModelCatalog
+    from app.services.collections import CollectionService
+    from app.services.documents import DocumentService
+    from app.services.embedding import EmbeddingService
+    from app.services.health import HealthService
+    from app.services.ingest import IngestService
+    from app.services.keys import KeyService
+    from app.services.models import ModelManager
+    from app.services.reconciler import Reconciler
+    from app.services.replicas import ClusterView
+    from app.services.rate_limit import RateLimiter
+    from app.services.search import SearchService
 
 
 @dataclass
 class Services:
     settings: Settings
-    repo: Any  # app.adapters.postgres.PostgresRepo
-    store: Any  # app.domain.vectors.VectorStore
-    redis: Any  # redis.asyncio.Redis
-    pool: Any  # app.inference.pool.ModelPool
-    models: Any  # app.services.models.ModelManager
-    embedder: Any  # app.services.embedding.EmbeddingService
-    collections: Any  # app.services.collections.CollectionService
-    ingest: Any  # app.services.ingest.IngestService
-    search: Any  # app.services.search.SearchService
-    health: Any  # app.services.health.HealthService
-    reconciler: Any  # app.services.reconciler.Reconciler
+    repo: PostgresRepo
+    store: VectorStore
+    redis: Redis
+    pool: ModelPool
+    models: ModelManager
+    replicas: ClusterView  # every live replica's state of each model
+    embedder: EmbeddingService
+    collections: CollectionService
+    ingest: IngestService
+    search: SearchService
+    health: HealthService
+    reconciler: Reconciler
+    documents: DocumentService
+    keys: KeyService
+    limiter: RateLimiter
+    catalog: ModelCatalog

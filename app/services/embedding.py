@@ -17,12 +17,14 @@ from typing import Protocol
 import numpy as np
 
 from app.adapters.redis_cache import EmbeddingCache
+from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
-from app.settings import ModelSpec, Settings
+from app.domain.models import ModelSpec
+from app.settings import Settings
 from app.validation import string_problem
 
 
@@ -32,6 +34,7 @@ class EmbedOutcome:
     dimensions: int
     vectors: np.ndarray  # float32 (len(texts), dimensions), rows in input order
     cached: list[bool]
+    tokens: list[int] | None = None  # per text, what the model reads (capped at its window); when asked
 
 
 class ReadyModels(Protocol):
@@ -79,7 +82,11 @@ class EmbeddingService:
         normalize: bool = True,
         use_cache: bool = True,
         wait: bool = False,
+        count_tokens: bool = False,
+        *,
+        principal: Principal = INTERNAL,
     ) -> EmbedOutcome:
+        principal.require(Scope.READ)
         started = time.perf_counter()
         # Label by catalog name only: a client-chosen string must not mint new time series.
         label = model or self.settings.default_model
@@ -88,7 +95,7 @@ class EmbeddingService:
         try:
             self._validate(texts)
             spec = await self.models.ready_spec(model, wait=wait)
-            return await self._embed(spec, list(texts), kind, normalize, use_cache)
+            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens)
         except CitadelError as exc:
             outcome = exc.code
             raise
@@ -99,13 +106,24 @@ class EmbeddingService:
             metrics.EMBED_REQUESTS.labels(label, outcome).inc()
             metrics.EMBED_DURATION.labels(label).observe(time.perf_counter() - started)
 
+    async def document_tokens(self, model: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        """Each text's token offsets in `model`'s tokenizer, and its window for document text: the
+        tokens of a document that are embedded (max_seq_length less special and prompt tokens)."""
+        spec = await self.models.ready_spec(model)
+        prompt = spec.document_prompt
+        spans, specials, max_length = await self.pool.token_spans(spec.name, [*texts, prompt] if prompt else list(texts))
+        prompt_tokens = len(spans.pop()) if prompt else 0
+        return spans, max(1, max_length - specials - prompt_tokens)
+
     async def _embed(
-        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool
+        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool
     ) -> EmbedOutcome:
         dims = spec.dimensions
         prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
         vectors = np.empty((len(texts), dims), dtype=np.float32)
         cached = [False] * len(texts)
+        # Counted once here when the caller wants usage; the pool then reuses the misses' counts.
+        counts = await self.pool.token_counts(spec.name, [prompt + text for text in texts]) if count_tokens else None
 
         cache = self.cache if (use_cache and self.cache is not None and self.settings.cache.enabled) else None
         keys: list[str] = []
@@ -126,18 +144,26 @@ class EmbeddingService:
                 todo.setdefault(text, []).append(index)
         if todo:
             unique = list(todo)
-            computed = await self._encode(spec, prompt, unique, normalize, todo)
+            unique_counts = [counts[todo[text][0]] for text in unique] if counts is not None else None
+            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_counts)
             for text, row in zip(unique, computed):
                 vectors[todo[text]] = row
             if cache is not None:
                 await cache.set_many({keys[todo[text][0]]: row for text, row in zip(unique, computed)})
-        return EmbedOutcome(model=spec.name, dimensions=dims, vectors=vectors, cached=cached)
+        tokens = [min(count, spec.max_seq_length) for count in counts] if counts is not None else None
+        return EmbedOutcome(model=spec.name, dimensions=dims, vectors=vectors, cached=cached, tokens=tokens)
 
     async def _encode(
-        self, spec: ModelSpec, prompt: str, unique: list[str], normalize: bool, todo: dict[str, list[int]]
+        self,
+        spec: ModelSpec,
+        prompt: str,
+        unique: list[str],
+        normalize: bool,
+        todo: dict[str, list[int]],
+        counts: list[int] | None,
     ) -> np.ndarray:
         try:
-            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize)
+            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, counts)
         except BadInput as exc:
             position = exc.extensions.get("index")
             if not isinstance(position, int):

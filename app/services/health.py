@@ -1,4 +1,8 @@
-"""Dependency health: each store reached for real, with its latency; never raises."""
+"""Dependency health: each store reached for real, with its latency; never raises.
+
+`measure` is the one way a probe is timed and its failure described: the health query and
+`citadel doctor` both use it.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,33 @@ class HealthReport:
     dependencies: list[DependencyStatus]
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """One probe's outcome: what it returned and how long it took, or why it failed."""
+
+    ok: bool
+    value: Any = None
+    latency_ms: float | None = None  # unrounded; None when the probe failed
+    error: str | None = None
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: message`, short enough to show; a bare timeout says so."""
+    text = str(exc).strip()
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) and not text:
+        text = "timed out"
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+async def measure(probe: Callable[[], Awaitable[Any]], timeout: float = PROBE_TIMEOUT_S) -> Measurement:
+    started = time.perf_counter()
+    try:
+        value = await asyncio.wait_for(probe(), timeout)
+    except Exception as exc:  # a probe reports failure, it never raises
+        return Measurement(ok=False, error=describe_error(exc))
+    return Measurement(ok=True, value=value, latency_ms=(time.perf_counter() - started) * 1000)
+
+
 class HealthService:
     def __init__(self, probes: dict[str, tuple[str, Callable[[], Awaitable[Any]]]]) -> None:
         # name -> (detail shown when healthy, e.g. "embedded" or the masked URL; probe)
@@ -35,20 +66,7 @@ class HealthService:
         return HealthReport(status=status, dependencies=list(results))
 
     async def _probe(self, name: str, detail: str, probe: Callable[[], Awaitable[Any]]) -> DependencyStatus:
-        started = time.perf_counter()
-        try:
-            await asyncio.wait_for(probe(), PROBE_TIMEOUT_S)
-        except Exception as exc:  # a probe reports failure, it never raises
-            return DependencyStatus(name, False, None, f"{type(exc).__name__}: {exc}"[:300])
-        return DependencyStatus(name, True, round((time.perf_counter() - started) * 1000, 3), detail)
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a URL before it is shown anywhere."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        result = await measure(probe)
+        if not result.ok:
+            return DependencyStatus(name, False, None, result.error)
+        return DependencyStatus(name, True, round(result.latency_ms or 0.0, 3), detail)

@@ -22,12 +22,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def content_hash(text: str, metadata: dict[str, Any] | None) -> str:
+def content_hash(text: str, metadata: dict[str, Any] | None, vector: bytes | None = None) -> str:
     digest = hashlib.sha256()
     digest.update(text.encode("utf-8"))
     # A separator byte that cannot occur in UTF-8 text keeps (text, metadata) pairs unambiguous.
     digest.update(b"\xff")
     digest.update(canonical_json(metadata or {}).encode("utf-8"))
+    if vector is not None:  # a document's own vector is content too: a new one is an update
+        digest.update(b"\xff")
+        digest.update(vector)
     return digest.hexdigest()
 
 
@@ -38,3 +41,8 @@ def derived_document_id(text: str, metadata: dict[str, Any] | None) -> str:
 
 def point_id(collection: str, document_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}/{document_id}"))
+
+
+def chunk_point_id(collection: str, document_id: str, chunk_index: int) -> str:
+    # NUL cannot occur in a document id (ingest refuses it), so no two (id, index) pairs collide.
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{collection}/{document_id}\x00{chunk_index}"))

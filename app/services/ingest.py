@@ -8,22 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import base64
+import binascii
+import math
 from typing import Any
 
+import numpy as np
 from loguru import logger
 from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
-from app.domain.embedding import EmbedKind
-from app.domain.filters import DOC_ID_KEY, METADATA_KEY
-from app.domain.vectors import VectorPoint
-from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable
+from app.domain.access import INTERNAL, Principal, Scope
+from app.errors import BadInput, CitadelError, DependencyUnavailable, Forbidden
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
+from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
 from app.validation import MAX_NAME_CHARS, string_problem
 
 MAX_ID_CHARS = MAX_NAME_CHARS
+TRUNCATED = "TRUNCATED"  # warning code: a text longer than the model's window, embedded from its start
 
 INGESTED = Counter(
     "citadel_ingest_documents_total", "Documents per ingest outcome", ["outcome"]
@@ -49,6 +53,8 @@ class IngestReport:
     unchanged: int = 0
     failed: int = 0
     errors: list[IngestErrorItem] = field(default_factory=list)
+    chunks: int = 0  # vector points written: one per document, or one per chunk when chunked
+    warnings: list[IngestErrorItem] = field(default_factory=list)  # stored, but e.g. TRUNCATED
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,17 @@ class ValidDocument:
     text: str
     metadata: dict[str, Any]
     content_hash: str
+    vector: bytes | None = None  # little-endian float32: the client's own embedding
 
 
 # -- validation (pure) ------------------------------------------------------------------------
 
 
 def validate_documents(
-    settings: Settings, documents: Sequence[Any]
+    settings: Settings, documents: Sequence[Any], dimensions: int | None = None
 ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
-    """Split a call's documents into valid ones and per-document errors; BadInput for the call."""
+    """Split a call's documents into valid ones and per-document errors; BadInput for the call.
+    dimensions: the collection's, which a document's own vector must have."""
     limit = settings.limits.max_documents_per_ingest
     if not isinstance(documents, (list, tuple)):
         raise BadInput("documents must be a list")
@@ -78,7 +86,7 @@ def validate_documents(
     for index, raw in enumerate(documents):
         given_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            doc = _validate_one(settings, index, raw)
+            doc = _validate_one(settings, index, raw, dimensions)
         except BadInput as exc:
             errors.append(IngestErrorItem(index, _printable_id(given_id), exc.code, exc.message))
             continue
@@ -97,7 +105,7 @@ def validate_documents(
     return valid, errors
 
 
-def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
+def _validate_one(settings: Settings, index: int, raw: Any, dimensions: int | None = None) -> ValidDocument:
     if not isinstance(raw, Mapping):
         raise BadInput("a document must be an object with text, and optionally id and metadata")
     text = raw.get("text")
@@ -137,7 +145,38 @@ def _validate_one(settings: Settings, index: int, raw: Any) -> ValidDocument:
         if len(doc_id) > MAX_ID_CHARS:
             raise BadInput(f"id has {len(doc_id)} characters; at most {MAX_ID_CHARS}")
         _check_storable(doc_id, "id")
-    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata))
+    vector = own_vector(raw.get("vector"), raw.get("vector_base64"), dimensions)
+    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata, vector), vector)
+
+
+def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | None:
+    """A document's own embedding (a list of floats, or little-endian float32 in base64) as
+    float32 bytes; None when it brings none."""
+    if values is None and encoded is None:
+        return None
+    if values is not None and encoded is not None:
+        raise BadInput("give vector or vectorBase64, not both")
+    if encoded is not None:
+        try:
+            raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if not raw or len(raw) % 4:
+            raise BadInput("vectorBase64 is not base64 of little-endian float32 values")
+        array = np.frombuffer(raw, dtype="<f4")
+    else:
+        if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise BadInput("vector must be a list of numbers")
+        array = np.asarray(values, dtype="<f4")
+    if dimensions is not None and array.shape != (dimensions,):
+        raise BadInput(f"vector has {array.size} dimensions; the collection's model has {dimensions}")
+    if not np.isfinite(array).all():
+        raise BadInput("vector contains NaN or infinity")
+    if not math.isfinite(float(np.linalg.norm(array.astype(np.float64)))) or not array.any():
+        raise BadInput("vector is all zeros or too large")  # no direction: cosine search could not use it
+    return array.tobytes()
 
 
 def _check_storable(value: str, what: str) -> None:
@@ -151,68 +190,6 @@ def _printable_id(value: Any) -> str | None:
     return value[:MAX_ID_CHARS] if isinstance(value, str) else None
 
 
-# -- indexing (shared with the reconciler) ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToIndex:
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    content_hash: str
-
-
-def embed_chunk_size(settings: Settings) -> int:
-    """Texts per embed call: the ingest setting, within what one embed request may carry."""
-    return max(1, min(settings.ingest.chunk_size, settings.limits.max_texts_per_request))
-
-
-def chunks(docs: Sequence[ToIndex], max_docs: int, max_chars: int) -> list[Sequence[ToIndex]]:
-    """Consecutive slices of at most max_docs documents and (unless one text alone is larger)
-    max_chars characters, the two limits of one embed request."""
-    out: list[Sequence[ToIndex]] = []
-    start, chars = 0, 0
-    for i, doc in enumerate(docs):
-        if i > start and (i - start >= max_docs or chars + len(doc.text) > max_chars):
-            out.append(docs[start:i])
-            start, chars = i, 0
-        chars += len(doc.text)
-    if start < len(docs):
-        out.append(docs[start:])
-    return out
-
-
-async def index_documents(
-    embedder: Any, store: Any, repo: Any, collection: Any, docs: Sequence[ToIndex], settings: Settings
-) -> int:
-    """Embed, upsert and mark indexed, chunk by chunk, so finished chunks stay finished."""
-    done = 0
-    for chunk in chunks(docs, embed_chunk_size(settings), settings.limits.max_request_chars):
-        outcome = await embedder.embed(
-            [d.text for d in chunk], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
-        )
-        if outcome.model != collection.model or int(outcome.dimensions) != int(collection.dimensions):
-            # Never store vectors of another model in a collection.
-            raise ModelUnavailable(
-                f"model {collection.model!r} of collection {collection.name!r} answered as "
-                f"{outcome.model!r} ({outcome.dimensions} dims)",
-                model=collection.model,
-            )
-        points = [
-            VectorPoint(
-                id=point_id(collection.name, d.id),
-                vector=vector,
-                payload={DOC_ID_KEY: d.id, METADATA_KEY: d.metadata},
-            )
-            for d, vector in zip(chunk, outcome.vectors)
-        ]
-        await store.upsert(collection.name, points)
-        # With the hashes, a row rewritten meanwhile stays pending for its new text.
-        await repo.mark_indexed(collection.name, [d.id for d in chunk], [d.content_hash for d in chunk])
-        done += len(chunk)
-    return done
-
-
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -224,11 +201,17 @@ class IngestService:
         self.embedder = embedder
         self.models = models
 
-    async def ingest(self, collection: str, documents: Sequence[Any]) -> IngestReport:
+    async def ingest(
+        self, collection: str, documents: Sequence[Any], *, principal: Principal = INTERNAL
+    ) -> IngestReport:
+        principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
-        valid, errors = validate_documents(self.settings, documents)
+        valid, errors = validate_documents(self.settings, documents, int(row.dimensions))
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
+        if principal.tenant is not None:
+            valid, refused = await self._tenant_documents(row.name, valid, principal)
+            errors = sorted(errors + refused, key=lambda e: e.index)
 
         report = IngestReport(errors=errors, failed=len(errors))
         INGESTED.labels("failed").inc(len(errors))
@@ -242,6 +225,7 @@ class IngestService:
                 metadata=d.metadata,
                 content_hash=d.content_hash,
                 point_id=point_id(row.name, d.id),
+                vector=d.vector,
             )
             for d in valid
         ]
@@ -254,10 +238,12 @@ class IngestService:
             INGESTED.labels(outcome.status).inc()
             # Includes an unchanged row still pending because an earlier call failed.
             if outcome.pending:
-                to_index.append(ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash))
+                to_index.append(
+                    ToIndex(doc.id, doc.text, doc.metadata, doc.content_hash, index=doc.index, vector=doc.vector)
+                )
 
         try:
-            await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
+            indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
         except Exception as exc:
             INDEX_FAILURES.inc()
             logger.warning("ingest into {}: {} documents saved, indexing failed: {!r}", row.name, len(writes), exc)
@@ -269,21 +255,53 @@ class IngestService:
                 collection=row.name,
                 saved=len(writes),
             ) from exc
+        report.chunks = indexed.points
+        report.warnings = [
+            IngestErrorItem(
+                t.doc.index if t.doc.index is not None else -1,
+                t.doc.id,
+                TRUNCATED,
+                f"text has {t.tokens} tokens; model {row.model!r} embeds the first {t.window} only, the rest "
+                "is not searchable by meaning (create the collection with chunking to index all of it)",
+            )
+            for t in indexed.truncated
+        ]
         return report
 
-    async def delete_documents(self, collection: str, ids: Sequence[str]) -> int:
+    async def _tenant_documents(
+        self, collection: str, valid: list[ValidDocument], principal: Principal
+    ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
+        """A tenant-bound key writes only documents of its tenant, and never over another's."""
+        existing = await self.repo.get_documents(collection, [d.id for d in valid])
+        kept: list[ValidDocument] = []
+        refused: list[IngestErrorItem] = []
+        for doc, current in zip(valid, existing):
+            if not principal.owns(doc.metadata):
+                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "metadata does not match this key's filter"))
+            elif current is not None and not principal.owns(current.metadata):
+                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "this id belongs to a document outside this key's filter"))
+            else:
+                kept.append(doc)
+        return kept, refused
+
+    async def delete_documents(self, collection: str, ids: Sequence[str], *, principal: Principal = INTERNAL) -> int:
+        principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
         limit = self.settings.limits.max_documents_per_ingest
         if len(ids) > limit:
             raise BadInput(f"{len(ids)} ids in one call; at most {limit}", field="ids")
         unique = list(dict.fromkeys(str(i) for i in ids))
+        if principal.tenant is not None and unique:
+            # Another tenant's documents are, to this key, documents that do not exist.
+            rows = await self.repo.get_documents(row.name, unique)
+            unique = [i for i, r in zip(unique, rows) if r is not None and principal.owns(r.metadata)]
         if not unique:
             return 0
         # Rows marked 'deleting' are already invisible to search; the reconciler finishes them
         # if the vector side fails now.
         await self.repo.mark_deleting(row.name, unique)
         try:
-            await self.store.delete(row.name, [point_id(row.name, i) for i in unique])
+            await remove_points(self.store, row, unique)
         except Exception as exc:
             logger.warning("delete from {}: vector store failed: {!r}", row.name, exc)
             raise DependencyUnavailable(

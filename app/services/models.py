@@ -1,10 +1,13 @@
 """ModelManager: gets every model to READY without ever taking the service down.
 
-One task per model walks the state machine of app.downloads.state: verify what is cached (purge
+One task per model walks the state machine of app.domain.models: verify what is cached (purge
 it when broken), download with retries, load, and fall back to the configured fallback when the
 default model cannot be had. Every state change and throttled progress tick is published on the
-EventBus and the last state is persisted (PostgreSQL in the app) by a background writer, so a slow
-database slows nothing down.
+EventBus (labelled with this replica) and the last state is persisted by a background writer.
+
+With a shared model cache (CITADEL_DOWNLOADS__SHARED_CACHE) one replica of the cluster downloads a
+model, holding a lock in PostgreSQL that dies with it; the others wait and then load the files
+its manifest vouches for. If the holder dies, the next one takes the lock and resumes its partials.
 """
 
 from __future__ import annotations
@@ -12,28 +15,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from loguru import logger
 from prometheus_client import Counter, Gauge
 
-from app.adapters.events import DownloadEvent, EventBus, ProgressThrottle
+from app.adapters.events import EventBus
+from app.domain.models import BUSY, DownloadEvent, ModelSpec, ModelState, ModelStatus, can_move
 from app.downloads.cache import ModelCache
 from app.downloads.errors import BrokenModel, DownloadError, OfflineMode
 from app.downloads.fetch import fetch_model
 from app.downloads.hub import HubClient, RepoSnapshot
-from app.downloads.state import BUSY, ModelState, can_move
-from app.errors import ModelUnavailable
+from app.errors import DependencyUnavailable, ModelUnavailable
 from app.inference.sources import local_model_dir
-from app.settings import ModelSpec, Settings
+from app.services.model_progress import ProgressThrottle, Transfer
+from app.services.model_status_store import Persist, StatusPersister
+from app.settings import Settings
 
 Loader = Callable[[ModelSpec, Path], Awaitable[object]]  # may return the device (str) it loaded on
-Persist = Callable[["ModelStatus"], Awaitable[None]]
 
 MAX_RETRY_AFTER_SECONDS = 300.0  # a server asking for more than this is not worth waiting for
 PERSIST_PROGRESS_EVERY_SECONDS = 1.0
+SHARED_CACHE_POLL_SECONDS = 1.0  # how often a waiting replica looks whether the holder is done or gone
 
 MODEL_STATE = Gauge("citadel_model_state", "1 for the current state of each model", ["model", "state"])
 DOWNLOAD_ATTEMPTS = Counter(
@@ -42,109 +48,16 @@ DOWNLOAD_ATTEMPTS = Counter(
 DOWNLOAD_BYTES = Counter("citadel_model_download_bytes_total", "Bytes of model files downloaded", ["model"])
 
 
+class DownloadLock(Protocol):
+    """A cluster-wide lock that is released when its holder dies (PostgreSQL advisory locks)."""
+
+    def try_hold(self, key: str) -> AbstractAsyncContextManager[bool]:
+        """`async with lock.try_hold(key) as mine:` mine is True while this process holds it."""
+        ...
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class ModelStatus:
-    """API.md's `Model`, plus the short reason of the last error."""
-
-    name: str
-    backend: str
-    dimensions: int | None
-    state: ModelState = ModelState.NOT_DOWNLOADED
-    attempts: int = 0
-    max_attempts: int = 3
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    device: str | None = None
-    fallback_for: str | None = None
-    last_error: str | None = None
-    updated_at: datetime = field(default_factory=_now)
-    reason: str | None = None
-
-    @property
-    def percent(self) -> float | None:
-        if not self.bytes_total:
-            return None
-        return round(100.0 * self.bytes_done / self.bytes_total, 2)
-
-
-class _Persister:
-    """Saves the latest status of each model in the background, coalescing bursts."""
-
-    def __init__(self, persist: Persist | None) -> None:
-        self._persist = persist
-        self._pending: dict[str, ModelStatus] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def submit(self, status: ModelStatus) -> None:
-        if self._persist is None:
-            return
-        self._pending[status.name] = replace(status)
-        self._wakeup.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="citadel-model-status-persist")
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await self._drain()
-
-    async def _drain(self) -> None:
-        assert self._persist is not None
-        while self._pending:
-            _, status = self._pending.popitem()
-            try:
-                await self._persist(status)
-            except Exception as error:  # the status row is a convenience; downloads go on without it
-                logger.warning("saving the state of {} failed: {}", status.name, error)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        if self._persist is not None:
-            await self._drain()
-
-
-class _Transfer:
-    """Byte counts and rates of one model's files, kept across attempts so a resume continues the bar."""
-
-    def __init__(self) -> None:
-        self.file_bytes: dict[str, int] = {}
-        self.file_sizes: dict[str, int | None] = {}
-        self.total: int | None = None
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def snapshot(self, snapshot: RepoSnapshot) -> None:
-        self.total = snapshot.total_bytes
-        self.file_sizes = {f.name: f.size for f in snapshot.files}
-
-    def update(self, file: str, done: int) -> int:
-        """Record progress; returns the bytes newly received."""
-        previous = self.file_bytes.get(file, 0)
-        self.file_bytes[file] = done
-        return max(0, done - previous)
-
-    @property
-    def done(self) -> int:
-        return sum(self.file_bytes.get(name, 0) for name in self.file_sizes) if self.file_sizes else 0
-
-    def rate(self, file: str, done: int) -> float | None:
-        now = time.monotonic()
-        last = self._last.get(file)
-        self._last[file] = (now, done)
-        if last is None or now <= last[0] or done < last[1]:
-            return None
-        return (done - last[1]) / (now - last[0])
 
 
 class ModelManager:
@@ -157,13 +70,17 @@ class ModelManager:
         *,
         hub: HubClient | None = None,
         cache: ModelCache | None = None,
+        lock: DownloadLock | None = None,
     ) -> None:
         self.settings = settings
         self.loader = loader
         self.bus = bus
         self.hub = hub or HubClient.from_settings(settings)
         self.cache = cache or ModelCache(settings.model_cache_dir)
-        self._persister = _Persister(persist)
+        self.replica = settings.replica
+        # Only a shared cache needs the lock: with separate caches every replica downloads its own.
+        self._lock = lock if settings.downloads.shared_cache else None
+        self._persister = StatusPersister(persist)
         self._throttle = ProgressThrottle(settings.downloads.progress_interval_seconds)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._statuses = {
@@ -171,6 +88,7 @@ class ModelManager:
                 name=name,
                 backend=spec.backend,
                 dimensions=spec.dimensions,
+                replica=self.replica,
                 max_attempts=settings.downloads.max_attempts,
             )
             for name, spec in settings.models.items()
@@ -184,6 +102,7 @@ class ModelManager:
         """Begin preparing the default model in the background; never waits for it."""
         for status in self._statuses.values():
             MODEL_STATE.labels(model=status.name, state=status.state.value).set(1)
+            self._persister.submit(status)  # the cluster learns this replica's models at once
         if self.settings.load_models_at_startup:
             self._launch(self.settings.default_model)
 
@@ -201,10 +120,10 @@ class ModelManager:
 
     def status(self, name: str) -> ModelStatus:
         spec = self.settings.model(name)
-        return replace(self._statuses[spec.name])
+        return self._statuses[spec.name].copy()
 
     def statuses(self) -> list[ModelStatus]:
-        return [replace(s) for s in self._statuses.values()]
+        return [s.copy() for s in self._statuses.values()]
 
     @property
     def effective_default(self) -> str:
@@ -329,8 +248,38 @@ class ModelManager:
                 ),
             )
             return
+        if self._lock is None:
+            await self._download(spec)
+            return
+        await self._download_once_for_the_cluster(spec)
+
+    async def _download_once_for_the_cluster(self, spec: ModelSpec) -> None:
+        """Shared cache: download holding the cluster lock, or wait for its holder and use its files."""
+        assert self._lock is not None
+        key = self.settings.redis_key("model-download", spec.repo_id or spec.name, spec.revision)
+        told = False
+        while True:
+            try:
+                async with self._lock.try_hold(key) as mine:
+                    if mine:
+                        # The holder before us may have finished between our look and our lock.
+                        if self.cache.is_complete(spec) and await self._use_cached(spec):
+                            return
+                        await self._download(spec)
+                        return
+                why = f"another replica is downloading it into the shared cache {self.cache.root}; waiting"
+            except DependencyUnavailable:  # no lock without PostgreSQL, and two writers would clash
+                why = "PostgreSQL, which coordinates the shared model cache, is unavailable; waiting"
+            if not told:
+                told = True
+                self._publish(spec.name, why)
+            await asyncio.sleep(SHARED_CACHE_POLL_SECONDS)
+            if self.cache.is_complete(spec) and await self._use_cached(spec):
+                return
+
+    async def _download(self, spec: ModelSpec) -> None:
         max_attempts = self.settings.downloads.max_attempts
-        transfer = _Transfer()
+        transfer = Transfer()
         for attempt in range(1, max_attempts + 1):
             failure = await self._attempt(spec, attempt, transfer)
             if failure is None:
@@ -358,7 +307,11 @@ class ModelManager:
     async def _use_cached(self, spec: ModelSpec) -> bool:
         """Verify and load a cached model; a broken one is purged (and False returned) for re-download."""
         directory = self.cache.model_dir(spec)
-        self._move(spec.name, ModelState.VERIFYING, message=f"checking cached files in {directory}")
+        checking = f"checking cached files in {directory}"
+        if self._statuses[spec.name].state is ModelState.VERIFYING:  # a second look (shared cache)
+            self._publish(spec.name, checking)
+        else:
+            self._move(spec.name, ModelState.VERIFYING, message=checking)
         problems = await asyncio.to_thread(self.cache.verify, spec)
         if problems:
             logger.warning("cached {} is broken ({}); purging it and downloading again", spec.name, "; ".join(problems))
@@ -375,7 +328,7 @@ class ModelManager:
             return False
         return True
 
-    async def _attempt(self, spec: ModelSpec, attempt: int, transfer: _Transfer) -> DownloadError | None:
+    async def _attempt(self, spec: ModelSpec, attempt: int, transfer: Transfer) -> DownloadError | None:
         max_attempts = self.settings.downloads.max_attempts
         line = f"Downloading {spec.name}... (Attempt {attempt}/{max_attempts})"
         logger.info(line)
@@ -444,12 +397,12 @@ class ModelManager:
 
     # -- progress and events ---------------------------------------------------------------
 
-    def _on_snapshot(self, name: str, transfer: _Transfer, snapshot: RepoSnapshot) -> None:
+    def _on_snapshot(self, name: str, transfer: Transfer, snapshot: RepoSnapshot) -> None:
         transfer.snapshot(snapshot)
         status = self._statuses[name]
         status.bytes_total = snapshot.total_bytes
 
-    def _on_progress(self, name: str, transfer: _Transfer, file: str, done: int, total: int | None) -> None:
+    def _on_progress(self, name: str, transfer: Transfer, file: str, done: int, total: int | None) -> None:
         DOWNLOAD_BYTES.labels(model=name).inc(transfer.update(file, done))
         status = self._statuses[name]
         status.bytes_done = transfer.done
@@ -459,6 +412,7 @@ class ModelManager:
         self.bus.publish(
             DownloadEvent(
                 model=name,
+                replica=self.replica,
                 state=status.state,
                 attempt=status.attempts,
                 max_attempts=status.max_attempts,
@@ -469,6 +423,8 @@ class ModelManager:
                 bytes_per_second=transfer.rate(file, done),
                 model_bytes_done=status.bytes_done,
                 model_bytes_total=status.bytes_total,
+                device=status.device,
+                last_error=status.last_error,
                 kind="progress",
             )
         )
@@ -494,19 +450,5 @@ class ModelManager:
     def _publish(self, name: str, message: str | None) -> None:
         status = self._statuses[name]
         status.updated_at = _now()
-        self.bus.publish(
-            DownloadEvent(
-                model=name,
-                state=status.state,
-                attempt=status.attempts,
-                max_attempts=status.max_attempts,
-                bytes_done=status.bytes_done,
-                bytes_total=status.bytes_total,
-                percent=status.percent,
-                message=message,
-                at=status.updated_at,
-                model_bytes_done=status.bytes_done,
-                model_bytes_total=status.bytes_total,
-            )
-        )
+        self.bus.publish(status.as_event(message))
         self._persister.submit(status)

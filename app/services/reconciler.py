@@ -1,10 +1,13 @@
 """The reconciler: finishes what an interrupted ingest or delete left in PostgreSQL.
 
 'pending' rows are embedded, upserted and marked indexed; 'deleting' rows have their vectors
-removed and are purged; vectors whose row is gone (orphans) are removed. It runs at startup,
-periodically, and at once when a model becomes READY. Collections are served one by one, oldest
-backlog first, so a stuck one never delays the others. An outage is logged once with its cause
-and once when it ends; the next round tries again, so the background task never dies.
+removed and are purged; vectors whose row is gone (orphans) are removed. Collections whose
+keyword index is 'building' (those that existed before keyword indexes) get BM25 vectors for their
+indexed documents, page by page in id order, the position saved in PostgreSQL so a restart resumes
+where it stopped. It runs at startup, periodically, and at once when a model becomes READY.
+Collections are served one by one, oldest backlog first, so a stuck one never delays the others.
+An outage is logged once with its cause and once when it ends; the next round tries again, so the
+background task never dies.
 """
 
 from __future__ import annotations
@@ -18,19 +21,23 @@ from typing import Any
 from loguru import logger
 from prometheus_client import Counter
 
+from app.adapters.bm25 import bm25
 from app.errors import CitadelError, DependencyUnavailable, ModelUnavailable
 from app.services.collections import bound_model
 from app.services.ids import point_id
-from app.services.ingest import ToIndex, index_documents
+from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 RECONCILED = Counter(
     "citadel_reconciler_documents_total", "Documents finished by the reconciler", ["action"]
 )  # indexed | purged | orphan
+KEYWORDS_BACKFILLED = Counter("citadel_keyword_backfill_documents_total", "Documents given a keyword vector by the backfill")
 RECONCILE_ERRORS = Counter("citadel_reconciler_errors_total", "Reconciler rounds or collections that failed")
 
 BATCH_ROWS = 1_000
 MAX_ROUNDS = 100  # per run_once, so a steady stream of new pending rows cannot pin it
+BACKFILL_PAGE = 500  # documents per keyword-backfill step (one PostgreSQL read, one store write)
 
 
 @dataclass
@@ -40,9 +47,10 @@ class ReconcileCounts:
     skipped: int = 0  # rows of collections whose model is unavailable
     failed: int = 0  # rows whose collection failed this round (store down, ...)
     orphans: int = 0  # vectors without a row, removed
+    keywords: int = 0  # documents given a keyword vector by the backfill
 
     def add(self, other: "ReconcileCounts") -> None:
-        for name in ("indexed", "purged", "skipped", "failed", "orphans"):
+        for name in ("indexed", "purged", "skipped", "failed", "orphans", "keywords"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -78,12 +86,14 @@ class Reconciler:
                 counts = await self._reconcile_collection(name)
                 total.add(counts)
             total.orphans = await self._sweep_orphans()
-            if total.indexed or total.purged or total.orphans:  # stuck rows are logged once, above
+            total.keywords = await self._backfill_keywords()
+            if total.indexed or total.purged or total.orphans or total.keywords:  # stuck rows are logged once, above
                 logger.info(
-                    "reconciler: {} indexed, {} purged, {} orphan vectors removed, {} skipped, {} failed",
+                    "reconciler: {} indexed, {} purged, {} orphan vectors removed, {} keyword vectors backfilled, {} skipped, {} failed",
                     total.indexed,
                     total.purged,
                     total.orphans,
+                    total.keywords,
                     total.skipped,
                     total.failed,
                 )
@@ -103,6 +113,38 @@ class Reconciler:
             if counts.indexed + counts.purged == 0 or len(rows) < BATCH_ROWS:
                 break
         return total
+
+    async def _backfill_keywords(self) -> int:
+        done = 0
+        for collection in await self.repo.collections_building_keywords():
+            try:
+                done += await self._backfill_collection(collection)
+            except Exception:
+                RECONCILE_ERRORS.inc()
+                logger.exception("reconciler: keyword backfill of {} failed this round", collection.name)
+        return done
+
+    async def _backfill_collection(self, collection: Any) -> int:
+        """Sparse vectors for every indexed document of a collection built before keyword indexes
+        (never chunked: chunking came with them). New writes already carry theirs."""
+        await self.store.add_keyword_index(collection.name)
+        cursor, done = collection.keyword_cursor, 0
+        for _ in range(MAX_ROUNDS):
+            rows = await self.repo.list_documents(collection.name, cursor, BACKFILL_PAGE)
+            indexed = [r for r in rows if r.status == "indexed"]  # pending rows get theirs when indexed
+            vectors = await bm25().documents([r.text for r in indexed])
+            await self.store.set_sparse_vectors(
+                collection.name, [(point_id(collection.name, r.id), v) for r, v in zip(indexed, vectors)]
+            )
+            done += len(indexed)
+            KEYWORDS_BACKFILLED.inc(len(indexed))
+            finished = len(rows) < BACKFILL_PAGE
+            cursor = rows[-1].id if rows else cursor
+            await self.repo.set_keyword_progress(collection.name, cursor, done=finished)
+            if finished:
+                logger.info("keyword index of {} is ready", collection.name)
+                break
+        return done
 
     async def _round(self, name: str, docs: list[Any]) -> ReconcileCounts:
         counts = ReconcileCounts()
@@ -142,6 +184,10 @@ class Reconciler:
         row (rows are written first), so only points without a row at both reads are removed."""
         removed = 0
         for collection in await self.repo.list_collections():
+            if collection.chunk_max_tokens:
+                # Chunk points have ids per chunk, not per row; a chunked document's points are all
+                # deleted before each write (app/services/indexing.py), so none outlive their row there.
+                continue
             try:
                 stored = {_canonical(p) for p in await self.store.point_ids(collection.name)}
                 if not stored:
@@ -157,7 +203,10 @@ class Reconciler:
 
     async def _purge(self, name: str, rows: list[Any]) -> int:
         ids = [r.id for r in rows]
-        await self.store.delete(name, [point_id(name, i) for i in ids])
+        collection = await self.repo.get_collection(name)
+        if collection is None:  # deleted meanwhile: its rows and vectors went with it
+            return 0
+        await remove_points(self.store, collection, ids)
         purged = int(await self.repo.purge_documents(name, ids))
         RECONCILED.labels("purged").inc(purged)
         return purged
@@ -168,8 +217,8 @@ class Reconciler:
             return 0
         if self.models is not None:
             await bound_model(self.models, collection)
-        docs = [ToIndex(r.id, r.text, r.metadata, r.content_hash) for r in rows]
-        done = await index_documents(self.embedder, self.store, self.repo, collection, docs, self.settings)
+        docs = [ToIndex(r.id, r.text, r.metadata, r.content_hash, vector=r.vector) for r in rows]
+        done = (await index_documents(self.embedder, self.store, self.repo, collection, docs, self.settings)).documents
         RECONCILED.labels("indexed").inc(done)
         return done
 
@@ -187,12 +236,9 @@ class Reconciler:
             self._listener = asyncio.create_task(self._wake_on_ready(bus), name="citadel-reconciler-wake")
 
     async def stop(self) -> None:
-        for task in (self._task, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        task, listener = self._task, self._listener
         self._task = self._listener = None
+        await cancel_and_wait(task, listener)
 
     def wake(self) -> None:
         """Run a round now instead of at the end of the interval (a model became READY)."""

@@ -1,4 +1,4 @@
-"""Real Citadel servers: machine PostgreSQL (fresh database) and Redis, Qdrant Edge, and a local
+"""Real Citadel servers: the tests' PostgreSQL (fresh database) and Redis, Qdrant Edge, and a local
 Hugging Face mirror (tests/support/fake_hub.py) so models really download over HTTP."""
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ import pytest
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, FakeHub
 from tests.support.server import LiveServer
+from tests.support.services import redis_url, redis_url_in_use
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 ONNX_MODEL = "local/all-MiniLM-L6-v2-onnx"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 SESSION_TAG = uuid.uuid4().hex[:8]
 
 
 def shared_redis_env() -> dict[str, str]:
-    """The machine's Redis, with cache keys under a prefix this session removes when it ends."""
+    """The tests' Redis, with cache keys under a prefix this session removes when it ends."""
     return {
-        "CITADEL_REDIS_URL": REDIS_URL,
+        "CITADEL_REDIS_URL": redis_url(),
         "CITADEL_CACHE__KEY_PREFIX": f"citadel-test-{SESSION_TAG}-{uuid.uuid4().hex[:6]}:",
         # A loaded 2-core CI machine can take longer than the default to answer; the cache would
         # then be skipped by design, and these tests are about hits.
@@ -40,7 +40,10 @@ def remove_cache_keys():
     yield
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    url = redis_url_in_use()
+    if url is None:  # no server of this session used Redis
+        return
+    client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=f"citadel-test-{SESSION_TAG}-*", count=1000))
         for start in range(0, len(keys), 1000):
@@ -126,3 +129,7 @@ def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir):
         yield server
     finally:
         server.stop()
+
+
+# Access control: a server with keys required (tests/e2e/access_support.py).
+from tests.e2e.access_support import access_database, access_server  # noqa: E402,F401

@@ -9,25 +9,14 @@ CI needs, once per image: apt-get update && apt-get install -y chromium && pip i
 
 from __future__ import annotations
 
-import hashlib
-import html
 import inspect
 import json
 import re
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-from app.settings import PRIMARY_MODEL
-from app.web.routes import (
-    STATIC_DIR,
-    asset_url,
-    dashboard_html,
-    dashboard_route,
-    graphiql_html,
-    static_routes,
-)
+from app.domain.models import BUILTIN_DEFAULT_MODEL
 from tests.support.browser import artifact_path, launch_chromium, offline_page, png_size
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -43,59 +32,7 @@ QUERY_EDITOR = ".graphiql-query-editor .CodeMirror"
 RESULT_PANE = "section.result-window"
 
 
-# ---- the pages as served: no browser needed ----
-
-
-def _asset_refs(page: str) -> list[str]:
-    return [html.unescape(m) for m in re.findall(r'(?:src|href)="([^"]*)"', page)]
-
-
-@pytest.mark.parametrize("render", [graphiql_html, dashboard_html])
-def test_pages_load_only_vendored_local_assets(render) -> None:
-    page = render("/graphql")
-    refs = _asset_refs(page)
-    assert len(refs) >= 3
-    for ref in refs:
-        if ref == "data:,":  # empty favicon, so the browser does not ask for /favicon.ico
-            continue
-        assert ref.startswith("/static/"), ref
-        assert (STATIC_DIR / ref.removeprefix("/static/").split("?")[0]).is_file(), ref
-    assert "default-src &#x27;self&#x27;" in page  # CSP meta: the browser may load nothing else
-
-
-def test_graphql_path_is_escaped_into_the_page() -> None:
-    page = graphiql_html('/gql"><script>alert(1)</script>')
-    assert "<script>alert(1)" not in page
-    assert 'data-graphql-path="/gql&quot;&gt;&lt;script&gt;' in page
-
-
-def test_vendored_bundles_match_recorded_checksums_and_stay_small() -> None:
-    vendor = STATIC_DIR / "vendor"
-    recorded = {
-        name.removeprefix("./"): digest
-        for digest, name in re.findall(r"^([0-9a-f]{64})\s+(\S+)$", (vendor / "VERSIONS.txt").read_text(), re.MULTILINE)
-    }
-    assert set(recorded) == {"graphiql.min.js", "graphiql.min.css", "react.production.min.js",
-                             "react-dom.production.min.js", "graphql-ws.min.js"}
-    for name, digest in recorded.items():
-        assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == digest, name
-    assert sum(f.stat().st_size for f in STATIC_DIR.rglob("*") if f.is_file()) < 5 * 1024 * 1024
-
-
-async def test_routes_serve_the_dashboard_and_static_files() -> None:
-    app = Starlette(routes=[dashboard_route(), *static_routes()])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-        page = await client.get("/dashboard")
-        assert page.status_code == 200
-        assert "default-src 'self'" in page.headers["content-security-policy"]
-        js = await client.get(asset_url("dashboard.js"))
-        assert js.status_code == 200 and "javascript" in js.headers["content-type"]
-        css = await client.get(asset_url("vendor/graphiql.min.css"))
-        assert css.headers["content-type"].startswith("text/css")
-        assert (await client.get("/static/%2e%2e/routes.py")).status_code == 404
-
-
-# ---- in a real browser against the live server ----
+# ---- in a real browser against the live server (the pages as served: tests/unit/test_web_pages.py) ----
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +165,7 @@ async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server)
 async def test_dashboard_bars_move_to_ready_during_a_download(browser, live_server) -> None:
     if not hasattr(live_server, "start_download"):
         pytest.fail("the live_server fixture must offer start_download(name) for this test")
-    name = getattr(live_server, "download_model", PRIMARY_MODEL)
+    name = getattr(live_server, "download_model", BUILTIN_DEFAULT_MODEL)
     async with offline_page(browser) as (page, watch):
         await page.goto(live_server.url + "/dashboard")
         await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)

@@ -4,6 +4,7 @@ GraphQL WebSocket clients, two replicas sharing one Redis."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import asyncpg
 
@@ -18,8 +19,9 @@ from tests.support.server import LiveServer
 
 PROGRESS = gql(
     """subscription($m: String) { modelDownloadProgress(model: $m) {
-         model state attempt maxAttempts file bytesDone bytesTotal percent kind message } }"""
+         model replica state attempt maxAttempts file bytesDone bytesTotal percent kind message } }"""
 )
+REPLICAS = ("replica-1", "replica-2")
 
 
 def timeline(events: list[dict]) -> list[str]:
@@ -32,7 +34,10 @@ def timeline(events: list[dict]) -> list[str]:
     return out
 
 
-async def collect_until_ready(ws_url: str, protocol: str, subscribed: asyncio.Event, limit: float = 240) -> list[dict]:
+async def collect_until_ready(
+    ws_url: str, protocol: str, subscribed: asyncio.Event, limit: float = 240, replica: str = REPLICAS[0]
+) -> list[dict]:
+    """Events of HUB_MODEL until `replica` reports READY or FAILED (after the first-state snapshot)."""
     events: list[dict] = []
     transport = WebsocketsTransport(url=ws_url, subprotocols=[protocol])
     async with Client(transport=transport, fetch_schema_from_transport=False) as session:
@@ -43,28 +48,55 @@ async def collect_until_ready(ws_url: str, protocol: str, subscribed: asyncio.Ev
                 event = result["modelDownloadProgress"]
                 events.append(event)
                 subscribed.set()  # the snapshot arrived: we are surely subscribed
-                if event["state"] in ("READY", "FAILED") and len(events) > 1:
+                if event["replica"] == replica and event["state"] in ("READY", "FAILED") and len(events) > len(REPLICAS):
                     break
     return events
+
+
+def model_view(server: LiveServer, model: str) -> dict:
+    query = """query($m: String!) { model(name: $m) { state replica
+                 replicas { replica state attempts bytesDone bytesTotal updatedAt } } }"""
+    body = server.graphql(query, {"m": model})
+    assert "errors" not in body, body
+    return body["data"]["model"]
+
+
+def wait_until_replicas(server: LiveServer, model: str, replicas: set[str], timeout: float = 60) -> dict:
+    """The model as `server` answers once its `replicas` are exactly `replicas`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = model_view(server, model)
+        if {r["replica"] for r in view["replicas"]} == replicas or time.monotonic() > deadline:
+            return view
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory, e2e_database, fake_hub):
     """Two gateway processes sharing PostgreSQL and Redis, each with its own model cache."""
+    ARTIFACTS.mkdir(exist_ok=True)
     shared = {
         "CITADEL_DATABASE_URL": e2e_database,
         **shared_redis_env(),
         "CITADEL_DEFAULT_MODEL": BUNDLED,
+        "CITADEL_REPLICA_HEARTBEAT_SECONDS": "1",
     }
     servers = [
         LiveServer(
-            env=hub_env(fake_hub.url, CITADEL_DATA_DIR=str(tmp_path_factory.mktemp(f"replica{i}")), **shared),
+            env=hub_env(
+                fake_hub.url,
+                CITADEL_DATA_DIR=str(tmp_path_factory.mktemp(f"replica{i}")),
+                CITADEL_REPLICA_ID=REPLICAS[i - 1],
+                **shared,
+            ),
             log_path=ARTIFACTS / f"replica{i}.log",
         )
         for i in (1, 2)
     ]
     for server in servers:
         server.start()
+    for server in servers:
+        wait_until_replicas(server, HUB_MODEL, set(REPLICAS))
     try:
         yield servers
     finally:
@@ -85,12 +117,16 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     assert started["data"]["downloadModel"]["name"] == HUB_MODEL, started
     seen_a, seen_b = await asyncio.gather(on_a, on_b)
 
-    expected = ["NOT_DOWNLOADED", "QUEUED", "DOWNLOADING", "progress", "RETRYING", "DOWNLOADING", "progress",
+    # First the model's state on every live replica (one event each), then A's download.
+    for seen in (seen_a, seen_b):
+        assert sorted((e["replica"], e["state"]) for e in seen[:2]) == [(r, "NOT_DOWNLOADED") for r in REPLICAS]
+        assert {e["replica"] for e in seen[2:]} == {REPLICAS[0]}, "every later event is labelled with A"
+    expected = ["QUEUED", "DOWNLOADING", "progress", "RETRYING", "DOWNLOADING", "progress",
                 "VERIFYING", "LOADING", "READY"]  # fmt: skip
-    assert timeline(seen_a) == expected, timeline(seen_a)
+    assert timeline(seen_a[2:]) == expected, timeline(seen_a)
     # Replica B never downloaded anything: everything after its snapshot came over Redis from A.
-    assert timeline(seen_b) == expected, timeline(seen_b)
-    assert [e for e in seen_a[1:]] == [e for e in seen_b[1:]]
+    assert timeline(seen_b[2:]) == expected, timeline(seen_b)
+    assert seen_a[2:] == seen_b[2:]
     retry = next(e for e in seen_a if e["state"] == "RETRYING")
     assert retry["attempt"] == 1 and retry["maxAttempts"] == 3 and retry["message"]
     assert seen_a[-1]["attempt"] == 2
@@ -104,8 +140,9 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     try:
         for _ in range(100):  # written by a background writer, so it may trail the event a little
             row = await connection.fetchrow(
-                "select state, attempts, bytes_done, bytes_total from model_status where name = $1", HUB_MODEL
-            )
+                "select state, attempts, bytes_done, bytes_total from model_replicas where model = $1 and replica = $2",
+                HUB_MODEL, REPLICAS[0],
+            )  # fmt: skip
             if row is not None and row["state"] == "READY":
                 break
             await asyncio.sleep(0.1)
@@ -116,8 +153,31 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     # The downloaded model serves, and B's own state is untouched (it has its own cache).
     body = a.graphql('query($m: String) { embed(texts: ["hub model"], model: $m) { model dimensions } }', {"m": HUB_MODEL})
     assert body["data"]["embed"] == {"model": HUB_MODEL, "dimensions": 384}, body
-    state_b = b.graphql("query($m: String!) { model(name: $m) { state } }", {"m": HUB_MODEL})
-    assert state_b["data"]["model"]["state"] == "NOT_DOWNLOADED"
+    # B tells the truth about itself (NOT_DOWNLOADED: a request there would not get the model) and
+    # about the cluster: A has it READY.
+    view = model_view(b, HUB_MODEL)
+    assert view["state"] == "NOT_DOWNLOADED" and view["replica"] == REPLICAS[1]
+    by_replica = {r["replica"]: r for r in view["replicas"]}
+    assert [r["replica"] for r in view["replicas"]] == [REPLICAS[1], REPLICAS[0]], view  # itself first
+    assert by_replica[REPLICAS[0]]["state"] == "READY" and by_replica[REPLICAS[0]]["attempts"] == 2
+    assert by_replica[REPLICAS[0]]["bytesDone"] == by_replica[REPLICAS[0]]["bytesTotal"] > 0
+    assert by_replica[REPLICAS[1]]["state"] == "NOT_DOWNLOADED"
+
+
+async def test_a_late_subscriber_on_b_is_first_told_that_a_has_it_ready(replicas):
+    _, b = replicas  # after the test above: A READY, B NOT_DOWNLOADED
+    transport = WebsocketsTransport(url=b.ws_url, subprotocols=["graphql-transport-ws"])
+    first: list[dict] = []
+    async with Client(transport=transport, fetch_schema_from_transport=False) as session:
+        request = PROGRESS
+        request.variable_values = {"m": HUB_MODEL}
+        async with asyncio.timeout(30):
+            async for result in session.subscribe(request):
+                first.append(result["modelDownloadProgress"])
+                if len(first) == len(REPLICAS):
+                    break
+    assert [(e["replica"], e["state"]) for e in first] == [(REPLICAS[1], "NOT_DOWNLOADED"), (REPLICAS[0], "READY")]
+    assert first[1]["bytesDone"] == first[1]["bytesTotal"] > 0 and first[1]["kind"] == "state"
 
 
 def test_a_request_can_wait_for_a_download_instead_of_being_refused(replicas):

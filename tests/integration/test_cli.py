@@ -38,7 +38,7 @@ async def test_db_upgrade_brings_a_fresh_database_to_the_head_revision():
             tables = {r["tablename"] for r in await connection.fetch("select tablename from pg_tables where schemaname = 'public'")}
         finally:
             await connection.close()
-        assert {"collections", "documents", "model_status"} <= tables
+        assert {"collections", "documents", "model_replicas", "replica_heartbeats"} <= tables
     finally:
         await drop_database(url)
 

@@ -1,5 +1,5 @@
-"""`citadel doctor` against the machine's real PostgreSQL and Redis, the embedded servers' binaries,
-real directories and a real closed port."""
+"""`citadel doctor` against the tests' real PostgreSQL and Redis (tests/support/services.py), the
+embedded servers' binaries, real directories and a real closed port."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from app.doctor import Check, doctor_command, mask_url, overall_ok, render_json, render_text, run_checks
 from app.settings import Settings
+from tests.support.services import postgres_admin_url, redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_URL = os.environ.get("CITADEL_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # Trust auth ignores it, so the connection succeeds and the output can be searched for it.
 FAKE_PASSWORD = "doctor-pw-7f1c"
 
@@ -54,7 +54,7 @@ def clean_env(monkeypatch, tmp_path):
 
 
 async def test_real_postgres_and_redis_pass_with_measured_latency(tmp_path):
-    settings = make_settings(tmp_path, database_url=with_password(POSTGRES_URL, FAKE_PASSWORD), redis_url=REDIS_URL)
+    settings = make_settings(tmp_path, database_url=with_password(postgres_admin_url(), FAKE_PASSWORD), redis_url=redis_url())
     checks = by_name(await run_checks(settings))
     for name, product in (("postgres", "PostgreSQL"), ("redis", "Redis")):
         check = checks[name]
@@ -67,11 +67,12 @@ async def test_real_postgres_and_redis_pass_with_measured_latency(tmp_path):
 
 
 async def test_password_is_never_printed(tmp_path):
-    settings = make_settings(tmp_path, database_url=with_password(POSTGRES_URL, FAKE_PASSWORD), redis_url=REDIS_URL)
+    settings = make_settings(tmp_path, database_url=with_password(postgres_admin_url(), FAKE_PASSWORD), redis_url=redis_url())
     checks = await run_checks(settings)
     text, as_json = render_text(checks), render_json(checks)
     assert FAKE_PASSWORD not in text and FAKE_PASSWORD not in as_json
-    assert "postgres:***@127.0.0.1" in by_name(checks)["postgres"].detail
+    host = urlsplit(postgres_admin_url()).netloc.rpartition("@")[2]  # empty for a unix socket
+    assert f"postgres:***@{host}" in by_name(checks)["postgres"].detail
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_mask_url(url, shown):
 
 async def test_closed_database_port_fails_and_names_the_reason(tmp_path):
     port = closed_port()
-    settings = make_settings(tmp_path, database_url=f"postgresql://postgres@127.0.0.1:{port}/test", redis_url=REDIS_URL)
+    settings = make_settings(tmp_path, database_url=f"postgresql://postgres@127.0.0.1:{port}/test", redis_url=redis_url())
     checks = await run_checks(settings)
     postgres = by_name(checks)["postgres"]
     assert not postgres.ok and postgres.required
@@ -182,7 +183,7 @@ async def test_too_little_free_disk_fails(tmp_path):
 
 
 async def test_json_output_parses_and_carries_every_check(tmp_path):
-    checks = await run_checks(make_settings(tmp_path, database_url=POSTGRES_URL, redis_url=REDIS_URL))
+    checks = await run_checks(make_settings(tmp_path, database_url=postgres_admin_url(), redis_url=redis_url()))
     document = json.loads(render_json(checks))
     assert document["ok"] is True
     assert [c["name"] for c in document["checks"]] == [c.name for c in checks]
@@ -192,8 +193,8 @@ async def test_json_output_parses_and_carries_every_check(tmp_path):
 
 
 def test_doctor_command_in_process_returns_the_exit_status(clean_env, capsys):
-    clean_env.setenv("CITADEL_DATABASE_URL", POSTGRES_URL)
-    clean_env.setenv("CITADEL_REDIS_URL", REDIS_URL)
+    clean_env.setenv("CITADEL_DATABASE_URL", postgres_admin_url())
+    clean_env.setenv("CITADEL_REDIS_URL", redis_url())
     assert doctor_command(json_output=False) == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("doctor: OK")
     clean_env.setenv("CITADEL_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/test")
@@ -225,7 +226,7 @@ def _subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     ],
 )
 def test_exit_status_as_a_process(tmp_path, argv):
-    good = _subprocess_env(tmp_path, CITADEL_DATABASE_URL=POSTGRES_URL, CITADEL_REDIS_URL=REDIS_URL)
+    good = _subprocess_env(tmp_path, CITADEL_DATABASE_URL=postgres_admin_url(), CITADEL_REDIS_URL=redis_url())
     ran = subprocess.run(argv, env=good, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert json.loads(ran.stdout)["ok"] is True
@@ -245,3 +246,13 @@ def test_citadel_console_script(tmp_path):
     ran = subprocess.run([str(script), "doctor"], env=bad, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
     assert "[FAIL] postgres" in ran.stdout and "doctor: FAILED" in ran.stdout
+
+
+def test_an_unknown_setting_is_a_warning_naming_the_closest_real_one(clean_env, capsys):
+    clean_env.setenv("CITADEL_DATABASE_URL", postgres_admin_url())
+    clean_env.setenv("CITADEL_REDIS_URL", redis_url())
+    clean_env.setenv("CITADEL_SERVR__PORT", "1")
+    assert doctor_command(json_output=False) == 0, "a typo warns; it does not fail the installation"
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "CITADEL_SERVR__PORT" in line)
+    assert line.startswith("[warn]") and "did you mean CITADEL_SERVER__PORT" in line

@@ -16,6 +16,7 @@ from typer.testing import CliRunner, Result
 from app.cli_models import models_app
 from app.downloads.cache import MANIFEST, ModelCache
 from app.downloads.errors import (
+    RepoNotFound,
     CacheNotWritable,
     HubHTTPError,
     HubUnreachable,
@@ -100,6 +101,17 @@ async def test_unknown_repo_is_not_retryable(client: HubClient) -> None:
     with pytest.raises(HubHTTPError) as caught:
         await client.snapshot("nobody/nothing", "main")
     assert caught.value.status == 404 and not caught.value.retryable
+
+
+async def test_a_repo_name_in_the_wrong_case_says_which_endpoint_which_repo_and_what_to_check(
+    hub: FakeHub, client: HubClient
+) -> None:
+    wrong_case = DEFAULT_REPO.swapcase()
+    with pytest.raises(RepoNotFound) as caught:
+        await client.snapshot(wrong_case, "main")
+    message = str(caught.value)
+    assert hub.url in message and repr(wrong_case) in message and "case" in message and "HF_ENDPOINT" in message
+    assert caught.value.reason == "repo_not_found" and not caught.value.retryable
 
 
 async def test_unreachable_hub() -> None:

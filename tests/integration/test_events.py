@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from app.adapters.events import DownloadEvent, EventBus, Subscription
-from app.downloads.state import ModelState
+from app.domain.models import DownloadEvent
+
+from app.adapters.events import EventBus, Subscription
+from app.adapters.redis_events import RedisEventBridge
+from app.domain.models import ModelState
 from app.services.models import ModelManager
 from tests.support.fake_hub import (
     HUB_MODEL,
@@ -21,17 +24,13 @@ from tests.support.fake_hub import (
     load_configs,
     timeline,
 )
+from tests.support.services import redis_server_binary, redis_url
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 async def redis_client() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.ping()
-    except Exception as error:  # pragma: no cover - depends on the machine
-        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    client = aioredis.Redis.from_url(redis_url())
     yield client
     await client.aclose()
 
@@ -44,10 +43,13 @@ def channel() -> str:
 @pytest.fixture
 async def replicas(redis_client: aioredis.Redis, channel: str) -> AsyncIterator[tuple[EventBus, EventBus]]:
     first, second = EventBus(origin="replica-a"), EventBus(origin="replica-b")
-    await first.attach_redis(redis_client, channel)
-    await second.attach_redis(aioredis.Redis.from_url(REDIS_URL), channel)
+    second_redis = aioredis.Redis.from_url(redis_url())
+    bridges = [RedisEventBridge(first, redis_client, channel), RedisEventBridge(second, second_redis, channel)]
+    for bridge in bridges:
+        await bridge.start()
     yield first, second
-    second_redis = second._redis
+    for bridge in bridges:
+        await bridge.close()
     await first.close()
     await second.close()
     await second_redis.aclose()
@@ -122,9 +124,10 @@ async def test_subscribing_to_one_model_filters_remote_events_too(replicas: tupl
 
 
 async def test_a_broken_redis_connection_does_not_block_publishing(channel: str) -> None:
-    client = aioredis.Redis.from_url(REDIS_URL)
+    client = aioredis.Redis.from_url(redis_url())
     bus = EventBus(origin="lonely")
-    await bus.attach_redis(client, channel)
+    bridge = RedisEventBridge(bus, client, channel)
+    await bridge.start()
     await client.connection_pool.disconnect()  # every connection of the bridge is cut under it
     try:
         async with bus.subscribe() as local:
@@ -132,26 +135,25 @@ async def test_a_broken_redis_connection_does_not_block_publishing(channel: str)
                 bus.publish(event(n))
             assert [(await local.get(1)).bytes_done for _ in range(50)] == list(range(50))
     finally:
-        await bus.close(flush_timeout=0.5)
+        await bridge.close(flush_timeout=0.5)
+        await bus.close()
         await client.aclose()
 
 
 async def test_redis_down_at_startup_then_back_bridges_replicas_again(tmp_path: Path, channel: str) -> None:
-    import shutil
     import socket
     import subprocess
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed, so no private Redis can be started late")
+    binary = redis_server_binary()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"redis://127.0.0.1:{port}/0"
     first, second = EventBus(origin="early-a"), EventBus(origin="early-b")
     clients = [aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)]
-    await first.attach_redis(clients[0], channel)  # nothing listens yet: no exception, local only
-    await second.attach_redis(clients[1], channel)
+    bridges = [RedisEventBridge(first, clients[0], channel), RedisEventBridge(second, clients[1], channel)]
+    for bridge in bridges:  # nothing listens yet: no exception, local only
+        await bridge.start()
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
@@ -170,8 +172,10 @@ async def test_redis_down_at_startup_then_back_bridges_replicas_again(tmp_path: 
             else:
                 raise AssertionError("events never crossed once Redis came up")
     finally:
-        await first.close(flush_timeout=0.5)
-        await second.close(flush_timeout=0.5)
+        for bridge in bridges:
+            await bridge.close(flush_timeout=0.5)
+        await first.close()
+        await second.close()
         for client in clients:
             await client.aclose()
         server.terminate()

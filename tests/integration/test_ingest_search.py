@@ -20,9 +20,9 @@ import pytest
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
 from app.services.ids import point_id
-from app.settings import DEFAULT_MODEL
+from tests.support.services import redis_url
+from app.domain.models import FALLBACK_MODEL
 from tests.support.stack import (
-    REDIS_URL,
     STORE_KINDS,
     Stack,
     both_sides,
@@ -67,7 +67,7 @@ async def cache_prefix() -> Any:
 
     prefix = f"citadel-test:{uuid.uuid4().hex}:"
     yield prefix
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(redis_url())
     try:
         await clear_cache(redis, prefix)
     finally:
@@ -93,7 +93,7 @@ async def _document_vectors(stack: Stack, texts: list[str]) -> np.ndarray:
     parts = []
     step = stack.settings.limits.max_texts_per_request
     for start in range(0, len(texts), step):
-        outcome = await stack.embedder.embed(texts[start : start + step], model=DEFAULT_MODEL)
+        outcome = await stack.embedder.embed(texts[start : start + step], model=FALLBACK_MODEL)
         assert all(outcome.cached), "ingest should have cached every document vector"
         parts.append(outcome.vectors)
     return np.concatenate(parts)
@@ -113,13 +113,13 @@ async def test_query_hits_equal_numpy_exact_neighbours_in_order(indexed: Indexed
     by_id = {d["id"]: d for d in indexed.docs}
     for query in QUERIES:
         outcome = await indexed.stack.search.search(indexed.name, query=query, limit=10)
-        q = (await indexed.stack.embedder.embed([query], model=DEFAULT_MODEL, kind=EmbedKind.QUERY)).vectors[0]
+        q = (await indexed.stack.embedder.embed([query], model=FALLBACK_MODEL, kind=EmbedKind.QUERY)).vectors[0]
         scores = indexed.vectors @ q
         order = np.argsort(-scores, kind="stable")[:10]
         score_of = {ids[i]: float(scores[i]) for i in range(len(ids))}.__getitem__
         got = [h.id for h in outcome.hits]
         _assert_ranking(got, [ids[i] for i in order], score_of)
-        assert outcome.model == DEFAULT_MODEL and outcome.collection == indexed.name
+        assert outcome.model == FALLBACK_MODEL and outcome.collection == indexed.name
         assert outcome.took_ms > 0
         for hit in outcome.hits:
             assert hit.score == pytest.approx(score_of(hit.id), abs=1e-4)
@@ -281,7 +281,7 @@ async def test_collection_lifecycle_and_errors(indexed: Indexed) -> None:
     assert await indexed.stack.repo.get_collection("half") is None  # nothing half-exists
 
     row = await collections.create("temp-dot", distance="dot", indexed_fields=["topic"])
-    assert (row.model, row.dimensions, row.distance) == (DEFAULT_MODEL, 384, "dot")
+    assert (row.model, row.dimensions, row.distance) == (FALLBACK_MODEL, 384, "dot")
     assert {r.name for r in await collections.list()} >= {indexed.name, "temp-dot"}
     assert await collections.document_count(indexed.name) == CORPUS_SIZE
     assert await collections.delete("temp-dot") is True

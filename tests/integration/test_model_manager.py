@@ -12,12 +12,16 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from app.adapters.events import DownloadEvent, EventBus
+from app.domain.models import DownloadEvent
+
+from app.adapters.events import EventBus
 from app.downloads.cache import MANIFEST, ModelCache, sha256_of
-from app.downloads.state import ModelState
+from app.domain.models import ModelState
 from app.errors import ModelUnavailable
-from app.services.models import ModelManager, ModelStatus
-from app.settings import DEFAULT_MODEL, ModelSpec, Settings
+from app.domain.models import ModelStatus
+from app.services.models import ModelManager
+from app.domain.models import FALLBACK_MODEL, ModelSpec
+from app.settings import Settings
 from tests.support.fake_hub import (  # noqa: F401  (fixtures: hub, fresh_hub)
     HUB_MODEL,
     SMALL_FILES,
@@ -209,15 +213,15 @@ async def test_after_all_attempts_the_fallback_serves_as_default(
     hub.add_fault("status", target="api", status=500, times=100)
     manager, rec = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES), loader=load_sentence_transformer)
     failed = await manager.ensure(HUB_MODEL)
-    fallback = await manager.ensure(DEFAULT_MODEL)
+    fallback = await manager.ensure(FALLBACK_MODEL)
     events = rec.drain()
     try:
         assert (failed.state, failed.attempts, failed.reason) == (S.FAILED, 3, "http_500")
         assert "HTTP 500" in (failed.last_error or "")
         assert (fallback.state, fallback.fallback_for) == (S.READY, HUB_MODEL)
-        assert manager.effective_default == DEFAULT_MODEL
+        assert manager.effective_default == FALLBACK_MODEL
         assert any("using fallback" in line for line in log_lines)
-        assert (await manager.ready_spec(None)).name == DEFAULT_MODEL
+        assert (await manager.ready_spec(None)).name == FALLBACK_MODEL
         with pytest.raises(ModelUnavailable) as caught:
             await manager.ready_spec(HUB_MODEL)
         ext = caught.value.to_extensions()
@@ -225,8 +229,8 @@ async def test_after_all_attempts_the_fallback_serves_as_default(
         assert "HTTP 500" in ext["lastError"]
         assert "failed after 3 attempt(s)" in caught.value.message
         assert state_events(events)[-1] == (S.FAILED, 3)
-        assert timeline(events, DEFAULT_MODEL) == ["NOT_DOWNLOADED", "QUEUED", "LOADING", "READY"]
-        assert [e.message for e in events if e.model == DEFAULT_MODEL][0] == f"standing in for {HUB_MODEL}"
+        assert timeline(events, FALLBACK_MODEL) == ["NOT_DOWNLOADED", "QUEUED", "LOADING", "READY"]
+        assert [e.message for e in events if e.model == FALLBACK_MODEL][0] == f"standing in for {HUB_MODEL}"
     finally:
         await manager.close()
 
@@ -237,7 +241,7 @@ async def test_unreachable_hub_fails_over_to_the_fallback(tmp_path: Path) -> Non
     spec = await manager.ready_spec(None, wait=True)
     await manager.close()
     failed = manager.status(HUB_MODEL)
-    assert spec.name == DEFAULT_MODEL
+    assert spec.name == FALLBACK_MODEL
     assert (failed.state, failed.attempts, failed.reason) == (S.FAILED, 3, "unreachable")
     assert "cannot connect" in (failed.last_error or "")
 
@@ -245,11 +249,11 @@ async def test_unreachable_hub_fails_over_to_the_fallback(tmp_path: Path) -> Non
 async def test_offline_and_not_cached_fails_at_once_without_any_request(hub: FakeHub, tmp_path: Path) -> None:
     manager, rec = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES, hf_offline=True))
     status = await manager.ensure(HUB_MODEL)
-    fallback = await manager.ensure(DEFAULT_MODEL)
+    fallback = await manager.ensure(FALLBACK_MODEL)
     await manager.close()
     assert (status.state, status.attempts, status.reason) == (S.FAILED, 0, "offline")
     assert "HF_HUB_OFFLINE" in (status.last_error or "") and "citadel models pull" in (status.last_error or "")
-    assert fallback.state is S.READY and manager.effective_default == DEFAULT_MODEL
+    assert fallback.state is S.READY and manager.effective_default == FALLBACK_MODEL
     assert state_events(rec.drain()) == [(S.QUEUED, 0), (S.FAILED, 0)]
     assert hub.requests == []
 
@@ -273,7 +277,7 @@ async def test_unwritable_cache_fails_without_retrying_and_says_what_to_set(hub:
     blocker.write_text("not a directory")
     manager, _ = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES, cache_dir=blocker / "models"))
     status = await manager.ensure(HUB_MODEL)
-    fallback = await manager.ensure(DEFAULT_MODEL)
+    fallback = await manager.ensure(FALLBACK_MODEL)
     await manager.close()
     assert (status.state, status.attempts, status.reason) == (S.FAILED, 1, "cache_not_writable")
     assert str(blocker / "models") in (status.last_error or "") and "CITADEL_CACHE_DIR" in (status.last_error or "")
@@ -297,13 +301,13 @@ async def test_a_failed_model_can_be_retried(hub: FakeHub, tmp_path: Path) -> No
     hub.add_fault("status", target="api", status=503, times=3)
     manager, rec = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES))
     assert (await manager.ensure(HUB_MODEL)).state is S.FAILED
-    await manager.ensure(DEFAULT_MODEL)
+    await manager.ensure(FALLBACK_MODEL)
     retried = await manager.ensure(HUB_MODEL)
     events = rec.drain()
     await manager.close()
     assert (retried.state, retried.attempts, retried.last_error) == (S.READY, 1, None)
     assert manager.effective_default == HUB_MODEL
-    assert manager.status(DEFAULT_MODEL).fallback_for is None
+    assert manager.status(FALLBACK_MODEL).fallback_for is None
     assert state_events(events)[-6:] == [
         (S.FAILED, 3),
         (S.QUEUED, 0),

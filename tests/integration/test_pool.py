@@ -10,7 +10,7 @@ import pytest
 from app.errors import BadInput, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.pool import ModelPool, resolve_devices
-from app.settings import DEFAULT_MODEL
+from app.domain.models import FALLBACK_MODEL
 from tests.support.models import (  # noqa: F401  (fixtures)
     SAMPLE_TEXTS,
     cosine_rows,
@@ -19,9 +19,10 @@ from tests.support.models import (  # noqa: F401  (fixtures)
     minilm_spec,
     reference_model,
 )
+from tests.support.polling import wait_until
 
 pytestmark = pytest.mark.slow
-MODEL = DEFAULT_MODEL
+MODEL = FALLBACK_MODEL
 
 
 def passes() -> float:
@@ -38,14 +39,6 @@ def texts_started() -> float:
 
 def queued() -> float:
     return metrics.sample_sum(metrics.QUEUE_SIZE, "citadel_queue_size", model=MODEL)
-
-
-async def wait_until(predicate, what: str) -> None:
-    for _ in range(6_000):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def loaded_pool(minilm_dir, **inference) -> ModelPool:

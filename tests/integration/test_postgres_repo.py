@@ -10,7 +10,7 @@ import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+
 from pathlib import Path
 
 import asyncpg
@@ -25,7 +25,6 @@ from app.adapters.migrations import (
 from app.adapters.postgres import (
     CollectionRow,
     DocumentWrite,
-    ModelStatusRow,
     PostgresRepo,
     UpsertOutcome,
     create_pool,
@@ -86,7 +85,7 @@ async def new_collection(repo: PostgresRepo, indexed_fields: tuple[str, ...] = (
 
 
 async def test_migrations_create_the_schema_and_rerun_as_no_op(db_url: str) -> None:
-    assert await alembic_revision(db_url) == head_revision() == "0001"
+    assert await alembic_revision(db_url) == head_revision() == "0005"
     assert await schema_columns(db_url) == EXPECTED_SCHEMA
     await upgrade_async(db_url)  # at head already: nothing to do, nothing fails
     assert await alembic_revision(db_url) == head_revision()
@@ -362,30 +361,6 @@ async def test_mark_deleting_then_purge(repo: PostgresRepo) -> None:
     assert rows[2] is not None and rows[2].status == "pending"
     assert await repo.mark_deleting(name, []) == 0
     assert await repo.purge_documents(name, []) == 0
-
-
-# -- model status ---------------------------------------------------------------------------
-
-
-async def test_model_status_round_trip(repo: PostgresRepo) -> None:
-    name = unique("model")
-    downloading = ModelStatusRow(name, "DOWNLOADING", 1, 3, bytes_done=10, bytes_total=1_000)
-    await repo.save_model_status(downloading)
-    stamp = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    failed = ModelStatusRow(name, "FAILED", 3, 3, 500, None, "timeout", "BAAI/bge", stamp)
-    other = ModelStatusRow(unique("model"), "READY", 1, 3, 7, 7)
-    await repo.save_model_status(other)
-
-    saved = {r.name: r for r in await repo.load_model_statuses()}
-    assert saved[name].updated_at is not None  # filled in with now()
-    assert saved[name] == ModelStatusRow(name, "DOWNLOADING", 1, 3, 10, 1_000, None, None, saved[name].updated_at)
-
-    await repo.save_model_status(failed)
-    saved = {r.name: r for r in await repo.load_model_statuses()}
-    assert saved[name] == failed
-    assert saved[other.name].state == "READY"
-    names = [r.name for r in await repo.load_model_statuses()]
-    assert names == sorted(names)
 
 
 # -- health and outages ---------------------------------------------------------------------

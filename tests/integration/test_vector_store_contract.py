@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from app.adapters.qdrant_edge import QdrantEdgeStore
 from app.adapters.qdrant_server import QdrantServerStore
-from app.domain.filters import matches, parse_filter
+from app.domain.filters import parse_filter
 from app.domain.vectors import VectorPoint
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
+from app.domain.filter_matcher import matches
 from tests.support.vectors import (
     EXACT_KINDS,
     STORE_KINDS,
@@ -282,3 +283,45 @@ async def test_server_store_maps_unreachable_server_to_dependency_unavailable():
             await store.collection_exists("anything")
     finally:
         await store.close()
+
+
+# -- collection layout (sharding, replication, on-disk storage, int8 quantization) -----------------
+
+
+@pytest.mark.filterwarnings("ignore:Local mode performs exact")
+async def test_an_int8_sharded_layout_still_ranks_like_exact_search(store):
+    from app.domain.vectors import CollectionLayout
+
+    name = collection_name()
+    layout = CollectionLayout(
+        shard_number=2, replication_factor=1, on_disk_vectors=True, on_disk_payload=True, quantization="int8"
+    )
+    await store.create_collection(name, 32, "cosine", layout=layout)
+    try:
+        vectors = random_vectors(300, 32, seed=41)
+        await store.upsert(name, make_points(vectors))
+        query = random_vectors(1, 32, seed=42)[0]
+        hits = await store.search(name, query.tolist(), limit=10)
+        expected = exact_ranking(exact_scores(vectors, query, "cosine"), "cosine")[:10]
+        # Rescored on the original vectors: the int8 codes only choose the candidates.
+        assert [h.id for h in hits] == [point_id(int(i)) for i in expected]
+    finally:
+        await store.delete_collection(name)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"shard_number": 0},
+        {"replication_factor": 1, "write_consistency_factor": 2},
+        {"quantization": "int4"},
+        {"shard_number": True},
+    ],
+)
+async def test_an_impossible_layout_is_bad_input_and_creates_nothing(store, bad):
+    from app.domain.vectors import CollectionLayout
+
+    name = collection_name()
+    with pytest.raises(BadInput):
+        await store.create_collection(name, 4, "cosine", layout=CollectionLayout(**bad))
+    assert not await store.collection_exists(name)

@@ -1,21 +1,20 @@
 """Fresh, uniquely named PostgreSQL databases for tests, dropped afterwards.
 
 The server is the machine's PostgreSQL (CITADEL_TEST_POSTGRES_URL, default
-postgresql://postgres@127.0.0.1:5432/postgres). Tests skip, saying why, when it is unreachable.
+postgresql://postgres@127.0.0.1:5432/postgres), or the embedded one when that does not answer
+(tests/support/services.py).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pytest
 
-ADMIN_URL = os.environ.get("CITADEL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.support.services import postgres_admin_url
 
 
 def database_url(admin_url: str, name: str) -> str:
@@ -24,16 +23,14 @@ def database_url(admin_url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-async def _admin(admin_url: str) -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(admin_url, timeout=10)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL for tests is not reachable at {admin_url}: {exc!r}")
+async def _admin(admin_url: str | None) -> asyncpg.Connection:
+    return await asyncpg.connect(admin_url or postgres_admin_url(), timeout=10)
 
 
-async def create_database(prefix: str = "citadel_test", admin_url: str = ADMIN_URL) -> str:
+async def create_database(prefix: str = "citadel_test", admin_url: str | None = None) -> str:
     """Create an empty database with a unique name; returns its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin_url = admin_url or postgres_admin_url()
     conn = await _admin(admin_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -42,7 +39,7 @@ async def create_database(prefix: str = "citadel_test", admin_url: str = ADMIN_U
     return database_url(admin_url, name)
 
 
-async def drop_database(url: str, admin_url: str = ADMIN_URL) -> None:
+async def drop_database(url: str, admin_url: str | None = None) -> None:
     """Drop the database of `url`, disconnecting whoever still uses it."""
     name = urlsplit(url).path.lstrip("/")
     conn = await _admin(admin_url)
@@ -53,7 +50,7 @@ async def drop_database(url: str, admin_url: str = ADMIN_URL) -> None:
 
 
 @asynccontextmanager
-async def temporary_database(prefix: str = "citadel_test", admin_url: str = ADMIN_URL) -> AsyncIterator[str]:
+async def temporary_database(prefix: str = "citadel_test", admin_url: str | None = None) -> AsyncIterator[str]:
     """`async with temporary_database() as url:` a fresh database, dropped on exit."""
     url = await create_database(prefix, admin_url)
     try:
@@ -88,13 +85,22 @@ async def alembic_revision(url: str) -> str | None:
 
 
 EXPECTED_SCHEMA = {
-    "collections": {"name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at"},
+    "collections": {
+        "name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at",
+        "keyword_index", "keyword_cursor", "chunk_max_tokens", "chunk_overlap_tokens",
+    },
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
+        "vector",
     },
-    "model_status": {
-        "name", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "last_error", "fallback_for",
-        "updated_at",
+    "model_replicas": {
+        "model", "replica", "state", "attempts", "max_attempts", "bytes_done", "bytes_total", "device", "last_error",
+        "fallback_for", "updated_at",
+    },
+    "replica_heartbeats": {"replica", "started_at", "seen_at"},
+    "api_keys": {
+        "id", "name", "prefix", "secret_hash", "scopes", "collections", "filter", "rate_per_second", "created_at",
+        "last_used_at", "revoked_at",
     },
     "alembic_version": {"version_num"},
 }  # fmt: skip

@@ -37,8 +37,9 @@ import pytest
 import uvicorn
 
 if TYPE_CHECKING:
-    from app.adapters.events import DownloadEvent
-    from app.settings import ModelSpec, Settings
+    from app.domain.models import DownloadEvent
+    from app.domain.models import ModelSpec
+    from app.settings import Settings
 
 DEFAULT_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_COMMIT = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"
@@ -401,7 +402,8 @@ HUB_MODEL = "test/minilm-from-hub"
 def hub_settings(tmp_path: Path, endpoint: str, *, files: list[str] | None = None, **overrides: Any) -> Settings:
     """Settings whose default model is the fake hub's repo (falling back to the bundled MiniLM),
     with tiny retry delays and every progress tick published."""
-    from app.settings import DEFAULT_MODEL, DownloadSettings, ModelSpec, Settings
+    from app.domain.models import FALLBACK_MODEL, ModelSpec
+    from app.settings import DownloadSettings, Settings
 
     downloads = {
         "max_attempts": 3,
@@ -411,7 +413,7 @@ def hub_settings(tmp_path: Path, endpoint: str, *, files: list[str] | None = Non
         "min_free_disk_mb": 1,
         **overrides.pop("downloads", {}),
     }
-    spec = ModelSpec(name=HUB_MODEL, repo_id=DEFAULT_REPO, files=files or [], dimensions=384, fallback=DEFAULT_MODEL)
+    spec = ModelSpec(name=HUB_MODEL, repo_id=DEFAULT_REPO, files=files or [], dimensions=384, fallback=FALLBACK_MODEL)
     values: dict[str, Any] = {
         "data_dir": tmp_path,
         "cache_dir": tmp_path / "models",

@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.settings import DEFAULT_MODEL, ModelSpec, Settings
+from app.domain.models import FALLBACK_MODEL, ModelSpec
+
+
+
+from app.settings import Settings
 
 # Short, long, punctuated, non-ASCII, and one far past max_seq_length (truncation).
 SAMPLE_TEXTS = [
@@ -33,7 +37,7 @@ def engine_settings(**inference: Any) -> Settings:
 
 
 def minilm_spec(**update: Any) -> ModelSpec:
-    return Settings(_env_file=None).models[DEFAULT_MODEL].model_copy(update=update)  # type: ignore[call-arg]
+    return Settings(_env_file=None).models[FALLBACK_MODEL].model_copy(update=update)  # type: ignore[call-arg]
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

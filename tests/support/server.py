@@ -29,6 +29,11 @@ class LiveServer:
     env: dict[str, str]
     log_path: Path
     port: int = field(default_factory=free_port)
+    # What runs and where; by default this checkout's `citadel serve`.
+    command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "app", "serve"])
+    cwd: Path = ROOT
+    # Ctrl-C as a terminal sends it (to the whole process group) rather than to the server only.
+    interrupt_group: bool = False
     process: subprocess.Popen | None = None
     _log: Any = None
 
@@ -44,8 +49,8 @@ class LiveServer:
         env = {**os.environ, **self.env, "CITADEL_SERVER__PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
-            cwd=ROOT,
+            self.command,
+            cwd=self.cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -84,7 +89,10 @@ class LiveServer:
         """Ctrl-C, as an operator would; returns the exit code."""
         if not self.process or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGINT)
+        if self.interrupt_group:
+            os.killpg(self.process.pid, signal.SIGINT)
+        else:
+            self.process.send_signal(signal.SIGINT)
         try:
             code = self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -2,15 +2,14 @@
 
 Fresh PostgreSQL database (migrated), a real vector store (Qdrant Edge in tmp_path, or
 qdrant-client's local mode behind QdrantServerStore), the real model pool with the bundled
-all-MiniLM-L6-v2 (loaded once per process), and the embedding cache on the machine's Redis
-under a unique key prefix that is removed afterwards.
+all-MiniLM-L6-v2 (loaded once per process), and the embedding cache on the tests' Redis
+(tests/support/services.py) under a unique key prefix that is removed afterwards.
 
     from tests.support.stack import model_runtime, open_stack
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -35,10 +34,11 @@ from app.services.ids import point_id
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler
 from app.services.search import SearchService
-from app.settings import DEFAULT_MODEL, CacheSettings, InferenceSettings, IngestSettings, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import CacheSettings, InferenceSettings, IngestSettings, Settings
 from tests.support.databases import temporary_database
+from tests.support.services import redis_url
 
-REDIS_URL = os.environ.get("CITADEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 STORE_KINDS = ("edge", "local")
 
 
@@ -53,17 +53,17 @@ class ModelRuntime:
 
 @pytest.fixture(scope="session")
 async def model_runtime() -> AsyncIterator[ModelRuntime]:
-    settings = Settings(_env_file=None, default_model=DEFAULT_MODEL, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, default_model=FALLBACK_MODEL, inference=InferenceSettings(devices="cpu"))  # type: ignore[call-arg]
     pool = ModelPool(settings)
     models = LocalModels(settings, pool)
-    await models.ready_spec(DEFAULT_MODEL)  # load once, before any test measures forward passes
+    await models.ready_spec(FALLBACK_MODEL)  # load once, before any test measures forward passes
     try:
         yield ModelRuntime(settings, pool, models)
     finally:
         await pool.close()
 
 
-def forward_passes(model: str = DEFAULT_MODEL) -> float:
+def forward_passes(model: str = FALLBACK_MODEL) -> float:
     return sample_sum(FORWARD_PASSES, "citadel_forward_passes_total", model=model)
 
 
@@ -138,9 +138,9 @@ async def open_stack(
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None,
             data_dir=base,
-            default_model=DEFAULT_MODEL,
+            default_model=FALLBACK_MODEL,
             database_url=url,
-            redis_url=REDIS_URL,
+            redis_url=redis_url(),
             # A loaded 2-core machine can be slow to answer; a skipped cache would re-encode.
             cache=CacheSettings(key_prefix=prefix, timeout_ms=5_000),
             ingest=IngestSettings(chunk_size=chunk_size, reconcile_interval_seconds=0.05),
@@ -148,13 +148,9 @@ async def open_stack(
         )
         await upgrade_async(url)
         pg_pool = await create_pool(url, max_size=4)
-        redis = Redis.from_url(REDIS_URL)
+        redis = Redis.from_url(settings.redis_url)
         store = FlakyStore(_open_store(store_kind, base))
         try:
-            try:
-                await redis.ping()
-            except Exception as exc:
-                pytest.skip(f"Redis for tests is not reachable at {REDIS_URL}: {exc!r}")
             repo = PostgresRepo(pg_pool)
             embedder = EmbeddingService(settings, runtime.pool, EmbeddingCache(redis, settings.cache), runtime.models)
             yield Stack(

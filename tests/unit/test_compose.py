@@ -66,8 +66,20 @@ def compose(raw_compose) -> dict:
 
 
 @pytest.fixture(scope="module")
-def services(compose) -> dict:
+def all_services(compose) -> dict:
     return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def services(all_services) -> dict:
+    """What `docker compose up` starts: the services outside any profile."""
+    return {name: s for name, s in all_services.items() if not s.get("profiles")}
+
+
+@pytest.fixture(scope="module")
+def cluster(all_services) -> dict:
+    """What `--profile cluster` adds."""
+    return {name: s for name, s in all_services.items() if "cluster" in (s.get("profiles") or [])}
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -199,8 +211,8 @@ def test_gateway_port_is_published_and_matches_the_server_port(services):
 # --- compose: volumes -------------------------------------------------------------------------
 
 
-def test_named_volumes_are_declared_and_each_declared_one_is_used(compose, services):
-    used = {name for s in services.values() for name in named_volume_mounts(s)}
+def test_named_volumes_are_declared_and_each_declared_one_is_used(compose, all_services):
+    used = {name for s in all_services.values() for name in named_volume_mounts(s)}
     declared = set(compose.get("volumes") or {})
     assert used == declared
 
@@ -288,6 +300,16 @@ def dockerfile() -> list[tuple[str, str]]:
     return instructions
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's build stages, each starting with its FROM."""
+    out: list[list[tuple[str, str]]] = []
+    for instruction in dockerfile():
+        if instruction[0] == "FROM":
+            out.append([])
+        out[-1].append(instruction)
+    return out
+
+
 def dockerfile_env() -> dict[str, str]:
     env = {}
     for kind, args in dockerfile():
@@ -303,7 +325,7 @@ def only(kind: str) -> str:
 
 
 def test_dockerfile_base_image_and_non_root_user():
-    assert dockerfile()[0] == ("FROM", "python:3.11-slim")
+    assert stages()[-1][0] == ("FROM", "python:3.11-slim")
     user = only("USER")
     assert user.split(":")[0] not in ("root", "0")
 
@@ -312,10 +334,23 @@ def test_dockerfile_installs_cpu_torch_by_default_and_the_project():
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in dockerfile() if k == "ARG" and "=" in a}
     assert args["TORCH_VARIANT"] == "cpu"
     assert "${TORCH_VARIANT}" in args["TORCH_INDEX_URL"]
-    runs = [a for k, a in dockerfile() if k == "RUN"]
+    runs = [a for k, a in stages()[-1] if k == "RUN"]
     torch_step = next(i for i, r in enumerate(runs) if '--index-url "${TORCH_INDEX_URL}" torch' in r)
-    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install \.(\s|$)", r))
+    project_step = next(i for i, r in enumerate(runs) if re.search(r"pip install \S*citadel-\*\.whl", r))
     assert torch_step < project_step, "torch must be installed before the project, or pip pulls the CUDA build"
+
+
+def test_image_installs_the_built_wheel_runtime_only_and_keeps_no_source_tree():
+    builder, image = stages()
+    assert builder[0][1].endswith(" AS wheel")
+    assert any(k == "RUN" and "pip wheel" in a and "--no-deps" in a for k, a in builder)
+    copies = [a for k, a in image if k == "COPY"]
+    assert copies == ["--from=wheel /dist /tmp/dist"], "the image must hold the installed wheel, not the source"
+    installs = [a for k, a in image if k == "RUN" and "citadel-" in a]
+    assert installs and all("[" not in a for a in installs), "no extras: what users install is what runs"
+    # The migrations travel inside the package the wheel is built from.
+    assert (ROOT / "app" / "migrations" / "env.py").is_file()
+    assert (ROOT / "app" / "migrations" / "versions" / "__init__.py").is_file()
 
 
 def test_dockerfile_cmd_runs_the_console_script_serve():
@@ -370,3 +405,59 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored():
 def test_dockerignore_keeps_secrets_and_local_environments_out():
     ignored = set(dockerignore())
     assert {".env", ".venv", ".git"} <= ignored
+
+
+# --- compose: the cluster profile (3-node Qdrant in distributed mode) ------------------------------
+
+
+def test_cluster_profile_is_three_qdrant_nodes_and_a_gateway(cluster, services):
+    assert set(cluster) == {"qdrant-node-1", "qdrant-node-2", "qdrant-node-3", "citadel-cluster"}
+    assert not set(cluster) & set(services)
+
+
+def test_cluster_nodes_run_distributed_and_join_the_first(cluster, services):
+    first = cluster["qdrant-node-1"]["command"]
+    assert first[first.index("--uri") + 1] == "http://qdrant-node-1:6335"  # 6335: Qdrant's p2p port
+    for name in ("qdrant-node-2", "qdrant-node-3"):
+        node = cluster[name]
+        assert node["command"][node["command"].index("--bootstrap") + 1] == "http://qdrant-node-1:6335"
+        assert node["depends_on"]["qdrant-node-1"]["condition"] == "service_healthy"
+    for name in ("qdrant-node-1", "qdrant-node-2", "qdrant-node-3"):
+        node = cluster[name]
+        assert node["image"] == services["qdrant"]["image"], "one Qdrant release for every node"
+        assert environment(node)["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert node["healthcheck"]["test"] == services["qdrant"]["healthcheck"]["test"]
+    data = [named_volume_mounts(cluster[f"qdrant-node-{i}"]) for i in (1, 2, 3)]
+    assert all(list(d.values()) == ["/qdrant/storage"] for d in data)
+    assert len({name for d in data for name in d}) == 3, "each node has its own storage"
+
+
+def test_cluster_gateway_uses_the_cluster_with_replicated_shards(cluster, services):
+    gateway = cluster["citadel-cluster"]
+    env = environment(gateway)
+    url = urlsplit(env["CITADEL_QDRANT_URL"])
+    assert url.hostname in cluster and url.port == 6333
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        vectors={
+            "shard_number": env["CITADEL_VECTORS__SHARD_NUMBER"],
+            "replication_factor": env["CITADEL_VECTORS__REPLICATION_FACTOR"],
+            "write_consistency_factor": env["CITADEL_VECTORS__WRITE_CONSISTENCY_FACTOR"],
+        },
+    )
+    nodes = sum(1 for name in cluster if name.startswith("qdrant-node-"))
+    assert 1 < settings.vectors.replication_factor <= nodes
+    assert settings.vectors.write_consistency_factor <= settings.vectors.replication_factor
+    assert settings.vectors.shard_number >= nodes
+    for var in env:
+        if var.startswith("CITADEL_"):
+            assert settings_field_exists(var), var
+    assert set(gateway["depends_on"]) == {"postgres", "redis", "qdrant-node-1", "qdrant-node-2", "qdrant-node-3"}
+    # Its own database (created by the postgres init script) and its own published port.
+    assert urlsplit(env["CITADEL_DATABASE_URL"]).path == "/citadel_cluster"
+    init = ROOT / "deploy" / "postgres" / "create-cluster-database.sql"
+    assert "CREATE DATABASE citadel_cluster" in init.read_text()
+    mounted = [v for v in services["postgres"]["volumes"] if "docker-entrypoint-initdb.d" in v]
+    assert mounted and (ROOT / mounted[0].split(":")[0]).resolve() == init.resolve()
+    published = {p.split(":")[0] for s in services.values() for p in s.get("ports", [])}
+    assert not published & {p.split(":")[0] for p in gateway["ports"]}

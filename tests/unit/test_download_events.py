@@ -8,8 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.adapters.events import DownloadEvent, EventBus, ProgressThrottle
-from app.downloads.state import ModelState
+from app.domain.models import DownloadEvent
+
+from app.adapters.events import EventBus
+
+from app.services.model_progress import ProgressThrottle
+from app.domain.models import ModelState
 
 
 def event(

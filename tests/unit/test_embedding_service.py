@@ -2,60 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, ModelUnavailable
 from app.services.embedding import EmbeddingService
-from app.settings import DEFAULT_MODEL, ModelSpec, Settings
+from app.domain.models import FALLBACK_MODEL
+from app.settings import Settings
+from tests.support.fakes import FakeBackend, FakeCache, FakeModels, FakePool
 
 DIMS = 384
-
-
-def vector_of(text: str) -> np.ndarray:
-    rng = np.random.default_rng(abs(hash(text)) % (2**32))
-    return rng.standard_normal(DIMS).astype(np.float32)
-
-
-class FakePool:
-    def __init__(self) -> None:
-        self.calls: list[list[str]] = []
-        self.error: Exception | None = None
-
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool) -> np.ndarray:
-        self.calls.append(list(texts))
-        if self.error:
-            raise self.error
-        return np.stack([vector_of(t) for t in texts])
-
-
-class FakeCache:
-    """Same interface as EmbeddingCache, in a dict."""
-
-    def __init__(self) -> None:
-        self.store: dict[str, np.ndarray] = {}
-
-    def keys(self, model: str, revision: str, prompt: str, normalize: bool, texts: Sequence[str]) -> list[str]:
-        return [f"{model}|{revision}|{prompt}|{normalize}|{t}" for t in texts]
-
-    async def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        return [self.store.get(k) for k in keys]
-
-    async def set_many(self, items: dict[str, np.ndarray]) -> None:
-        self.store.update(items)
-
-
-class FakeModels:
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-
-    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
-        if name not in (None, self.spec.name):
-            raise ModelUnavailable(f"{name} is not ready")
-        return self.spec
 
 
 def make_service(cache: FakeCache | None = None, **spec_update: object) -> tuple[EmbeddingService, FakePool]:
@@ -63,8 +20,8 @@ def make_service(cache: FakeCache | None = None, **spec_update: object) -> tuple
     settings.limits = settings.limits.model_copy(
         update={"max_texts_per_request": 5, "max_text_chars": 50, "max_request_chars": 120}
     )
-    spec = settings.models[DEFAULT_MODEL].model_copy(update=spec_update)
-    pool = FakePool()
+    spec = settings.models[FALLBACK_MODEL].model_copy(update=spec_update)
+    pool = FakePool(FakeBackend(dimensions=DIMS, scale=1.0))
     return EmbeddingService(settings, pool, cache, FakeModels(spec)), pool  # type: ignore[arg-type]
 
 
@@ -92,10 +49,10 @@ async def test_vectors_come_back_in_input_order_and_duplicates_are_embedded_once
     service, pool = make_service()
     outcome = await service.embed(["b", "a", "b", "c", "a"])
     assert pool.calls == [["b", "a", "c"]]
-    assert outcome.model == DEFAULT_MODEL and outcome.dimensions == DIMS
+    assert outcome.model == FALLBACK_MODEL and outcome.dimensions == DIMS
     assert outcome.vectors.shape == (5, DIMS) and outcome.vectors.dtype == np.float32
     for row, text in zip(outcome.vectors, ["b", "a", "b", "c", "a"]):
-        np.testing.assert_array_equal(row, vector_of(text))
+        np.testing.assert_array_equal(row, pool.backend.vector(text))
     assert outcome.cached == [False] * 5
 
 

@@ -19,13 +19,12 @@ from app.domain.filters import (
     Not,
     Or,
     Range,
-    matches,
     parse_filter,
     parse_indexed_field,
-    parse_payload_datetime,
-    payload_key,
 )
+from app.domain.vectors import payload_key
 from app.errors import BadInput
+from app.domain.filter_matcher import matches, parse_payload_datetime
 
 UTC = timezone.utc
 

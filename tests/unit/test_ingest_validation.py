@@ -104,12 +104,12 @@ def test_valid_collection_names_distances_and_fields() -> None:
         validate_indexed_fields(["bad field"])
 
 
-def test_chunks_respect_both_count_and_characters() -> None:
-    from app.services.ingest import ToIndex, chunks
+def test_embed_batches_respect_both_count_and_characters() -> None:
+    from app.services.indexing import ToIndex, batches
 
     docs = [ToIndex(str(i), "x" * n, {}, "h") for i, n in enumerate([4, 4, 4, 9, 1, 1, 1])]
-    sizes = [[d.id for d in c] for c in chunks(docs, max_docs=3, max_chars=10)]
+    sizes = [[d.id for d in c] for c in batches(docs, max_items=3, max_chars=10)]
     # A text alone larger than the character budget still gets a chunk of its own.
     assert sizes == [["0", "1"], ["2"], ["3", "4"], ["5", "6"]]
-    assert [len(c) for c in chunks(docs, max_docs=2, max_chars=1_000)] == [2, 2, 2, 1]
-    assert chunks([], max_docs=2, max_chars=10) == []
+    assert [len(c) for c in batches(docs, max_items=2, max_chars=1_000)] == [2, 2, 2, 1]
+    assert batches([], max_items=2, max_chars=10) == []

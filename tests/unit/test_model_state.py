@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from app.adapters.events import EventBus
-from app.downloads.state import BUSY, TRANSITIONS, ModelState, can_move
+from app.domain.models import BUSY, TRANSITIONS, ModelState, can_move
 from app.errors import ModelUnavailable, NotFound
-from app.services.models import ModelManager, ModelStatus
-from app.settings import DEFAULT_MODEL, PRIMARY_MODEL, Settings
+from app.domain.models import ModelStatus
+from app.services.models import ModelManager
+from app.domain.models import FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL
+from app.settings import Settings
 
 S = ModelState
 
@@ -42,6 +44,8 @@ def test_every_state_has_its_transitions_listed() -> None:
         [S.QUEUED, S.VERIFYING, S.DOWNLOADING, S.VERIFYING, S.LOADING, S.DOWNLOADING],
         # a bundled model, and a retry of a failed one
         [S.QUEUED, S.LOADING, S.READY],
+        # a shared cache: our load failed, the files another replica fetched again are checked
+        [S.QUEUED, S.VERIFYING, S.LOADING, S.VERIFYING, S.LOADING, S.READY],
         [S.QUEUED, S.FAILED, S.QUEUED],
     ],
 )
@@ -78,20 +82,20 @@ async def _never_load(spec: object, path: Path) -> None:
 
 
 def manager(tmp_path: Path) -> ModelManager:
-    settings = Settings(data_dir=tmp_path, default_model=PRIMARY_MODEL, load_models_at_startup=False)
+    settings = Settings(data_dir=tmp_path, default_model=BUILTIN_DEFAULT_MODEL, load_models_at_startup=False)
     return ModelManager(settings, _never_load, EventBus())
 
 
 def test_statuses_start_not_downloaded_with_configured_attempts(tmp_path: Path) -> None:
     statuses = {s.name: s for s in manager(tmp_path).statuses()}
-    assert set(statuses) == {DEFAULT_MODEL, PRIMARY_MODEL}
+    assert set(statuses) == {FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL}
     assert all(s.state is S.NOT_DOWNLOADED and s.attempts == 0 and s.max_attempts == 3 for s in statuses.values())
 
 
 def test_status_is_a_copy(tmp_path: Path) -> None:
     models = manager(tmp_path)
-    models.status(PRIMARY_MODEL).state = S.READY
-    assert models.status(PRIMARY_MODEL).state is S.NOT_DOWNLOADED
+    models.status(BUILTIN_DEFAULT_MODEL).state = S.READY
+    assert models.status(BUILTIN_DEFAULT_MODEL).state is S.NOT_DOWNLOADED
 
 
 def test_unknown_model_is_not_found(tmp_path: Path) -> None:
@@ -101,23 +105,23 @@ def test_unknown_model_is_not_found(tmp_path: Path) -> None:
 
 def test_effective_default_is_the_default_until_it_fails(tmp_path: Path) -> None:
     models = manager(tmp_path)
-    assert models.effective_default == PRIMARY_MODEL
-    models._statuses[PRIMARY_MODEL].state = S.DOWNLOADING
-    assert models.effective_default == PRIMARY_MODEL  # still coming: requests wait or get MODEL_UNAVAILABLE
-    models._statuses[PRIMARY_MODEL].state = S.FAILED
-    assert models.effective_default == DEFAULT_MODEL
+    assert models.effective_default == BUILTIN_DEFAULT_MODEL
+    models._statuses[BUILTIN_DEFAULT_MODEL].state = S.DOWNLOADING
+    assert models.effective_default == BUILTIN_DEFAULT_MODEL  # still coming: requests wait or get MODEL_UNAVAILABLE
+    models._statuses[BUILTIN_DEFAULT_MODEL].state = S.FAILED
+    assert models.effective_default == FALLBACK_MODEL
 
 
 def test_unavailable_error_carries_state_attempt_progress_and_last_error(tmp_path: Path) -> None:
     models = manager(tmp_path)
-    status = models._statuses[PRIMARY_MODEL]
+    status = models._statuses[BUILTIN_DEFAULT_MODEL]
     status.state, status.attempts, status.bytes_done, status.bytes_total = S.DOWNLOADING, 2, 50, 200
     status.last_error = "http_500: boom"
-    error = models.unavailable(PRIMARY_MODEL)
+    error = models.unavailable(BUILTIN_DEFAULT_MODEL)
     assert isinstance(error, ModelUnavailable)
     assert error.to_extensions() == {
         "code": "MODEL_UNAVAILABLE",
-        "model": PRIMARY_MODEL,
+        "model": BUILTIN_DEFAULT_MODEL,
         "state": "DOWNLOADING",
         "attempt": 2,
         "maxAttempts": 3,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from app.domain.embedding import EmbeddingBackend
 from app.errors import ModelUnavailable
-from app.settings import InferenceSettings, ModelSpec
+from app.domain.models import ModelSpec
+from app.settings import InferenceSettings
 
 
 def load_backend(spec: ModelSpec, model_dir: Path, device: str, settings: InferenceSettings) -> EmbeddingBackend:

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
+from app.domain.embedding import unit_rows
 from app.errors import ModelUnavailable
 from app.inference.backends.tokens import TokenCounter
 from app.inference.onnx_export import EXPORT_MANIFEST
-from app.settings import InferenceSettings, ModelSpec
+from app.domain.models import ModelSpec
+from app.settings import InferenceSettings
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,14 @@ class FastembedBackend:
         rows = list(self._embedding.embed(list(texts), batch_size=max(1, len(texts))))
         vectors = np.asarray(np.stack(rows), dtype=np.float32)
         if normalize or self._always_normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
+            vectors = unit_rows(vectors)
         return vectors
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self._counter.count(texts)
+
+    def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        return self._counter.spans(texts), self._counter.special_tokens
 
     def close(self) -> None:
         self._embedding = None  # type: ignore[assignment]

@@ -27,6 +27,16 @@ class TokenCounter:
     def from_tokenizer(cls, tokenizer: Tokenizer) -> TokenCounter:
         return cls(Tokenizer.from_str(tokenizer.to_str()))
 
+    @property
+    def special_tokens(self) -> int:
+        """Tokens the model adds to every text ([CLS], [SEP], ...)."""
+        return len(self._tokenizer.encode("", add_special_tokens=True).ids) - len(self._tokenizer.encode("").ids)
+
+    def spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character offsets of each text's tokens, special tokens excluded (chunking counts these)."""
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[(int(s), int(e)) for s, e in enc.offsets] for enc in encoded]
+
     def count(self, texts: Sequence[str]) -> list[int]:
         # Special tokens included: they occupy positions of the model's max_seq_length too.
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]

@@ -10,7 +10,8 @@ from loguru import logger
 
 from app.errors import ModelUnavailable
 from app.inference.backends.tokens import TokenCounter
-from app.settings import InferenceSettings, ModelSpec
+from app.domain.models import ModelSpec
+from app.settings import InferenceSettings
 
 
 class TorchSentenceTransformerBackend:
@@ -56,6 +57,9 @@ class TorchSentenceTransformerBackend:
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self._counter.count(texts)
+
+    def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
+        return self._counter.spans(texts), self._counter.special_tokens
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]

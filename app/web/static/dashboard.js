@@ -1,4 +1,4 @@
-// Citadel model download dashboard.
+// Citadel model download dashboard: one row per model and replica of the cluster.
 //
 // Data: one `models` query over HTTP for the starting picture, then the
 // `modelDownloadProgress` subscription over WebSocket (graphql-transport-ws, through the
@@ -8,14 +8,19 @@
 // Event bytes: with `file` set, bytesDone/bytesTotal describe that file and the model bar uses
 // modelBytesDone/modelBytesTotal if the subscription selects them, else the sum over the files
 // seen so far; with `file` null they describe the whole model.
+//
+// Keys: when the server answers UNAUTHENTICATED (or closes the socket with 4401), a form asks
+// for an API key; it is kept in sessionStorage (this tab only) and sent as a Bearer header on
+// HTTP and in the connection_init payload on the WebSocket.
 (function () {
   "use strict";
 
   var MODELS_QUERY =
-    "query DashboardModels { models { name state attempts maxAttempts bytesDone bytesTotal lastError fallbackFor } }";
+    "query DashboardModels { models { name replica fallbackFor " +
+    "replicas { replica state attempts maxAttempts bytesDone bytesTotal lastError } } }";
   var PROGRESS_SUBSCRIPTION =
     "subscription DashboardProgress { modelDownloadProgress { " +
-    "model state attempt maxAttempts file bytesDone bytesTotal percent bytesPerSecond message at } }";
+    "model replica state attempt maxAttempts file bytesDone bytesTotal percent bytesPerSecond message at } }";
 
   var BACKOFF_FIRST_MS = 500;
   var BACKOFF_MAX_MS = 15000;
@@ -28,13 +33,18 @@
   var loadError = document.getElementById("load-error");
   var connection = document.getElementById("connection");
   var connectionText = document.getElementById("connection-text");
+  var keyForm = document.getElementById("key-form");
+  var keyInput = document.getElementById("key-input");
+  var keyMessage = document.getElementById("key-message");
+  var KEY_STORAGE = "citadel-api-key";
+  var apiKey = sessionStorage.getItem(KEY_STORAGE) || "";
 
   var graphqlPath = root.getAttribute("data-graphql-path") || "/graphql";
   var httpUrl = new URL(graphqlPath, window.location.href);
   var wsUrl = new URL(graphqlPath, window.location.href);
   wsUrl.protocol = httpUrl.protocol === "https:" ? "wss:" : "ws:";
 
-  var models = new Map(); // name -> model record (data + its DOM view)
+  var models = new Map(); // model + "\n" + replica -> record (data + its DOM view)
   var nextId = 0;
 
   // ---------- formatting ----------
@@ -118,20 +128,24 @@
     f.value.textContent = text || "";
   }
 
-  function createView(name) {
+  function createView(name, replica) {
     var id = "model-" + nextId++;
     var article = el("article", "model");
     article.setAttribute("data-model", name);
+    article.setAttribute("data-replica", replica);
     article.setAttribute("aria-labelledby", id + "-name");
 
     var header = el("div", "model-header");
     var title = el("h2", "model-name", name);
     title.id = id + "-name";
+    var where = el("span", "replica", replica ? "on " + replica : "");
     var state = el("span", "state");
     header.appendChild(title);
+    header.appendChild(where);
     header.appendChild(state);
 
-    var bar = progressBar("Download progress of " + name);
+    var label = name + (replica ? " on " + replica : "");
+    var bar = progressBar("Download progress of " + label);
     var facts = el("dl", "facts");
     var files = el("ul", "files");
     files.setAttribute("aria-label", "Files of " + name);
@@ -141,7 +155,13 @@
     article.appendChild(bar);
     article.appendChild(facts);
     article.appendChild(files);
-    list.appendChild(article);
+    // Rows of one model stay together, whatever order their replicas report in.
+    var siblings = list.querySelectorAll("article.model");
+    var after = null;
+    siblings.forEach(function (node) {
+      if (node.getAttribute("data-model") === name) after = node;
+    });
+    list.insertBefore(article, after ? after.nextSibling : null);
     empty.hidden = true;
 
     return {
@@ -177,11 +197,14 @@
 
   // ---------- model records ----------
 
-  function record(name) {
-    var m = models.get(name);
+  function record(name, replica) {
+    replica = replica || "";
+    var key = name + "\n" + replica;
+    var m = models.get(key);
     if (!m) {
       m = {
         name: name,
+        replica: replica,
         state: "NOT_DOWNLOADED",
         attempt: 0,
         maxAttempts: 0,
@@ -194,29 +217,31 @@
         fallbackFor: null,
         seenEvent: false,
         files: new Map(), // file -> {bytesDone, bytesTotal, percent, bytesPerSecond}
-        view: createView(name),
+        view: createView(name, replica),
       };
-      models.set(name, m);
+      models.set(key, m);
     }
     return m;
   }
 
   function applyModelRow(row) {
-    var m = record(row.name);
-    if (!m.seenEvent) {
-      m.state = row.state;
-      m.attempt = row.attempts;
-      m.maxAttempts = row.maxAttempts;
-      m.bytesDone = row.bytesDone;
-      m.bytesTotal = row.bytesTotal;
-    }
-    if (row.lastError) m.lastError = row.lastError;
-    m.fallbackFor = row.fallbackFor;
-    render(m);
+    row.replicas.forEach(function (r) {
+      var m = record(row.name, r.replica);
+      if (!m.seenEvent) {
+        m.state = r.state;
+        m.attempt = r.attempts;
+        m.maxAttempts = r.maxAttempts;
+        m.bytesDone = r.bytesDone;
+        m.bytesTotal = r.bytesTotal;
+      }
+      if (r.lastError) m.lastError = r.lastError;
+      if (r.replica === row.replica) m.fallbackFor = row.fallbackFor; // known for the answering replica
+      render(m);
+    });
   }
 
   function applyEvent(ev) {
-    var m = record(ev.model);
+    var m = record(ev.model, ev.replica);
     // A new download after READY/FAILED starts from scratch: drop the old file bars.
     if (ev.state === "QUEUED" && m.state !== "QUEUED") clearFiles(m);
     m.seenEvent = true;
@@ -298,7 +323,7 @@
     m.files.forEach(function (f, file) {
       var fv = v.fileViews.get(file);
       if (!fv) {
-        fv = createFileView(v, m.name, file);
+        fv = createFileView(v, m.name + (m.replica ? " on " + m.replica : ""), file);
         v.fileViews.set(file, fv);
       }
       var p = m.state === "READY" ? 100 : percentOf(f.bytesDone, f.bytesTotal, f.percent);
@@ -342,60 +367,118 @@
 
   // ---------- data sources ----------
 
+  // ---------- API key ----------
+
+  function askForKey(message) {
+    keyMessage.textContent = message;
+    keyForm.hidden = false;
+    showConnection("disconnected", "Needs an API key");
+    keyInput.focus();
+  }
+
+  function isUnauthenticated(errors) {
+    return (errors || []).some(function (e) {
+      return e.extensions && e.extensions.code === "UNAUTHENTICATED";
+    });
+  }
+
+  keyForm.addEventListener("submit", function (event) {
+    event.preventDefault();
+    apiKey = keyInput.value.trim();
+    sessionStorage.setItem(KEY_STORAGE, apiKey);
+    keyInput.value = "";
+    keyForm.hidden = true;
+    start();
+  });
+
+  // ---------- data sources ----------
+
+  // Resolves to false when the server wants a (different) key.
   function loadModels() {
-    return fetch(httpUrl.href, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ query: MODELS_QUERY }),
-    })
+    var headers = { "Content-Type": "application/json", Accept: "application/json" };
+    if (apiKey) headers.Authorization = "Bearer " + apiKey;
+    return fetch(httpUrl.href, { method: "POST", headers: headers, body: JSON.stringify({ query: MODELS_QUERY }) })
       .then(function (response) {
         return response.json();
       })
       .then(function (body) {
+        if (isUnauthenticated(body.errors)) {
+          askForKey(apiKey ? "The server refused this key (" + describeError(body.errors) + ")." : "This server needs an API key.");
+          return false;
+        }
         if (body.errors && body.errors.length) throw new Error(describeError(body.errors));
         body.data.models.forEach(applyModelRow);
         showLoadError("");
+        return true;
       })
       .catch(function (err) {
         showLoadError("Could not load the model list: " + describeError(err));
+        return true; // not a key problem: the subscription still tries (and retries)
       });
   }
 
-  var client = graphqlWs.createClient({
-    url: wsUrl.href,
-    keepAlive: 10000,
-    retryAttempts: Infinity,
-    shouldRetry: function () {
-      return true;
-    },
-    retryWait: function (retries) {
-      var delay = backoffDelay(retries);
-      showConnection("reconnecting", "Disconnected; reconnecting in " + Math.ceil(delay / 1000) + " s (attempt " + (retries + 1) + ")…");
-      return sleep(delay);
-    },
-    on: {
-      connecting: function (isRetry) {
-        showConnection(isRetry ? "reconnecting" : "connecting", isRetry ? "Reconnecting…" : "Connecting…");
+  var client = null;
+
+  function createClient() {
+    return graphqlWs.createClient({
+      url: wsUrl.href,
+      connectionParams: function () {
+        return apiKey ? { authorization: "Bearer " + apiKey } : {};
       },
-      connected: function (socket, payload, wasRetry) {
-        showConnection("connected", "Live");
-        // The subscription replays current state; the query refreshes lastError/fallbackFor too.
-        if (wasRetry) loadModels();
+      keepAlive: 10000,
+      retryAttempts: Infinity,
+      shouldRetry: function () {
+        return true;
       },
-      closed: function (event) {
-        // Only a live connection dropping is news; a failed retry keeps the countdown shown.
-        if (connection.getAttribute("data-state") === "connected") {
-          showConnection("disconnected", "Disconnected (" + describeError(event) + ")");
-        }
+      retryWait: function (retries) {
+        var delay = backoffDelay(retries);
+        showConnection("reconnecting", "Disconnected; reconnecting in " + Math.ceil(delay / 1000) + " s (attempt " + (retries + 1) + ")…");
+        return sleep(delay);
       },
-    },
-  });
+      on: {
+        connecting: function (isRetry) {
+          showConnection(isRetry ? "reconnecting" : "connecting", isRetry ? "Reconnecting…" : "Connecting…");
+        },
+        connected: function (socket, payload, wasRetry) {
+          showConnection("connected", "Live");
+          // The subscription replays current state; the query refreshes lastError/fallbackFor too.
+          if (wasRetry) loadModels();
+        },
+        closed: function (event) {
+          if (event && event.code === 4401) {
+            stopClient();
+            askForKey("The server refused this key on the live connection.");
+            return;
+          }
+          // Only a live connection dropping is news; a failed retry keeps the countdown shown.
+          if (connection.getAttribute("data-state") === "connected") {
+            showConnection("disconnected", "Disconnected (" + describeError(event) + ")");
+          }
+        },
+      },
+    });
+  }
+
+  function stopClient() {
+    if (client) client.dispose();
+    client = null;
+  }
+
+  function start() {
+    loadModels().then(function (authorized) {
+      if (authorized && !client) {
+        client = createClient();
+        subscribe();
+      }
+    });
+  }
 
   var resubscribeAttempts = 0;
 
   // graphql-ws retries dropped connections itself; this covers what it gives up on
   // (a GraphQL error on subscribe, a fatal close code) by starting over after a backoff.
   function subscribe() {
+    if (!client) return; // stopped: waiting for a key
     client.subscribe(
       { query: PROGRESS_SUBSCRIPTION },
       {
@@ -420,10 +503,7 @@
     setTimeout(subscribe, delay);
   }
 
-  window.addEventListener("pagehide", function () {
-    client.dispose();
-  });
+  window.addEventListener("pagehide", stopClient);
 
-  loadModels();
-  subscribe();
+  start();
 })();

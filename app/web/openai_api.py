@@ -1,0 +1,126 @@
+"""OpenAI-compatible `POST /v1/embeddings`, so the `openai` client, LangChain and LlamaIndex work
+unchanged. Same EmbeddingService as GraphQL `embed` (catalog, pool, cache, limits, metrics);
+only the wire format differs. Errors come back in OpenAI's shape:
+`{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from loguru import logger
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.domain.access import Principal
+from app.domain.embedding import EmbedKind
+from app.errors import BadInput, CitadelError, Internal
+from app.graphql.types import vector_base64
+from app.services.container import Services
+from app.web.json_codec import FastJSONResponse, loads
+
+# The access hook: returns the caller, or raises a CitadelError (UNAUTHENTICATED, RATE_LIMITED)
+# to refuse; the embedding service then checks the caller's scope as for GraphQL `embed`.
+Authorize = Callable[[Request, Services], Awaitable[Principal]]
+
+
+# CitadelError.code -> (HTTP status, OpenAI error type).
+_STATUS = {
+    "BAD_INPUT": (400, "invalid_request_error"),
+    "NOT_FOUND": (404, "invalid_request_error"),
+    "UNAUTHENTICATED": (401, "authentication_error"),
+    "FORBIDDEN": (403, "permission_error"),
+    "RATE_LIMITED": (429, "rate_limit_error"),
+    "OVERLOADED": (429, "rate_limit_error"),  # clients back off and retry, as for OpenAI's own
+    "MODEL_UNAVAILABLE": (503, "service_unavailable_error"),
+    "DEPENDENCY_UNAVAILABLE": (503, "service_unavailable_error"),
+}
+ENCODINGS = ("float", "base64")
+
+
+def openai_routes(authorize: Authorize) -> list[Route]:
+    async def embeddings(request: Request) -> Response:
+        services: Services = request.app.state.services
+        try:
+            principal = await authorize(request, services)
+            body = await _json_object(request)
+            texts, model, encoding, dimensions = _parse(body)
+            outcome = await services.embedder.embed(
+                texts, model=model, kind=EmbedKind.DOCUMENT, normalize=True, count_tokens=True, principal=principal
+            )
+            if dimensions is not None and dimensions != outcome.dimensions:
+                # No catalog model is Matryoshka-trained: a shortened vector would be a worse one.
+                raise BadInput(
+                    f"model {outcome.model!r} produces {outcome.dimensions} dimensions and cannot shorten them; "
+                    "omit `dimensions`",
+                    param="dimensions",
+                )
+        except CitadelError as exc:
+            return _error(exc)
+        except Exception:  # noqa: BLE001  masked like GraphQL's INTERNAL, logged with its traceback
+            logger.exception("/v1/embeddings failed")
+            return _error(Internal("Internal server error."))
+        encode = vector_base64 if encoding == "base64" else (lambda row: row.tolist())
+        tokens = sum(outcome.tokens or ())
+        return FastJSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": encode(row)} for i, row in enumerate(outcome.vectors)
+                ],
+                "model": outcome.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
+    return [Route("/v1/embeddings", embeddings, methods=["POST"])]
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = loads(await request.body())
+    except ValueError as exc:
+        raise BadInput(f"the request body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadInput("the request body must be a JSON object")
+    return body
+
+
+def _parse(body: dict[str, Any]) -> tuple[list[str], str | None, str, int | None]:
+    raw = body.get("input")
+    if isinstance(raw, str):
+        texts = [raw]
+    elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+        texts = raw
+    elif isinstance(raw, list):
+        raise BadInput("`input` must be a string or a list of strings (token arrays are not accepted)", param="input")
+    else:
+        raise BadInput("`input` is required: a string or a list of strings", param="input")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadInput("`model` must be a string", param="model")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ENCODINGS:
+        raise BadInput(f"`encoding_format` must be one of {', '.join(ENCODINGS)}", param="encoding_format")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
+        raise BadInput("`dimensions` must be a positive integer", param="dimensions")
+    return texts, model, encoding, dimensions
+
+
+def _error(exc: CitadelError) -> Response:
+    status, kind = _STATUS.get(exc.code, (500, "server_error"))
+    message = exc.message if status != 500 else "Internal server error."
+    param = exc.extensions.get("param")
+    if param is None and "index" in exc.extensions:
+        param = "input"
+    code = "model_not_found" if exc.code == "NOT_FOUND" and "model" in exc.message else exc.code.lower()
+    headers = {}
+    retry_after = exc.extensions.get("retryAfter", exc.extensions.get("retry_after"))
+    if retry_after is not None:
+        headers["retry-after"] = str(retry_after)
+    return FastJSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers
+    )

@@ -1,0 +1,57 @@
+"""The README's "Where things are" stays true: every path it names exists, and imports run the
+one way it says (graphql -> services -> inference, adapters, downloads -> domain)."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# A package may import what is to its right, never what is to its left.
+LAYERS = ["app.graphql", "app.services", ("app.inference", "app.adapters", "app.downloads"), "app.domain"]
+
+
+def _section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Where things are")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_every_path_in_the_layout_exists() -> None:
+    paths = {p for p in re.findall(r"`([\w./]+)`", _section()) if "/" in p}
+    assert len(paths) >= 15
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, f"README 'Where things are' names paths that do not exist: {missing}"
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def _rank(module: str) -> int | None:
+    for rank, layer in enumerate(LAYERS):
+        for package in layer if isinstance(layer, tuple) else (layer,):
+            if module == package or module.startswith(package + "."):
+                return rank
+    return None
+
+
+def test_imports_run_one_way() -> None:
+    upward = []
+    for path in sorted((ROOT / "app").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        own = _rank(module)
+        if own is None:
+            continue
+        for imported in _imports(path):
+            theirs = _rank(imported)
+            if theirs is not None and theirs < own:
+                upward.append(f"{module} imports {imported}")
+    assert not upward, upward
