@@ -17,6 +17,8 @@ from contextlib import suppress
 from typing import Any
 
 from loguru import logger
+from starlette.websockets import WebSocketDisconnect
+from uvicorn.protocols.utils import ClientDisconnected
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived, WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
@@ -24,6 +26,28 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 MALFORMED = 4400
 LEGACY_INIT_TIMEOUT = 1002
 LEGACY_MESSAGE_TYPES = {"connection_init", "connection_terminate", "start", "stop"}
+
+
+# A result sent after the client went away: the client's doing, not a server error to log.
+CLIENT_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnected, WebSocketDisconnect, ClientDisconnected)
+
+
+def client_gone(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, CLIENT_GONE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class QuietOnDisconnect:
+    """Worker tasks whose client left mid-send end quietly; anything else is logged as before."""
+
+    async def handle_task_exception(self, error: Exception) -> None:
+        if client_gone(error):
+            logger.debug("WebSocket client left before its result was sent")
+            return
+        await super().handle_task_exception(error)  # type: ignore[misc]
 
 
 def operation_problem(payload: Any) -> str | None:
@@ -42,7 +66,7 @@ def operation_problem(payload: Any) -> str | None:
     return None
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler):
+class TransportWSHandler(QuietOnDisconnect, BaseGraphQLTransportWSHandler):
     async def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.handle_invalid_message("a message must be an object with a string `type`")
@@ -56,7 +80,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler):
         await super().handle_message(message)
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler):
+class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
     async def handle(self) -> None:
         init_timeout = asyncio.create_task(self._close_without_init())
         try:
