@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
@@ -24,6 +25,8 @@ from app.domain.models import ModelState
 from app.domain.access import ANONYMOUS, Principal, rejected
 from app.errors import CitadelError, Unauthenticated
 from app.graphql.context import Context
+from app.graphql.http import GraphQLHttpEdge
+from app.graphql.websockets import LegacyWSHandler, TransportWSHandler
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
@@ -69,8 +72,10 @@ async def authorize_http(request: Request, services: Services) -> Principal:
 strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
-class CitadelGraphQL(GraphQL):
+class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
     websocket_adapter_class = AuthClosingWebSocketAdapter  # type: ignore[assignment]
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.app.state.services
@@ -97,9 +102,6 @@ class CitadelGraphQL(GraphQL):
         # A str, not bytes: the WebSocket transport sends bytes as binary frames.
         return json_codec.dumps_str(data)
 
-    def decode_json(self, data: str | bytes) -> object:
-        return json_codec.loads(data)
-
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
@@ -111,9 +113,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
         keep_alive=True,
         keep_alive_interval=15,
+        connection_init_wait_timeout=timedelta(seconds=settings.server.ws_init_timeout_seconds),
+        max_subscriptions_per_connection=settings.server.max_subscriptions_per_connection,
         # Cross-site WebSocket hijacking: a page on another origin connects only when listed.
         allowed_origins=settings.server.cors_origins,
     )
+    graphql.max_body_bytes = settings.request_body_limit
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -28,6 +28,9 @@ class ServerSettings(BaseModel):
     log_json: bool = Field(False, description="Write logs as JSON lines")
     access_log: bool = Field(False, description="Log every HTTP request (about 0.2 ms of CPU each, a fifth of a cached embed; /metrics counts requests anyway)")
     graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
+    max_body_bytes: int = Field(0, description="Largest /graphql request body, else 413 (0: sized for the largest allowed ingest, about 97 MB with the default limits)")
+    ws_init_timeout_seconds: float = Field(5.0, description="A WebSocket that sends no connection_init within this is closed (4408; 1002 on legacy graphql-ws)")
+    max_subscriptions_per_connection: int = Field(20, description="Operations one WebSocket may run at once")
     # NoDecode: the environment may give a comma-separated list as well as JSON.
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -206,6 +209,16 @@ class Settings(BaseSettings):
         if self.cache_dir:
             return self.cache_dir
         return self.hf_home / "citadel" if self.hf_home else self.data_dir / "models"
+
+    @property
+    def request_body_limit(self) -> int:
+        """The configured body limit, or room for the largest ingest: every document at its longest
+        text (4 UTF-8 bytes a character at worst) and metadata, plus 1 MiB for the rest."""
+        if self.server.max_body_bytes > 0:
+            return self.server.max_body_bytes
+        limits = self.limits
+        per_document = limits.max_text_chars * 4 + limits.max_metadata_bytes
+        return limits.max_documents_per_ingest * per_document + (1 << 20)
 
     @property
     def replica(self) -> str:

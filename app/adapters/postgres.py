@@ -35,6 +35,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,  # closed pool or connection
+    # "cannot switch to state N; another operation is in progress": the connection is still
+    # consuming a reply (e.g. after the server's shutdown message) and must not be reused.
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,  # admin/crash shutdown, database dropped, idle timeout
 )
 
 
@@ -97,8 +101,29 @@ class UpsertOutcome:
 # -- connections --------------------------------------------------------------------------------
 
 
+class _OutageLog:
+    """One warning per `every` seconds while PostgreSQL is down, not one per request."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = -every
+        self.suppressed = 0
+
+    def warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more failed calls since the last report)" if self.suppressed else ""
+        logger.warning("PostgreSQL unavailable: {!r}{}", exc, more)
+        self.last, self.suppressed = now, 0
+
+
+_outage_log = _OutageLog()
+
+
 def unavailable(exc: BaseException) -> DependencyUnavailable:
-    logger.warning("PostgreSQL unavailable: {!r}", exc)
+    _outage_log.warn(exc)
     # The client sees the kind of failure only; addresses and details stay in the log.
     return DependencyUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})", dependency="postgres")
 
@@ -198,7 +223,14 @@ class PostgresRepo:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         with translate_connection_errors():
             async with self.pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except CONNECTION_ERRORS as exc:
+                    if not isinstance(exc, ValueError) and not isinstance(exc, asyncpg.QueryCanceledError):
+                        # Never hand a connection in an unknown protocol state to the next caller:
+                        # the pool replaces a terminated one.
+                        conn.terminate()
+                    raise
 
     # -- collections ------------------------------------------------------------------------
 
@@ -425,19 +457,37 @@ class PostgresRepo:
             )  # fmt: skip
         return _affected(status)
 
-    async def pending_documents(self, limit: int) -> list[DocumentRow]:
-        """Rows waiting for the reconciler ('pending' or 'deleting'), across collections, oldest first."""
+    async def pending_documents(self, limit: int, collection: str | None = None) -> list[DocumentRow]:
+        """Rows waiting for the reconciler ('pending' or 'deleting'), oldest first: across
+        collections, or of one collection."""
         async with self._connection() as conn:
             records = await conn.fetch(
                 f"""
                 SELECT {_DOCUMENT_COLUMNS}, vector FROM documents
-                WHERE status <> 'indexed'
+                WHERE status <> 'indexed' AND ($2::text IS NULL OR collection = $2)
                 ORDER BY updated_at, collection, id
                 LIMIT $1
                 """,
-                max(0, limit),
-            )
+                max(0, limit), collection,
+            )  # fmt: skip
         return [_document(r) for r in records]
+
+    async def pending_collections(self) -> list[str]:
+        """Collections with rows waiting for the reconciler, the one waiting longest first."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT collection FROM documents WHERE status <> 'indexed'
+                GROUP BY collection ORDER BY min(updated_at), collection
+                """
+            )
+        return [r["collection"] for r in records]
+
+    async def point_ids(self, collection: str) -> set[str]:
+        """The vector point id of every row of a collection, whatever its status."""
+        async with self._connection() as conn:
+            records = await conn.fetch("SELECT point_id FROM documents WHERE collection = $1", collection)
+        return {str(r["point_id"]) for r in records}
 
     async def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow | None]:
         """Rows for `ids` in the same order (None where missing), in one query: a DataLoader's

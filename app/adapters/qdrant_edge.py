@@ -7,11 +7,19 @@ ingest pipeline marks rows indexed once upsert() returns.
 
 Search is exact (SearchParams(exact=True)): embedded collections are small, and exact search
 keeps results identical to brute force whatever segments the shard has built.
+
+Space: every replaced or deleted point stays in its segment until the shard is optimized, so a
+steady stream of updates would grow the data dir without bound. Once the points changed since
+the last optimization pass a share of the shard, optimize() runs in a worker thread: it rewrites
+the segments without the dead points (no HNSW graph is built, m=0: search is exact anyway).
+Searches go on meanwhile; writes to that shard wait for it. The shard's WAL bounds itself: it
+rotates 32 MiB segments, so it stays below about 64 MiB per shard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -61,17 +69,45 @@ _COLLECTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _SCROLL_PAGE = 1_000
 
 
+# Optimize a shard once this share of its points was replaced or deleted since the last pass
+# (and at least OPTIMIZE_MIN_CHANGES points).
+OPTIMIZE_CHANGED_SHARE = 0.2
+OPTIMIZE_MIN_CHANGES = 1_000
+
+
+def _shard_config(vectors: qe.EdgeVectorParams, sparse: dict[str, Any] | None, on_disk_payload: bool) -> qe.EdgeConfig:
+    # indexing_threshold=1: optimize() always rebuilds appendable segments, dropping dead points;
+    # m=0: without building a graph nobody would use (search is exact).
+    return qe.EdgeConfig(
+        vectors=vectors,
+        sparse_vectors=sparse,
+        on_disk_payload=on_disk_payload,
+        optimizers=qe.EdgeOptimizersConfig(deleted_threshold=0.2, vacuum_min_vector_number=100, indexing_threshold=1),
+        hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10_000),
+    )
+
+
 @dataclass
 class _Shard:
     shard: qe.EdgeShard
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: int = 0  # points upserted or deleted since the last optimization
+    optimizing: asyncio.Task[None] | None = None
 
 
 class QdrantEdgeStore:
     name = "qdrant-edge"
 
-    def __init__(self, base_dir: Path | str) -> None:
+    def __init__(
+        self,
+        base_dir: Path | str,
+        optimize_changed_share: float = OPTIMIZE_CHANGED_SHARE,
+        optimize_min_changes: int = OPTIMIZE_MIN_CHANGES,
+    ) -> None:
         self.base_dir = Path(base_dir)
+        self.optimize_changed_share = optimize_changed_share
+        self.optimize_min_changes = optimize_min_changes
+        self.optimizations = 0  # passes run, for tests and the soak bench
         self._shards: dict[str, _Shard] = {}
         self._registry_lock = asyncio.Lock()  # opening, creating, deleting, closing shards
 
@@ -106,7 +142,7 @@ class QdrantEdgeStore:
                 on_disk=layout.on_disk_vectors,
                 quantization_config=quantization,
             )
-            config = qe.EdgeConfig(vectors=vectors, sparse_vectors=sparse, on_disk_payload=layout.on_disk_payload)
+            config = _shard_config(vectors, sparse, layout.on_disk_payload)
 
             def create() -> qe.EdgeShard:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,12 +187,12 @@ class QdrantEdgeStore:
         if not points:
             return
         edge_points = [qe.Point(point_uuid(p.id), _edge_vector(p), dict(p.payload)) for p in points]
-        await self._write(name, qe.UpdateOperation.upsert_points(edge_points))
+        await self._write(name, qe.UpdateOperation.upsert_points(edge_points), changed=len(edge_points))
 
     async def delete(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        await self._write(name, qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]))
+        await self._write(name, qe.UpdateOperation.delete_points([point_uuid(i) for i in ids]), changed=len(ids))
 
     async def set_sparse_vectors(self, name: str, vectors: Sequence[tuple[str, SparseVector]]) -> None:
         if not vectors:
@@ -248,6 +284,7 @@ class QdrantEdgeStore:
         await asyncio.to_thread(self.base_dir.mkdir, parents=True, exist_ok=True)
 
     async def close(self) -> None:
+        await self.wait_for_maintenance()
         async with self._registry_lock:
             while self._shards:
                 name, entry = self._shards.popitem()
@@ -277,15 +314,42 @@ class QdrantEdgeStore:
                 logger.debug("edge collection {} loaded from {}", name, path)
             return entry
 
-    async def _write(self, name: str, operation: qe.UpdateOperation) -> None:
+    async def _write(self, name: str, operation: qe.UpdateOperation, changed: int = 0) -> None:
         entry = await self._open(name)
 
-        def apply() -> None:
+        def apply() -> int:
             entry.shard.update(operation)
             entry.shard.flush()
+            return int(entry.shard.info().points_count)
 
         async with entry.write_lock:
-            await _call(apply)
+            points = await _call(apply)
+        entry.changed += changed
+        due = max(self.optimize_min_changes, self.optimize_changed_share * points)
+        if entry.changed >= due and (entry.optimizing is None or entry.optimizing.done()):
+            entry.optimizing = asyncio.create_task(self._optimize(name, entry), name=f"edge-optimize-{name}")
+
+    async def _optimize(self, name: str, entry: _Shard) -> None:
+        async with entry.write_lock:  # writes wait; searches do not
+            if self._shards.get(name) is not entry:  # deleted or closed meanwhile
+                return
+            changed, entry.changed = entry.changed, 0
+            try:
+                await asyncio.to_thread(entry.shard.optimize)
+                await asyncio.to_thread(entry.shard.flush)
+            except Exception as exc:  # the next writes try again
+                entry.changed += changed
+                logger.warning("edge collection {}: optimization failed: {!r}", name, exc)
+                return
+        self.optimizations += 1
+        logger.debug("edge collection {} optimized after {} changed points", name, changed)
+
+    async def wait_for_maintenance(self) -> None:
+        """Until no optimization pass is running (tests, benchmarks, shutdown)."""
+        for entry in list(self._shards.values()):
+            if entry.optimizing is not None:
+                with contextlib.suppress(Exception):
+                    await entry.optimizing
 
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Qdrant server's default too)

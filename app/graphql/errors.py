@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncpg
 from graphql.error import GraphQLError
 from loguru import logger
 
 from app.errors import CitadelError
+
+# asyncpg's DataError is PostgreSQL's class 22 (bad value: invalid character, out of range...).
+STORE_REFUSED_INPUT: tuple[type[BaseException], ...] = (asyncpg.DataError, UnicodeEncodeError)
 
 COST_MARKERS = ("exceeds maximum operation depth", "aliases found. Allowed", "Parsing aborted")
 
@@ -16,6 +20,9 @@ def public_error(error: GraphQLError) -> GraphQLError:
         return error  # already public (raised by our own extensions)
     if isinstance(original, CitadelError):
         code, message, extra = original.code, original.message, original.to_extensions()
+    elif isinstance(original, STORE_REFUSED_INPUT):
+        # A value the database cannot hold that slipped past app/validation.py: the client's input.
+        code, message, extra = "BAD_INPUT", f"a value cannot be stored: {_first_line(original)}", {}
     elif isinstance(original, GraphQLError) or (original is None and error.path is not None):
         # Argument coercion problems raised inside execution are the client's input.
         code, message, extra = "BAD_INPUT", error.message, {}
@@ -39,3 +46,9 @@ def public_error(error: GraphQLError) -> GraphQLError:
         original_error=None,
         extensions={**(error.extensions or {}), **extra, "code": code},
     )
+
+
+def _first_line(error: BaseException) -> str:
+    if isinstance(error, UnicodeEncodeError):
+        return "text is not valid Unicode (unpaired surrogate)"
+    return (str(error).splitlines() or [type(error).__name__])[0][:200]

@@ -11,8 +11,10 @@ from strawberry.extensions.query_depth_limiter import create_validator as max_de
 from strawberry.schema.config import StrawberryConfig
 
 from app.graphql.access import AccessGate
+from app.graphql.arguments import ArgumentStrings
 from app.graphql.errors import public_error
 from app.graphql.execution import CitadelExecutionContext
+from app.graphql.operations import OperationNameRequired
 from app.graphql.mutations import Mutation
 from app.graphql.queries import Query
 from app.graphql.request_rules import RequestRules
@@ -59,6 +61,9 @@ def safety_extensions(limits: LimitSettings) -> list[Any]:
         lambda: RequestRules(
             cost_rules=cost_rules, max_tokens=limits.max_query_tokens, max_total_texts=max_total_texts
         ),
+        OperationNameRequired,
+        # Depends on variables, so it runs for every request.
+        lambda: ArgumentStrings(max_text_chars=limits.max_text_chars),
         # Who may run it at all, and how often: before any resolver.
         AccessGate,
     ]

@@ -25,6 +25,7 @@ from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
 from app.settings import Settings
+from app.validation import string_problem
 
 
 @dataclass
@@ -190,6 +191,8 @@ class EmbeddingService:
                 raise BadInput(f"text {index} is not a string", index=index)
             if not text.strip():
                 raise BadInput(f"text {index} is empty or only whitespace", index=index)
+            if (problem := string_problem(text)) is not None:  # the cache key hashes UTF-8 bytes
+                raise BadInput(f"text {index} {problem}", index=index, argument="texts")
             if len(text) > limits.max_text_chars:
                 raise BadInput(
                     f"text {index} has {len(text)} characters; at most {limits.max_text_chars} are allowed",

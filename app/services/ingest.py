@@ -24,8 +24,9 @@ from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
+from app.validation import MAX_NAME_CHARS, string_problem
 
-MAX_ID_CHARS = 256
+MAX_ID_CHARS = MAX_NAME_CHARS
 TRUNCATED = "TRUNCATED"  # warning code: a text longer than the model's window, embedded from its start
 
 INGESTED = Counter(
@@ -179,14 +180,10 @@ def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | Non
 
 
 def _check_storable(value: str, what: str) -> None:
-    # PostgreSQL text and jsonb refuse NUL and unpaired surrogates; refusing them here keeps one
-    # bad document from failing the whole transaction.
-    if "\x00" in value:
-        raise BadInput(f"{what} contains a NUL character")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadInput(f"{what} is not valid Unicode (unpaired surrogate)") from None
+    # Refused per document: one bad document must not fail the whole transaction.
+    problem = string_problem(value)
+    if problem is not None:
+        raise BadInput(f"{what} {problem}")
 
 
 def _printable_id(value: Any) -> str | None:

@@ -1,16 +1,20 @@
 """The reconciler: finishes what an interrupted ingest or delete left in PostgreSQL.
 
 'pending' rows are embedded, upserted and marked indexed; 'deleting' rows have their vectors
-removed and are purged. Collections whose keyword index is 'building' (those that existed
-before keyword indexes) get BM25 vectors for their indexed documents, page by page in id order,
-the position saved in PostgreSQL so a restart resumes where it stopped. It runs at startup and
-then periodically; an error is logged and the next round tries again, so the task never dies.
+removed and are purged; vectors whose row is gone (orphans) are removed. Collections whose
+keyword index is 'building' (those that existed before keyword indexes) get BM25 vectors for their
+indexed documents, page by page in id order, the position saved in PostgreSQL so a restart resumes
+where it stopped. It runs at startup, periodically, and at once when a model becomes READY.
+Collections are served one by one, oldest backlog first, so a stuck one never delays the others.
+An outage is logged once with its cause and once when it ends; the next round tries again, so the
+background task never dies.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import contextlib
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,16 +22,16 @@ from loguru import logger
 from prometheus_client import Counter
 
 from app.adapters.bm25 import bm25
-from app.errors import ModelUnavailable
-from app.services.ids import point_id
+from app.errors import CitadelError, DependencyUnavailable, ModelUnavailable
 from app.services.collections import bound_model
+from app.services.ids import point_id
 from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
 from app.tasks import cancel_and_wait
 
 RECONCILED = Counter(
     "citadel_reconciler_documents_total", "Documents finished by the reconciler", ["action"]
-)  # indexed | purged
+)  # indexed | purged | orphan
 KEYWORDS_BACKFILLED = Counter("citadel_keyword_backfill_documents_total", "Documents given a keyword vector by the backfill")
 RECONCILE_ERRORS = Counter("citadel_reconciler_errors_total", "Reconciler rounds or collections that failed")
 
@@ -42,7 +46,12 @@ class ReconcileCounts:
     purged: int = 0
     skipped: int = 0  # rows of collections whose model is unavailable
     failed: int = 0  # rows whose collection failed this round (store down, ...)
+    orphans: int = 0  # vectors without a row, removed
     keywords: int = 0  # documents given a keyword vector by the backfill
+
+    def add(self, other: "ReconcileCounts") -> None:
+        for name in ("indexed", "purged", "skipped", "failed", "orphans", "keywords"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class Reconciler:
@@ -62,34 +71,48 @@ class Reconciler:
         self.embedder = embedder
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one round at a time, whoever asks
+        self._outage: str | None = None  # the cause of failing rounds, logged once
+        self._problems: dict[str, str] = {}  # per collection, logged once
 
     async def run_once(self) -> ReconcileCounts:
         async with self._lock:
             total = ReconcileCounts()
-            for _ in range(MAX_ROUNDS):
-                rows = await self.repo.pending_documents(BATCH_ROWS)
-                if not rows:
-                    break
-                counts = await self._round(rows)
-                for name in ("indexed", "purged"):
-                    setattr(total, name, getattr(total, name) + getattr(counts, name))
-                # Stuck rows (model unavailable, store down) come back every round: stop once a
-                # round makes no progress and report what was left.
-                total.skipped, total.failed = counts.skipped, counts.failed
-                if counts.indexed + counts.purged == 0 or len(rows) < BATCH_ROWS:
-                    break
+            # Collection by collection, the one waiting longest first: a backlog that cannot move
+            # (its model is unavailable) never stands in front of another collection's rows.
+            for name in await self.repo.pending_collections():
+                counts = await self._reconcile_collection(name)
+                total.add(counts)
+            total.orphans = await self._sweep_orphans()
             total.keywords = await self._backfill_keywords()
-            if total.indexed or total.purged or total.skipped or total.failed or total.keywords:
+            if total.indexed or total.purged or total.orphans or total.keywords:  # stuck rows are logged once, above
                 logger.info(
-                    "reconciler: {} indexed, {} purged, {} skipped, {} failed, {} keyword vectors backfilled",
+                    "reconciler: {} indexed, {} purged, {} orphan vectors removed, {} keyword vectors backfilled, {} skipped, {} failed",
                     total.indexed,
                     total.purged,
+                    total.orphans,
+                    total.keywords,
                     total.skipped,
                     total.failed,
-                    total.keywords,
                 )
             return total
+
+    async def _reconcile_collection(self, name: str) -> ReconcileCounts:
+        total = ReconcileCounts()
+        for _ in range(MAX_ROUNDS):
+            rows = await self.repo.pending_documents(BATCH_ROWS, collection=name)
+            if not rows:
+                break
+            counts = await self._round(name, rows)
+            total.indexed += counts.indexed
+            total.purged += counts.purged
+            # Stuck rows come back every batch: stop once one makes no progress.
+            total.skipped, total.failed = counts.skipped, counts.failed
+            if counts.indexed + counts.purged == 0 or len(rows) < BATCH_ROWS:
+                break
+        return total
 
     async def _backfill_keywords(self) -> int:
         done = 0
@@ -123,27 +146,60 @@ class Reconciler:
                 break
         return done
 
-    async def _round(self, rows: list[Any]) -> ReconcileCounts:
+    async def _round(self, name: str, docs: list[Any]) -> ReconcileCounts:
         counts = ReconcileCounts()
-        by_collection: dict[str, list[Any]] = defaultdict(list)
-        for row in rows:
-            by_collection[row.collection].append(row)
-        for name, docs in by_collection.items():
-            deleting = [d for d in docs if d.status == "deleting"]
-            pending = [d for d in docs if d.status == "pending"]
-            try:
-                if deleting:
-                    counts.purged += await self._purge(name, deleting)
-                if pending:
-                    counts.indexed += await self._index(name, pending)
-            except ModelUnavailable as exc:
-                counts.skipped += len(pending)
-                logger.warning("reconciler: skipping {} pending rows of {}: {}", len(pending), name, exc.message)
-            except Exception:
-                counts.failed += len(docs)
-                RECONCILE_ERRORS.inc()
-                logger.exception("reconciler: collection {} failed this round", name)
+        deleting = [d for d in docs if d.status == "deleting"]
+        pending = [d for d in docs if d.status == "pending"]
+        try:
+            if deleting:
+                counts.purged += await self._purge(name, deleting)
+            if pending:
+                counts.indexed += await self._index(name, pending)
+            if self._problems.pop(name, None) is not None:
+                logger.info("reconciler: collection {} is moving again", name)
+        except ModelUnavailable as exc:
+            counts.skipped += len(pending)
+            self._note_problem(name, "model", f"pending rows wait for their model: {exc.message}")
+        except DependencyUnavailable as exc:
+            counts.failed += len(docs)
+            RECONCILE_ERRORS.inc()
+            self._note_problem(name, "dependency", f"rows wait: {exc.message}")
+        except Exception as exc:
+            counts.failed += len(docs)
+            RECONCILE_ERRORS.inc()
+            # Not an expected outage: its traceback, once.
+            self._note_problem(name, type(exc).__name__, f"rows wait: {exc!r}", error=exc)
         return counts
+
+    def _note_problem(self, name: str, kind: str, problem: str, error: BaseException | None = None) -> None:
+        """Log a collection's problem once per kind, not every round."""
+        if self._problems.get(name) != kind:
+            self._problems[name] = kind
+            logger.opt(exception=error).warning("reconciler: collection {}: {}", name, problem)
+
+    async def _sweep_orphans(self) -> int:
+        """Remove vectors whose row is gone (an ingest that raced a delete of the same id).
+
+        The store is read before PostgreSQL: every point an ingest in flight writes already has its
+        row (rows are written first), so only points without a row at both reads are removed."""
+        removed = 0
+        for collection in await self.repo.list_collections():
+            if collection.chunk_max_tokens:
+                # Chunk points have ids per chunk, not per row; a chunked document's points are all
+                # deleted before each write (app/services/indexing.py), so none outlive their row there.
+                continue
+            try:
+                stored = {_canonical(p) for p in await self.store.point_ids(collection.name)}
+                if not stored:
+                    continue
+                orphans = stored - await self.repo.point_ids(collection.name)
+                if orphans:
+                    await self.store.delete(collection.name, sorted(orphans))
+                    removed += len(orphans)
+                    RECONCILED.labels("orphan").inc(len(orphans))
+            except Exception as exc:  # the next round tries again
+                self._note_problem(collection.name, "sweep", f"orphan sweep failed: {exc!r}")
+        return removed
 
     async def _purge(self, name: str, rows: list[Any]) -> int:
         ids = [r.id for r in rows]
@@ -175,18 +231,51 @@ class Reconciler:
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="citadel-reconciler")
+        bus = getattr(self.models, "bus", None)
+        if bus is not None and (self._listener is None or self._listener.done()):
+            self._listener = asyncio.create_task(self._wake_on_ready(bus), name="citadel-reconciler-wake")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
+        task, listener = self._task, self._listener
+        self._task = self._listener = None
+        await cancel_and_wait(task, listener)
+
+    def wake(self) -> None:
+        """Run a round now instead of at the end of the interval (a model became READY)."""
+        self._wake.set()
 
     async def _loop(self) -> None:
         while True:
             try:
                 await self.run_once()
+                if self._outage is not None:
+                    logger.info("reconciler: running again after: {}", self._outage)
+                    self._outage = None
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 RECONCILE_ERRORS.inc()
-                logger.exception("reconciler round failed; retrying in {}s", self.interval)
-            await asyncio.sleep(self.interval)
+                cause = exc.message if isinstance(exc, CitadelError) else repr(exc)
+                if self._outage is None:
+                    # Once per outage, with its cause; the rounds that follow stay quiet.
+                    logger.warning("reconciler paused ({}); retrying every {}s", cause, self.interval)
+                    if not isinstance(exc, CitadelError):  # not an expected outage: its traceback, once
+                        logger.opt(exception=exc).error("reconciler round failed")
+                self._outage = cause
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+    async def _wake_on_ready(self, bus: Any) -> None:
+        # Pending rows of a collection whose model was LOADING wait for exactly this moment.
+        async with bus.subscribe(None) as events:
+            async for event in events:
+                if getattr(event.state, "value", event.state) == "READY":
+                    self.wake()
+
+
+def _canonical(point: Any) -> str:
+    try:
+        return str(uuid.UUID(str(point)))
+    except ValueError:
+        return str(point)

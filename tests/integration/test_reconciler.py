@@ -186,3 +186,76 @@ async def test_background_reconciler_survives_failures_and_catches_up(stack: Sta
         await stack.reconciler.stop()
     assert not stack.reconciler.running
     await _assert_in_sync(stack, name, [d["id"] for d in docs])
+
+
+async def test_a_stuck_backlog_does_not_delay_other_collections(stack: Stack, monkeypatch) -> None:
+    import app.services.reconciler as reconciler_module
+
+    # A batch smaller than the stuck backlog: read oldest-first across collections, every batch
+    # would be the stuck collection's rows and the fresh collection would never be reached.
+    monkeypatch.setattr(reconciler_module, "BATCH_ROWS", 5)
+    spec = await stack.models.ready_spec(None)
+    await stack.repo.create_collection("stuck", spec.name, "an-older-revision", spec.dimensions, "cosine")
+    stuck = corpus(12, seed=14)
+    await stack.repo.upsert_documents(
+        "stuck",
+        [DocumentWrite(d["id"], d["text"], d["metadata"], content_hash(d["text"], d["metadata"]), point_id("stuck", d["id"])) for d in stuck],
+    )
+    fresh = await _pending_collection(stack, "later", 20, seed=15)  # newer rows than the stuck ones
+    stack.store.restore()
+
+    counts = await stack.reconciler.run_once()
+    assert counts.indexed == 20 and counts.skipped == 5, counts
+    await _assert_in_sync(stack, "later", [d["id"] for d in fresh])
+    assert _statuses(await pg_state(stack, "stuck")) == {"pending": 12}
+
+
+async def test_orphan_vectors_are_swept_in_one_round(stack: Stack) -> None:
+    from app.domain.filters import DOC_ID_KEY, METADATA_KEY
+    from app.domain.vectors import VectorPoint
+
+    name = "orphans"
+    await stack.collections.create(name)
+    docs = corpus(10, seed=16)
+    await stack.ingest.ingest(name, docs)
+    # What an ingest racing a delete of the same id leaves: a vector whose row is gone.
+    vector = [0.1] * stack.settings.models[stack.settings.default_model].dimensions
+    ghosts = [f"ghost-{i}" for i in range(3)]
+    await stack.store.upsert(
+        name, [VectorPoint(id=point_id(name, g), vector=vector, payload={DOC_ID_KEY: g, METADATA_KEY: {}}) for g in ghosts]
+    )
+    assert len(await stack.store.point_ids(name)) == 13
+
+    counts = await stack.reconciler.run_once()
+    assert counts.orphans == 3, counts
+    await _assert_in_sync(stack, name, [d["id"] for d in docs])
+
+
+async def test_a_model_becoming_ready_wakes_the_reconciler_at_once(stack: Stack) -> None:
+    from types import SimpleNamespace
+
+    from app.adapters.events import DownloadEvent, EventBus
+    from app.downloads.state import ModelState
+    from app.services.reconciler import Reconciler
+
+    name = "woken"
+    docs = await _pending_collection(stack, name, 15, seed=17)
+    bus = EventBus()
+    models = SimpleNamespace(bus=bus, ready_spec=stack.models.ready_spec)
+    # An interval longer than the test's patience: only the READY event can start the next round.
+    reconciler = Reconciler(stack.repo, stack.store, stack.embedder, 3600.0, stack.settings, models)
+    reconciler.start()
+    try:
+        async with asyncio.timeout(WAIT_S):  # the first round runs at start and fails (store down)
+            while await stack.repo.count_documents(name, "pending") != 15 or not reconciler._outage and not reconciler._problems:
+                await asyncio.sleep(0.02)
+        stack.store.restore()
+        await asyncio.sleep(0.2)
+        assert await stack.repo.count_documents(name, "pending") == 15  # still waiting for the interval
+        bus.publish(DownloadEvent(model=stack.settings.default_model, state=ModelState.READY, attempt=1, max_attempts=1))
+        async with asyncio.timeout(WAIT_S):
+            while await stack.repo.count_documents(name, "pending"):
+                await asyncio.sleep(0.05)
+    finally:
+        await reconciler.stop()
+    await _assert_in_sync(stack, name, [d["id"] for d in docs])

@@ -1,5 +1,6 @@
 """What clients see of errors: codes from API.md, never internals."""
 
+import asyncpg
 import pytest
 import strawberry
 
@@ -40,6 +41,11 @@ class Query:
     @strawberry.field
     def embed(self, texts: list[str]) -> int:
         return len(texts)
+
+    @strawberry.field
+    def stored(self, name: str) -> int:
+        # What asyncpg raises for a value PostgreSQL cannot hold, had it got this far.
+        raise asyncpg.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
 
 
 # The production schema class and extensions, over a small test Query, with tight limits.
@@ -88,3 +94,21 @@ async def test_cached_documents_get_the_same_codes_the_second_time():
 async def test_texts_passed_as_variables_count_too():
     error = await run("query($t: [String!]!) { a: embed(texts: $t) }", {"t": list("abcdefg")})
     assert error.extensions["code"] == "BAD_INPUT" and "7 texts" in error.message
+
+
+async def test_a_database_data_error_is_bad_input():
+    error = await run('{ stored(name: "fine") }')
+    assert error.extensions["code"] == "BAD_INPUT" and "cannot be stored" in error.message, error
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\ud800b"], ids=["nul", "surrogate"])
+async def test_unstorable_arguments_never_reach_a_resolver(value):
+    error = await run("query($n: String!) { stored(name: $n) }", {"n": value})
+    assert error.extensions == {"code": "BAD_INPUT", "argument": "name"}, error
+
+
+async def test_several_operations_need_an_operation_name():
+    error = await run("query A { embed(texts: []) } query B { embed(texts: []) }")
+    assert error.extensions["code"] == "BAD_INPUT" and "operationName" in error.message
+    chosen = await schema.execute("query A { embed(texts: []) } query B { embed(texts: [\"x\"]) }", operation_name="B")
+    assert chosen.errors is None and chosen.data == {"embed": 1}

@@ -1,0 +1,205 @@
+"""The HTTP edge of /graphql: what a request body must be before anything parses it further.
+
+- A body larger than the limit gets 413 before it is read (Content-Length), or as soon as the
+  stream passes the limit (chunked bodies).
+- A body that is not UTF-8, not JSON, nested too deep or not a JSON object gets 400 with a
+  GraphQL-shaped error, as does every other refusal of the view (never a plain-text body).
+- Subscriptions run only over WebSocket; over POST/GET they are refused with 400.
+- A client that hangs up mid-body gets nothing, and the log gets no traceback.
+- GraphQL-over-HTTP: `application/graphql-response+json` when the client accepts it, with 400
+  for a request that never executed (parse or validation failure), as that spec asks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cross_web import HTTPException
+from loguru import logger
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.graphql import OperationType
+
+JSON_MEDIA_TYPE = "application/json"
+GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
+# A GraphQL request is {"query", "variables": {...}}: a filter or metadata inside variables is
+# bounded at app/validation.MAX_JSON_DEPTH; the envelope adds a few levels.
+MAX_BODY_DEPTH = 40
+# Operations the HTTP transport runs; subscriptions need a WebSocket.
+HTTP_OPERATIONS = {"GET": {OperationType.QUERY}, "POST": {OperationType.QUERY, OperationType.MUTATION}}
+
+
+class BadRequestBody(json.JSONDecodeError):
+    """A body (or WebSocket frame) that is not a JSON object we accept.
+
+    A JSONDecodeError, so the WebSocket handlers close with 4400 as for any non-JSON frame."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "", 0)
+        self.reason = reason
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def decode_request_json(data: str | bytes) -> dict[str, Any]:
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestBody("the request body is not valid UTF-8") from None
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise BadRequestBody(f"the request body is nested more than {MAX_BODY_DEPTH} levels deep") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequestBody(f"the request body is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise BadRequestBody("the request body must be a JSON object")
+    if _depth_exceeds(value, MAX_BODY_DEPTH):
+        raise BadRequestBody(f"the request body is nested more than {MAX_BODY_DEPTH} levels deep")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return False
+
+
+def wants_graphql_response(headers: Mapping[str, str]) -> bool:
+    return GRAPHQL_RESPONSE_MEDIA_TYPE in (headers.get("accept") or "")
+
+
+def error_response(status: int, message: str, code: str, headers: Mapping[str, str]) -> Response:
+    media_type = GRAPHQL_RESPONSE_MEDIA_TYPE if wants_graphql_response(headers) else JSON_MEDIA_TYPE
+    body = {"errors": [{"message": message, "extensions": {"code": code}}]}
+    return Response(json.dumps(body), status_code=status, media_type=media_type)
+
+
+def _code_for_status(status: int) -> str:
+    return {404: "NOT_FOUND", 413: "BAD_INPUT", 405: "BAD_INPUT"}.get(status, "BAD_INPUT")
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def capped_receive(receive: Receive, limit: int) -> Receive:
+    """Counts body bytes as they arrive: BodyTooLarge once past the limit (chunked uploads)."""
+    seen = 0
+
+    async def receive_capped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge()
+        return message
+
+    return receive_capped
+
+
+class GraphQLHttpEdge:
+    """Mixed into the Strawberry ASGI view (app/main.py) ahead of strawberry.asgi.GraphQL."""
+
+    max_body_bytes: int = 1 << 20
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+            return
+        request = Request(scope, capped_receive(receive, self.max_body_bytes))
+        declared = _declared_length(scope)
+        try:
+            if declared is not None and declared > self.max_body_bytes:
+                raise BodyTooLarge()
+            response = await self.run(request)  # type: ignore[attr-defined]
+        except BodyTooLarge:
+            response = error_response(
+                413, f"the request body exceeds {self.max_body_bytes} bytes", "BAD_INPUT", request.headers
+            )
+            response.headers["connection"] = "close"  # the rest of the body is never read
+        except HTTPException as exc:
+            reason = exc.reason
+            if isinstance(exc.__cause__, BadRequestBody):
+                reason = exc.__cause__.reason
+            response = error_response(exc.status_code, reason, _code_for_status(exc.status_code), request.headers)
+        except ClientDisconnect:
+            logger.debug("client left before sending its whole request body")
+            return
+        await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return decode_request_json(data)
+
+    async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
+                             root_value: Any, request_data: Any) -> Any:
+        # Strawberry lets POST/GET carry subscriptions (for its streaming transports, not
+        # enabled here); run as a query they fail as INTERNAL. Over HTTP only queries and
+        # mutations run.
+        allowed = HTTP_OPERATIONS.get(request_adapter.method, {OperationType.QUERY})
+        try:
+            return await self.schema.execute(  # type: ignore[attr-defined]
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as exc:
+            raise HTTPException(400, exc.as_http_error_reason()) from exc
+        except InvalidOperationTypeError as exc:
+            if exc.operation_type is OperationType.SUBSCRIPTION:
+                raise HTTPException(400, "subscriptions run only over WebSocket (graphql-transport-ws)") from exc
+            raise HTTPException(400, exc.as_http_error_reason(request_adapter.method)) from exc
+        except MissingQueryError as exc:
+            raise HTTPException(400, "No GraphQL query found in the request") from exc
+
+    async def process_result(self, request: Request, result: Any) -> Any:
+        response = await super().process_result(request, result)  # type: ignore[misc]
+        if wants_graphql_response(request.headers) and _is_request_error(response):
+            # Nothing executed: under this media type the spec wants no data entry and a 4xx.
+            response.pop("data", None)
+        return response
+
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        response: Response = super().create_response(response_data, sub_response)  # type: ignore[misc]
+        if getattr(sub_response, "_graphql_response_media", False):
+            response.headers["content-type"] = GRAPHQL_RESPONSE_MEDIA_TYPE
+            if isinstance(response_data, dict) and "data" not in response_data and not sub_response.status_code:
+                response.status_code = 400
+        return response
+
+    async def get_sub_response(self, request: Request) -> Response:
+        sub_response: Response = await super().get_sub_response(request)  # type: ignore[misc]
+        sub_response._graphql_response_media = wants_graphql_response(request.headers)  # type: ignore[attr-defined]
+        return sub_response
+
+
+def _is_request_error(response: Any) -> bool:
+    # Field errors carry a path; errors before execution (parse, validation, cost) do not.
+    errors = response.get("errors") if isinstance(response, dict) else None
+    return bool(errors) and response.get("data") is None and all("path" not in e for e in errors)

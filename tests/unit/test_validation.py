@@ -1,0 +1,74 @@
+"""The one definition of a storable client string (app/validation.py) and the HTTP body rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.errors import BadInput
+from app.graphql.http import MAX_BODY_DEPTH, BadRequestBody, decode_request_json
+from app.graphql.websockets import operation_problem
+from app.settings import Settings
+from app.validation import MAX_JSON_DEPTH, check_string, check_value, string_problem
+
+
+@pytest.mark.parametrize(
+    "value,problem",
+    [("plain", None), ("héllo wörld ✓", None), ("a\x00b", "NUL"), ("a\ud800b", "surrogate"), ("\udfff", "surrogate")],
+)
+def test_string_problem(value, problem):
+    found = string_problem(value)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_check_string_names_the_argument_and_the_limit():
+    with pytest.raises(BadInput) as caught:
+        check_string("x" * 11, "ids[2]", max_chars=10, argument="ids")
+    assert caught.value.code == "BAD_INPUT" and "ids[2]" in caught.value.message
+    assert caught.value.extensions == {"argument": "ids", "limit": 10}
+    assert check_string("x" * 10, "ids[2]", max_chars=10) == "x" * 10
+
+
+def test_check_value_walks_keys_values_and_lists():
+    check_value({"a": [{"b": "ok"}], "n": 1, "none": None}, "filter", 100)
+    for bad in ({"a": [{"b": "x\x00"}]}, {"k\ud800": 1}, ["fine", {"deep": "\x00"}], {"k" * 300: 1}):
+        with pytest.raises(BadInput) as caught:
+            check_value(bad, "filter", 100)
+        assert caught.value.extensions["argument"] == "filter"
+
+
+def test_check_value_bounds_depth():
+    deep: object = "leaf"
+    for _ in range(MAX_JSON_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(BadInput, match="nested"):
+        check_value(deep, "filter", 100)
+
+
+@pytest.mark.parametrize(
+    "body,reason",
+    [(b"42", "object"), (b"[]", "object"), (b"\xff", "UTF-8"), (b"{", "not valid JSON"),
+     (b"[" * 100_000, "nested"), (b'{"a":' + b"[" * MAX_BODY_DEPTH + b"]" * MAX_BODY_DEPTH + b"}", "nested")],
+)
+def test_request_bodies_that_are_refused(body, reason):
+    with pytest.raises(BadRequestBody) as caught:
+        decode_request_json(body)
+    assert reason in caught.value.reason
+
+
+def test_a_request_body_within_the_rules_decodes():
+    assert decode_request_json(b'{"query": "{ a }", "variables": {"f": [[1]]}}')["variables"] == {"f": [[1]]}
+
+
+def test_operation_payloads():
+    assert operation_problem({"query": "{ a }", "variables": None, "operationName": "A"}) is None
+    assert "query" in operation_problem({"query": 42})
+    assert "variables" in operation_problem({"query": "{ a }", "variables": []})
+    assert "object" in operation_problem("nope")
+
+
+def test_body_limit_is_sized_for_the_largest_ingest_unless_set():
+    settings = Settings()
+    limits = settings.limits
+    largest_ingest = limits.max_documents_per_ingest * (limits.max_text_chars * 4 + limits.max_metadata_bytes)
+    assert largest_ingest < settings.request_body_limit <= largest_ingest + (2 << 20)
+    assert Settings(server={"max_body_bytes": 1234}).request_body_limit == 1234
