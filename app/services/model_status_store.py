@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from loguru import logger
 
 from app.domain.models import ModelStatus
+from app.tasks import cancel_and_wait
 
 Persist = Callable[[ModelStatus], Awaitable[None]]
 
@@ -46,12 +47,7 @@ class StatusPersister:
                 logger.warning("saving the state of {} failed: {}", status.name, error)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._persist is not None:
             await self._drain()

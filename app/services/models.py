@@ -34,6 +34,7 @@ from app.inference.sources import local_model_dir
 from app.services.model_progress import ProgressThrottle, Transfer
 from app.services.model_status_store import Persist, StatusPersister
 from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 Loader = Callable[[ModelSpec, Path], Awaitable[object]]  # may return the device (str) it loaded on
 
@@ -187,10 +188,9 @@ class ModelManager:
 
     async def close(self) -> None:
         tasks = [t for t in self._tasks.values() if not t.done()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        # A download's own failure was already reported as FAILED; closing only needs them gone.
+        await asyncio.gather(cancel_and_wait(*tasks), return_exceptions=True)
         await self.hub.aclose()
         await self._persister.close()
 

@@ -18,6 +18,7 @@ from loguru import logger
 
 from app.adapters.events import EventBus
 from app.domain.models import DownloadEvent, ModelSpec, ModelStatus
+from app.tasks import cancel_and_wait
 
 MISSED_BEATS = 3  # a replica silent this many heartbeats is gone
 FIRST_REFRESH_TIMEOUT_SECONDS = 3.0
@@ -141,13 +142,8 @@ class ClusterView:
                 self._others[(row.name, row.replica)] = row
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         if self._store is not None:
             try:  # leave at once rather than after three missed beats
                 await self._store.forget_replica(self.replica)

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import psutil
-
 from tests.e2e.conftest import ARTIFACTS
-from tests.support.server import LiveServer
+from tests.support.server import LiveServer, processes_mentioning
 
 HEALTH = "{ health { status dependencies { name ok detail } } }"
-
-
-def processes_under(path) -> list[psutil.Process]:
-    """Every process whose command line or working directory mentions the data dir."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if str(path) in text:
-            found.append(proc)
-    return found
 
 
 def test_serves_on_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
@@ -39,11 +24,11 @@ def test_serves_on_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
         assert created["data"]["createCollection"]["name"] == "kept", created
         ingested = first.graphql('mutation { ingest(collection: "kept", documents: [{id: "a", text: "persisted text"}]) { inserted } }')
         assert ingested["data"]["ingest"]["inserted"] == 1, ingested
-        assert processes_under(data_dir), "embedded servers should be running under the data dir"
+        assert processes_mentioning(data_dir), "embedded servers should be running under the data dir"
     finally:
         code = first.stop()
     assert code == 0, first.log_tail()
-    leftovers = processes_under(data_dir)
+    leftovers = processes_mentioning(data_dir)
     assert leftovers == [], f"left behind after Ctrl-C: {[p.info for p in leftovers]}"
 
     second = LiveServer(env=env, log_path=ARTIFACTS / "embedded-server.log").start()
@@ -53,4 +38,4 @@ def test_serves_on_embedded_servers_stops_cleanly_and_keeps_its_data(tmp_path):
         assert [h["id"] for h in again["data"]["search"]["hits"]] == ["a"], again
     finally:
         assert second.stop() == 0
-    assert processes_under(data_dir) == []
+    assert processes_mentioning(data_dir) == []

@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from tests.e2e.conftest import ARTIFACTS
-from tests.support.server import ROOT, LiveServer
+from tests.support.server import ROOT, LiveServer, processes_mentioning
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -48,18 +47,6 @@ def base_python() -> str:
 def runtime_env(data_dir: Path, **extra: str) -> dict[str, str]:
     # Offline, as the embedded defaults must be able to run; nothing from the test venv leaks in.
     return {"CITADEL_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "PYTHONPATH": "", "VIRTUAL_ENV": "", **extra}
-
-
-def processes_mentioning(*paths: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        try:
-            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if any(str(p) in text for p in paths):
-            found.append(proc)
-    return found
 
 
 def has_module(python: Path, module: str) -> bool:

@@ -107,3 +107,16 @@ class LiveServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def processes_mentioning(*paths: Path) -> list[psutil.Process]:
+    """Every process whose command line or working directory mentions one of the paths."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if any(str(p) in text for p in paths):
+            found.append(proc)
+    return found
