@@ -26,7 +26,7 @@ T = TypeVar("T")
 async def _key_service() -> AsyncIterator[Any]:
     from app.adapters.api_keys import ApiKeyRepo
     from app.adapters.migrations import upgrade_async
-    from app.adapters.postgres import create_pool
+    from app.adapters.postgres_pool import create_pool
     from app.services.keys import KeyService
     from app.settings import Settings
 

@@ -15,7 +15,8 @@ from loguru import logger
 
 from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.events import EventBus
-from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.postgres import PostgresRepo
+from app.adapters.postgres_pool import create_pool
 from app.adapters.postgres_replicas import PostgresReplicaStore
 from app.adapters.redis_events import RedisEventBridge
 from app.adapters.redis_cache import EmbeddingCache

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from app.adapters.postgres import translate_connection_errors
+from app.adapters.postgres_pool import translate_connection_errors
 
 
 @dataclass(frozen=True)

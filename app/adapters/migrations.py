@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from loguru import logger
 
 from alembic import command
-from app.adapters.postgres import CONNECTION_ERRORS, unavailable
+from app.adapters.postgres_pool import CONNECTION_ERRORS, unavailable
 from app.urls import asyncpg_dsn
 
 # Shipped inside the package, so a wheel installed anywhere finds them; alembic.ini at the repo

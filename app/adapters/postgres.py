@@ -2,172 +2,23 @@
 an asyncpg pool. Model states per replica live in app/adapters/postgres_replicas.py.
 
 Outages (refused connections, a server shutting down, a broken pool) surface as
-DependencyUnavailable; constraint violations as Conflict, NotFound or BadInput.
+DependencyUnavailable (app/adapters/postgres_pool.py); constraint violations as Conflict, NotFound
+or BadInput.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal, get_args
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, get_args
 
 import asyncpg
-from loguru import logger
 
-from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
-from app.urls import asyncpg_dsn
-
-DocumentStatus = Literal["pending", "indexed", "deleting"]
-KeywordIndexState = Literal["none", "building", "ready"]
-UpsertStatus = Literal["inserted", "updated", "unchanged"]
-
-# Errors that mean "the database cannot be reached or is going away", not "the query is wrong".
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # refused, unreachable, timeouts (TimeoutError is an OSError)
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.InterfaceError,  # closed pool or connection
-    # "cannot switch to state N; another operation is in progress": the connection is still
-    # consuming a reply (e.g. after the server's shutdown message) and must not be reused.
-    asyncpg.InternalClientError,
-    asyncpg.OperatorInterventionError,  # admin/crash shutdown, database dropped, idle timeout
-)
-
-
-# -- rows ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CollectionRow:
-    name: str
-    model: str
-    model_revision: str
-    dimensions: int
-    distance: str
-    indexed_fields: tuple[str, ...]
-    created_at: datetime
-    keyword_index: KeywordIndexState = "none"
-    keyword_cursor: str | None = None  # while building: the last document id backfilled
-    chunk_max_tokens: int | None = None  # None: not chunked
-    chunk_overlap_tokens: int = 0
-
-    @property
-    def has_keywords(self) -> bool:
-        """Points written now get a sparse vector (the index exists, ready or being built)."""
-        return self.keyword_index != "none"
-
-
-@dataclass(frozen=True)
-class DocumentWrite:
-    id: str
-    text: str
-    metadata: Mapping[str, Any]
-    content_hash: str
-    point_id: str | uuid.UUID
-    vector: bytes | None = None  # little-endian float32, when the client brought its own
-
-
-@dataclass(frozen=True)
-class DocumentRow:
-    collection: str
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    content_hash: str
-    point_id: str
-    status: DocumentStatus
-    created_at: datetime
-    updated_at: datetime
-    vector: bytes | None = None  # read only where it is needed (pending_documents)
-
-
-@dataclass(frozen=True)
-class UpsertOutcome:
-    """What upsert_documents did to one document. `pending`: the row still waits for indexing
-    (always true for inserted/updated; true for an unchanged row an earlier call left pending)."""
-
-    status: UpsertStatus
-    pending: bool
-
-
-# -- connections --------------------------------------------------------------------------------
-
-
-class _OutageLog:
-    """One warning per `every` seconds while PostgreSQL is down, not one per request."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self.last = -every
-        self.suppressed = 0
-
-    def warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every:
-            self.suppressed += 1
-            return
-        more = f" ({self.suppressed} more failed calls since the last report)" if self.suppressed else ""
-        logger.warning("PostgreSQL unavailable: {!r}{}", exc, more)
-        self.last, self.suppressed = now, 0
-
-
-_outage_log = _OutageLog()
-
-
-def unavailable(exc: BaseException) -> DependencyUnavailable:
-    _outage_log.warn(exc)
-    # The client sees the kind of failure only; addresses and details stay in the log.
-    return DependencyUnavailable(f"PostgreSQL is unavailable ({type(exc).__name__})", dependency="postgres")
-
-
-@contextmanager
-def translate_connection_errors() -> Iterator[None]:
-    try:
-        yield
-    except CONNECTION_ERRORS as exc:
-        if isinstance(exc, ValueError):  # asyncpg's client-side data/config errors: bugs, not outages
-            raise
-        raise unavailable(exc) from exc
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def create_pool(
-    url: str,
-    *,
-    min_size: int = 1,
-    max_size: int = 10,
-    command_timeout: float = 30.0,
-    connect_timeout: float = 10.0,
-) -> asyncpg.Pool:
-    """An asyncpg pool whose connections read and write json/jsonb as Python objects."""
-    with translate_connection_errors():
-        pool = await asyncpg.create_pool(
-            asyncpg_dsn(url),
-            min_size=min_size,
-            max_size=max_size,
-            command_timeout=command_timeout,
-            timeout=connect_timeout,
-            init=_init_connection,
-        )
-    assert pool is not None
-    return pool
-
+from app.errors import BadInput, Conflict, NotFound
+from app.adapters.postgres_pool import CONNECTION_ERRORS, dumps_json, translate_connection_errors
+from app.adapters.postgres_rows import CollectionRow, DocumentRow, DocumentStatus, DocumentWrite, UpsertOutcome
 
 # -- the repository -----------------------------------------------------------------------------
 
@@ -388,7 +239,7 @@ class PostgresRepo:
             outcomes: list[UpsertOutcome] = []
             changed: list[tuple[DocumentWrite, str]] = []
             for doc in docs:
-                metadata_json = _dumps(dict(doc.metadata))
+                metadata_json = dumps_json(dict(doc.metadata))
                 row = existing.get(doc.id)
                 if row is None:
                     outcomes.append(UpsertOutcome("inserted", pending=True))

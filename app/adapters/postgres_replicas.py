@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from loguru import logger
 
-from app.adapters.postgres import translate_connection_errors
+from app.adapters.postgres_pool import translate_connection_errors
 from app.domain.models import ModelState, ModelStatus
 
 

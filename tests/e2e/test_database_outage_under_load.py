@@ -5,7 +5,6 @@ acknowledged document is stored and indexed."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 

@@ -25,7 +25,8 @@ from app.adapters.embedded import (
     redis_server_binary,
 )
 from app.adapters.migrations import head_revision, upgrade_async
-from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.postgres import PostgresRepo
+from app.adapters.postgres_pool import create_pool
 from app.errors import DependencyUnavailable
 from tests.support.databases import EXPECTED_SCHEMA, alembic_revision, schema_columns
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.migrations import upgrade_async
-from app.adapters.postgres import create_pool
+from app.adapters.postgres_pool import create_pool
 from app.domain.access import ANONYMOUS, INTERNAL, Principal, Scope
 from app.errors import Forbidden, NotFound, RateLimited
 from app.services.keys import KeyRequest, KeyService

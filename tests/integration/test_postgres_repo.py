@@ -27,8 +27,8 @@ from app.adapters.postgres import (
     DocumentWrite,
     PostgresRepo,
     UpsertOutcome,
-    create_pool,
 )
+from app.adapters.postgres_pool import create_pool
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
 from tests.support.databases import (
     EXPECTED_SCHEMA,

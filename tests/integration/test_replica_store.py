@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from app.adapters.migrations import upgrade_async
-from app.adapters.postgres import create_pool
+from app.adapters.postgres_pool import create_pool
 from app.adapters.postgres_replicas import PostgresReplicaStore, lock_id
 from app.domain.models import ModelState, ModelStatus
 from tests.support.databases import create_database, drop_database, schema_columns

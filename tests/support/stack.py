@@ -21,7 +21,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app.adapters.migrations import upgrade_async
-from app.adapters.postgres import PostgresRepo, create_pool
+from app.adapters.postgres import PostgresRepo
+from app.adapters.postgres_pool import create_pool
 from app.adapters.qdrant_edge import QdrantEdgeStore
 from app.adapters.qdrant_server import QdrantServerStore
 from app.adapters.redis_cache import EmbeddingCache
