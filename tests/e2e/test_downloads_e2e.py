@@ -15,6 +15,7 @@ from gql.transport.websockets import WebsocketsTransport
 
 from tests.e2e.conftest import ARTIFACTS, BUNDLED, hub_env, shared_redis_env
 from tests.support.fake_hub import HUB_MODEL, unused_port
+from tests.support.databases import temporary_database
 from tests.support.server import LiveServer
 
 PROGRESS = gql(
@@ -72,11 +73,19 @@ def wait_until_replicas(server: LiveServer, model: str, replicas: set[str], time
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory, e2e_database, fake_hub):
+async def cluster_database():
+    """A database of their own: other servers of the session share e2e_database, and with it the
+    cluster (replica heartbeats, and the Redis namespace derived from the database)."""
+    async with temporary_database("citadel_cluster") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory, cluster_database, fake_hub):
     """Two gateway processes sharing PostgreSQL and Redis, each with its own model cache."""
     ARTIFACTS.mkdir(exist_ok=True)
     shared = {
-        "CITADEL_DATABASE_URL": e2e_database,
+        "CITADEL_DATABASE_URL": cluster_database,
         **shared_redis_env(),
         "CITADEL_DEFAULT_MODEL": BUNDLED,
         "CITADEL_REPLICA_HEARTBEAT_SECONDS": "1",
@@ -104,7 +113,7 @@ def replicas(tmp_path_factory, e2e_database, fake_hub):
             server.stop()
 
 
-async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(replicas, fake_hub, e2e_database):
+async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(replicas, fake_hub, cluster_database):
     a, b = replicas
     # The weights' connection drops half-way once: one retry, and the download resumes.
     fake_hub.add_fault("drop", file="*.safetensors")
@@ -136,7 +145,7 @@ async def test_both_replicas_see_the_exact_event_sequence_of_a_retried_download(
     assert weights[-1].range is not None and not weights[-1].range.startswith("bytes=0-"), weights
 
     # The last state is kept in PostgreSQL, where an operator finds it after a restart.
-    connection = await asyncpg.connect(e2e_database)
+    connection = await asyncpg.connect(cluster_database)
     try:
         for _ in range(100):  # written by a background writer, so it may trail the event a little
             row = await connection.fetchrow(

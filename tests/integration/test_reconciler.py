@@ -211,7 +211,7 @@ async def test_a_stuck_backlog_does_not_delay_other_collections(stack: Stack, mo
 
 
 async def test_orphan_vectors_are_swept_in_one_round(stack: Stack) -> None:
-    from app.domain.filters import DOC_ID_KEY, METADATA_KEY
+    from app.domain.vectors import DOC_ID_KEY, METADATA_KEY
     from app.domain.vectors import VectorPoint
 
     name = "orphans"
@@ -235,7 +235,7 @@ async def test_a_model_becoming_ready_wakes_the_reconciler_at_once(stack: Stack)
     from types import SimpleNamespace
 
     from app.adapters.events import DownloadEvent, EventBus
-    from app.downloads.state import ModelState
+    from app.domain.models import ModelState
     from app.services.reconciler import Reconciler
 
     name = "woken"
