@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from app.adapters.postgres_pool import translate_connection_errors
+from app.adapters.postgres_pool import connection
 
 
 @dataclass(frozen=True)
@@ -64,58 +64,52 @@ class ApiKeyRepo:
         filter: Any,
         rate_per_second: float | None,
     ) -> ApiKeyRow:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                record = await conn.fetchrow(
-                    f"""
-                    INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, collections, filter, rate_per_second)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                    RETURNING {_COLUMNS}
-                    """,
-                    id, name, prefix, secret_hash, list(scopes),
-                    None if collections is None else list(collections), filter, rate_per_second,
-                )  # fmt: skip
+        async with connection(self.pool) as conn:
+            record = await conn.fetchrow(
+                f"""
+                INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, collections, filter, rate_per_second)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                RETURNING {_COLUMNS}
+                """,
+                id, name, prefix, secret_hash, list(scopes),
+                None if collections is None else list(collections), filter, rate_per_second,
+            )  # fmt: skip
         return _row(record)
 
     async def list(self) -> list[ApiKeyRow]:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                records = await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        async with connection(self.pool) as conn:
+            records = await conn.fetch(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at, id")
         return [_row(r) for r in records]
 
     async def get(self, id: str) -> ApiKeyRow | None:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", id)
+        async with connection(self.pool) as conn:
+            record = await conn.fetchrow(f"SELECT {_COLUMNS} FROM api_keys WHERE id = $1", id)
         return _row(record) if record else None
 
     async def use(self, secret_hash: str) -> ApiKeyRow | None:
         """The key with this hash, marked used now; revoked keys come back too (callers refuse them)."""
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                record = await conn.fetchrow(
-                    f"""
-                    UPDATE api_keys SET last_used_at = CASE WHEN revoked_at IS NULL THEN now() ELSE last_used_at END
-                    WHERE secret_hash = $1 RETURNING {_COLUMNS}
-                    """,
-                    secret_hash,
-                )
+        async with connection(self.pool) as conn:
+            record = await conn.fetchrow(
+                f"""
+                UPDATE api_keys SET last_used_at = CASE WHEN revoked_at IS NULL THEN now() ELSE last_used_at END
+                WHERE secret_hash = $1 RETURNING {_COLUMNS}
+                """,
+                secret_hash,
+            )
         return _row(record) if record else None
 
     async def revoke(self, id: str) -> bool:
         """True when the key existed and was not revoked before."""
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                status = await conn.execute(
-                    "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", id
-                )
+        async with connection(self.pool) as conn:
+            status = await conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", id
+            )
         return int(status.rsplit(" ", 1)[-1]) > 0
 
     async def has_active_admin(self) -> bool:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                return bool(
-                    await conn.fetchval(
-                        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND 'ADMIN' = ANY(scopes))"
-                    )
+        async with connection(self.pool) as conn:
+            return bool(
+                await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND 'ADMIN' = ANY(scopes))"
                 )
+            )

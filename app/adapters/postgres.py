@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, get_args
 
 import asyncpg
 
 from app.errors import BadInput, Conflict, NotFound
-from app.adapters.postgres_pool import CONNECTION_ERRORS, dumps_json, translate_connection_errors
+from app.adapters.postgres_pool import connection, dumps_json
 from app.adapters.postgres_rows import CollectionRow, DocumentRow, DocumentStatus, DocumentWrite, UpsertOutcome
 
 # -- the repository -----------------------------------------------------------------------------
@@ -70,18 +70,8 @@ class PostgresRepo:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                try:
-                    yield conn
-                except CONNECTION_ERRORS as exc:
-                    if not isinstance(exc, ValueError) and not isinstance(exc, asyncpg.QueryCanceledError):
-                        # Never hand a connection in an unknown protocol state to the next caller:
-                        # the pool replaces a terminated one.
-                        conn.terminate()
-                    raise
+    def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return connection(self.pool)
 
     # -- collections ------------------------------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import asyncpg
@@ -66,6 +66,21 @@ def translate_connection_errors() -> Iterator[None]:
         if isinstance(exc, ValueError):  # asyncpg's client-side data/config errors: bugs, not outages
             raise
         raise unavailable(exc) from exc
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection for every repository: outages become DependencyUnavailable, and a
+    connection left in an unknown protocol state is terminated (the pool replaces it), never
+    handed to the next caller."""
+    with translate_connection_errors():
+        async with pool.acquire() as conn:
+            try:
+                yield conn
+            except CONNECTION_ERRORS as exc:
+                if not isinstance(exc, ValueError) and not isinstance(exc, asyncpg.QueryCanceledError):
+                    conn.terminate()
+                raise
 
 
 def dumps_json(value: Any) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import asyncpg
 from loguru import logger
 
-from app.adapters.postgres_pool import translate_connection_errors
+from app.adapters.postgres_pool import connection, translate_connection_errors
 from app.domain.models import ModelState, ModelStatus
 
 
@@ -47,11 +47,8 @@ class PostgresReplicaStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        with translate_connection_errors():
-            async with self.pool.acquire() as conn:
-                yield conn
+    def _connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return connection(self.pool)
 
     # -- model states ------------------------------------------------------------------------
 

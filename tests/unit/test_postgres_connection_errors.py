@@ -7,7 +7,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
+from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.postgres import PostgresRepo
+from app.adapters.postgres_replicas import PostgresReplicaStore
 from app.errors import DependencyUnavailable
 
 
@@ -17,6 +19,9 @@ class FakeConnection:
         self.terminated = False
 
     async def fetchrow(self, *args, **kwargs):
+        raise self.error
+
+    async def execute(self, *args, **kwargs):
         raise self.error
 
     def terminate(self) -> None:
@@ -48,6 +53,21 @@ async def test_unusable_connection_is_dependency_unavailable_and_discarded(error
     with pytest.raises(DependencyUnavailable) as caught:
         await PostgresRepo(FakePool(conn)).get_collection("c")
     assert caught.value.extensions == {"dependency": "postgres"}
+    assert conn.terminated
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda pool: ApiKeyRepo(pool).get("k"),
+        lambda pool: PostgresReplicaStore(pool).forget_replica("r"),
+    ],
+    ids=["api-keys", "replica-store"],
+)
+async def test_every_repository_discards_an_unusable_connection(call):
+    conn = FakeConnection(asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"))
+    with pytest.raises(DependencyUnavailable):
+        await call(FakePool(conn))
     assert conn.terminated
 
 
