@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.databases import create_database, drop_database
+from tests.support.databases import temporary_database
 from tests.support.server import LiveServer, free_port
 
 BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
@@ -74,9 +74,8 @@ def access_env(data_dir: str, database_url: str, redis_env: dict[str, str], **ex
 
 @pytest.fixture(scope="session")
 async def access_database():
-    url = await create_database("citadel_access")
-    yield url
-    await drop_database(url)
+    async with temporary_database("citadel_access") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.e2e.conftest import ARTIFACTS, BUNDLED, shared_redis_env
-from tests.support.databases import create_database, drop_database
+from tests.support.databases import temporary_database
 from tests.support.server import LiveServer
 
 BODY_LIMIT = 2_000_000
@@ -26,9 +26,8 @@ STORED = "query($c: String!) { documents(collection: $c) { items { id text metad
 
 @pytest.fixture(scope="module")
 async def hostile_database():
-    url = await create_database("citadel_hostile")
-    yield url
-    await drop_database(url)
+    async with temporary_database("citadel_hostile") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
