@@ -22,8 +22,6 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 
 from app import __version__
 from app.domain.models import ModelState
-from app.domain.access import ANONYMOUS, Principal, rejected
-from app.errors import CitadelError, Unauthenticated
 from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge
 from app.graphql.websockets import LegacyWSHandler, TransportWSHandler
@@ -33,39 +31,19 @@ from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
 from app.settings import Settings
 from app.startup_checks import warn_unsafe_settings
-from app.web.auth import AuthClosingWebSocketAdapter, http_secret, ws_close_code, ws_secret
+from app.web.auth import (
+    WS_TRY_AGAIN,
+    AuthClosingWebSocketAdapter,
+    authorize_http,
+    http_secret,
+    resolve_principal,
+    ws_close_code,
+    ws_secret,
+)
 from app.web import json_codec
 from app.web.json_codec import FastJSONResponse
 from app.web.openai_api import openai_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
-
-WS_TRY_AGAIN = 1013  # "try again later": the key could not be checked (a dependency is down)
-
-
-async def resolve_principal(services: Services, secret: str | None) -> tuple[Principal, CitadelError | None]:
-    """The caller for a secret; a key that cannot be checked now is an error of its own."""
-    if secret == "":
-        return rejected("malformed Authorization value; expected: Bearer <key>"), None
-    try:
-        return await services.keys.authenticate(secret), None
-    except CitadelError as exc:
-        return rejected("the key could not be checked"), exc
-
-
-async def authorize_http(request: Request, services: Services) -> Principal:
-    """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
-    a refused key is UNAUTHENTICATED, and the key's rate limit applies. OpenAI clients always send
-    some key: where keys are not required, one that is not a Citadel key is ignored."""
-    principal, error = await resolve_principal(services, http_secret(request))
-    if not services.settings.auth_required and (error is not None or principal.kind == "rejected"):
-        return ANONYMOUS
-    if error is not None:
-        raise error
-    if principal.kind == "rejected":
-        raise Unauthenticated(principal.reason or "a valid API key is required")
-    await services.limiter.check(principal)
-    return principal
-
 
 # Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
 # embed); clients send the same one or two values, so remember the last few answers.

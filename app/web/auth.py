@@ -7,16 +7,23 @@ request's `Authorization` header. Secrets are never logged.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from starlette.requests import HTTPConnection
 from strawberry.asgi import ASGIWebSocketAdapter
 
-from app.domain.access import Principal
+from app.domain.access import ANONYMOUS, Principal, rejected
+from app.errors import CitadelError, Unauthenticated
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from app.services.container import Services
 
 MAX_SECRET_CHARS = 512
 WS_UNAUTHENTICATED = 4401
 WS_FORBIDDEN = 4403
+WS_TRY_AGAIN = 1013  # "try again later": the key could not be checked (a dependency is down)
 
 
 def bearer(value: Any) -> str | None:
@@ -65,3 +72,28 @@ class AuthClosingWebSocketAdapter(ASGIWebSocketAdapter):
         if code in STRAWBERRY_REJECT_CODES and wanted is not None:
             code, reason = wanted, "Unauthorized" if wanted == WS_UNAUTHENTICATED else reason
         await super().close(code, reason)
+
+
+async def resolve_principal(services: Services, secret: str | None) -> tuple[Principal, CitadelError | None]:
+    """The caller for a secret; a key that cannot be checked now is an error of its own."""
+    if secret == "":
+        return rejected("malformed Authorization value; expected: Bearer <key>"), None
+    try:
+        return await services.keys.authenticate(secret), None
+    except CitadelError as exc:
+        return rejected("the key could not be checked"), exc
+
+
+async def authorize_http(request: Request, services: Services) -> Principal:
+    """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
+    a refused key is UNAUTHENTICATED, and the key's rate limit applies. OpenAI clients always send
+    some key: where keys are not required, one that is not a Citadel key is ignored."""
+    principal, error = await resolve_principal(services, http_secret(request))
+    if not services.settings.auth_required and (error is not None or principal.kind == "rejected"):
+        return ANONYMOUS
+    if error is not None:
+        raise error
+    if principal.kind == "rejected":
+        raise Unauthenticated(principal.reason or "a valid API key is required")
+    await services.limiter.check(principal)
+    return principal
