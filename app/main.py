@@ -24,7 +24,7 @@ from app import __version__
 from app.domain.models import ModelState
 from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge
-from app.graphql.websockets import LegacyWSHandler, TransportWSHandler
+from app.graphql.websockets import LegacyWSHandler, OperationQuota, TransportWSHandler
 from app.graphql.schema import build_schema
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
@@ -54,6 +54,7 @@ class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
     websocket_adapter_class = AuthClosingWebSocketAdapter  # type: ignore[assignment]
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
+    operation_quota: OperationQuota
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.app.state.services
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         allowed_origins=settings.server.cors_origins,
     )
     graphql.max_body_bytes = settings.request_body_limit
+    graphql.operation_quota = OperationQuota(settings.server.max_subscriptions_per_key)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -7,13 +7,15 @@
   forever); a frame that is not a JSON object with a known `type`, or a `start` with a malformed
   payload, closes with 4400 (Strawberry ignores it silently).
 - Both: at most `max_subscriptions_per_connection` operations at a time (Strawberry's cap, set
-  from the settings by app/main.py).
+  from the settings by app/main.py), and at most `max_subscriptions_per_key` over all the sockets
+  of one API key (OperationQuota): opening more sockets does not get around the first cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
+from collections import Counter
 from typing import Any
 
 from loguru import logger
@@ -22,6 +24,9 @@ from uvicorn.protocols.utils import ClientDisconnected
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived, WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from graphql import GraphQLError
+
+from app.graphql.context import Context
 
 MALFORMED = 4400
 LEGACY_INIT_TIMEOUT = 1002
@@ -48,6 +53,48 @@ class QuietOnDisconnect:
             logger.debug("WebSocket client left before its result was sent")
             return
         await super().handle_task_exception(error)  # type: ignore[misc]
+
+
+class OperationQuota:
+    """Operations running over WebSockets per caller, in this replica.
+
+    The caller is the API key, or the client address for callers without a key (where keys are not
+    required). A slot is taken when an operation starts and given back when its task ends, however
+    it ends (completed, stopped, failed, socket closed)."""
+
+    def __init__(self, per_caller: int) -> None:
+        self.per_caller = per_caller
+        self.running: Counter[str] = Counter()
+
+    def try_take(self, caller: str) -> bool:
+        if self.running[caller] >= self.per_caller:
+            return False
+        self.running[caller] += 1
+        return True
+
+    def give_back(self, caller: str) -> None:
+        self.running[caller] -= 1
+        if self.running[caller] <= 0:
+            del self.running[caller]
+
+    def hold_until_done(self, caller: str, task: asyncio.Task[Any]) -> None:
+        task.add_done_callback(lambda _: self.give_back(caller))
+
+
+def caller_of(context: Context) -> str:
+    principal = context.principal
+    if principal.key_id:
+        return f"key:{principal.key_id}"
+    if principal.kind == "env":
+        return "key:admin-env"
+    client = context.request.client
+    return f"address:{client.host if client else 'unknown'}"
+
+
+QUOTA_REACHED = GraphQLError(
+    "Subscription limit reached for this API key: close one of its running operations first",
+    extensions={"code": "RATE_LIMITED"},
+)
 
 
 def operation_problem(payload: Any) -> str | None:
@@ -79,6 +126,30 @@ class TransportWSHandler(QuietOnDisconnect, BaseGraphQLTransportWSHandler):
             return
         await super().handle_message(message)
 
+    async def handle_subscribe(self, message: Any) -> None:
+        # Strawberry's own checks (acknowledged, duplicate id, per-connection cap) come first.
+        opens = (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and len(self.operations) < (self.max_subscriptions_per_connection or float("inf"))
+        )
+        if not opens:
+            await super().handle_subscribe(message)
+            return
+        quota: OperationQuota = self.view.operation_quota
+        caller = caller_of(self.context)
+        if not quota.try_take(caller):
+            await self.send_message({"id": message["id"], "type": "error", "payload": [QUOTA_REACHED.formatted]})
+            return
+        try:
+            await super().handle_subscribe(message)
+        finally:
+            operation = self.operations.get(message["id"])
+            if operation is not None and operation.task is not None:
+                quota.hold_until_done(caller, operation.task)
+            else:
+                quota.give_back(caller)
+
 
 class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
     async def handle(self) -> None:
@@ -104,6 +175,29 @@ class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
                 with suppress(BaseException):
                     await self.keep_alive_task
             await self.cleanup()
+
+    async def handle_start(self, message: Any) -> None:
+        if not self.connection_acknowledged:
+            await super().handle_start(message)
+            return
+        if message["id"] in self.tasks:  # Strawberry replaces an operation of the same id
+            await self.cleanup_operation(message["id"])
+        if len(self.tasks) >= (self.max_subscriptions_per_connection or float("inf")):
+            await super().handle_start(message)  # Strawberry's per-connection refusal
+            return
+        quota: OperationQuota = self.view.operation_quota
+        caller = caller_of(self.context)
+        if not quota.try_take(caller):
+            await self.send_message({"type": "error", "id": message["id"], "payload": QUOTA_REACHED.formatted})
+            return
+        try:
+            await super().handle_start(message)
+        finally:
+            task = self.tasks.get(message["id"])
+            if task is not None:
+                quota.hold_until_done(caller, task)
+            else:
+                quota.give_back(caller)
 
     async def _close_without_init(self) -> None:
         # The same setting as graphql-transport-ws's (the view's connection_init_wait_timeout).

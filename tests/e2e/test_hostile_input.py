@@ -45,6 +45,7 @@ def server(tmp_path_factory, hostile_database):
             "CITADEL_SERVER__MAX_BODY_BYTES": str(BODY_LIMIT),
             "CITADEL_SERVER__WS_INIT_TIMEOUT_SECONDS": "1",
             "CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_CONNECTION": "2",
+            "CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_KEY": "3",
         },
         log_path=log,
     ).start()
@@ -287,6 +288,70 @@ async def test_subscriptions_per_connection_are_capped(server):
             if message["type"] == "error":
                 refused = message
         assert refused["id"] == "3" and "limit" in refused["payload"][0]["message"].lower(), refused
+
+
+PROGRESS = {"query": "subscription { modelDownloadProgress { model } }"}
+
+
+async def opened(ws: websockets.ClientConnection, protocol: str, op: str, quiet: float = 1.0) -> dict | None:
+    """Start one subscription; None when it runs (nothing refused it within `quiet` s), else the error."""
+    kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    await ws.send(json.dumps({"id": op, "type": kind, "payload": PROGRESS}))
+    try:
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), quiet))
+            if message.get("type") == "error" and message.get("id") == op:
+                return message
+    except TimeoutError:
+        return None
+
+
+async def connected(server: LiveServer, protocol: str, secret: str) -> websockets.ClientConnection:
+    ws = await websockets.connect(server.ws_url, subprotocols=[protocol])
+    await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {secret}"}}))
+    assert json.loads(await ws.recv())["type"] == "connection_ack"
+    return ws
+
+
+def error_code(error: dict) -> str | None:
+    payload = error["payload"]
+    first = payload[0] if isinstance(payload, list) else payload
+    return first.get("extensions", {}).get("code")
+
+
+async def test_subscriptions_per_key_are_capped_across_connections(server):
+    # A key of its own, so the other tests' sockets (one client address) do not share its slots.
+    created = server.graphql(
+        "mutation { createApiKey(input: {name: \"subs\", scopes: [READ]}) { secret } }"
+    )
+    secret = created["data"]["createApiKey"]["secret"]
+    first = await connected(server, "graphql-transport-ws", secret)
+    second = await connected(server, "graphql-transport-ws", secret)
+    legacy = await connected(server, "graphql-ws", secret)
+    try:
+        # The per-connection cap is 2 and the per-key cap 3: a second socket does not get past it.
+        assert await opened(first, "graphql-transport-ws", "a1") is None
+        assert await opened(first, "graphql-transport-ws", "a2") is None
+        assert await opened(second, "graphql-transport-ws", "b1") is None
+        refused = await opened(second, "graphql-transport-ws", "b2")
+        assert refused is not None and error_code(refused) == "RATE_LIMITED", refused
+        refused = await opened(legacy, "graphql-ws", "c1")
+        assert refused is not None and error_code(refused) == "RATE_LIMITED", refused
+        # The socket still works for the key's running operations, and a closed socket gives its
+        # slots back: the key may start operations again.
+        await first.close()
+        accepted = None
+        for attempt in range(20):
+            accepted = await opened(legacy, "graphql-ws", f"c-retry-{attempt}", quiet=0.5)
+            if accepted is None:
+                break
+        assert accepted is None, accepted
+        assert await opened(legacy, "graphql-ws", "c2") is None  # b1 and two on legacy: 3
+        refused = await opened(second, "graphql-transport-ws", "b3")  # second runs only b1
+        assert refused is not None and error_code(refused) == "RATE_LIMITED", refused
+    finally:
+        for ws in (first, second, legacy):
+            await ws.close()
 
 
 # -- GraphQL over HTTP: graphql-http's own audit (npm), run against the live server ----------------
