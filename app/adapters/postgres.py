@@ -330,6 +330,16 @@ class PostgresRepo:
             records = await conn.fetch("SELECT point_id FROM documents WHERE collection = $1", collection)
         return {str(r["point_id"]) for r in records}
 
+    async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` have a row in the collection, whatever its status."""
+        if not ids:
+            return set()
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                "SELECT id FROM documents WHERE collection = $1 AND id = ANY($2::text[])", collection, list(set(ids))
+            )
+        return {r["id"] for r in records}
+
     async def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow | None]:
         """Rows for `ids` in the same order (None where missing), in one query: a DataLoader's
         batch function. Rows of every status are returned; callers check `status`."""

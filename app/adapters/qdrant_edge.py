@@ -279,6 +279,12 @@ class QdrantEdgeStore:
 
         return await _call(scroll_all)
 
+    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+        entry = await self._open(name)
+        request = qe.ScrollRequest(offset=after, limit=limit, with_payload=True, with_vector=False)
+        records, offset = await _call(entry.shard.scroll, request)
+        return [(str(r.id), str((r.payload or {}).get(DOC_ID_KEY))) for r in records], offset
+
     async def ping(self) -> None:
         # In-process: healthy when the data directory is usable.
         await asyncio.to_thread(self.base_dir.mkdir, parents=True, exist_ok=True)

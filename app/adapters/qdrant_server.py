@@ -277,6 +277,13 @@ class QdrantServerStore:
                 if offset is None:
                     return ids
 
+    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+        async with self._guard(name):
+            records, offset = await self.client.scroll(
+                name, limit=limit, offset=after, with_payload=[DOC_ID_KEY], with_vectors=False
+            )
+        return [(str(r.id), str((r.payload or {}).get(DOC_ID_KEY))) for r in records], offset
+
     async def ping(self) -> None:
         async with self._guard(None):
             await self.client.get_collections()

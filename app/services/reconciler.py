@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,8 @@ RECONCILE_ERRORS = Counter("citadel_reconciler_errors_total", "Reconciler rounds
 
 BATCH_ROWS = 1_000
 MAX_ROUNDS = 100  # per run_once, so a steady stream of new pending rows cannot pin it
+SWEEP_PAGE = 1_000  # points read per orphan-sweep step
+SWEEP_POINTS_PER_ROUND = 100_000  # per collection; a larger one is swept over several rounds
 BACKFILL_PAGE = 500  # documents per keyword-backfill step (one PostgreSQL read, one store write)
 
 
@@ -76,6 +77,7 @@ class Reconciler:
         self._lock = asyncio.Lock()  # one round at a time, whoever asks
         self._outage: str | None = None  # the cause of failing rounds, logged once
         self._problems: dict[str, str] = {}  # per collection, logged once
+        self._sweep_from: dict[str, Any] = {}  # per collection, where the orphan sweep goes on
 
     async def run_once(self) -> ReconcileCounts:
         async with self._lock:
@@ -180,25 +182,43 @@ class Reconciler:
     async def _sweep_orphans(self) -> int:
         """Remove vectors whose row is gone (an ingest that raced a delete of the same id).
 
-        The store is read before PostgreSQL: every point an ingest in flight writes already has its
-        row (rows are written first), so only points without a row at both reads are removed."""
+        Points are read page by page with their payload doc_id, then PostgreSQL is asked which of
+        those ids still have a row: every point an ingest in flight writes already has its row (rows
+        are written first), so only points without a row at both reads are removed. Chunked and
+        unchunked collections alike (a chunk's payload names its document). A round reads at most
+        SWEEP_POINTS_PER_ROUND points of a collection and the next round goes on from there, so a
+        collection of any size costs a bounded amount per round; below that size every round
+        covers all of it."""
         removed = 0
+        live = set()
         for collection in await self.repo.list_collections():
-            if collection.chunk_max_tokens:
-                # Chunk points have ids per chunk, not per row; a chunked document's points are all
-                # deleted before each write (app/services/indexing.py), so none outlive their row there.
-                continue
+            name = collection.name
+            live.add(name)
             try:
-                stored = {_canonical(p) for p in await self.store.point_ids(collection.name)}
-                if not stored:
-                    continue
-                orphans = stored - await self.repo.point_ids(collection.name)
+                removed += await self._sweep_collection(name)
+            except Exception as exc:  # the next round tries again, from the same place
+                self._note_problem(name, "sweep", f"orphan sweep failed: {exc!r}")
+        for gone in set(self._sweep_from) - live:
+            del self._sweep_from[gone]
+        return removed
+
+    async def _sweep_collection(self, name: str) -> int:
+        removed, seen = 0, 0
+        after = self._sweep_from.get(name)
+        while seen < SWEEP_POINTS_PER_ROUND:
+            points, following = await self.store.document_points(name, after, SWEEP_PAGE)
+            seen += len(points)
+            if points:
+                kept = await self.repo.existing_ids(name, [doc for _, doc in points])
+                orphans = sorted({pid for pid, doc in points if doc not in kept})
                 if orphans:
-                    await self.store.delete(collection.name, sorted(orphans))
+                    await self.store.delete(name, orphans)
                     removed += len(orphans)
                     RECONCILED.labels("orphan").inc(len(orphans))
-            except Exception as exc:  # the next round tries again
-                self._note_problem(collection.name, "sweep", f"orphan sweep failed: {exc!r}")
+            after = following
+            if after is None:
+                break
+        self._sweep_from[name] = after  # None: the next round starts at the beginning
         return removed
 
     async def _purge(self, name: str, rows: list[Any]) -> int:
@@ -273,9 +293,3 @@ class Reconciler:
                 if getattr(event.state, "value", event.state) == "READY":
                     self.wake()
 
-
-def _canonical(point: Any) -> str:
-    try:
-        return str(uuid.UUID(str(point)))
-    except ValueError:
-        return str(point)

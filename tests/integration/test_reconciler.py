@@ -231,6 +231,42 @@ async def test_orphan_vectors_are_swept_in_one_round(stack: Stack) -> None:
     await _assert_in_sync(stack, name, [d["id"] for d in docs])
 
 
+async def test_orphan_chunks_are_swept_and_large_collections_over_several_rounds(stack: Stack, monkeypatch) -> None:
+    from app.domain.chunking import Chunking
+    from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VectorPoint
+    from app.services import reconciler as reconciler_module
+    from app.services.ids import chunk_point_id
+
+    name = "orphan-chunks"
+    await stack.collections.create(name, chunking=Chunking(max_tokens=32, overlap_tokens=0))
+    docs = corpus(6, seed=18)
+    await stack.ingest.ingest(name, docs)
+    kept = await stack.store.point_ids(name)
+    vector = [0.1] * stack.settings.models[stack.settings.default_model].dimensions
+    ghosts = [
+        VectorPoint(
+            id=chunk_point_id(name, f"ghost-{g}", c),
+            vector=vector,
+            payload={DOC_ID_KEY: f"ghost-{g}", METADATA_KEY: {}, CHUNK_KEY: {"index": c, "start": 0, "end": 1}},
+        )
+        for g in range(4)
+        for c in range(3)
+    ]
+    await stack.store.upsert(name, ghosts)
+    # A round reads at most 5 points of a collection here: the sweep goes on where it stopped.
+    monkeypatch.setattr(reconciler_module, "SWEEP_PAGE", 2)
+    monkeypatch.setattr(reconciler_module, "SWEEP_POINTS_PER_ROUND", 5)
+    total = len(kept) + len(ghosts)
+    removed, rounds = 0, 0
+    while removed < len(ghosts):
+        removed += (await stack.reconciler.run_once()).orphans
+        rounds += 1
+        assert rounds <= total, "the sweep does not move on between rounds"
+    assert rounds > 1, "a bounded round should not have covered the whole collection"
+    assert await stack.store.point_ids(name) == kept
+    assert (await stack.reconciler.run_once()).orphans == 0
+
+
 async def test_a_model_becoming_ready_wakes_the_reconciler_at_once(stack: Stack) -> None:
     from types import SimpleNamespace
 

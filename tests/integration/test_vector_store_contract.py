@@ -106,6 +106,20 @@ async def test_upsert_is_idempotent_by_id_and_delete_removes(store, collection):
     assert {h.id for h in hits} == await store.point_ids(collection)
 
 
+async def test_document_points_pages_through_every_point_with_its_doc_id(store, collection):
+    await store.upsert(collection, make_points(random_vectors(25, 4, seed=3)))
+    seen: list[tuple[str, str]] = []
+    after, pages = None, 0
+    while True:
+        page, after = await store.document_points(collection, after, 10)
+        seen.extend(page)
+        pages += 1
+        if after is None:
+            break
+    assert pages == 3
+    assert sorted(seen) == sorted((point_id(i), f"doc-{i}") for i in range(25))
+
+
 async def test_wrong_dimensions_and_ids_are_bad_input(store, collection):
     with pytest.raises(BadInput):
         await store.upsert(collection, make_points(random_vectors(1, 5, seed=2)))
