@@ -21,6 +21,9 @@ def serve(
     port: Optional[int] = typer.Option(None, help="Port (default CITADEL_SERVER__PORT)."),
 ) -> None:
     """Serve the gateway; with nothing configured, on embedded PostgreSQL, Redis and Qdrant Edge."""
+    from app.malloc_arenas import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread of the server exists
     import uvicorn
 
     from app.logging_setup import configure_logging, uvicorn_log_config
