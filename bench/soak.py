@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -58,12 +59,13 @@ class Tally:
 
 def disk_mib(path: Path) -> float:
     total = 0
-    for item in path.rglob("*"):
-        try:
-            if item.is_file():
-                total += item.stat().st_blocks * 512
-        except OSError:
-            pass  # removed while we walk (WAL rotation, temp files)
+    # os.walk skips folders that vanish while it walks (segments replaced by an optimization).
+    for folder, _, files in os.walk(path, onerror=lambda _: None):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name), follow_symlinks=False).st_blocks * 512
+            except OSError:
+                pass  # removed while we walk (WAL rotation, temp files)
     return total / 2**20
 
 
