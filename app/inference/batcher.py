@@ -5,8 +5,12 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   admitted and unanswered per model, beyond that OVERLOADED at once); the batcher queues what it
   is given and only uses `max_queue` to bound the deque of cancelled leftovers;
 - texts from concurrent callers are merged into forward passes bounded by `max_batch_size` and a
-  padded-token budget `max_batch_tokens`; an idle replica waits at most `max_wait_ms` after the
-  oldest text arrived for more to join;
+  padded-token budget `max_batch_tokens`; a batch keeps gathering while texts keep coming (each
+  within `max_wait_ms` of the last text or of the end of the last pass), up to `max_gather_ms`:
+  a lone request waits at most `max_wait_ms`, and under load the callers the last pass answered
+  get to send their next texts before the next pass starts. Without that, closed-loop clients
+  settle into two half-size groups that take turns (64 clients: passes of 32), and on a CPU a pass
+  of 32 does 0.84x the texts per second of a pass of 64;
 - the oldest texts (a window of a few batches) are sorted by length and cut into batches, so
   texts of similar length share a pass and padding shrinks, while no text waits behind more than
   one window (no starvation of long texts);
@@ -54,12 +58,16 @@ class DynamicBatcher:
         max_batch_tokens: int,
         max_wait_ms: float,
         max_queue: int,
+        max_gather_ms: float | None = None,
         model_name: str | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_tokens = max(1, max_batch_tokens)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.max_gather = max(self.max_wait, (max_gather_ms if max_gather_ms is not None else 10 * max_wait_ms) / 1000.0)
+        self._last_arrival = 0.0
+        self._last_pass_end = 0.0
         self.max_queue = max(1, max_queue)
         self.model_name = model_name or backend.model_name
         self._queue: deque[_Item] = deque()
@@ -93,6 +101,7 @@ class DynamicBatcher:
             _Item(text, min(tokens, cap), normalize, loop.create_future(), now)
             for text, tokens in zip(texts, token_counts, strict=True)
         ]
+        self._last_arrival = now
         self._pending += len(items)
         self._queue_size.inc(len(items))
         for item in items:
@@ -156,9 +165,12 @@ class DynamicBatcher:
             raise
 
     async def _gather_more(self) -> None:
-        """Idle replica: give concurrent callers up to max_wait after the oldest text to join."""
-        deadline = self._queue[0].enqueued_at + self.max_wait
+        """Wait for more texts while they keep coming: until the batch is full, nothing arrived for
+        max_wait (since the last text, or since the last pass ended, whichever is later), or
+        max_gather passed since gathering began."""
+        give_up = time.perf_counter() + self.max_gather
         while len(self._queue) < self.max_batch_size:
+            deadline = min(give_up, max(self._last_arrival, self._last_pass_end) + self.max_wait)
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -209,6 +221,7 @@ class DynamicBatcher:
                     item.future.set_exception(error)
             return
         finally:
+            self._last_pass_end = time.perf_counter()
             metrics.FORWARD_PASSES.labels(self.model_name, self.device).inc()
             metrics.INFERENCE_SECONDS.labels(self.model_name, self.device).observe(time.perf_counter() - started)
         unit = unit_rows(vectors)

@@ -141,3 +141,46 @@ async def test_close_fails_waiting_callers():
         await running  # its pass was cut off by the close: no answer, but no hang either
     with pytest.raises(ModelUnavailable):
         await submit(batcher, backend, ["after close"])
+
+
+class SlowBackend(FakeBackend):
+    """A pass takes a fixed time, as a model's would."""
+
+    def encode(self, texts, normalize):
+        import time
+
+        time.sleep(0.02)
+        return super().encode(texts, normalize)
+
+
+async def test_closed_loop_callers_fill_whole_passes_instead_of_taking_turns_in_halves():
+    # As in a server: the answers of one pass go out one at a time (the event loop writes each
+    # response and reads the next request, here 2 ms a caller), so the next texts trickle in over
+    # longer than max_wait. Gathering only until max_wait after the oldest text would start a pass
+    # with the first few, and the callers would settle into groups that take turns.
+    backend = SlowBackend()
+    batcher = make(backend, max_batch_size=32, max_wait_ms=10.0, max_gather_ms=500.0)
+    event_loop_work = asyncio.Lock()
+
+    async def caller(n: int) -> None:
+        for round_ in range(8):
+            await submit(batcher, backend, [f"caller {n} round {round_}"])
+            async with event_loop_work:
+                await asyncio.sleep(0.002)
+
+    await asyncio.gather(*(caller(n) for n in range(32)))
+    sizes = [len(p) for p in backend.passes]
+    assert sum(sizes) == 32 * 8
+    assert sum(sizes) / len(sizes) >= 24, f"passes of {sizes}"
+    await batcher.close()
+
+
+async def test_a_lone_request_still_waits_at_most_max_wait():
+    backend = FakeBackend()
+    batcher = make(backend, max_wait_ms=5.0, max_gather_ms=10_000.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await submit(batcher, backend, ["alone"])
+    # Not a speed assertion: the gather window must not stretch to max_gather for one caller.
+    assert loop.time() - started < 5.0
+    await batcher.close()
