@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +36,34 @@ class EmbeddingBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenIdBackend(Protocol):
+    """What an EmbeddingBackend has besides when it can be handed the token ids counted at
+    admission, so that each text is tokenized once on its way to the model (not once to count it
+    and again to encode it)."""
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's ids as the model sees it (special tokens included, before truncation)."""
+        ...
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], normalize: bool) -> np.ndarray:
+        """encode() of the texts these ids came from: the same vectors, without tokenizing."""
+        ...
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """Texts measured in a model's tokens at admission: the counts always (budgets, length
+    sorting, usage), the ids too where the backend encodes from ids."""
+
+    counts: list[int]
+    ids: list[list[int]] | None = None
+
+    def pick(self, indices: Sequence[int]) -> "Tokenized":
+        ids = self.ids
+        return Tokenized([self.counts[i] for i in indices], [ids[i] for i in indices] if ids is not None else None)
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   one window (no starvation of long texts);
 - one future per text: a caller that goes away cancels its futures and their work is skipped;
 - backend.encode runs in a dedicated single-thread executor: the event loop never blocks and the
-  backend never sees two passes at once.
+  backend never sees two passes at once; where the pool hands over token ids (TokenIdBackend), a
+  pass encodes those instead of tokenizing the texts again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from loguru import logger
 
-from app.domain.embedding import EmbeddingBackend, unit_rows
+from app.domain.embedding import EmbeddingBackend, TokenIdBackend, unit_rows
 from app.errors import Internal, ModelUnavailable
 from app.inference import metrics
 from app.tasks import cancel_and_wait
@@ -47,6 +48,7 @@ class _Item:
     normalize: bool
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
+    ids: Sequence[int] | None = None  # the token ids counted at admission, when the backend takes them
 
 
 class DynamicBatcher:
@@ -88,8 +90,15 @@ class DynamicBatcher:
         """Texts admitted and not yet answered (queued or in a running pass)."""
         return self._pending
 
-    async def submit(self, texts: Sequence[str], token_counts: Sequence[int], normalize: bool) -> np.ndarray:
-        """Embed texts (already validated) as part of whatever batches form; rows in input order."""
+    async def submit(
+        self,
+        texts: Sequence[str],
+        token_counts: Sequence[int],
+        normalize: bool,
+        token_ids: Sequence[Sequence[int]] | None = None,
+    ) -> np.ndarray:
+        """Embed texts (already validated) as part of whatever batches form; rows in input order.
+        token_ids: the texts' ids (TokenIdBackend.token_ids), so passes need not tokenize."""
         if self._closed:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:
@@ -97,9 +106,10 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         cap = self.backend.max_seq_length
+        ids: Sequence[Sequence[int] | None] = token_ids if token_ids is not None else [None] * len(texts)
         items = [
-            _Item(text, min(tokens, cap), normalize, loop.create_future(), now)
-            for text, tokens in zip(texts, token_counts, strict=True)
+            _Item(text, min(tokens, cap), normalize, loop.create_future(), now, item_ids)
+            for text, tokens, item_ids in zip(texts, token_counts, ids, strict=True)
         ]
         self._last_arrival = now
         self._pending += len(items)
@@ -208,11 +218,15 @@ class DynamicBatcher:
             queue_time.observe(started - item.enqueued_at)
         metrics.BATCH_SIZE.labels(self.model_name).observe(len(batch))
         metrics.BATCH_TOKENS.labels(self.model_name).observe(len(batch) * batch[-1].tokens)
-        texts = [item.text for item in batch]
         loop = asyncio.get_running_loop()
         try:
             # Normalised below per text: one pass can then serve callers asking either way.
-            vectors = await loop.run_in_executor(self._executor, self.backend.encode, texts, False)
+            if isinstance(self.backend, TokenIdBackend) and all(item.ids is not None for item in batch):
+                ids = [item.ids for item in batch]
+                vectors = await loop.run_in_executor(self._executor, self.backend.encode_ids, ids, False)
+            else:
+                texts = [item.text for item in batch]
+                vectors = await loop.run_in_executor(self._executor, self.backend.encode, texts, False)
         except Exception as exc:  # noqa: BLE001  any backend failure is answered, not raised
             logger.exception("forward pass of {} texts failed on {} ({})", len(batch), self.device, self.model_name)
             error = Internal(f"inference failed on {self.device}: {exc.__class__.__name__}")

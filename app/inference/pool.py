@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from app.domain.embedding import EmbeddingBackend
+from app.domain.embedding import EmbeddingBackend, TokenIdBackend, Tokenized
 from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.backends import load_backend
@@ -100,16 +100,15 @@ class ModelPool:
 
     # -- inference -----------------------------------------------------------------------------
 
-    async def encode(
-        self, name: str, texts: Sequence[str], normalize: bool, token_counts: Sequence[int] | None = None
-    ) -> np.ndarray:
+    async def encode(self, name: str, texts: Sequence[str], normalize: bool, tokens: Tokenized | None = None) -> np.ndarray:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
         settings.inference.truncate is False (extensions carry the offending index).
-        token_counts: what token_counts() said of these texts, so they are not counted twice."""
+        tokens: what tokenize() said of these texts, so they are not tokenized twice."""
         loaded = await self._acquire(name)
         try:
             backend = loaded.replicas[0].backend
-            counts = list(token_counts) if token_counts is not None else await self._token_counts(backend, texts)
+            tokens = tokens if tokens is not None else await self._tokenize(backend, texts)
+            counts = tokens.counts
             if not self.settings.inference.truncate:
                 for index, count in enumerate(counts):
                     if count > backend.max_seq_length:
@@ -122,7 +121,7 @@ class ModelPool:
                         )
             self._admit(loaded, len(texts))
             replica = self._least_loaded(loaded)
-            return await replica.batcher.submit(texts, counts, normalize)
+            return await replica.batcher.submit(texts, counts, normalize, tokens.ids)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -138,11 +137,12 @@ class ModelPool:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
 
-    async def token_counts(self, name: str, texts: Sequence[str]) -> list[int]:
-        """Tokens of each text as the model sees it, special tokens included, before truncation."""
+    async def tokenize(self, name: str, texts: Sequence[str]) -> Tokenized:
+        """Tokens of each text as the model sees it, special tokens included, before truncation:
+        the counts, and the ids where the backend encodes from them (hand them to encode())."""
         loaded = await self._acquire(name)
         try:
-            return await self._token_counts(loaded.replicas[0].backend, texts)
+            return await self._tokenize(loaded.replicas[0].backend, texts)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -213,10 +213,13 @@ class ModelPool:
         gc.collect()  # model weights are large; give the memory back now, not at some later GC
         logger.info("model {} unloaded", name)
 
-    async def _token_counts(self, backend: EmbeddingBackend, texts: Sequence[str]) -> list[int]:
-        if sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS:
-            return backend.token_counts(texts)
-        return await asyncio.to_thread(backend.token_counts, texts)
+    async def _tokenize(self, backend: EmbeddingBackend, texts: Sequence[str]) -> Tokenized:
+        inline = sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS
+        if isinstance(backend, TokenIdBackend):
+            ids = backend.token_ids(texts) if inline else await asyncio.to_thread(backend.token_ids, texts)
+            return Tokenized([len(i) for i in ids], ids)
+        counts = backend.token_counts(texts) if inline else await asyncio.to_thread(backend.token_counts, texts)
+        return Tokenized(counts)
 
     def _admit(self, loaded: _Loaded, count: int) -> None:
         """The queue bound is per model, over all its replicas: beyond it, OVERLOADED at once."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from app.adapters.redis_cache import EmbeddingCache
 from app.domain.access import INTERNAL, Principal, Scope
-from app.domain.embedding import EmbedKind
+from app.domain.embedding import EmbedKind, Tokenized
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
 from app.inference.pool import ModelPool
@@ -123,7 +123,8 @@ class EmbeddingService:
         vectors = np.empty((len(texts), dims), dtype=np.float32)
         cached = [False] * len(texts)
         # Counted once here when the caller wants usage; the pool then reuses the misses' counts.
-        counts = await self.pool.token_counts(spec.name, [prompt + text for text in texts]) if count_tokens else None
+        tokenized = await self.pool.tokenize(spec.name, [prompt + text for text in texts]) if count_tokens else None
+        counts = tokenized.counts if tokenized is not None else None
 
         cache = self.cache if (use_cache and self.cache is not None and self.settings.cache.enabled) else None
         keys: list[str] = []
@@ -144,8 +145,8 @@ class EmbeddingService:
                 todo.setdefault(text, []).append(index)
         if todo:
             unique = list(todo)
-            unique_counts = [counts[todo[text][0]] for text in unique] if counts is not None else None
-            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_counts)
+            unique_tokens = tokenized.pick([todo[text][0] for text in unique]) if tokenized is not None else None
+            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens)
             for text, row in zip(unique, computed):
                 vectors[todo[text]] = row
             if cache is not None:
@@ -160,10 +161,10 @@ class EmbeddingService:
         unique: list[str],
         normalize: bool,
         todo: dict[str, list[int]],
-        counts: list[int] | None,
+        tokens: Tokenized | None,
     ) -> np.ndarray:
         try:
-            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, counts)
+            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens)
         except BadInput as exc:
             position = exc.extensions.get("index")
             if not isinstance(position, int):

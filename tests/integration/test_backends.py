@@ -91,6 +91,21 @@ def test_batch_composition_does_not_change_a_vector(torch_backend, onnx_backend)
         assert cosine_rows(alone, padded)[0] >= 0.99999
 
 
+@pytest.mark.parametrize("normalize", [True, False])
+def test_encoding_the_admission_token_ids_gives_exactly_the_text_encode(torch_backend, normalize):
+    # Tokenize once: the ids counted at admission go to the model; vectors must not change, the
+    # over-long sample (truncated) and the padding of a mixed batch included.
+    from app.domain.embedding import TokenIdBackend
+
+    assert isinstance(torch_backend, TokenIdBackend)
+    texts = [*SAMPLE_TEXTS, "  spaced  out  ", "x"]
+    ids = torch_backend.token_ids(texts)
+    assert [len(i) for i in ids] == torch_backend.token_counts(texts)
+    from_ids = torch_backend.encode_ids(ids, normalize)
+    from_texts = torch_backend.encode(texts, normalize)
+    np.testing.assert_allclose(from_ids, from_texts, atol=1e-6)
+
+
 def test_token_counts_are_before_truncation(torch_backend, onnx_backend, reference_model):
     expected = [len(reference_model.tokenizer(t)["input_ids"]) for t in SAMPLE_TEXTS]
     assert torch_backend.token_counts(SAMPLE_TEXTS) == expected

@@ -66,6 +66,23 @@ async def test_vectors_match_direct_encode(pool, reference_model):
     assert cosine_rows(ours, direct).min() >= 0.999
 
 
+async def test_texts_are_tokenized_once_and_their_ids_encoded(pool, reference_model, monkeypatch):
+    # The real backend gets the admission's ids: its own text tokenizer is never called.
+    backend = pool._loaded[MODEL].replicas[0].backend
+
+    def no_second_tokenization(*_args, **_kwargs):
+        raise AssertionError("encode(texts) tokenizes again; the admission's ids should be used")
+
+    monkeypatch.setattr(backend, "encode", no_second_tokenization)
+    tokens = await pool.tokenize(MODEL, SAMPLE_TEXTS)
+    assert tokens.ids is not None and tokens.counts == [len(i) for i in tokens.ids]
+    ours = await pool.encode(MODEL, SAMPLE_TEXTS, normalize=True, tokens=tokens)
+    again = await pool.encode(MODEL, SAMPLE_TEXTS, normalize=True)  # tokenizes at admission itself
+    direct = reference_model.encode(SAMPLE_TEXTS, normalize_embeddings=True)
+    assert cosine_rows(ours, direct).min() > 0.9999
+    np.testing.assert_allclose(ours, again, atol=1e-6)
+
+
 async def test_64_concurrent_single_text_requests_share_few_forward_passes(pool, reference_model):
     texts = [f"concurrent request number {i} about topic {i % 7}" for i in range(64)]
     passes_before, encoded_before = passes(), texts_encoded()

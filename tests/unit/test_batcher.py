@@ -184,3 +184,36 @@ async def test_a_lone_request_still_waits_at_most_max_wait():
     # Not a speed assertion: the gather window must not stretch to max_gather for one caller.
     assert loop.time() - started < 5.0
     await batcher.close()
+
+
+class IdBackend(FakeBackend):
+    """A TokenIdBackend: records which passes came as ids and which as texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.id_passes: list[list[list[int]]] = []
+
+    def token_ids(self, texts):
+        return [[len(t)] * self.token_counts([t])[0] for t in texts]
+
+    def encode_ids(self, ids, normalize):
+        self.id_passes.append([list(i) for i in ids])
+        return np.stack([np.full(self.dimensions, float(i[0])) for i in ids])
+
+
+async def test_token_ids_from_admission_reach_the_backend_instead_of_the_texts():
+    from app.domain.embedding import TokenIdBackend
+
+    backend = IdBackend()
+    assert isinstance(backend, TokenIdBackend)
+    batcher = make(backend)
+    texts = ["one", "three"]
+    ids = backend.token_ids(texts)
+    rows = await batcher.submit(texts, [len(i) for i in ids], False, ids)
+    assert backend.passes == [] and len(backend.id_passes) == 1
+    assert sorted(backend.id_passes[0]) == sorted(ids)
+    assert [row[0] for row in rows] == [3.0, 5.0]
+    # Without ids (another caller of the pool), the texts are encoded as before.
+    await submit(batcher, backend, ["plain"])
+    assert backend.passes == [["plain"]]
+    await batcher.close()

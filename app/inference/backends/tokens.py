@@ -37,6 +37,18 @@ class TokenCounter:
         encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
         return [[(int(s), int(e)) for s, e in enc.offsets] for enc in encoded]
 
+    @property
+    def trailing_special_tokens(self) -> int:
+        """Special tokens the model adds after a text ([SEP]): what truncation must keep at the end."""
+        marked = self._tokenizer.encode("a", add_special_tokens=True).ids
+        bare = self._tokenizer.encode("a", add_special_tokens=False).ids
+        start = next(i for i in range(len(marked)) if marked[i : i + len(bare)] == bare)
+        return len(marked) - start - len(bare)
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text's token ids, special tokens included, before truncation."""
+        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
     def count(self, texts: Sequence[str]) -> list[int]:
         # Special tokens included: they occupy positions of the model's max_seq_length too.
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]

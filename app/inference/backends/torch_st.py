@@ -1,4 +1,8 @@
-"""sentence-transformers on torch: CUDA with fp16 where asked, else CPU."""
+"""sentence-transformers on torch: CUDA with fp16 where asked, else CPU.
+
+Texts reach the model as token ids counted at admission (encode_ids: padded and truncated here,
+then the model's forward), so each is tokenized once; encode() takes texts for the other callers.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ class TorchSentenceTransformerBackend:
         dims = self._model.get_embedding_dimension()
         self.dimensions = int(dims if dims is not None else spec.dimensions)
         self._counter = TokenCounter.from_tokenizer(self._model.tokenizer.backend_tokenizer)
+        self._trailing_specials = self._counter.trailing_special_tokens
+        self._pad_id = int(self._model.tokenizer.pad_token_id or 0)
+        self._wants_token_types = "token_type_ids" in getattr(self._model.tokenizer, "model_input_names", ())
         logger.info("loaded {} (sentence-transformers) on {} from {}", spec.name, device, model_dir)
 
     def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
@@ -54,6 +61,34 @@ class TorchSentenceTransformerBackend:
                 normalize_embeddings=normalize,
             )
         return np.asarray(vectors, dtype=np.float32)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._counter.ids(texts)
+
+    def encode_ids(self, ids: Sequence[Sequence[int]], normalize: bool) -> np.ndarray:
+        """What encode() gives for the texts of these ids (the same truncation: the text is cut,
+        its trailing special tokens kept), without tokenizing them again."""
+        torch = self._torch
+        cap, tail = self.max_seq_length, self._trailing_specials
+        rows = [list(seq) if len(seq) <= cap else [*seq[: cap - tail], *seq[len(seq) - tail :]] for seq in ids]
+        width = max(len(row) for row in rows)
+        input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = row
+            mask[index, : len(row)] = 1
+        features = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+            "modality": "text",
+        }
+        if self._wants_token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        with torch.inference_mode():
+            vectors = self._model.forward(features)["sentence_embedding"]
+            if normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+            return vectors.float().cpu().numpy()
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         return self._counter.count(texts)
