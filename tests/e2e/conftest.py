@@ -35,6 +35,25 @@ def shared_redis_env() -> dict[str, str]:
     }
 
 
+def bundled_server(data_dir: Path, database_url: str, log_name: str, **env: str) -> LiveServer:
+    """A server (not started) on the bundled model, the tests' Redis, a database of its own, and a
+    fresh log in test-artifacts/."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / log_name
+    log.unlink(missing_ok=True)
+    return LiveServer(
+        env={
+            "CITADEL_DATA_DIR": str(data_dir),
+            "CITADEL_DATABASE_URL": database_url,
+            **shared_redis_env(),
+            "CITADEL_DEFAULT_MODEL": BUNDLED,
+            "HF_HUB_OFFLINE": "1",
+            **env,
+        },
+        log_path=log,
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_cache_keys():
     yield

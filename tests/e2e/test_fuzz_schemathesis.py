@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import nodes
 
-from tests.e2e.conftest import ARTIFACTS, BUNDLED, shared_redis_env
+from tests.e2e.conftest import bundled_server
 from tests.support.databases import temporary_database
 from tests.support.server import LiveServer
 
@@ -61,20 +61,12 @@ async def fuzz_database():
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory, fuzz_database):
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "fuzz-server.log"
-    log.unlink(missing_ok=True)
-    live = LiveServer(
-        env={
-            "CITADEL_DATA_DIR": str(tmp_path_factory.mktemp("citadel-fuzz")),
-            "CITADEL_DATABASE_URL": fuzz_database,
-            **shared_redis_env(),
-            "CITADEL_DEFAULT_MODEL": BUNDLED,
-            "HF_HUB_OFFLINE": "1",
-            "CITADEL_AUTH__REQUIRED": "true",
-            "CITADEL_AUTH__ADMIN_KEY": ADMIN_KEY,
-        },
-        log_path=log,
+    live = bundled_server(
+        tmp_path_factory.mktemp("citadel-fuzz"),
+        fuzz_database,
+        "fuzz-server.log",
+        CITADEL_AUTH__REQUIRED="true",
+        CITADEL_AUTH__ADMIN_KEY=ADMIN_KEY,
     ).start()
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     live.admin = admin  # type: ignore[attr-defined]

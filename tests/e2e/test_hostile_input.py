@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.e2e.conftest import ARTIFACTS, BUNDLED, shared_redis_env
+from tests.e2e.conftest import bundled_server
 from tests.support.databases import temporary_database
 from tests.support.server import LiveServer
 
@@ -32,22 +32,14 @@ async def hostile_database():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hostile_database):
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "hostile-input-server.log"
-    log.unlink(missing_ok=True)
-    live = LiveServer(
-        env={
-            "CITADEL_DATA_DIR": str(tmp_path_factory.mktemp("citadel-hostile")),
-            "CITADEL_DATABASE_URL": hostile_database,
-            **shared_redis_env(),
-            "CITADEL_DEFAULT_MODEL": BUNDLED,
-            "HF_HUB_OFFLINE": "1",
-            "CITADEL_SERVER__MAX_BODY_BYTES": str(BODY_LIMIT),
-            "CITADEL_SERVER__WS_INIT_TIMEOUT_SECONDS": "1",
-            "CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_CONNECTION": "2",
-            "CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_KEY": "3",
-        },
-        log_path=log,
+    live = bundled_server(
+        tmp_path_factory.mktemp("citadel-hostile"),
+        hostile_database,
+        "hostile-input-server.log",
+        CITADEL_SERVER__MAX_BODY_BYTES=str(BODY_LIMIT),
+        CITADEL_SERVER__WS_INIT_TIMEOUT_SECONDS="1",
+        CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_CONNECTION="2",
+        CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_KEY="3",
     ).start()
     created = live.graphql("mutation($c: String!) { createCollection(name: $c) { name } }", {"c": COLLECTION})
     assert "errors" not in created, created
