@@ -216,7 +216,7 @@ async def main() -> None:
                 url, [body(t) for t in texts[clients]], clients, server_pid=pid, path="/embeddings", warm=body("warm")
             )
             measure_ceiling()
-        infinity = Scenario("infinity", result, math.nan, math.nan, math.nan, math.nan, math.nan)
+        infinity = Scenario("infinity", result, math.nan, math.nan, math.nan, math.nan, 0.0)
         infinity.ceiling = mean_rate(ceilings[before:])
         print(f"  infinity clients={clients:<3} {result.per_second:8.1f} req/s  p50 {result.latency_ms(50):7.1f} ms", flush=True)
     plain: dict[int, LoadResult] = {}
