@@ -324,12 +324,6 @@ class PostgresRepo:
             )
         return [r["collection"] for r in records]
 
-    async def point_ids(self, collection: str) -> set[str]:
-        """The vector point id of every row of a collection, whatever its status."""
-        async with self._connection() as conn:
-            records = await conn.fetch("SELECT point_id FROM documents WHERE collection = $1", collection)
-        return {str(r["point_id"]) for r in records}
-
     async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of `ids` have a row in the collection, whatever its status."""
         if not ids:

@@ -264,21 +264,6 @@ class QdrantEdgeStore:
         entry = await self._open(name)
         return int(await _call(entry.shard.count, qe.CountRequest(exact=True)))
 
-    async def point_ids(self, name: str) -> set[str]:
-        entry = await self._open(name)
-
-        def scroll_all() -> set[str]:
-            ids: set[str] = set()
-            offset = None
-            while True:
-                request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=False, with_vector=False)
-                records, offset = entry.shard.scroll(request)
-                ids.update(str(r.id) for r in records)
-                if offset is None:
-                    return ids
-
-        return await _call(scroll_all)
-
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
         entry = await self._open(name)
         request = qe.ScrollRequest(offset=after, limit=limit, with_payload=True, with_vector=False)

@@ -265,18 +265,6 @@ class QdrantServerStore:
         async with self._guard(name):
             return (await self.client.count(name, exact=True)).count
 
-    async def point_ids(self, name: str) -> set[str]:
-        ids: set[str] = set()
-        offset: Any = None
-        async with self._guard(name):
-            while True:
-                records, offset = await self.client.scroll(
-                    name, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
-                )
-                ids.update(str(r.id) for r in records)
-                if offset is None:
-                    return ids
-
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
         async with self._guard(name):
             records, offset = await self.client.scroll(

@@ -181,8 +181,6 @@ class VectorStore(Protocol):
 
     async def count(self, name: str) -> int: ...
 
-    async def point_ids(self, name: str) -> set[str]: ...
-
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
         """A page of (point id, payload doc_id) in the store's order, from `after` (None: the
         start), and where the next page starts (None: this was the last)."""
@@ -191,6 +189,17 @@ class VectorStore(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def stored_point_ids(store: VectorStore, name: str, page: int = 1_000) -> set[str]:
+    """Every point id of a collection, whatever the store (through document_points)."""
+    ids: set[str] = set()
+    after: Any = None
+    while True:
+        points, after = await store.document_points(name, after, page)
+        ids.update(pid for pid, _ in points)
+        if after is None:
+            return ids
 
 
 # -- shared by the adapters -------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.domain.vectors import stored_point_ids
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
 from app.services.ids import point_id
@@ -215,7 +216,7 @@ async def test_reingesting_everything_is_unchanged_without_a_forward_pass(indexe
 
 async def test_bad_inputs_give_their_codes_and_change_nothing(indexed: Indexed) -> None:
     stack, name = indexed.stack, indexed.name
-    before = (await pg_state(stack, name), await stack.store.point_ids(name))
+    before = (await pg_state(stack, name), await stored_point_ids(stack.store, name))
     dims = indexed.vectors.shape[1]
     limits = stack.settings.limits
 
@@ -249,7 +250,7 @@ async def test_bad_inputs_give_their_codes_and_change_nothing(indexed: Indexed) 
     assert report.failed == 2 and report.ids == []
     assert [(e.index, e.id, e.code) for e in report.errors] == [(0, "doc-00001", "BAD_INPUT"), (1, "x", "BAD_INPUT")]
 
-    assert (await pg_state(stack, name), await stack.store.point_ids(name)) == before
+    assert (await pg_state(stack, name), await stored_point_ids(stack.store, name)) == before
 
 
 # -- collections, updates, deletes (a small collection of their own) -----------------------------
@@ -336,7 +337,7 @@ async def test_search_never_returns_a_hit_whose_row_is_gone(indexed: Indexed) ->
     target = docs[4]
     await stack.repo.mark_deleting(name, [target["id"]])
     await stack.repo.purge_documents(name, [target["id"]])
-    assert point_id(name, target["id"]) in await stack.store.point_ids(name)
+    assert point_id(name, target["id"]) in await stored_point_ids(stack.store, name)
 
     hits = (await stack.search.search(name, query=target["text"], limit=10)).hits
     assert target["id"] not in {h.id for h in hits} and len(hits) == 9

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from app.domain.vectors import stored_point_ids
 from app.adapters.postgres import DocumentWrite
 from app.errors import DependencyUnavailable, ModelUnavailable
 from app.services.ids import content_hash, point_id
@@ -224,7 +225,7 @@ async def test_orphan_vectors_are_swept_in_one_round(stack: Stack) -> None:
     await stack.store.upsert(
         name, [VectorPoint(id=point_id(name, g), vector=vector, payload={DOC_ID_KEY: g, METADATA_KEY: {}}) for g in ghosts]
     )
-    assert len(await stack.store.point_ids(name)) == 13
+    assert len(await stored_point_ids(stack.store, name)) == 13
 
     counts = await stack.reconciler.run_once()
     assert counts.orphans == 3, counts
@@ -241,7 +242,7 @@ async def test_orphan_chunks_are_swept_and_large_collections_over_several_rounds
     await stack.collections.create(name, chunking=Chunking(max_tokens=32, overlap_tokens=0))
     docs = corpus(6, seed=18)
     await stack.ingest.ingest(name, docs)
-    kept = await stack.store.point_ids(name)
+    kept = await stored_point_ids(stack.store, name)
     vector = [0.1] * stack.settings.models[stack.settings.default_model].dimensions
     ghosts = [
         VectorPoint(
@@ -263,7 +264,7 @@ async def test_orphan_chunks_are_swept_and_large_collections_over_several_rounds
         rounds += 1
         assert rounds <= total, "the sweep does not move on between rounds"
     assert rounds > 1, "a bounded round should not have covered the whole collection"
-    assert await stack.store.point_ids(name) == kept
+    assert await stored_point_ids(stack.store, name) == kept
     assert (await stack.reconciler.run_once()).orphans == 0
 
 

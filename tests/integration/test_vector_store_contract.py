@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from app.domain.vectors import stored_point_ids
 from app.adapters.qdrant_edge import QdrantEdgeStore
 from app.adapters.qdrant_server import QdrantServerStore
 from app.domain.filters import parse_filter
@@ -64,7 +65,7 @@ async def test_collection_lifecycle(store, distance):
     try:
         assert await store.collection_exists(name)
         assert await store.count(name) == 0
-        assert await store.point_ids(name) == set()
+        assert await stored_point_ids(store, name) == set()
         with pytest.raises(Conflict):
             await store.create_collection(name, 8, distance)
     finally:
@@ -88,7 +89,7 @@ async def test_upsert_is_idempotent_by_id_and_delete_removes(store, collection):
     await store.upsert(collection, make_points(vectors))
     await store.upsert(collection, make_points(vectors))
     assert await store.count(collection) == 10
-    assert await store.point_ids(collection) == {point_id(i) for i in range(10)}
+    assert await stored_point_ids(store, collection) == {point_id(i) for i in range(10)}
 
     # Same id, new vector and payload: replaced, not added.
     moved = VectorPoint(id=point_id(3), vector=[1.0, 0.0, 0.0, 0.0], payload={"doc_id": "doc-3", "metadata": {"v": 2}})
@@ -101,9 +102,9 @@ async def test_upsert_is_idempotent_by_id_and_delete_removes(store, collection):
 
     await store.delete(collection, [point_id(i) for i in (1, 3, 5)] + [point_id("never-stored")])
     assert await store.count(collection) == 7
-    assert await store.point_ids(collection) == {point_id(i) for i in range(10) if i not in (1, 3, 5)}
+    assert await stored_point_ids(store, collection) == {point_id(i) for i in range(10) if i not in (1, 3, 5)}
     hits = await store.search(collection, [1.0, 0.0, 0.0, 0.0], limit=10)
-    assert {h.id for h in hits} == await store.point_ids(collection)
+    assert {h.id for h in hits} == await stored_point_ids(store, collection)
 
 
 async def test_document_points_pages_through_every_point_with_its_doc_id(store, collection):
@@ -268,7 +269,7 @@ async def test_edge_store_reopens_its_data(tmp_path):
     try:
         assert await second.collection_exists("docs")
         assert await second.count("docs") == 49
-        assert await second.point_ids("docs") == {point_id(i) for i in range(1, 50)}
+        assert await stored_point_ids(second, "docs") == {point_id(i) for i in range(1, 50)}
         [hit] = await second.search("docs", vectors[7].tolist(), limit=1)
         assert hit.id == point_id(7) and hit.score == pytest.approx(0.0, abs=1e-5)
         with pytest.raises(Conflict):

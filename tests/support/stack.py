@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from app.domain.vectors import stored_point_ids
 from app.adapters.migrations import upgrade_async
 from app.adapters.postgres import PostgresRepo
 from app.adapters.postgres_pool import create_pool
@@ -190,7 +191,7 @@ async def both_sides(stack: Stack, collection: str) -> tuple[set[str], set[str]]
     """(point ids PostgreSQL says should exist: its indexed rows, point ids the store holds)."""
     rows = await pg_state(stack, collection)
     expected = {point_id(collection, doc_id) for doc_id, (_, status) in rows.items() if status == "indexed"}
-    return expected, set(await stack.store.point_ids(collection))
+    return expected, set(await stored_point_ids(stack.store, collection))
 
 
 async def pg_state(stack: Stack, collection: str) -> dict[str, tuple[str, str]]:
