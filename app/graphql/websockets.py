@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import suppress
 from collections import Counter
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from loguru import logger
 from starlette.websockets import WebSocketDisconnect
@@ -77,8 +77,22 @@ class OperationQuota:
         if self.running[caller] <= 0:
             del self.running[caller]
 
-    def hold_until_done(self, caller: str, task: asyncio.Task[Any]) -> None:
-        task.add_done_callback(lambda _: self.give_back(caller))
+    async def start_within(
+        self, caller: str, start: Callable[[], Awaitable[None]], started: Callable[[], asyncio.Task[Any] | None]
+    ) -> bool:
+        """Run `start` (Strawberry's handler, which registers the operation's task) holding one of
+        the caller's slots until that task ends; False, and nothing started, when none is left."""
+        if not self.try_take(caller):
+            return False
+        try:
+            await start()
+        finally:
+            task = started()
+            if task is None:
+                self.give_back(caller)
+            else:
+                task.add_done_callback(lambda _: self.give_back(caller))
+        return True
 
 
 def caller_of(context: Context) -> str:
@@ -136,19 +150,15 @@ class TransportWSHandler(QuietOnDisconnect, BaseGraphQLTransportWSHandler):
         if not opens:
             await super().handle_subscribe(message)
             return
-        quota: OperationQuota = self.view.operation_quota
-        caller = caller_of(self.context)
-        if not quota.try_take(caller):
-            await self.send_message({"id": message["id"], "type": "error", "payload": [QUOTA_REACHED.formatted]})
-            return
-        try:
-            await super().handle_subscribe(message)
-        finally:
+
+        def started() -> asyncio.Task[Any] | None:
             operation = self.operations.get(message["id"])
-            if operation is not None and operation.task is not None:
-                quota.hold_until_done(caller, operation.task)
-            else:
-                quota.give_back(caller)
+            return operation.task if operation is not None else None
+
+        quota: OperationQuota = self.view.operation_quota
+        start = lambda: super(TransportWSHandler, self).handle_subscribe(message)  # noqa: E731
+        if not await quota.start_within(caller_of(self.context), start, started):
+            await self.send_message({"id": message["id"], "type": "error", "payload": [QUOTA_REACHED.formatted]})
 
 
 class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
@@ -186,18 +196,9 @@ class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
             await super().handle_start(message)  # Strawberry's per-connection refusal
             return
         quota: OperationQuota = self.view.operation_quota
-        caller = caller_of(self.context)
-        if not quota.try_take(caller):
+        start = lambda: super(LegacyWSHandler, self).handle_start(message)  # noqa: E731
+        if not await quota.start_within(caller_of(self.context), start, lambda: self.tasks.get(message["id"])):
             await self.send_message({"type": "error", "id": message["id"], "payload": QUOTA_REACHED.formatted})
-            return
-        try:
-            await super().handle_start(message)
-        finally:
-            task = self.tasks.get(message["id"])
-            if task is not None:
-                quota.hold_until_done(caller, task)
-            else:
-                quota.give_back(caller)
 
     async def _close_without_init(self) -> None:
         # The same setting as graphql-transport-ws's (the view's connection_init_wait_timeout).

@@ -59,19 +59,20 @@ class DynamicBatcher:
         max_batch_size: int,
         max_batch_tokens: int,
         max_wait_ms: float,
+        max_gather_ms: float,
         max_queue: int,
-        max_gather_ms: float | None = None,
         model_name: str | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_tokens = max(1, max_batch_tokens)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
-        self.max_gather = max(self.max_wait, (max_gather_ms if max_gather_ms is not None else 10 * max_wait_ms) / 1000.0)
+        self.max_gather = max(self.max_wait, max_gather_ms / 1000.0)
         self._last_arrival = 0.0
         self._last_pass_end = 0.0
         self.max_queue = max(1, max_queue)
         self.model_name = model_name or backend.model_name
+        self._takes_ids = isinstance(backend, TokenIdBackend)  # a capability, checked once
         self._queue: deque[_Item] = deque()
         self._window: list[_Item] = []  # taken from the queue, not yet through a pass
         self._pending = 0
@@ -221,9 +222,9 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         try:
             # Normalised below per text: one pass can then serve callers asking either way.
-            if isinstance(self.backend, TokenIdBackend) and all(item.ids is not None for item in batch):
+            if self._takes_ids and all(item.ids is not None for item in batch):
                 ids = [item.ids for item in batch]
-                vectors = await loop.run_in_executor(self._executor, self.backend.encode_ids, ids, False)
+                vectors = await loop.run_in_executor(self._executor, self.backend.encode_ids, ids, False)  # type: ignore[attr-defined]
             else:
                 texts = [item.text for item in batch]
                 vectors = await loop.run_in_executor(self._executor, self.backend.encode, texts, False)

@@ -16,7 +16,7 @@ DIMS = FakeBackend().dimensions
 
 
 def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
-    options = {"max_batch_size": 16, "max_batch_tokens": 10_000, "max_wait_ms": 20.0, "max_queue": 1_000}
+    options = {"max_batch_size": 16, "max_batch_tokens": 10_000, "max_wait_ms": 20.0, "max_gather_ms": 200.0, "max_queue": 1_000}
     options.update(overrides)
     return DynamicBatcher(backend, **options)  # type: ignore[arg-type]
 

@@ -51,4 +51,4 @@ class TokenCounter:
 
     def count(self, texts: Sequence[str]) -> list[int]:
         # Special tokens included: they occupy positions of the model's max_seq_length too.
-        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+        return [len(ids) for ids in self.ids(texts)]
