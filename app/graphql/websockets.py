@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any, Awaitable, Callable
 
 from loguru import logger
+import starlette.websockets
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.protocols.utils import ClientDisconnected
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived, WebSocketDisconnected
@@ -34,7 +35,10 @@ LEGACY_MESSAGE_TYPES = {"connection_init", "connection_terminate", "start", "sto
 
 
 # A result sent after the client went away: the client's doing, not a server error to log.
-CLIENT_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnected, WebSocketDisconnect, ClientDisconnected)
+# Starlette >= 1.x raises its own WebSocketDisconnected (a RuntimeError) on a send after close.
+CLIENT_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnected, WebSocketDisconnect, ClientDisconnected) + tuple(
+    getattr(starlette.websockets, name) for name in ("WebSocketDisconnected",) if hasattr(starlette.websockets, name)
+)
 
 
 def client_gone(error: BaseException | None) -> bool:

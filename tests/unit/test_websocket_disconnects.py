@@ -1,0 +1,55 @@
+"""Which send failures count as "the client left" (logged quietly) rather than server errors."""
+
+from __future__ import annotations
+
+import pytest
+import starlette.websockets
+from starlette.websockets import WebSocket, WebSocketState
+
+from app.graphql.websockets import client_gone
+
+
+async def closed_socket_send_error() -> BaseException:
+    """The error Starlette itself raises on a send after the close message went out."""
+
+    async def receive():  # never called
+        raise AssertionError
+
+    async def send(message):
+        return None
+
+    ws = WebSocket({"type": "websocket", "path": "/", "headers": []}, receive, send)
+    ws.application_state = WebSocketState.DISCONNECTED
+    try:
+        await ws.send_text("late result")
+    except BaseException as error:  # noqa: BLE001 - whatever this Starlette version raises
+        return error
+    raise AssertionError("Starlette accepted a send on a closed socket")
+
+
+async def test_a_send_after_close_is_the_client_leaving():
+    error = await closed_socket_send_error()
+    assert client_gone(error), type(error)
+
+
+async def test_a_send_after_close_wrapped_in_another_error_is_still_the_client_leaving():
+    inner = await closed_socket_send_error()
+    try:
+        try:
+            raise inner
+        except BaseException as cause:
+            raise ValueError("while sending next") from cause
+    except ValueError as outer:
+        assert client_gone(outer)
+
+
+def test_other_errors_are_not_the_client_leaving():
+    assert not client_gone(RuntimeError("boom"))
+    assert not client_gone(None)
+
+
+def test_this_starlette_s_own_disconnect_class_is_known():
+    named = getattr(starlette.websockets, "WebSocketDisconnected", None)
+    if named is None:
+        pytest.skip("this Starlette version has no WebSocketDisconnected: it raises RuntimeError, covered above")
+    assert client_gone(named("x"))
