@@ -112,6 +112,7 @@ class CacheSettings(BaseModel):
     # Size policy: the embedded Redis gets maxmemory + allkeys-lru; an external Redis keeps its own policy.
     max_memory_mb: int = Field(512, description="maxmemory (allkeys-lru) of the embedded Redis")
     timeout_ms: float = Field(1000.0, description="A slower cache is skipped for that request (event-loop lag counts too)")
+    local_max_mb: int = Field(64, ge=0, description="Vectors kept in each replica's memory in front of Redis (least recently used out; 0: none)")
 
 
 class DownloadSettings(BaseModel):

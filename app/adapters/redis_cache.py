@@ -6,6 +6,11 @@ The cache is an optimisation only: an error or a call slower than settings.timeo
 logged (rate-limited), counted in citadel_cache_errors_total, and treated as a miss or a skipped
 write. It never raises. After a failure the cache is left alone for `cooldown_seconds` (a simple
 circuit breaker), so an outage costs one timeout per cool-down, not two per request.
+
+In front of Redis, each replica keeps the vectors it read or wrote last in memory (LocalTier, up
+to `local_max_mb`): a key names the model revision, prompt and text, so its vector never changes
+and a local copy is never stale. A hit there costs no Redis round trip (~10% of a cached `embed`'s
+CPU, and its latency); entries expire from Redis by TTL and from memory by least recent use.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -30,6 +36,32 @@ _DTYPE = np.dtype("<f4")
 _WARN_EVERY_SECONDS = 30.0
 
 
+class LocalTier:
+    """A byte-bounded LRU of cached vectors, in this process."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self.entries: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, key: str) -> np.ndarray | None:
+        vector = self.entries.get(key)
+        if vector is not None:
+            self.entries.move_to_end(key)
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        if self.max_bytes <= 0 or key in self.entries:
+            return
+        vector = np.array(vector, dtype=_DTYPE)  # an own, read-only copy: callers may reuse theirs
+        vector.flags.writeable = False
+        self.entries[key] = vector
+        self.used_bytes += vector.nbytes
+        while self.used_bytes > self.max_bytes:
+            _, evicted = self.entries.popitem(last=False)
+            self.used_bytes -= evicted.nbytes
+
+
 class EmbeddingCache:
     def __init__(
         self, redis: Redis, settings: CacheSettings, cooldown_seconds: float = 2.0, *, key_prefix: str | None = None
@@ -42,6 +74,7 @@ class EmbeddingCache:
         self._skip_until = float("-inf")
         self._last_warning = float("-inf")
         self._suppressed = 0
+        self.local = LocalTier(settings.local_max_mb * 1024 * 1024)
 
     def keys(self, model: str, revision: str, prompt: str, normalize: bool, texts: Sequence[str]) -> list[str]:
         """One key per text. The prompt (not the kind) is hashed: kinds with equal prompts share."""
@@ -52,20 +85,25 @@ class EmbeddingCache:
         ]
 
     async def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        if not keys:
-            return []
-        values = await self._guard("get", lambda: self.redis.mget(list(keys)))
+        found = [self.local.get(key) for key in keys]
+        missing = [index for index, vector in enumerate(found) if vector is None]
+        if not missing:
+            return found
+        values = await self._guard("get", lambda: self.redis.mget([keys[index] for index in missing]))
         if values is None:
-            return [None] * len(keys)
-        # Anything but whole float32s (a foreign value under our prefix) is a miss, not an error.
-        return [
-            np.frombuffer(v, dtype=_DTYPE) if isinstance(v, bytes) and v and len(v) % _DTYPE.itemsize == 0 else None
-            for v in values
-        ]
+            return found
+        for index, value in zip(missing, values):
+            # Anything but whole float32s (a foreign value under our prefix) is a miss, not an error.
+            if isinstance(value, bytes) and value and len(value) % _DTYPE.itemsize == 0:
+                found[index] = vector = np.frombuffer(value, dtype=_DTYPE)
+                self.local.put(keys[index], vector)
+        return found
 
     async def set_many(self, items: dict[str, np.ndarray]) -> None:
         if not items:
             return
+        for key, vector in items.items():
+            self.local.put(key, vector)
 
         def write() -> Awaitable[list[Any]]:
             pipe = self.redis.pipeline(transaction=False)

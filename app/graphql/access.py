@@ -1,17 +1,13 @@
-"""The operation-level gate: a refused key, introspection for non-admins, and the rate limit.
+"""Which documents ask for the schema: introspection is for admins unless turned on for all.
 
-Runs before any resolver of an operation (queries, mutations and each subscription); the
-per-field checks (scopes, grants, tenants) are the services' (app/domain/access.py).
+The operation-level gate (key, introspection, rate limit) is OperationRules.admit
+(app/graphql/operation_rules.py); the per-field checks (scopes, grants, tenants) are the
+services' (app/domain/access.py).
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 from graphql import BREAK, FieldNode, Visitor, visit
-from strawberry.extensions import SchemaExtension
-
-from app.errors import Forbidden, Unauthenticated
 
 INTROSPECTION_FIELDS = frozenset({"__schema", "__type"})
 
@@ -33,25 +29,3 @@ def introspects(document: object) -> bool:
     finder = _IntrospectionFinder()
     visit(document, finder)  # type: ignore[arg-type]
     return finder.found
-
-
-class AccessGate(SchemaExtension):
-    async def on_execute(self) -> AsyncIterator[None]:
-        context = self.execution_context.context
-        principal = getattr(context, "principal", None)
-        if principal is not None:
-            if context.ws_secret is not None and principal.kind != "rejected":
-                # Same key, checked again per operation (a cache hit, unless it was revoked).
-                principal = context.principal = await context.services.keys.authenticate(context.ws_secret)
-            if context.auth_error is not None:
-                raise context.auth_error
-            if principal.kind == "rejected":
-                raise Unauthenticated(principal.reason or "a valid API key is required")
-            services = context.services
-            document = self.execution_context.graphql_document
-            if not services.settings.server.introspection and not principal.is_admin and document is not None:
-                if introspects(document):
-                    raise Forbidden("introspection is turned off for non-admin keys")
-            await services.limiter.check(principal)
-            context.reset_loaders()  # fresh per operation, also on a long-lived WebSocket
-        yield

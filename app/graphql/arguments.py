@@ -1,4 +1,5 @@
-"""Every string argument is storable before any resolver runs (BAD_INPUT naming the argument).
+"""Every string argument is storable before any resolver runs (BAD_INPUT naming the argument;
+run by app/graphql/operation_rules.py).
 
 Walks the arguments of every field of the document, literals and variables alike, so a NUL or
 an unpaired surrogate in a name, an id, a cursor or a filter never reaches PostgreSQL, Redis or
@@ -8,7 +9,7 @@ Qdrant. Lists that a service checks item by item are left to it, so one bad item
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 from graphql import (
     FieldNode,
@@ -19,32 +20,13 @@ from graphql import (
     StringValueNode,
     VariableNode,
 )
-from graphql.error import GraphQLError
-from strawberry.extensions import SchemaExtension
-from strawberry.types import ExecutionResult
 
-from app.errors import BadInput
 from app.validation import MAX_NAME_CHARS, check_string, check_value
 
 # (field, argument) pairs whose items the service validates itself (app/validation.py too).
 ITEMS_VALIDATED_BY_SERVICE = {("ingest", "documents"), ("embed", "texts")}
 # Identifiers: short by nature. Every other string argument may be as long as a text.
 IDENTIFIER_ARGUMENTS = {"name", "collection", "id", "ids", "after", "model", "field", "indexedFields"}
-
-
-class ArgumentStrings(SchemaExtension):
-    def __init__(self, max_text_chars: int) -> None:
-        self.max_text_chars = max_text_chars
-
-    def on_execute(self) -> Iterator[None]:
-        ctx = self.execution_context
-        if ctx.result is None and ctx.graphql_document is not None:
-            try:
-                check_document(ctx.graphql_document, ctx.variables or {}, self.max_text_chars)
-            except BadInput as exc:
-                error = GraphQLError(exc.message, extensions=exc.to_extensions())
-                ctx.result = ExecutionResult(data=None, errors=[error])
-        yield
 
 
 def check_document(document: Any, variables: dict[str, Any], max_text_chars: int) -> None:

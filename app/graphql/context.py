@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from starlette.requests import Request
@@ -28,13 +29,17 @@ class Context:
     # A WebSocket's key, kept (in memory only) so each operation re-checks it: a key revoked
     # while the connection is open cannot start anything new.
     ws_secret: str | None = field(default=None, repr=False)
-    document_loader: DataLoader = field(init=False)
-    count_loader: DataLoader = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.reset_loaders()
+    # A new loader per operation: batching and caching never leak across requests or callers.
+    # Made on first use: most operations (embed, search) never load a document by id.
+    @cached_property
+    def document_loader(self) -> DataLoader:
+        return document_loader(self.services.documents, lambda: self.principal)
+
+    @cached_property
+    def count_loader(self) -> DataLoader:
+        return count_loader(self.services.documents, lambda: self.principal)
 
     def reset_loaders(self) -> None:
-        # A new loader per request: batching and caching never leak across requests or callers.
-        self.document_loader = document_loader(self.services.documents, lambda: self.principal)
-        self.count_loader = count_loader(self.services.documents, lambda: self.principal)
+        self.__dict__.pop("document_loader", None)
+        self.__dict__.pop("count_loader", None)

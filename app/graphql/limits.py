@@ -1,4 +1,4 @@
-"""How much work a document asks for, counted before any is done (app/graphql/request_rules.py refuses too much)."""
+"""How much work a document asks for, counted before any is done (app/graphql/operation_rules.py refuses too much)."""
 
 from __future__ import annotations
 

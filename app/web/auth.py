@@ -85,7 +85,7 @@ async def resolve_principal(services: Services, secret: str | None) -> tuple[Pri
 
 
 async def authorize_http(request: Request, services: Services) -> Principal:
-    """The caller of a plain HTTP endpoint (/v1/embeddings), as AccessGate decides for GraphQL:
+    """The caller of a plain HTTP endpoint (/v1/embeddings), as OperationRules.admit decides for GraphQL:
     a refused key is UNAUTHENTICATED, and the key's rate limit applies. OpenAI clients always send
     some key: where keys are not required, one that is not a Citadel key is ignored."""
     principal, error = await resolve_principal(services, http_secret(request))

@@ -53,6 +53,11 @@ def cache_settings(**update) -> CacheSettings:
     return CacheSettings(key_prefix=f"citadel-test:{uuid.uuid4().hex}:", **update)
 
 
+def redis_only(**update) -> CacheSettings:
+    """No in-memory tier: every lookup goes to Redis (the tests of Redis's own failures)."""
+    return cache_settings(local_max_mb=0, **update)
+
+
 def unique(text: str) -> str:
     return f"{text} [{uuid.uuid4().hex[:8]}]"
 
@@ -207,7 +212,7 @@ async def test_prompts_follow_the_kind_and_key_the_cache(shared_redis, settings,
 
 async def test_unreachable_redis_means_no_cache_not_failure(settings, pool, models, reference_model):
     client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
-    service = EmbeddingService(settings, pool, EmbeddingCache(client, cache_settings(), cooldown_seconds=60), models)
+    service = EmbeddingService(settings, pool, EmbeddingCache(client, redis_only(), cooldown_seconds=60), models)
     get_errors, set_errors = cache_errors("get"), cache_errors("set")
     text = unique("served without a cache")
     for _ in range(3):
@@ -223,7 +228,7 @@ async def test_unreachable_redis_means_no_cache_not_failure(settings, pool, mode
 
 async def test_cache_is_tried_again_after_the_cooldown(shared_redis):
     client, prefixes = shared_redis
-    settings = cache_settings()
+    settings = redis_only()
     prefixes.append(settings.key_prefix)
     dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
     cache = EmbeddingCache(dead, settings, cooldown_seconds=0.0)
@@ -239,7 +244,7 @@ async def test_redis_stopped_mid_test(own_redis, settings, pool, models):
     process, port = own_redis
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
     await wait_for_ping(client)
-    service = EmbeddingService(settings, pool, EmbeddingCache(client, cache_settings()), models)
+    service = EmbeddingService(settings, pool, EmbeddingCache(client, redis_only()), models)
     texts = [unique("before the outage"), unique("also before")]
     assert (await service.embed(texts)).cached == [False, False]
     cached = await service.embed(texts)
@@ -261,7 +266,7 @@ async def test_slow_redis_is_skipped_then_used_again(own_redis):
     admin = aioredis.Redis(host="127.0.0.1", port=port)
     await wait_for_ping(admin)
     client = aioredis.Redis(host="127.0.0.1", port=port)
-    cache = EmbeddingCache(client, cache_settings(timeout_ms=100), cooldown_seconds=0.0)
+    cache = EmbeddingCache(client, redis_only(timeout_ms=100), cooldown_seconds=0.0)
     keys = cache.keys("m", "r", "", True, ["slow"])
     await cache.set_many({keys[0]: np.ones(3, dtype=np.float32)})
     errors_before = cache_errors("get")
@@ -274,3 +279,31 @@ async def test_slow_redis_is_skipped_then_used_again(own_redis):
     np.testing.assert_array_equal((await cache.get_many(keys))[0], np.ones(3, dtype=np.float32))
     await client.aclose()
     await admin.aclose()
+
+
+async def test_the_local_tier_serves_repeats_while_redis_is_unreachable(settings, pool, models, reference_model):
+    client = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    service = EmbeddingService(settings, pool, EmbeddingCache(client, cache_settings(), cooldown_seconds=60), models)
+    get_errors = cache_errors("get")
+    text = unique("kept in this replica's memory")
+    first = await service.embed([text])
+    assert first.cached == [False]
+    again = await service.embed([text])
+    assert again.cached == [True]
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+    assert cosine_rows(again.vectors, reference_model.encode([text], normalize_embeddings=True))[0] >= 0.999
+    assert cache_errors("get") - get_errors == 1  # the repeat never asked the dead Redis
+    await client.aclose()
+
+
+async def test_another_replica_reads_redis_and_then_its_own_memory(shared_redis):
+    client, prefixes = shared_redis
+    settings = cache_settings()
+    prefixes.append(settings.key_prefix)
+    writer, reader = EmbeddingCache(client, settings), EmbeddingCache(client, settings)
+    keys = writer.keys("m", "r", "", True, ["shared", "other"])
+    vector = np.arange(4, dtype=np.float32)
+    await writer.set_many({keys[0]: vector})
+    assert [v is None for v in await reader.get_many(keys)] == [False, True]  # from Redis
+    await client.delete(keys[0])  # gone from Redis (TTL, eviction): the reader still has it
+    np.testing.assert_array_equal((await reader.get_many(keys[:1]))[0], vector)
