@@ -97,6 +97,7 @@ class InferenceSettings(BaseModel):
     devices: str = Field("auto", description="`auto` (every visible GPU, else CPU), `cpu`, or a list like `cuda:0,cuda:1`")
     max_batch_size: int = Field(64, description="Most texts in one forward pass")
     max_batch_tokens: int = Field(16_384, description="Token budget of one forward pass")
+    pass_overhead_tokens: int = Field(256, ge=0, description="What one more forward pass costs, in padded tokens: texts of mixed lengths are split into passes by length where that saves more padding (0: split whenever padding shrinks)")
     max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests: after the last text that arrived, or after the last pass ended")
     max_gather_ms: float = Field(50.0, description="Longest a batch keeps waiting while texts keep arriving (each within max_wait_ms of the last)")
     max_queue: int = Field(1_024, description="Texts waiting per model (all replicas); beyond it OVERLOADED")

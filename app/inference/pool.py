@@ -188,6 +188,7 @@ class ModelPool:
                     backend,
                     max_batch_size=inference.max_batch_size,
                     max_batch_tokens=inference.max_batch_tokens,
+                    pass_overhead_tokens=inference.pass_overhead_tokens,
                     max_wait_ms=inference.max_wait_ms,
                     max_gather_ms=inference.max_gather_ms,
                     max_queue=inference.max_queue,  # admission is _admit's; the batcher only bounds leftovers

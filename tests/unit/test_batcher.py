@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.errors import Internal, ModelUnavailable
-from app.inference.batcher import DynamicBatcher
+from app.inference.batcher import DynamicBatcher, cut_by_padding
 from tests.support.fakes import FakeBackend
 from tests.support.polling import wait_until
 
@@ -16,7 +16,8 @@ DIMS = FakeBackend().dimensions
 
 
 def make(backend: FakeBackend, **overrides: float) -> DynamicBatcher:
-    options = {"max_batch_size": 16, "max_batch_tokens": 10_000, "max_wait_ms": 20.0, "max_gather_ms": 200.0, "max_queue": 1_000}
+    options = {"max_batch_size": 16, "max_batch_tokens": 10_000, "max_wait_ms": 20.0, "max_gather_ms": 200.0, "max_queue": 1_000,
+               "pass_overhead_tokens": 256}
     options.update(overrides)
     return DynamicBatcher(backend, **options)  # type: ignore[arg-type]
 
@@ -75,6 +76,25 @@ async def test_texts_of_similar_length_share_a_pass():
     await asyncio.gather(*(submit(batcher, backend, [t]) for t in interleaved))
     assert sorted(map(sorted, backend.passes)) == sorted([sorted(short), sorted(long)])
     await batcher.close()
+
+
+def test_cuts_split_mixed_lengths_only_where_padding_saves_more_than_a_pass():
+    same = [16] * 64
+    assert cut_by_padding(same, 64, 16_384, 256) == [64]
+    mixed = [10] * 32 + [27] * 32  # one pass: 64 x 27 = 1728; two: 320 + 864 + one more overhead
+    assert cut_by_padding(mixed, 64, 16_384, 256) == [32, 64]
+    assert cut_by_padding(mixed, 64, 16_384, 600) == [64]  # a dearer pass: not worth it
+    assert cut_by_padding([1, 2, 3], 64, 16_384, 0) == [1, 2, 3]
+
+
+def test_cuts_respect_the_size_and_token_bounds():
+    lengths = sorted([5] * 10 + [40] * 10)
+    ends = cut_by_padding(lengths, 4, 100, 1_000)
+    passes = [lengths[b:e] for b, e in zip([0, *ends], ends)]
+    assert sum(map(len, passes)) == 20 and ends[-1] == 20
+    assert all(len(p) <= 4 and (len(p) == 1 or len(p) * max(p) <= 100) for p in passes), passes
+    assert cut_by_padding([500, 600], 64, 100, 0) == [1, 2]  # a text longer than the budget passes alone
+    assert cut_by_padding([], 64, 100, 0) == []
 
 
 async def test_cancelled_request_is_never_encoded():
