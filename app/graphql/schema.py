@@ -61,8 +61,8 @@ class CitadelSchema(strawberry.Schema):
             return _failed(errors)
         try:
             await rules.admit(context_value, document)
-        except Exception as exc:  # noqa: BLE001 - mapped to its public code like any error
-            return _failed([exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)])
+        except Exception as exc:  # noqa: BLE001 - a CitadelError (or a bug): mapped to its public code
+            return _failed([GraphQLError(str(exc), original_error=exc)])
         if refusal := rules.refusal(document, variable_values or {}, operation_name):
             return _failed([refusal])
         result = graphql_execute(

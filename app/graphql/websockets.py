@@ -36,9 +36,8 @@ LEGACY_MESSAGE_TYPES = {"connection_init", "connection_terminate", "start", "sto
 
 # A result sent after the client went away: the client's doing, not a server error to log.
 # Starlette >= 1.x raises its own WebSocketDisconnected (a RuntimeError) on a send after close.
-CLIENT_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnected, WebSocketDisconnect, ClientDisconnected) + tuple(
-    getattr(starlette.websockets, name) for name in ("WebSocketDisconnected",) if hasattr(starlette.websockets, name)
-)
+_SEND_AFTER_CLOSE = getattr(starlette.websockets, "WebSocketDisconnected", WebSocketDisconnect)
+CLIENT_GONE: tuple[type[BaseException], ...] = (WebSocketDisconnected, WebSocketDisconnect, ClientDisconnected, _SEND_AFTER_CLOSE)
 
 
 def client_gone(error: BaseException | None) -> bool:
