@@ -103,6 +103,7 @@ class InferenceSettings(BaseModel):
     max_queue: int = Field(1_024, description="Texts waiting per model (all replicas); beyond it OVERLOADED")
     truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")
     idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")
+    unpadded: bool = Field(True, description="BERT-family torch models compute no padding: linear layers run over the real tokens only, attention over a masked padded view (same vectors within float rounding; off: the model's padded forward)")
     threads: int = Field(0, description="torch CPU threads (0: library default)")
 
 

@@ -132,3 +132,42 @@ def test_cuda_device_without_cuda_is_model_unavailable(minilm_dir):
         pytest.skip("this machine has CUDA; the test is about machines without it")
     with pytest.raises(ModelUnavailable, match="CUDA"):
         load_backend(minilm_spec(), minilm_dir, "cuda:0", engine_settings().inference)
+
+
+def test_the_unpadded_forward_gives_the_padded_forwards_vectors(torch_backend, minilm_dir, reference_model):
+    # The default torch path computes no padding; a backend with it switched off pads. Both must
+    # give sentence-transformers' vectors for a batch of very mixed lengths (one past the cap).
+    from app.inference.backends import unpadded_bert
+
+    assert torch_backend.forward_kind == "unpadded"
+    inference = engine_settings().inference.model_copy(update={"unpadded": False})
+    padded_backend = load_backend(minilm_spec(), minilm_dir, "cpu", inference)
+    try:
+        assert padded_backend.forward_kind == "padded"
+        texts = ["a", *SAMPLE_TEXTS, "short one", "a somewhat longer sentence about vector search " * 3]
+        ids = torch_backend.token_ids(texts)
+        for normalize in (True, False):
+            unpadded = torch_backend.encode_ids(ids, normalize)
+            padded = padded_backend.encode_ids(ids, normalize)
+            np.testing.assert_allclose(unpadded, padded, atol=1e-5)
+            direct = reference_model.encode(texts, normalize_embeddings=normalize, convert_to_numpy=True)
+            np.testing.assert_allclose(unpadded, direct, atol=1e-5)
+        # A text alone and inside a mixed batch embeds the same (no leak across packed texts).
+        alone = torch_backend.encode_ids(ids[:1], True)
+        np.testing.assert_allclose(alone, torch_backend.encode_ids(ids, True)[:1], atol=1e-6)
+    finally:
+        padded_backend.close()
+    assert unpadded_bert.supports(reference_model)
+
+
+def test_the_unpadded_forward_refuses_pipelines_it_does_not_reproduce(reference_model):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Dense
+
+    from app.inference.backends import unpadded_bert
+
+    modules = list(reference_model)
+    with_dense = SentenceTransformer(modules=[*modules[:2], Dense(384, 384), modules[2]], device="cpu")
+    assert not unpadded_bert.supports(with_dense)
+    without_pooling = SentenceTransformer(modules=[modules[0]], device="cpu")
+    assert not unpadded_bert.supports(without_pooling)

@@ -1,7 +1,9 @@
 """sentence-transformers on torch: CUDA with fp16 where asked, else CPU.
 
-Texts reach the model as token ids counted at admission (encode_ids: padded and truncated here,
-then the model's forward), so each is tokenized once; encode() takes texts for the other callers.
+Texts reach the model as token ids counted at admission (encode_ids: truncated here, then the
+model's forward), so each is tokenized once; encode() takes texts for the other callers. Where the
+model is a BERT pipeline unpadded_bert reproduces, encode_ids computes no padding (setting
+CITADEL_INFERENCE__UNPADDED, on by default); otherwise the rows are padded for the model's forward.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from loguru import logger
 
 from app.errors import ModelUnavailable
+from app.inference.backends import unpadded_bert
 from app.inference.backends.tokens import TokenCounter
 from app.domain.models import ModelSpec
 from app.settings import InferenceSettings
@@ -49,7 +52,15 @@ class TorchSentenceTransformerBackend:
         self._trailing_specials = self._counter.trailing_special_tokens
         self._pad_id = int(self._model.tokenizer.pad_token_id or 0)
         self._wants_token_types = "token_type_ids" in getattr(self._model.tokenizer, "model_input_names", ())
-        logger.info("loaded {} (sentence-transformers) on {} from {}", spec.name, device, model_dir)
+        self._unpadded = (
+            unpadded_bert.UnpaddedBertEncoder(self._model)
+            if settings.unpadded and unpadded_bert.supports(self._model)
+            else None
+        )
+        self.forward_kind = "unpadded" if self._unpadded else "padded"
+        logger.info(
+            "loaded {} (sentence-transformers) on {} from {}; forward: {}", spec.name, device, model_dir, self.forward_kind
+        )
 
     def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
         with self._torch.inference_mode():
@@ -71,6 +82,12 @@ class TorchSentenceTransformerBackend:
         torch = self._torch
         cap, tail = self.max_seq_length, self._trailing_specials
         rows = [list(seq) if len(seq) <= cap else [*seq[: cap - tail], *seq[len(seq) - tail :]] for seq in ids]
+        if self._unpadded is not None:
+            with torch.inference_mode():
+                vectors = self._unpadded.encode(rows)
+                if normalize:
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+                return vectors.float().cpu().numpy()
         width = max(len(row) for row in rows)
         input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
