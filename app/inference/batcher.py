@@ -16,7 +16,9 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   so a window of mixed lengths is split where the padding it saves outweighs one more pass
   (one-text requests of 10-27 tokens at 64 clients: two passes do ~1.25x the texts per second of
   one). No text waits behind more than one window (no starvation of long texts). The shortest
-  pass runs first, and its callers send their next requests while the next pass runs;
+  pass runs first, and its callers send their next requests while the next pass runs (with the
+  torch backend's unpadded forward, padding costs little and that overlap is what the split buys:
+  measured 0.79x against 0.72x the ceiling without splitting, cold one-text at 64 clients);
 - one future per text: a caller that goes away cancels its futures and their work is skipped;
 - backend.encode runs in a dedicated single-thread executor: the event loop never blocks and the
   backend never sees two passes at once; where the pool hands over token ids (TokenIdBackend), a
