@@ -171,3 +171,21 @@ def test_the_unpadded_forward_refuses_pipelines_it_does_not_reproduce(reference_
     assert not unpadded_bert.supports(with_dense)
     without_pooling = SentenceTransformer(modules=[modules[0]], device="cpu")
     assert not unpadded_bert.supports(without_pooling)
+
+
+def test_the_unpadded_forward_reproduces_cls_pooling(reference_model):
+    # The bundled model pools by mean; the same transformer under CLS pooling checks the other path.
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Pooling
+
+    from app.inference.backends import unpadded_bert
+
+    cls_model = SentenceTransformer(modules=[list(reference_model)[0], Pooling(384, pooling_mode="cls")], device="cpu")
+    assert unpadded_bert.supports(cls_model)
+    texts = ["a", "short one", SAMPLE_TEXTS[0], "a somewhat longer sentence about vector search " * 3]
+    ids = [cls_model.tokenizer(t)["input_ids"] for t in texts]
+    with torch.inference_mode():
+        unpadded = unpadded_bert.UnpaddedBertEncoder(cls_model).encode(ids).numpy()
+    direct = cls_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(unpadded, direct, atol=1e-5)

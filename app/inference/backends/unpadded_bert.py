@@ -75,13 +75,14 @@ class UnpaddedBertEncoder:
         torch = self._torch
         functional = torch.nn.functional
         device = self._bert.embeddings.word_embeddings.weight.device
-        lengths = [len(row) for row in rows]
-        batch, longest = len(rows), max(lengths)
+        batch, longest = len(rows), max(len(row) for row in rows)
         flat = torch.tensor([token for row in rows for token in row], dtype=torch.long, device=device)
-        positions = torch.cat([torch.arange(n, device=device) for n in lengths])
-        owners = torch.repeat_interleave(torch.arange(batch, device=device), torch.tensor(lengths, device=device))
+        lengths = torch.tensor([len(row) for row in rows], device=device)
+        starts = lengths.cumsum(0) - lengths  # where each text begins in the packed tokens
+        owners = torch.repeat_interleave(torch.arange(batch, device=device), lengths)  # each token's text
+        positions = torch.arange(len(flat), device=device) - starts[owners]
         slots = owners * longest + positions  # where each real token sits in the padded view
-        key_mask = (torch.arange(longest, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None])
+        key_mask = torch.arange(longest, device=device)[None, :] < lengths[:, None]
         key_mask = key_mask[:, None, None, :]  # [batch, 1, 1, longest]: True where a key is real
 
         embeddings = self._bert.embeddings
@@ -106,11 +107,10 @@ class UnpaddedBertEncoder:
             hidden = layer.output.LayerNorm(layer.output.dense(inner) + hidden)
 
         if self._mode == "cls":
-            starts = torch.tensor([0, *lengths[:-1]], device=device).cumsum(0)
             sentences = hidden[starts]
         else:
             sums = hidden.new_zeros(batch, hidden.shape[1]).index_add_(0, owners, hidden)
-            sentences = sums / torch.tensor(lengths, device=device, dtype=hidden.dtype)[:, None]
+            sentences = sums / lengths.to(hidden.dtype)[:, None]
         if self._normalize:
             sentences = functional.normalize(sentences, p=2, dim=1)
         return sentences
