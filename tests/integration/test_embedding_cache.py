@@ -147,6 +147,27 @@ async def test_roundtrip_with_ttl_in_one_mget_and_one_pipeline(shared_redis):
     assert 0 < await client.ttl(keys[0]) <= 600
 
 
+async def test_concurrent_lookups_and_writes_share_redis_calls(own_redis):
+    _, port = own_redis
+    client = aioredis.Redis(host="127.0.0.1", port=port)
+    await wait_for_ping(client)
+    cache = EmbeddingCache(client, redis_only())
+    keys = cache.keys("m", "rev", "", True, [f"text {i}" for i in range(64)])
+    vectors = {key: np.full(4, i, dtype=np.float32) for i, key in enumerate(keys)}
+
+    await asyncio.gather(*(cache.set_many({key: vectors[key]}) for key in keys))
+    found = await asyncio.gather(*(cache.get_many([key, "absent-" + key]) for key in keys))
+
+    for key, (hit, miss) in zip(keys, found):
+        np.testing.assert_array_equal(hit, vectors[key])  # each caller gets its own key's vector
+        assert miss is None
+    stats = await client.info("commandstats")
+    # 64 callers each: a first call at once, then the rest together behind it.
+    assert stats["cmdstat_mget"]["calls"] <= 4, stats["cmdstat_mget"]
+    assert stats["cmdstat_set"]["calls"] == 64  # one SET per key, in a few pipelines
+    await client.aclose()
+
+
 def test_keys_change_with_every_part():
     cache = EmbeddingCache(None, cache_settings())  # type: ignore[arg-type]
     base = cache.keys("m", "r", "p", True, ["t"])[0]
