@@ -104,7 +104,8 @@ class InferenceSettings(BaseModel):
     truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")
     idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")
     unpadded: bool = Field(True, description="BERT-family torch models compute no padding: linear layers run over the real tokens only, attention over a masked padded view (same vectors within float rounding; off: the model's padded forward)")
-    threads: int = Field(0, description="torch CPU threads (0: library default)")
+    passes_at_once: int = Field(0, ge=0, description="Forward passes a CPU replica runs at once, each on its share of the cores (0: auto, 2 where there are 2 cores or more; a GPU replica runs 1): independent single-threaded passes keep every core busy while the event loop answers, where one multi-threaded pass stalls")
+    threads: int = Field(0, ge=0, description="CPU threads of one forward pass (0: torch divides the usable cores among the passes at once; ONNX Runtime takes its default)")
 
 
 class CacheSettings(BaseModel):

@@ -21,6 +21,7 @@ class EmbeddingBackend(Protocol):
     dimensions: int
     max_seq_length: int
     device: str
+    passes_at_once: int  # forward passes it runs at once: encode is called from that many threads
 
     def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
         """float32 array of shape (len(texts), dimensions), rows in input order."""

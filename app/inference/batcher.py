@@ -20,9 +20,11 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   torch backend's unpadded forward, padding costs little and that overlap is what the split buys:
   measured 0.79x against 0.72x the ceiling without splitting, cold one-text at 64 clients);
 - one future per text: a caller that goes away cancels its futures and their work is skipped;
-- backend.encode runs in a dedicated single-thread executor: the event loop never blocks and the
-  backend never sees two passes at once; where the pool hands over token ids (TokenIdBackend), a
-  pass encodes those instead of tokenizing the texts again.
+- backend.encode runs in a dedicated executor with one thread per pass the backend runs at once
+  (`backend.passes_at_once`: 1 on a GPU; on a CPU two single-threaded passes by default, see
+  app/inference/cpu_share.py): the event loop never blocks, and while one pass's callers are
+  answered and send their next texts the other pass keeps the cores busy; where the pool hands
+  over token ids (TokenIdBackend), a pass encodes those instead of tokenizing the texts again.
 """
 
 from __future__ import annotations
@@ -108,11 +110,14 @@ class DynamicBatcher:
         self.model_name = model_name or backend.model_name
         self._takes_ids = isinstance(backend, TokenIdBackend)  # a capability, checked once
         self._queue: deque[_Item] = deque()
-        self._window: list[_Item] = []  # taken from the queue, not yet through a pass
+        self._ready: deque[list[_Item]] = deque()  # passes cut from the last window, not yet started
+        self._running: dict[asyncio.Task[None], list[_Item]] = {}  # passes in flight and their texts
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encode-{backend.device}")
+        self.passes_at_once = max(1, backend.passes_at_once)
+        self._free_passes = asyncio.Semaphore(self.passes_at_once)
+        self._executor = ThreadPoolExecutor(max_workers=self.passes_at_once, thread_name_prefix=f"encode-{backend.device}")
         self._closed = False
         self._queue_size = metrics.QUEUE_SIZE.labels(self.model_name)
 
@@ -170,6 +175,7 @@ class DynamicBatcher:
         self._closed = True
         await cancel_and_wait(self._worker)
         self._fail_all(ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name))
+        await cancel_and_wait(*self._running)  # after failing their texts: a done pass leaves _running
         # Wait for a pass already running in the thread, so the backend can be closed after us.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
@@ -192,16 +198,21 @@ class DynamicBatcher:
     async def _run(self) -> None:
         try:
             while True:
-                if not self._queue:
+                if not self._ready and not self._queue:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                await self._gather_more()
-                for batch in self._take_batches():
-                    live = [item for item in batch if not item.future.done()]
-                    if live:
-                        await self._forward(live)
-                self._window = []
+                await self._free_passes.acquire()  # released when the pass it starts ends
+                if not self._ready:
+                    await self._gather_more()
+                    self._ready.extend(self._take_batches())
+                live = [item for item in self._ready.popleft() if not item.future.done()] if self._ready else []
+                if not live:
+                    self._free_passes.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._pass(live))
+                self._running[task] = live
+                task.add_done_callback(self._running.pop)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug here must not leave callers waiting forever
@@ -235,9 +246,13 @@ class DynamicBatcher:
         ends = cut_by_padding(
             [item.tokens for item in window], self.max_batch_size, self.max_batch_tokens, self.pass_overhead_tokens
         )
-        batches = [window[begin:end] for begin, end in zip([0, *ends], ends)]
-        self._window = window
-        return batches
+        return [window[begin:end] for begin, end in zip([0, *ends], ends)]
+
+    async def _pass(self, batch: list[_Item]) -> None:
+        try:
+            await self._forward(batch)
+        finally:
+            self._free_passes.release()
 
     async def _forward(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
@@ -272,8 +287,9 @@ class DynamicBatcher:
                 item.future.set_result(unit[row] if item.normalize else vectors[row])
 
     def _fail_all(self, error: Exception) -> None:
-        items = [*self._window, *self._queue]
-        self._window, self._queue = [], deque()
+        items = [*(item for batch in self._running.values() for item in batch),
+                 *(item for batch in self._ready for item in batch), *self._queue]  # fmt: skip
+        self._ready, self._queue = deque(), deque()
         for item in items:
             if not item.future.done():
                 item.future.set_exception(error)

@@ -1,10 +1,12 @@
 """How a CPU replica shares the machine's cores: how many forward passes at once, and torch
 threads per pass.
 
-Measured on 2 cores (all-MiniLM-L6-v2, torch): two passes of 32 texts at once, one thread each,
-encode ~1.2x the texts per second of one pass of 64 on two threads, and more under a server's load:
-a multi-threaded pass stalls at every parallel region whose other thread the event loop has
-preempted, leaving a core idle, where independent single-threaded passes just share the cores.
+Measured on 2 cores (all-MiniLM-L6-v2, torch): in process, two passes of 32 texts at once, one
+thread each, encode 1.06-1.29x the texts per second of one pass of 64 on two threads. Serving cold
+one-text requests from 64 clients, 1.06x and 1.13x in two A/B runs (alternating rounds): a
+multi-threaded pass stalls at every parallel region whose other thread the event loop has
+preempted, and leaves a core idle while its callers are answered; independent single-threaded
+passes just share the cores. The price is latency when idle: a lone text runs on one thread.
 """
 
 from __future__ import annotations

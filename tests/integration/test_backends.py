@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -158,6 +159,26 @@ def test_the_unpadded_forward_gives_the_padded_forwards_vectors(torch_backend, m
     finally:
         padded_backend.close()
     assert unpadded_bert.supports(reference_model)
+
+
+def test_a_cpu_backend_runs_concurrent_passes_on_its_share_of_the_cores(torch_backend, reference_model):
+    # Two passes at once (the CPU default where there are 2 cores or more), each on its threads:
+    # every pass gets its own texts' vectors, by ids and by texts (encode serialises the tokenizer).
+    import torch
+
+    from app.inference import cpu_share
+
+    inference = engine_settings().inference
+    assert torch_backend.passes_at_once == cpu_share.passes_at_once(inference)
+    assert torch.get_num_threads() == cpu_share.threads_per_pass(inference)
+    groups = [[f"group {g} text {i} " * (1 + i % 5) for i in range(12)] for g in range(4)]
+    expected = [reference_model.encode(group, normalize_embeddings=True, convert_to_numpy=True) for group in groups]
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        by_ids = list(threads.map(lambda g: torch_backend.encode_ids(torch_backend.token_ids(g), True), groups))
+        by_texts = list(threads.map(lambda g: torch_backend.encode(g, True), groups))
+    for want, got_ids, got_texts in zip(expected, by_ids, by_texts):
+        np.testing.assert_allclose(got_ids, want, atol=1e-5)
+        np.testing.assert_allclose(got_texts, want, atol=1e-5)
 
 
 def test_the_unpadded_forward_refuses_pipelines_it_does_not_reproduce(reference_model):

@@ -31,6 +31,7 @@ class FakeBackend:
     model_name = "fake"
     max_seq_length = 512
     device = "cpu"
+    passes_at_once = 1
 
     def __init__(self, dimensions: int = 8, scale: float = 3.0) -> None:
         self.dimensions = dimensions

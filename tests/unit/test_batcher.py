@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -237,3 +238,56 @@ async def test_token_ids_from_admission_reach_the_backend_instead_of_the_texts()
     await submit(batcher, backend, ["plain"])
     assert backend.passes == [["plain"]]
     await batcher.close()
+
+
+class CountingBackend(FakeBackend):
+    """Records how many passes run at the same time."""
+
+    def __init__(self, passes_at_once: int) -> None:
+        super().__init__()
+        self.passes_at_once = passes_at_once
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def encode(self, texts, normalize):
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().encode(texts, normalize)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("passes_at_once", [1, 2])
+async def test_passes_run_at_once_as_the_backend_allows_and_never_more(passes_at_once):
+    backend = CountingBackend(passes_at_once)
+    batcher = make(backend, max_batch_size=2, max_wait_ms=0)
+    backend.gate.clear()
+    tasks = [asyncio.create_task(submit(batcher, backend, [f"text {i}"])) for i in range(8)]
+    await wait_until(lambda: backend.running == passes_at_once, f"{passes_at_once} passes running")
+    await asyncio.sleep(0.05)  # room for a pass too many to start
+    assert backend.running == passes_at_once
+    backend.gate.set()
+    results = await asyncio.gather(*tasks)
+    for index, result in enumerate(results):
+        np.testing.assert_array_equal(result[0], backend.vector(f"text {index}"))
+    assert backend.most_at_once == passes_at_once
+    assert batcher.pending == 0
+    await batcher.close()
+
+
+async def test_close_fails_the_texts_of_every_pass_in_flight():
+    backend = CountingBackend(2)
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    backend.gate.clear()
+    tasks = [asyncio.create_task(submit(batcher, backend, [f"text {i}"])) for i in range(3)]
+    await wait_until(lambda: backend.running == 2, "two passes running")
+    closing = asyncio.create_task(batcher.close())
+    for task in tasks:  # two in passes, one queued: each answered, none left hanging
+        with pytest.raises(ModelUnavailable):
+            await task
+    backend.gate.set()
+    await closing

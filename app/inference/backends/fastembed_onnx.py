@@ -40,6 +40,9 @@ class FastembedBackend:
         self.model_name = spec.name
         self.device = device
         self.max_seq_length = spec.max_seq_length
+        # One pass at once, on all the threads (ONNX Runtime's default): fastembed tokenizes inside
+        # embed() with a tokenizer that is not thread-safe.
+        self.passes_at_once = 1
         layout = onnx_layout(spec, model_dir)
         self._always_normalize = layout.normalized
         registered = _register(spec, model_dir, layout)

@@ -8,6 +8,7 @@ CITADEL_INFERENCE__UNPADDED, on by default); otherwise the rows are padded for t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from loguru import logger
 
 from app.errors import ModelUnavailable
+from app.inference import cpu_share
 from app.inference.backends import unpadded_bert
 from app.inference.backends.tokens import TokenCounter
 from app.domain.models import ModelSpec
@@ -30,8 +32,13 @@ class TorchSentenceTransformerBackend:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if settings.threads > 0:
-            torch.set_num_threads(settings.threads)
+        on_cpu = not device.startswith("cuda")
+        if on_cpu:
+            torch.set_num_threads(cpu_share.threads_per_pass(settings))  # process-wide, as it is in torch
+        elif settings.threads > 0:
+            torch.set_num_threads(settings.threads)  # the CPU side of a GPU replica
+        self.passes_at_once = cpu_share.passes_at_once(settings) if on_cpu else 1
+        self._text_lock = threading.Lock()  # encode(texts): the model's tokenizer is not thread-safe
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelUnavailable(f"model {spec.name!r}: device {device} requested but CUDA is not available")
 
@@ -63,7 +70,7 @@ class TorchSentenceTransformerBackend:
         )
 
     def encode(self, texts: Sequence[str], normalize: bool) -> np.ndarray:
-        with self._torch.inference_mode():
+        with self._text_lock, self._torch.inference_mode():
             vectors = self._model.encode(
                 list(texts),
                 batch_size=max(1, len(texts)),  # batches are formed by our batcher, not here
