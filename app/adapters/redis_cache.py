@@ -75,14 +75,13 @@ class Coalescer(Generic[K, V]):
     def __init__(self, call: Callable[[list[K]], Awaitable[list[V] | None]]) -> None:
         self._call = call
         self._waiting: list[tuple[list[K], asyncio.Future[list[V] | None]]] = []
-        self._draining = False
+        self._drainer: asyncio.Task[None] | None = None  # held: the loop keeps only weak references
 
     async def submit(self, items: list[K]) -> list[V] | None:
         future: asyncio.Future[list[V] | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((items, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -103,7 +102,7 @@ class Coalescer(Generic[K, V]):
                             future.set_result(None if results is None else results[start : start + len(items)])
                         start += len(items)
         finally:
-            self._draining = False
+            self._drainer = None
             for _, future in self._waiting:
                 if not future.done():
                     future.set_result(None)

@@ -115,9 +115,9 @@ class DynamicBatcher:
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.passes_at_once = max(1, backend.passes_at_once)
-        self._free_passes = asyncio.Semaphore(self.passes_at_once)
-        self._executor = ThreadPoolExecutor(max_workers=self.passes_at_once, thread_name_prefix=f"encode-{backend.device}")
+        passes = max(1, backend.passes_at_once)
+        self._free_passes = asyncio.Semaphore(passes)
+        self._executor = ThreadPoolExecutor(max_workers=passes, thread_name_prefix=f"encode-{backend.device}")
         self._closed = False
         self._queue_size = metrics.QUEUE_SIZE.labels(self.model_name)
 

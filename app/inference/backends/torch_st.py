@@ -39,7 +39,7 @@ class TorchSentenceTransformerBackend:
             torch.set_num_threads(settings.threads)  # the CPU side of a GPU replica
         self.passes_at_once = cpu_share.passes_at_once(settings) if on_cpu else 1
         self._text_lock = threading.Lock()  # encode(texts): the model's tokenizer is not thread-safe
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        if not on_cpu and not torch.cuda.is_available():
             raise ModelUnavailable(f"model {spec.name!r}: device {device} requested but CUDA is not available")
 
         self.model_name = spec.name
