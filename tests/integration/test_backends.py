@@ -140,7 +140,7 @@ def test_the_unpadded_forward_gives_the_padded_forwards_vectors(torch_backend, m
     # give sentence-transformers' vectors for a batch of very mixed lengths (one past the cap).
     from app.inference.backends import unpadded_bert
 
-    assert torch_backend.forward_kind == "unpadded"
+    assert torch_backend.forward_kind == "unpadded"  # scripted: runs without the GIL
     inference = engine_settings().inference.model_copy(update={"unpadded": False})
     padded_backend = load_backend(minilm_spec(), minilm_dir, "cpu", inference)
     try:
@@ -181,6 +181,26 @@ def test_a_cpu_backend_runs_concurrent_passes_on_its_share_of_the_cores(torch_ba
         np.testing.assert_allclose(got_texts, want, atol=1e-5)
 
 
+def test_the_scripted_forward_is_the_eager_function_compiled(reference_model):
+    # The torch this project installs scripts the forward (so a pass runs without the GIL); the
+    # same function called eagerly, the fallback for a torch without TorchScript, gives the same.
+    import torch
+
+    from app.inference.backends import unpadded_bert
+
+    encoder = unpadded_bert.UnpaddedBertEncoder(reference_model)
+    assert encoder.scripted
+    texts = ["a", "short one", SAMPLE_TEXTS[0], "a somewhat longer sentence about vector search " * 3]
+    ids = [reference_model.tokenizer(t)["input_ids"] for t in texts]
+    scripted = encoder.encode(ids).numpy()
+    encoder._forward = unpadded_bert.packed_forward
+    eager = encoder.encode(ids).numpy()
+    np.testing.assert_allclose(scripted, eager, atol=1e-6)
+    with torch.inference_mode():
+        direct = reference_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(scripted, direct, atol=1e-5)
+
+
 def test_the_unpadded_forward_refuses_pipelines_it_does_not_reproduce(reference_model):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Dense
@@ -192,6 +212,12 @@ def test_the_unpadded_forward_refuses_pipelines_it_does_not_reproduce(reference_
     assert not unpadded_bert.supports(with_dense)
     without_pooling = SentenceTransformer(modules=[modules[0]], device="cpu")
     assert not unpadded_bert.supports(without_pooling)
+    bert_config = modules[0].auto_model.config
+    try:
+        bert_config.hidden_act = "gelu_new"  # the tanh approximation: not what packed_forward applies
+        assert not unpadded_bert.supports(reference_model)
+    finally:
+        bert_config.hidden_act = "gelu"
 
 
 def test_the_unpadded_forward_reproduces_cls_pooling(reference_model):

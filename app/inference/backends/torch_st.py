@@ -64,7 +64,7 @@ class TorchSentenceTransformerBackend:
             if settings.unpadded and unpadded_bert.supports(self._model)
             else None
         )
-        self.forward_kind = "unpadded" if self._unpadded else "padded"
+        self.forward_kind = "padded" if self._unpadded is None else "unpadded" if self._unpadded.scripted else "unpadded (eager)"
         logger.info(
             "loaded {} (sentence-transformers) on {} from {}; forward: {}", spec.name, device, model_dir, self.forward_kind
         )
