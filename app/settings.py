@@ -98,7 +98,7 @@ class InferenceSettings(BaseModel):
     max_batch_size: int = Field(64, description="Most texts in one forward pass")
     max_batch_tokens: int = Field(16_384, description="Token budget of one forward pass")
     pass_overhead_tokens: int = Field(256, ge=0, description="What one more forward pass costs, in padded tokens: texts of mixed lengths are split into passes by length where that saves more padding (0: split whenever padding shrinks)")
-    max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests: after the last text that arrived, or after the last pass ended")
+    max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests while no pass runs: after the last text that arrived, or after the last pass ended")
     max_gather_ms: float = Field(50.0, description="Longest a batch keeps waiting while texts keep arriving (each within max_wait_ms of the last)")
     max_queue: int = Field(1_024, description="Texts waiting per model (all replicas); beyond it OVERLOADED")
     truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")

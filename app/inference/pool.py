@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from loguru import logger
 
-from app.domain.embedding import EmbeddingBackend, TokenIdBackend, Tokenized
+from app.domain.embedding import EmbeddingBackend, Tokenized
 from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.backends import load_backend
@@ -34,6 +34,10 @@ _INLINE_TOKENIZE_CHARS = 8_192
 class _Replica:
     backend: EmbeddingBackend
     batcher: DynamicBatcher
+
+    @property
+    def takes_ids(self) -> bool:
+        return self.batcher.takes_ids
 
 
 @dataclass
@@ -106,8 +110,9 @@ class ModelPool:
         tokens: what tokenize() said of these texts, so they are not tokenized twice."""
         loaded = await self._acquire(name)
         try:
-            backend = loaded.replicas[0].backend
-            tokens = tokens if tokens is not None else await self._tokenize(backend, texts)
+            replica = loaded.replicas[0]
+            backend = replica.backend
+            tokens = tokens if tokens is not None else await self._tokenize(replica, texts)
             counts = tokens.counts
             if not self.settings.inference.truncate:
                 for index, count in enumerate(counts):
@@ -142,7 +147,7 @@ class ModelPool:
         the counts, and the ids where the backend encodes from them (hand them to encode())."""
         loaded = await self._acquire(name)
         try:
-            return await self._tokenize(loaded.replicas[0].backend, texts)
+            return await self._tokenize(loaded.replicas[0], texts)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -214,9 +219,10 @@ class ModelPool:
         gc.collect()  # model weights are large; give the memory back now, not at some later GC
         logger.info("model {} unloaded", name)
 
-    async def _tokenize(self, backend: EmbeddingBackend, texts: Sequence[str]) -> Tokenized:
+    async def _tokenize(self, replica: _Replica, texts: Sequence[str]) -> Tokenized:
         inline = sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS
-        if isinstance(backend, TokenIdBackend):
+        backend = replica.backend
+        if replica.takes_ids:  # not isinstance(backend, TokenIdBackend): a Protocol check per request is slow
             ids = backend.token_ids(texts) if inline else await asyncio.to_thread(backend.token_ids, texts)
             return Tokenized([len(i) for i in ids], ids)
         counts = backend.token_counts(texts) if inline else await asyncio.to_thread(backend.token_counts, texts)

@@ -291,3 +291,19 @@ async def test_close_fails_the_texts_of_every_pass_in_flight():
             await task
     backend.gate.set()
     await closing
+
+
+async def test_a_free_slot_beside_a_running_pass_starts_without_gathering():
+    # With another pass in flight the cores are busy anyway: waiting up to max_wait for more texts
+    # would only leave the free slot's share idle. (max_wait here is far beyond the poll's limit.)
+    backend = CountingBackend(2)
+    batcher = make(backend, max_batch_size=4, max_wait_ms=60_000.0, max_gather_ms=60_000.0)
+    backend.gate.clear()
+    full = asyncio.create_task(submit(batcher, backend, [f"full {i}" for i in range(4)]))  # a whole pass: no wait
+    await wait_until(lambda: backend.running == 1, "the full pass running")
+    lone = asyncio.create_task(submit(batcher, backend, ["lone"]))
+    await wait_until(lambda: backend.running == 2, "the lone text's pass running beside it")
+    backend.gate.set()
+    assert len((await full)) == 4
+    np.testing.assert_array_equal((await lone)[0], backend.vector("lone"))
+    await batcher.close()
