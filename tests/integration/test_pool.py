@@ -95,21 +95,29 @@ async def test_64_concurrent_single_text_requests_share_few_forward_passes(pool,
 
 
 async def test_cancelled_request_is_not_computed(pool):
-    busy_texts = [f"{'a long text to keep the model busy ' * 12} {i}" for i in range(64)]
+    # Every pass slot busy (a CPU replica runs two passes at once), so the doomed request waits in
+    # the queue: a free slot would start it at once.
+    slots = pool._loaded[MODEL].replicas[0].backend.passes_at_once
     started_before, encoded_before, passes_before = texts_started(), texts_encoded(), passes()
-    busy = asyncio.create_task(pool.encode(MODEL, busy_texts, normalize=True))
-    await wait_until(lambda: texts_started() - started_before >= 64, "the busy pass started")
+    busy = [
+        asyncio.create_task(
+            pool.encode(MODEL, [f"{'a long text to keep the model busy ' * 12} {s} {i}" for i in range(64)], normalize=True)
+        )
+        for s in range(slots)
+    ]
+    await wait_until(lambda: texts_started() - started_before >= 64 * slots, "every slot's busy pass started")
     doomed = asyncio.create_task(pool.encode(MODEL, ["cancel me", "and me"], normalize=True))
-    await wait_until(lambda: queued() >= 66, "the doomed request is queued behind the pass")
+    await wait_until(lambda: queued() >= 64 * slots + 2, "the doomed request is queued behind the passes")
     doomed.cancel()
     with pytest.raises(asyncio.CancelledError):
         await doomed
-    assert (await busy).shape == (64, 384)
+    for task in busy:
+        assert (await task).shape == (64, 384)
     after = await pool.encode(MODEL, ["a later request"], normalize=True)
     assert after.shape == (1, 384)
-    # The busy pass and the later one ran; the cancelled texts never reached the model.
-    assert texts_encoded() - encoded_before == 65
-    assert passes() - passes_before == 2
+    # The busy passes and the later one ran; the cancelled texts never reached the model.
+    assert texts_encoded() - encoded_before == 64 * slots + 1
+    assert passes() - passes_before == slots + 1
     assert queued() == 0
 
 

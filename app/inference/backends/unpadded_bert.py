@@ -75,11 +75,14 @@ class UnpaddedBertEncoder:
         self._eps = float(config.layer_norm_eps)
         embeddings = bert.embeddings
         self._embedding_weights = [
-            embeddings.word_embeddings.weight,
-            embeddings.position_embeddings.weight,
-            embeddings.token_type_embeddings.weight[0],
-            embeddings.LayerNorm.weight,
-            embeddings.LayerNorm.bias,
+            tensor.detach()
+            for tensor in (
+                embeddings.word_embeddings.weight,
+                embeddings.position_embeddings.weight,
+                embeddings.token_type_embeddings.weight[0],
+                embeddings.LayerNorm.weight,
+                embeddings.LayerNorm.bias,
+            )
         ]
         self._layer_weights = [_layer_weights(layer) for layer in bert.encoder.layer]
         self._forward = _scripted(packed_forward)
