@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
     MODEL,
+    BenchServer,
     EncodeRate,
     InProcessEncoder,
     LoadResult,
@@ -334,7 +335,7 @@ def _rate(results: list[LoadResult]) -> float:
 
 
 async def _head_to_head(
-    args: argparse.Namespace, server, clients: int, per_round: int, warmup: list[str], fresh: Iterator[str]
+    args: argparse.Namespace, server: BenchServer, clients: int, per_round: int, warmup: list[str], fresh: Iterator[str]
 ) -> HeadToHead:
     """Infinity started beside the running Citadel server; then rounds in the order CI, IC, CI, ..."""
     outcome = HeadToHead(clients, [], [])
