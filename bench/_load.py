@@ -173,6 +173,25 @@ class LoadResult:
     loadgen_cpu_percent: float = math.nan
     server_cpu_percent: float = math.nan
 
+    @classmethod
+    def combined(cls, results: Sequence[LoadResult]) -> LoadResult:
+        """Several runs at one client count as one: their requests, time, latencies and errors added,
+        CPU percentages weighted by each run's time."""
+        seconds = sum(r.seconds for r in results)
+        errors: dict[str, int] = {}
+        for r in results:
+            for code, count in r.errors.items():
+                errors[code] = errors.get(code, 0) + count
+        return cls(
+            clients=results[0].clients,
+            requests=sum(r.requests for r in results),
+            seconds=seconds,
+            latencies=[latency for r in results for latency in r.latencies],
+            errors=errors,
+            loadgen_cpu_percent=sum(r.loadgen_cpu_percent * r.seconds for r in results) / seconds,
+            server_cpu_percent=sum(r.server_cpu_percent * r.seconds for r in results) / seconds,
+        )
+
     @property
     def ok(self) -> int:
         return len(self.latencies)

@@ -64,10 +64,10 @@ async def main() -> None:
                 print(f"  round {round_index} {side}: {result.per_second:7.1f} req/s  errors {result.error_summary}", flush=True)
 
     def total_rate(side: str) -> float:
-        return sum(r.requests for r in results[side]) / sum(r.seconds for r in results[side])
+        return LoadResult.combined(results[side]).per_second
 
     def cpu_ms(rs: list[LoadResult]) -> float:
-        return sum(r.server_cpu_ms_per_request * r.requests for r in rs) / sum(r.requests for r in rs)
+        return LoadResult.combined(rs).server_cpu_ms_per_request
 
     rows = [
         [i, ra.per_second, rb.per_second, f"{ra.per_second / rb.per_second:.2f}x", ra.server_cpu_ms_per_request,

@@ -301,17 +301,7 @@ class HeadToHead:
         return _rate(self.citadel) / _rate(self.infinity)
 
     def infinity_scenario(self) -> Scenario:
-        rounds = self.infinity
-        seconds = sum(r.seconds for r in rounds)
-        together = LoadResult(
-            clients=self.clients,
-            requests=sum(r.requests for r in rounds),
-            seconds=seconds,
-            latencies=[latency for r in rounds for latency in r.latencies],
-            errors={code: sum(r.errors.get(code, 0) for r in rounds) for code in {c for r in rounds for c in r.errors}},
-            loadgen_cpu_percent=sum(r.loadgen_cpu_percent * r.seconds for r in rounds) / seconds,
-            server_cpu_percent=sum(r.server_cpu_percent * r.seconds for r in rounds) / seconds,
-        )
+        together = LoadResult.combined(self.infinity)
         return Scenario("infinity", together, math.nan, math.nan, math.nan, math.nan, 0.0, ceiling=self.ceiling)
 
     def print_table(self) -> None:
@@ -331,7 +321,7 @@ class HeadToHead:
 
 
 def _rate(results: list[LoadResult]) -> float:
-    return sum(r.ok for r in results) / sum(r.seconds for r in results)
+    return LoadResult.combined(results).per_second
 
 
 async def _head_to_head(

@@ -35,10 +35,6 @@ class _Replica:
     backend: EmbeddingBackend
     batcher: DynamicBatcher
 
-    @property
-    def takes_ids(self) -> bool:
-        return self.batcher.takes_ids
-
 
 @dataclass
 class _Loaded:
@@ -222,7 +218,7 @@ class ModelPool:
     async def _tokenize(self, replica: _Replica, texts: Sequence[str]) -> Tokenized:
         inline = sum(len(t) for t in texts) <= _INLINE_TOKENIZE_CHARS
         backend = replica.backend
-        if replica.takes_ids:  # not isinstance(backend, TokenIdBackend): a Protocol check per request is slow
+        if replica.batcher.takes_ids:  # checked once, not isinstance(backend, TokenIdBackend) per request
             ids = backend.token_ids(texts) if inline else await asyncio.to_thread(backend.token_ids, texts)
             return Tokenized([len(i) for i in ids], ids)
         counts = backend.token_counts(texts) if inline else await asyncio.to_thread(backend.token_counts, texts)

@@ -181,21 +181,26 @@ def test_a_cpu_backend_runs_concurrent_passes_on_its_share_of_the_cores(torch_ba
         np.testing.assert_allclose(got_texts, want, atol=1e-5)
 
 
-def test_the_scripted_forward_is_the_eager_function_compiled(reference_model):
-    # The torch this project installs scripts the forward (so a pass runs without the GIL); the
-    # same function called eagerly, the fallback for a torch without TorchScript, gives the same.
+def test_the_scripted_forward_is_the_eager_function_compiled(reference_model, monkeypatch):
+    # The torch this project installs scripts the forward (so a pass runs without the GIL); where
+    # torch cannot script it, the encoder falls back to the same function run eagerly, same vectors.
     import torch
 
     from app.inference.backends import unpadded_bert
 
-    encoder = unpadded_bert.UnpaddedBertEncoder(reference_model)
-    assert encoder.scripted
+    scripted_encoder = unpadded_bert.UnpaddedBertEncoder(reference_model)
+    assert scripted_encoder.scripted
+
+    def no_torchscript(_function):
+        raise RuntimeError("TorchScript is not available in this torch")
+
+    monkeypatch.setattr(torch.jit, "script", no_torchscript)
+    eager_encoder = unpadded_bert.UnpaddedBertEncoder(reference_model)
+    assert not eager_encoder.scripted
     texts = ["a", "short one", SAMPLE_TEXTS[0], "a somewhat longer sentence about vector search " * 3]
     ids = [reference_model.tokenizer(t)["input_ids"] for t in texts]
-    scripted = encoder.encode(ids).numpy()
-    encoder._forward = unpadded_bert.packed_forward
-    eager = encoder.encode(ids).numpy()
-    np.testing.assert_allclose(scripted, eager, atol=1e-6)
+    scripted = scripted_encoder.encode(ids).numpy()
+    np.testing.assert_allclose(scripted, eager_encoder.encode(ids).numpy(), atol=1e-6)
     with torch.inference_mode():
         direct = reference_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     np.testing.assert_allclose(scripted, direct, atol=1e-5)
