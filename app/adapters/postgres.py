@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import asyncpg
 
@@ -21,6 +21,9 @@ from app.adapters.postgres_pool import connection, dumps_json
 from app.adapters.postgres_rows import CollectionRow, DocumentRow, DocumentStatus, DocumentWrite, UpsertOutcome
 
 # -- the repository -----------------------------------------------------------------------------
+
+T = TypeVar("T")
+TRANSACTION_ATTEMPTS = 5  # a deadlock or serialization failure is retried, then answered CONFLICT
 
 _DOCUMENT_COLUMNS = "collection, id, text, metadata, content_hash, point_id, status, created_at, updated_at"
 
@@ -59,6 +62,46 @@ def _document(record: asyncpg.Record) -> DocumentRow:
 def _affected(command_status: str) -> int:
     # asyncpg returns the command tag, e.g. "UPDATE 3" or "INSERT 0 3".
     return int(command_status.rsplit(" ", 1)[-1])
+
+
+async def _write_rows(
+    conn: asyncpg.Connection,
+    collection: str,
+    docs: Sequence[DocumentWrite],
+    metadata_json: Mapping[str, str],
+    *,
+    replace: bool,
+) -> set[str]:
+    """Insert rows as 'pending' in the given order; replace: overwrite existing rows (already
+    locked by the caller), else leave them alone. Returns the ids written."""
+    on_conflict = (
+        """DO UPDATE SET text = EXCLUDED.text, metadata = EXCLUDED.metadata, content_hash = EXCLUDED.content_hash,
+           point_id = EXCLUDED.point_id, vector = EXCLUDED.vector, status = 'pending', updated_at = now()"""
+        if replace
+        else "DO NOTHING"
+    )
+    try:
+        records = await conn.fetch(
+            f"""
+            INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, vector, status)
+            SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, t.vector, 'pending'
+            FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::bytea[])
+                 WITH ORDINALITY AS t(id, text, metadata, content_hash, point_id, vector, n)
+            ORDER BY t.n
+            ON CONFLICT (collection, id) {on_conflict}
+            RETURNING id
+            """,
+            collection,
+            [d.id for d in docs],
+            [d.text for d in docs],
+            [metadata_json[d.id] for d in docs],
+            [d.content_hash for d in docs],
+            [str(d.point_id) for d in docs],
+            [d.vector for d in docs],
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise NotFound(f"collection {collection!r} not found", collection=collection) from None
+    return {r["id"] for r in records}
 
 
 def _check_status(status: str) -> None:
@@ -201,11 +244,25 @@ class PostgresRepo:
 
     # -- documents --------------------------------------------------------------------------
 
-    async def upsert_documents(self, collection: str, docs: Sequence[DocumentWrite]) -> list[UpsertOutcome]:
+    async def upsert_documents(
+        self,
+        collection: str,
+        docs: Sequence[DocumentWrite],
+        may_replace: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> list[UpsertOutcome]:
         """Write documents in one transaction; one outcome per document, in input order.
 
         New and changed rows (text, content hash or metadata) become 'pending'; rows being
         deleted come back as 'pending' too; identical rows are left exactly as they are.
+        `may_replace(metadata)`: whether the caller may overwrite an existing row (a tenant key
+        only its own); checked under the row lock, so a row another writer creates meanwhile is
+        judged as it is when this write happens. Refused rows are "refused" and left untouched.
+
+        Concurrent writers of the same ids neither deadlock nor double count: new ids are
+        inserted first (ON CONFLICT DO NOTHING, in id order: a racing inserter of the same id
+        waits for this transaction and then finds the row, so each new id is "inserted" exactly
+        once), then every other row is locked in id order (FOR UPDATE ORDER BY id, the order
+        every writer of documents uses) and compared with what it is now.
         """
         if not docs:
             return []
@@ -214,64 +271,125 @@ class PostgresRepo:
             if doc.id in seen:
                 raise BadInput(f"document id {doc.id!r} appears twice in one upsert", field="id", id=doc.id)
             seen.add(doc.id)
+        ordered = sorted(docs, key=lambda d: d.id)  # code point order == the "C" collation of documents.id
+        metadata_json = {d.id: dumps_json(dict(d.metadata)) for d in docs}
 
-        async with self._connection() as conn, conn.transaction():
-            # Lock the existing rows: a concurrent upsert of the same ids waits for this one.
+        async def write(conn: asyncpg.Connection) -> dict[str, UpsertOutcome]:
+            inserted = await _write_rows(conn, collection, ordered, metadata_json, replace=False)
+            outcomes = {i: UpsertOutcome("inserted", pending=True) for i in inserted}
+            rest = [d for d in ordered if d.id not in inserted]
+            if not rest:
+                return outcomes
             locked = await conn.fetch(
                 """
                 SELECT id, content_hash, metadata, status FROM documents
                 WHERE collection = $1 AND id = ANY($2::text[])
-                FOR UPDATE
+                ORDER BY id FOR UPDATE
                 """,
-                collection, list(seen),
+                collection, [d.id for d in rest],
             )  # fmt: skip
             existing = {r["id"]: r for r in locked}
-            outcomes: list[UpsertOutcome] = []
-            changed: list[tuple[DocumentWrite, str]] = []
-            for doc in docs:
-                metadata_json = dumps_json(dict(doc.metadata))
+            changed: list[DocumentWrite] = []
+            for doc in rest:
                 row = existing.get(doc.id)
-                if row is None:
-                    outcomes.append(UpsertOutcome("inserted", pending=True))
+                if row is None:  # deleted since the insert above: written as new below
+                    outcomes[doc.id] = UpsertOutcome("inserted", pending=True)
+                elif may_replace is not None and not may_replace(row["metadata"]):
+                    outcomes[doc.id] = UpsertOutcome("refused", pending=False)
+                    continue
                 elif (
                     row["content_hash"] == doc.content_hash
-                    and row["metadata"] == json.loads(metadata_json)  # compared as jsonb stores it
+                    and row["metadata"] == json.loads(metadata_json[doc.id])  # compared as jsonb stores it
                     and row["status"] != "deleting"
                 ):
-                    outcomes.append(UpsertOutcome("unchanged", pending=row["status"] == "pending"))
+                    outcomes[doc.id] = UpsertOutcome("unchanged", pending=row["status"] == "pending")
                     continue
                 else:
-                    outcomes.append(UpsertOutcome("updated", pending=True))
-                changed.append((doc, metadata_json))
-
+                    outcomes[doc.id] = UpsertOutcome("updated", pending=True)
+                changed.append(doc)
             if changed:
-                try:
+                await _write_rows(conn, collection, changed, metadata_json, replace=True)
+            return outcomes
+
+        outcomes = await self._transaction(write)
+        return [outcomes[d.id] for d in docs]
+
+    async def write_if_current(
+        self,
+        collection: str,
+        expected: Mapping[str, str],
+        write: Callable[[list[str]], Awaitable[None]],
+        *,
+        status: DocumentStatus = "pending",
+        mark_indexed: bool = True,
+    ) -> list[str]:
+        """Call `write(ids)` with the ids whose row still has `status` and the content hash in
+        `expected` ({id: content_hash}), while those rows are locked; then (mark_indexed) mark
+        them indexed in the same transaction. Returns those ids.
+
+        This is where the vector store stays a projection of PostgreSQL under concurrency: a
+        point is written only while its row is locked and still holds exactly the version the
+        point was made from. A writer that changes the row takes the same lock, so the store
+        sees each id's writes in the order PostgreSQL committed them and the last write to a
+        point is always made from the row's latest version. A version overtaken meanwhile
+        writes nothing (whoever wrote the newer row indexes it). `write` must not use this
+        repository: it runs on this transaction's connection's time, with the locks held.
+        """
+        if status not in ("pending", "indexed"):
+            raise BadInput(f"cannot write points of {status!r} rows", field="status")
+
+        async def locked(conn: asyncpg.Connection) -> list[str]:
+            records = await conn.fetch(
+                """
+                SELECT id, content_hash FROM documents
+                WHERE collection = $1 AND id = ANY($2::text[]) AND status = $3
+                ORDER BY id FOR UPDATE
+                """,
+                collection, sorted(expected), status,
+            )  # fmt: skip
+            current = [r["id"] for r in records if expected.get(r["id"]) == r["content_hash"]]
+            if current:
+                await write(current)
+                if mark_indexed and status == "pending":
                     await conn.execute(
                         """
-                        INSERT INTO documents (collection, id, text, metadata, content_hash, point_id, vector, status)
-                        SELECT $1, t.id, t.text, t.metadata::jsonb, t.content_hash, t.point_id, t.vector, 'pending'
-                        FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::bytea[])
-                             AS t(id, text, metadata, content_hash, point_id, vector)
-                        ON CONFLICT (collection, id) DO UPDATE SET
-                            text = EXCLUDED.text,
-                            metadata = EXCLUDED.metadata,
-                            content_hash = EXCLUDED.content_hash,
-                            point_id = EXCLUDED.point_id,
-                            vector = EXCLUDED.vector,
-                            status = 'pending',
-                            updated_at = now()
+                        UPDATE documents SET status = 'indexed', updated_at = now()
+                        WHERE collection = $1 AND id = ANY($2::text[])
                         """,
-                        collection,
-                        [d.id for d, _ in changed],
-                        [d.text for d, _ in changed],
-                        [m for _, m in changed],
-                        [d.content_hash for d, _ in changed],
-                        [str(d.point_id) for d, _ in changed],
-                        [d.vector for d, _ in changed],
-                    )
-                except asyncpg.ForeignKeyViolationError:
-                    raise NotFound(f"collection {collection!r} not found", collection=collection) from None
-        return outcomes
+                        collection, current,
+                    )  # fmt: skip
+            return current
+
+        if not expected:
+            return []
+        return await self._transaction(locked)
+
+    async def purge_if_deleting(
+        self, collection: str, ids: Sequence[str], remove: Callable[[list[str]], Awaitable[None]]
+    ) -> int:
+        """Call `remove(ids)` with the ids whose row is still 'deleting', while those rows are
+        locked, then delete the rows in the same transaction; returns how many. A row that was
+        re-ingested meanwhile is 'pending' again: its points and row are kept."""
+
+        async def locked(conn: asyncpg.Connection) -> int:
+            records = await conn.fetch(
+                """
+                SELECT id FROM documents WHERE collection = $1 AND id = ANY($2::text[]) AND status = 'deleting'
+                ORDER BY id FOR UPDATE
+                """,
+                collection, sorted(set(ids)),
+            )  # fmt: skip
+            doomed = [r["id"] for r in records]
+            if doomed:
+                await remove(doomed)
+                await conn.execute(
+                    "DELETE FROM documents WHERE collection = $1 AND id = ANY($2::text[])", collection, doomed
+                )
+            return len(doomed)
+
+        if not ids:
+            return 0
+        return await self._transaction(locked)
 
     async def mark_indexed(
         self, collection: str, ids: Sequence[str], content_hashes: Sequence[str] | None = None
@@ -280,6 +398,7 @@ class PostgresRepo:
 
         With `content_hashes` (aligned with `ids`), a row is marked only if it still has the
         hash that was indexed: a row rewritten meanwhile stays pending for its new content.
+        Ingest and the reconciler mark through write_if_current; this is for tools and tests.
         """
         if not ids:
             return 0
@@ -289,14 +408,70 @@ class PostgresRepo:
         async with self._connection() as conn:
             status = await conn.execute(
                 """
+                WITH wanted AS (SELECT * FROM unnest($2::text[], $3::text[]) AS t(id, content_hash)),
+                locked AS (
+                    SELECT d.id FROM documents d JOIN wanted t ON d.id = t.id
+                    WHERE d.collection = $1 AND d.status = 'pending'
+                      AND (t.content_hash IS NULL OR d.content_hash = t.content_hash)
+                    ORDER BY d.id FOR UPDATE OF d
+                )
                 UPDATE documents AS d SET status = 'indexed', updated_at = now()
-                FROM unnest($2::text[], $3::text[]) AS t(id, content_hash)
-                WHERE d.collection = $1 AND d.id = t.id AND d.status = 'pending'
-                  AND (t.content_hash IS NULL OR d.content_hash = t.content_hash)
+                FROM locked WHERE d.collection = $1 AND d.id = locked.id
                 """,
                 collection, list(ids), hashes,
             )  # fmt: skip
         return _affected(status)
+
+    async def content_versions(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[str, DocumentStatus]]:
+        """{id: (content_hash, status)} of the rows of `ids` that exist: what the reconciler
+        compares the points' versions with."""
+        if not ids:
+            return {}
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                "SELECT id, content_hash, status FROM documents WHERE collection = $1 AND id = ANY($2::text[])",
+                collection, list(set(ids)),
+            )  # fmt: skip
+        return {r["id"]: (r["content_hash"], r["status"]) for r in records}
+
+    async def mark_stale(self, collection: str, versions: Mapping[str, str]) -> int:
+        """Send indexed rows back to 'pending' ({id: the content_hash they were seen with}) because
+        their points were found to hold another version; a row changed since is left alone (its
+        writer indexes it). Returns how many."""
+        if not versions:
+            return 0
+        ids = sorted(versions)
+        async with self._connection() as conn:
+            status = await conn.execute(
+                """
+                WITH locked AS (
+                    SELECT d.id FROM documents d
+                    JOIN unnest($2::text[], $3::text[]) AS t(id, content_hash) ON d.id = t.id
+                    WHERE d.collection = $1 AND d.status = 'indexed' AND d.content_hash = t.content_hash
+                    ORDER BY d.id FOR UPDATE OF d
+                )
+                UPDATE documents AS d SET status = 'pending', updated_at = now()
+                FROM locked WHERE d.collection = $1 AND d.id = locked.id
+                """,
+                collection, ids, [versions[i] for i in ids],
+            )  # fmt: skip
+        return _affected(status)
+
+    async def _transaction(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run `work` in a transaction, again when PostgreSQL broke a deadlock or a serialization
+        conflict by aborting it: clients writing the same rows get an answer, never an outage.
+        (Every writer locks rows in id order, so this is a safety net, not the plan.)"""
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    return await work(conn)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                if attempt == TRANSACTION_ATTEMPTS:
+                    raise Conflict(
+                        "other clients kept writing the same documents at the same time; try again",
+                        reason=type(exc).__name__,
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def pending_documents(self, limit: int, collection: str | None = None) -> list[DocumentRow]:
         """Rows waiting for the reconciler ('pending' or 'deleting'), oldest first: across
@@ -323,16 +498,6 @@ class PostgresRepo:
                 """
             )
         return [r["collection"] for r in records]
-
-    async def existing_ids(self, collection: str, ids: Sequence[str]) -> set[str]:
-        """Which of `ids` have a row in the collection, whatever its status."""
-        if not ids:
-            return set()
-        async with self._connection() as conn:
-            records = await conn.fetch(
-                "SELECT id FROM documents WHERE collection = $1 AND id = ANY($2::text[])", collection, list(set(ids))
-            )
-        return {r["id"] for r in records}
 
     async def get_documents(self, collection: str, ids: Sequence[str]) -> list[DocumentRow | None]:
         """Rows for `ids` in the same order (None where missing), in one query: a DataLoader's
@@ -367,30 +532,34 @@ class PostgresRepo:
             )
         return [_document(r) for r in records]
 
-    async def mark_deleting(self, collection: str, ids: Sequence[str]) -> int:
-        """Hide rows until their vectors are gone; returns how many of `ids` existed."""
+    async def mark_deleting(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        may_replace: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> list[str]:
+        """Hide rows until their vectors are gone; returns the ids marked (those that exist and,
+        with `may_replace`, that the caller may delete: judged under the row lock)."""
         if not ids:
-            return 0
-        async with self._connection() as conn:
-            status = await conn.execute(
-                """
-                UPDATE documents SET status = 'deleting', updated_at = now()
-                WHERE collection = $1 AND id = ANY($2::text[])
-                """,
-                collection, list(ids),
-            )  # fmt: skip
-        return _affected(status)
+            return []
 
-    async def purge_documents(self, collection: str, ids: Sequence[str]) -> int:
-        """Remove rows marked 'deleting' (a row re-ingested meanwhile is kept); returns how many."""
-        if not ids:
-            return 0
-        async with self._connection() as conn:
-            status = await conn.execute(
-                "DELETE FROM documents WHERE collection = $1 AND id = ANY($2::text[]) AND status = 'deleting'",
-                collection, list(ids),
+        async def mark(conn: asyncpg.Connection) -> list[str]:
+            records = await conn.fetch(
+                "SELECT id, metadata FROM documents WHERE collection = $1 AND id = ANY($2::text[]) ORDER BY id FOR UPDATE",
+                collection, sorted(set(ids)),
             )  # fmt: skip
-        return _affected(status)
+            marked = [r["id"] for r in records if may_replace is None or may_replace(r["metadata"])]
+            if marked:
+                await conn.execute(
+                    """
+                    UPDATE documents SET status = 'deleting', updated_at = now()
+                    WHERE collection = $1 AND id = ANY($2::text[])
+                    """,
+                    collection, marked,
+                )  # fmt: skip
+            return marked
+
+        return await self._transaction(mark)
 
     # -- health -----------------------------------------------------------------------------
 

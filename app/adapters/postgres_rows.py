@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 DocumentStatus = Literal["pending", "indexed", "deleting"]
 KeywordIndexState = Literal["none", "building", "ready"]
-UpsertStatus = Literal["inserted", "updated", "unchanged"]
+UpsertStatus = Literal["inserted", "updated", "unchanged", "refused"]  # refused: not the caller's to replace
 
 @dataclass(frozen=True)
 class CollectionRow:

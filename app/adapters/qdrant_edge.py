@@ -42,6 +42,8 @@ from app.adapters.qdrant_common import (
 from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
+    PointRef,
+    point_ref,
     SPARSE_VECTOR,
     RESCORE_OVERSAMPLING,
     CollectionLayout,
@@ -264,11 +266,11 @@ class QdrantEdgeStore:
         entry = await self._open(name)
         return int(await _call(entry.shard.count, qe.CountRequest(exact=True)))
 
-    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
         entry = await self._open(name)
         request = qe.ScrollRequest(offset=after, limit=limit, with_payload=True, with_vector=False)
         records, offset = await _call(entry.shard.scroll, request)
-        return [(str(r.id), str((r.payload or {}).get(DOC_ID_KEY))) for r in records], offset
+        return [point_ref(r.id, r.payload) for r in records], offset
 
     async def ping(self) -> None:
         # In-process: healthy when the data directory is usable.

@@ -28,6 +28,9 @@ from app.adapters.qdrant_common import (
 from app.domain.filters import FilterNode
 from app.domain.vectors import (
     DOC_ID_KEY,
+    PointRef,
+    VERSION_KEY,
+    point_ref,
     SPARSE_VECTOR,
     RESCORE_OVERSAMPLING,
     CollectionLayout,
@@ -265,12 +268,12 @@ class QdrantServerStore:
         async with self._guard(name):
             return (await self.client.count(name, exact=True)).count
 
-    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
+    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
         async with self._guard(name):
             records, offset = await self.client.scroll(
-                name, limit=limit, offset=after, with_payload=[DOC_ID_KEY], with_vectors=False
+                name, limit=limit, offset=after, with_payload=[DOC_ID_KEY, VERSION_KEY], with_vectors=False
             )
-        return [(str(r.id), str((r.payload or {}).get(DOC_ID_KEY))) for r in records], offset
+        return [point_ref(r.id, r.payload) for r in records], offset
 
     async def ping(self) -> None:
         async with self._guard(None):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
-from app.domain.filter_matcher import matches
+from app.domain.filter_matcher import holds_for_every_reading, matches
 from app.domain.filters import And, FilterNode, parse_filter
 from app.errors import Forbidden, Unauthenticated
 
@@ -116,8 +116,15 @@ class Principal:
         return And((self.tenant, requested))
 
     def owns(self, metadata: Mapping[str, Any] | None) -> bool:
-        """Whether a document with this metadata belongs to the caller's tenant."""
+        """Whether a document with this metadata is in the caller's tenant's view (as search
+        filters see it: a list matches when any element does)."""
         return self.tenant is None or matches(self.tenant, metadata or {})
+
+    def may_write(self, metadata: Mapping[str, Any] | None) -> bool:
+        """Whether the caller may write (or overwrite, or delete) a document with this metadata:
+        it must match the tenant's filter however it is read, so it can never show up in
+        another tenant's view (app.domain.filter_matcher.holds_for_every_reading)."""
+        return self.tenant is None or holds_for_every_reading(self.tenant, metadata or {})
 
 
 ANONYMOUS = Principal(kind="anonymous", name="anonymous", scopes=frozenset({Scope.ADMIN}))

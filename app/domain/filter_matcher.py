@@ -42,6 +42,88 @@ def matches(node: FilterNode, metadata: Mapping[str, Any]) -> bool:
 _MISSING = object()
 
 
+# -- the write rule: a document a tenant-bound key writes must match its filter however it is read --
+
+
+def holds_for_every_reading(node: FilterNode, metadata: Mapping[str, Any]) -> bool:
+    """Whether every reading of the metadata satisfies the filter: the rule for a tenant-bound
+    key's writes. Readers match a list "if any element does" (matches(), and Qdrant), so
+    `{tenant: ["a", "b"]}` would be seen by tenant a's filter and by tenant b's. Here a field
+    the filter names holds only if it has a value and every element (of lists nested at any
+    depth, and of lists of objects on a dotted path) satisfies the condition; a missing field
+    never does, also under `not`. Or is judged branch by branch, which is stricter than needed
+    and never looser: no document written under a filter can be seen through another's."""
+    if isinstance(node, And):
+        return all(holds_for_every_reading(item, metadata) for item in node.items)
+    if isinstance(node, Or):
+        return any(holds_for_every_reading(item, metadata) for item in node.items)
+    if isinstance(node, Not):
+        return all(_every_value(metadata, f) for f in _fields(node.item)) and not _holds_for_some_reading(
+            node.item, metadata
+        )
+    values = _every_value(metadata, node.field)
+    return bool(values) and all(_leaf_holds(node, v) for v in values)
+
+
+def _holds_for_some_reading(node: FilterNode, metadata: Mapping[str, Any]) -> bool:
+    """Whether some reading might satisfy the filter (the dual of holds_for_every_reading)."""
+    if isinstance(node, And):
+        return all(_holds_for_some_reading(item, metadata) for item in node.items)
+    if isinstance(node, Or):
+        return any(_holds_for_some_reading(item, metadata) for item in node.items)
+    if isinstance(node, Not):
+        return not holds_for_every_reading(node.item, metadata)
+    return any(_leaf_holds(node, v) for v in _every_value(metadata, node.field))
+
+
+def _leaf_holds(node: FilterNode, value: Any) -> bool:
+    if isinstance(node, Exists):
+        return value is not None
+    if isinstance(node, Eq):
+        return _same(value, node.value)
+    if isinstance(node, In):
+        return any(_same(value, x) for x in node.values)
+    if isinstance(node, Range):
+        return (_in_datetime_range if node.is_datetime else _in_number_range)(value, node)
+    raise TypeError(f"not a filter leaf: {node!r}")
+
+
+def _fields(node: FilterNode) -> list[str]:
+    if isinstance(node, (And, Or)):
+        return [f for item in node.items for f in _fields(item)]
+    if isinstance(node, Not):
+        return _fields(node.item)
+    return [] if isinstance(node, Exists) else [node.field]  # `exists: false` asks for absence
+
+
+def _every_value(metadata: Any, field: str) -> list[Any]:
+    """Every scalar a reader could find at the dotted path: lists (nested or of objects) are
+    walked into at every step."""
+    found: list[Any] = []
+    level: list[Any] = [metadata]
+    for key in field.split("."):
+        next_level: list[Any] = []
+        for current in _flatten(level):
+            if isinstance(current, Mapping) and key in current:
+                next_level.append(current[key])
+        level = next_level
+    found.extend(_flatten(level))
+    return found
+
+
+def _flatten(values: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    stack = list(reversed(values))
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed(value))
+        else:
+            out.append(value)
+    return out
+
+
+
 def _lookup(metadata: Mapping[str, Any], field: str) -> Any:
     current: Any = metadata
     for key in field.split("."):

@@ -4,8 +4,10 @@ with the same messages.
 
 A point is one document (or one chunk of a chunked document): a dense vector (the unnamed
 vector), optionally a BM25 sparse vector named SPARSE_VECTOR, and a payload laid out as
-    {"doc_id": str, "metadata": {...}}                      # unchunked
-    {"doc_id": str, "metadata": {...}, "chunk": {"index": int, "start": int, "end": int}}
+    {"doc_id": str, "metadata": {...}, "version": str}                      # unchunked
+    {"doc_id": str, "metadata": {...}, "version": str, "chunk": {"index": int, "start": int, "end": int}}
+"version" is the content hash of the PostgreSQL row the point was made from (points written
+before versions existed have none).
 Filters (app.domain.filters) address metadata keys through payload_key().
 """
 
@@ -15,7 +17,7 @@ import dataclasses
 import enum
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence, get_args
+from typing import Any, Literal, Mapping, NamedTuple, Protocol, Sequence, get_args
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from app.errors import BadInput
 DOC_ID_KEY = "doc_id"
 METADATA_KEY = "metadata"
 CHUNK_KEY = "chunk"  # {"index", "start", "end"}: character offsets into the document text
+VERSION_KEY = "version"  # the row's content hash when the point was written
 SPARSE_VECTOR = "bm25"  # the keyword index; the dense vector is the unnamed default vector
 
 
@@ -127,6 +130,20 @@ class FacetValue:
     count: int
 
 
+class PointRef(NamedTuple):
+    """A stored point as the reconciler compares it with PostgreSQL."""
+
+    id: str
+    doc_id: str
+    version: str | None  # None: written before points carried versions
+
+
+def point_ref(point_id: Any, payload: Mapping[str, Any] | None) -> PointRef:
+    payload = payload or {}
+    version = payload.get(VERSION_KEY)
+    return PointRef(str(point_id), str(payload.get(DOC_ID_KEY)), version if isinstance(version, str) else None)
+
+
 class VectorStore(Protocol):
     """Async vector store. `filter` is the parsed filter AST from app.domain.filters."""
 
@@ -181,9 +198,9 @@ class VectorStore(Protocol):
 
     async def count(self, name: str) -> int: ...
 
-    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[tuple[str, str]], Any]:
-        """A page of (point id, payload doc_id) in the store's order, from `after` (None: the
-        start), and where the next page starts (None: this was the last)."""
+    async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
+        """A page of points (id, payload doc_id, payload version) in the store's order, from
+        `after` (None: the start), and where the next page starts (None: this was the last)."""
         ...
 
     async def ping(self) -> None: ...
@@ -197,7 +214,7 @@ async def stored_point_ids(store: VectorStore, name: str, page: int = 1_000) -> 
     after: Any = None
     while True:
         points, after = await store.document_points(name, after, page)
-        ids.update(pid for pid, _ in points)
+        ids.update(p.id for p in points)
         if after is None:
             return ids
 

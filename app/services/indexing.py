@@ -2,8 +2,12 @@
 
 Per document: split into chunks when the collection is chunked (sentence-aligned, counted in
 the model's tokens), embed every piece, add its BM25 sparse vector when the collection has a
-keyword index, upsert, then mark the rows indexed. A chunked document first loses every point
-of its previous version, so an update or a shorter text leaves no stale chunk behind.
+keyword index, then write the points and mark the rows indexed while the rows are locked and
+still hold the version the points were made from (PostgresRepo.write_if_current: why that keeps
+the store a projection of PostgreSQL under any interleaving of writers). A chunked document
+first loses every point of its previous version, so an update or a shorter text leaves no stale
+chunk behind. Every point carries its row's content hash (VERSION_KEY), which the reconciler
+compares with the row to find and repair a point that disagrees.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from app.adapters.bm25 import bm25
 from app.domain.chunking import TextChunk, chunk_text
 from app.domain.embedding import EmbedKind
-from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VectorPoint
+from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VERSION_KEY, VectorPoint
 from app.errors import ModelUnavailable
 from app.services.ids import chunk_point_id, point_id
 from app.settings import Settings
@@ -86,7 +90,9 @@ class _Piece:
 async def index_documents(
     embedder: Any, store: Any, repo: Any, collection: Any, docs: Sequence[ToIndex], settings: Settings
 ) -> IndexOutcome:
-    """Embed, upsert and mark indexed, batch by batch, so finished batches stay finished."""
+    """Embed, then write and mark indexed, batch by batch, so finished batches stay finished.
+    A document whose row changed (or went) since `docs` were read is skipped: the writer of
+    the newer version indexes it."""
     outcome = IndexOutcome()
     per_call = embed_batch_size(settings)
     for batch in batches(docs, per_call, settings.limits.max_request_chars):
@@ -106,14 +112,25 @@ async def index_documents(
         points: list[VectorPoint] = []
         for group in batches(pieces, per_call, settings.limits.max_request_chars, lambda p: len(p.text)):
             points.extend(await _points(embedder, collection, group))
-        if collection.chunk_max_tokens:
-            await store.delete_documents(collection.name, [d.id for d in batch])
-        await store.upsert(collection.name, points)
-        # With the hashes, a row rewritten meanwhile stays pending for its new text.
-        await repo.mark_indexed(collection.name, [d.id for d in batch], [d.content_hash for d in batch])
-        outcome.documents += len(batch)
-        outcome.points += len(points)
+        written = await write_points(store, repo, collection, {d.id: d.content_hash for d in batch}, points)
+        outcome.documents += len(written)
+        outcome.points += sum(1 for p in points if p.payload[DOC_ID_KEY] in written)
     return outcome
+
+
+async def write_points(
+    store: Any, repo: Any, collection: Any, versions: dict[str, str], points: Sequence[VectorPoint]
+) -> set[str]:
+    """Write the points of documents whose rows still hold `versions` ({id: content_hash}) and
+    mark those rows indexed, under their row locks; returns the ids written."""
+
+    async def write(current: list[str]) -> None:
+        keep = set(current)
+        if collection.chunk_max_tokens:
+            await store.delete_documents(collection.name, current)
+        await store.upsert(collection.name, [p for p in points if p.payload[DOC_ID_KEY] in keep])
+
+    return set(await repo.write_if_current(collection.name, versions, write))
 
 
 async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece]) -> list[VectorPoint]:
@@ -138,7 +155,11 @@ async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece]) -> l
     sparse = await bm25().documents(texts) if collection.has_keywords else [None] * len(texts)
     points = []
     for piece, vector, keywords in zip(pieces, vectors, sparse):
-        payload: dict[str, Any] = {DOC_ID_KEY: piece.doc.id, METADATA_KEY: piece.doc.metadata}
+        payload: dict[str, Any] = {
+            DOC_ID_KEY: piece.doc.id,
+            METADATA_KEY: piece.doc.metadata,
+            VERSION_KEY: piece.doc.content_hash,
+        }
         if piece.chunk is None:
             pid = point_id(collection.name, piece.doc.id)
         else:

@@ -19,10 +19,10 @@ from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
 from app.domain.access import INTERNAL, Principal, Scope
-from app.errors import BadInput, CitadelError, DependencyUnavailable, Forbidden
+from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
-from app.services.indexing import ToIndex, index_documents, remove_points
+from app.services.indexing import IndexOutcome, ToIndex, index_documents, remove_points
 from app.settings import Settings
 from app.validation import MAX_NAME_CHARS, string_problem
 
@@ -190,6 +190,25 @@ def _printable_id(value: Any) -> str | None:
     return value[:MAX_ID_CHARS] if isinstance(value, str) else None
 
 
+NOT_YOURS = "this id belongs to a document outside this key's filter"
+
+
+def _tenant_documents(
+    valid: list[ValidDocument], principal: Principal
+) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
+    """A tenant-bound key writes only documents that match its filter however they are read
+    (every element of a list): anything else could show up in another tenant's view."""
+    kept: list[ValidDocument] = []
+    refused: list[IngestErrorItem] = []
+    for doc in valid:
+        if principal.may_write(doc.metadata):
+            kept.append(doc)
+        else:
+            message = "metadata does not match this key's filter (every value of a field it names must)"
+            refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, message))
+    return kept, refused
+
+
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -210,7 +229,7 @@ class IngestService:
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
         if principal.tenant is not None:
-            valid, refused = await self._tenant_documents(row.name, valid, principal)
+            valid, refused = _tenant_documents(valid, principal)
             errors = sorted(errors + refused, key=lambda e: e.index)
 
         report = IngestReport(errors=errors, failed=len(errors))
@@ -229,10 +248,18 @@ class IngestService:
             )
             for d in valid
         ]
-        outcomes = await self.repo.upsert_documents(row.name, writes)
+        # A tenant key never overwrites another's document: judged under the row lock, in the
+        # write's own transaction, so an id another tenant creates meanwhile is refused too.
+        may_replace = principal.may_write if principal.tenant is not None else None
+        outcomes = await self.repo.upsert_documents(row.name, writes, may_replace)
 
         to_index: list[ToIndex] = []
         for doc, outcome in zip(valid, outcomes):
+            if outcome.status == "refused":
+                report.errors.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, NOT_YOURS))
+                report.failed += 1
+                INGESTED.labels("failed").inc()
+                continue
             report.ids.append(doc.id)
             setattr(report, outcome.status, getattr(report, outcome.status) + 1)
             INGESTED.labels(outcome.status).inc()
@@ -244,6 +271,11 @@ class IngestService:
 
         try:
             indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
+        except Conflict:
+            # Other writers kept the same rows locked past every retry: ours are saved and stay
+            # pending, and the reconciler indexes whatever version is latest by then.
+            logger.info("ingest into {}: indexing deferred to the reconciler (rows busy)", row.name)
+            indexed = IndexOutcome()
         except Exception as exc:
             INDEX_FAILURES.inc()
             logger.warning("ingest into {}: {} documents saved, indexing failed: {!r}", row.name, len(writes), exc)
@@ -255,6 +287,7 @@ class IngestService:
                 collection=row.name,
                 saved=len(writes),
             ) from exc
+        report.errors.sort(key=lambda e: e.index)
         report.chunks = indexed.points
         report.warnings = [
             IngestErrorItem(
@@ -268,22 +301,6 @@ class IngestService:
         ]
         return report
 
-    async def _tenant_documents(
-        self, collection: str, valid: list[ValidDocument], principal: Principal
-    ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
-        """A tenant-bound key writes only documents of its tenant, and never over another's."""
-        existing = await self.repo.get_documents(collection, [d.id for d in valid])
-        kept: list[ValidDocument] = []
-        refused: list[IngestErrorItem] = []
-        for doc, current in zip(valid, existing):
-            if not principal.owns(doc.metadata):
-                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "metadata does not match this key's filter"))
-            elif current is not None and not principal.owns(current.metadata):
-                refused.append(IngestErrorItem(doc.index, doc.id, Forbidden.code, "this id belongs to a document outside this key's filter"))
-            else:
-                kept.append(doc)
-        return kept, refused
-
     async def delete_documents(self, collection: str, ids: Sequence[str], *, principal: Principal = INTERNAL) -> int:
         principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
@@ -291,22 +308,21 @@ class IngestService:
         if len(ids) > limit:
             raise BadInput(f"{len(ids)} ids in one call; at most {limit}", field="ids")
         unique = list(dict.fromkeys(str(i) for i in ids))
-        if principal.tenant is not None and unique:
-            # Another tenant's documents are, to this key, documents that do not exist.
-            rows = await self.repo.get_documents(row.name, unique)
-            unique = [i for i, r in zip(unique, rows) if r is not None and principal.owns(r.metadata)]
         if not unique:
             return 0
-        # Rows marked 'deleting' are already invisible to search; the reconciler finishes them
-        # if the vector side fails now.
-        await self.repo.mark_deleting(row.name, unique)
+        # Another tenant's documents are, to this key, documents that do not exist (judged under
+        # the row locks). Rows marked 'deleting' are already invisible to search; the reconciler
+        # finishes them if the vector side fails now.
+        may_replace = principal.may_write if principal.tenant is not None else None
+        marked = await self.repo.mark_deleting(row.name, unique, may_replace)
         try:
-            await remove_points(self.store, row, unique)
+            return await self.repo.purge_if_deleting(row.name, marked, lambda doomed: remove_points(self.store, row, doomed))
         except Exception as exc:
+            if isinstance(exc, CitadelError) and not isinstance(exc, DependencyUnavailable):
+                raise  # e.g. a CONFLICT: an answer, not an outage
             logger.warning("delete from {}: vector store failed: {!r}", row.name, exc)
             raise DependencyUnavailable(
                 "the documents are marked deleted and hidden from search; the reconciler removes "
                 "their vectors when the vector store is back",
                 collection=row.name,
             ) from exc
-        return int(await self.repo.purge_documents(row.name, unique))

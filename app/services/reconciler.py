@@ -1,7 +1,9 @@
 """The reconciler: finishes what an interrupted ingest or delete left in PostgreSQL.
 
 'pending' rows are embedded, upserted and marked indexed; 'deleting' rows have their vectors
-removed and are purged; vectors whose row is gone (orphans) are removed. Collections whose
+removed and are purged; vectors whose row is gone (orphans) are removed, and an indexed row whose
+points carry another version than the row (or none: written before points had versions) goes
+back to 'pending' to be written again, so the store converges on PostgreSQL whatever happened. Collections whose
 keyword index is 'building' (those that existed before keyword indexes) get BM25 vectors for their
 indexed documents, page by page in id order, the position saved in PostgreSQL so a restart resumes
 where it stopped. It runs at startup, periodically, and at once when a model becomes READY.
@@ -30,7 +32,7 @@ from app.tasks import cancel_and_wait
 
 RECONCILED = Counter(
     "citadel_reconciler_documents_total", "Documents finished by the reconciler", ["action"]
-)  # indexed | purged | orphan
+)  # indexed | purged | orphan | stale
 KEYWORDS_BACKFILLED = Counter("citadel_keyword_backfill_documents_total", "Documents given a keyword vector by the backfill")
 RECONCILE_ERRORS = Counter("citadel_reconciler_errors_total", "Reconciler rounds or collections that failed")
 
@@ -134,12 +136,16 @@ class Reconciler:
         for _ in range(MAX_ROUNDS):
             rows = await self.repo.list_documents(collection.name, cursor, BACKFILL_PAGE)
             indexed = [r for r in rows if r.status == "indexed"]  # pending rows get theirs when indexed
-            vectors = await bm25().documents([r.text for r in indexed])
-            await self.store.set_sparse_vectors(
-                collection.name, [(point_id(collection.name, r.id), v) for r, v in zip(indexed, vectors)]
-            )
-            done += len(indexed)
-            KEYWORDS_BACKFILLED.inc(len(indexed))
+            vectors = dict(zip((r.id for r in indexed), await bm25().documents([r.text for r in indexed])))
+
+            async def write(current: list[str], name: str = collection.name) -> None:
+                # Only rows unchanged since they were read: a newer version brings its own.
+                await self.store.set_sparse_vectors(name, [(point_id(name, i), vectors[i]) for i in current])
+
+            versions = {r.id: r.content_hash for r in indexed}
+            written = await self.repo.write_if_current(collection.name, versions, write, status="indexed", mark_indexed=False)
+            done += len(written)
+            KEYWORDS_BACKFILLED.inc(len(written))
             finished = len(rows) < BACKFILL_PAGE
             cursor = rows[-1].id if rows else cursor
             await self.repo.set_keyword_progress(collection.name, cursor, done=finished)
@@ -180,15 +186,19 @@ class Reconciler:
             logger.opt(exception=error).warning("reconciler: collection {}: {}", name, problem)
 
     async def _sweep_orphans(self) -> int:
-        """Remove vectors whose row is gone (an ingest that raced a delete of the same id).
+        """Remove vectors whose row is gone, and send back to 'pending' the indexed rows whose
+        points hold another version than the row.
 
-        Points are read page by page with their payload doc_id, then PostgreSQL is asked which of
-        those ids still have a row: every point an ingest in flight writes already has its row (rows
-        are written first), so only points without a row at both reads are removed. Chunked and
-        unchunked collections alike (a chunk's payload names its document). A round reads at most
-        SWEEP_POINTS_PER_ROUND points of a collection and the next round goes on from there, so a
-        collection of any size costs a bounded amount per round; below that size every round
-        covers all of it."""
+        Points are read page by page with their payload doc_id and version, then PostgreSQL is
+        asked for those rows. A point without a row is removed; since a row is always written
+        before its points, a document ingested between that read and the removal is then seen
+        by a second read, and its row (once its writer commits: mark_stale waits for the row
+        lock) is sent back to 'pending', so a point removed by this race is written again. A
+        version that differs from an indexed row's is repaired the same way. Chunked and
+        unchunked collections alike (a chunk's payload names its document). A round reads at
+        most SWEEP_POINTS_PER_ROUND points of a collection and the next round goes on from
+        there, so a collection of any size costs a bounded amount per round; below that size
+        every round covers all of it."""
         removed = 0
         live = set()
         for collection in await self.repo.list_collections():
@@ -209,12 +219,23 @@ class Reconciler:
             points, following = await self.store.document_points(name, after, SWEEP_PAGE)
             seen += len(points)
             if points:
-                kept = await self.repo.existing_ids(name, [doc for _, doc in points])
-                orphans = sorted({pid for pid, doc in points if doc not in kept})
+                rows = await self.repo.content_versions(name, [p.doc_id for p in points])
+                orphans = sorted({p.id for p in points if p.doc_id not in rows})
+                stale = {
+                    p.doc_id: rows[p.doc_id][0]
+                    for p in points
+                    if p.doc_id in rows and rows[p.doc_id][1] == "indexed" and p.version != rows[p.doc_id][0]
+                }
                 if orphans:
                     await self.store.delete(name, orphans)
                     removed += len(orphans)
                     RECONCILED.labels("orphan").inc(len(orphans))
+                    orphan_docs = {p.doc_id for p in points if p.doc_id not in rows}
+                    revived = await self.repo.content_versions(name, sorted(orphan_docs))
+                    stale.update({doc: version for doc, (version, _) in revived.items()})
+                if stale:
+                    repaired = await self.repo.mark_stale(name, stale)
+                    RECONCILED.labels("stale").inc(repaired)
             after = following
             if after is None:
                 break
@@ -226,8 +247,7 @@ class Reconciler:
         collection = await self.repo.get_collection(name)
         if collection is None:  # deleted meanwhile: its rows and vectors went with it
             return 0
-        await remove_points(self.store, collection, ids)
-        purged = int(await self.repo.purge_documents(name, ids))
+        purged = await self.repo.purge_if_deleting(name, ids, lambda doomed: remove_points(self.store, collection, doomed))
         RECONCILED.labels("purged").inc(purged)
         return purged
 

@@ -346,7 +346,7 @@ async def test_list_documents_pages_by_id(repo: PostgresRepo) -> None:
 async def test_mark_deleting_then_purge(repo: PostgresRepo) -> None:
     name = await new_collection(repo)
     await repo.upsert_documents(name, [doc("a"), doc("b"), doc("c")])
-    assert await repo.mark_deleting(name, ["a", "b", "missing"]) == 2
+    assert await repo.mark_deleting(name, ["a", "b", "missing"]) == ["a", "b"]
     assert await repo.count_documents(name) == 1
     assert await repo.count_documents(name, "deleting") == 2
     with pytest.raises(BadInput):
@@ -354,13 +354,13 @@ async def test_mark_deleting_then_purge(repo: PostgresRepo) -> None:
 
     # Re-ingested before its purge: it is live again and the purge must keep it.
     assert await repo.upsert_documents(name, [doc("b")]) == [UpsertOutcome("updated", True)]
-    assert await repo.purge_documents(name, ["a", "b", "c", "missing"]) == 1
+    assert await repo.purge_if_deleting(name, ["a", "b", "c", "missing"], _nothing_to_remove) == 1
     rows = await repo.get_documents(name, ["a", "b", "c"])
     assert rows[0] is None
     assert rows[1] is not None and rows[1].status == "pending"
     assert rows[2] is not None and rows[2].status == "pending"
-    assert await repo.mark_deleting(name, []) == 0
-    assert await repo.purge_documents(name, []) == 0
+    assert await repo.mark_deleting(name, []) == []
+    assert await repo.purge_if_deleting(name, [], _nothing_to_remove) == 0
 
 
 # -- health and outages ---------------------------------------------------------------------
@@ -425,3 +425,7 @@ async def test_repo_recovers_after_its_connection_is_killed(db_url: str) -> None
             assert await conn.fetchval("SELECT pg_backend_pid()") != backend
     finally:
         await pool.close()
+
+
+async def _nothing_to_remove(ids: list[str]) -> None:
+    """The vector side of a purge, for tests of the rows alone."""

@@ -107,9 +107,13 @@ async def test_upsert_is_idempotent_by_id_and_delete_removes(store, collection):
     assert {h.id for h in hits} == await stored_point_ids(store, collection)
 
 
-async def test_document_points_pages_through_every_point_with_its_doc_id(store, collection):
-    await store.upsert(collection, make_points(random_vectors(25, 4, seed=3)))
-    seen: list[tuple[str, str]] = []
+async def test_document_points_pages_through_every_point_with_its_doc_id_and_version(store, collection):
+    points = make_points(random_vectors(25, 4, seed=3))
+    for i, point in enumerate(points):
+        if i % 2 == 0:  # the others stand for points written before points carried versions
+            point.payload["version"] = f"h:{i}"
+    await store.upsert(collection, points)
+    seen: list[tuple[str, str, str | None]] = []
     after, pages = None, 0
     while True:
         page, after = await store.document_points(collection, after, 10)
@@ -118,7 +122,7 @@ async def test_document_points_pages_through_every_point_with_its_doc_id(store, 
         if after is None:
             break
     assert pages == 3
-    assert sorted(seen) == sorted((point_id(i), f"doc-{i}") for i in range(25))
+    assert sorted(seen) == sorted((point_id(i), f"doc-{i}", f"h:{i}" if i % 2 == 0 else None) for i in range(25))
 
 
 async def test_wrong_dimensions_and_ids_are_bad_input(store, collection):
