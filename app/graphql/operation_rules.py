@@ -2,8 +2,9 @@
 
 In order: parse (cached, token limit), validate (cached, spec and cost rules), admit (the key,
 introspection for non-admins, the rate limit: before any resolver), refuse what depends on the
-variables (a missing operationName, too many texts in all, unstorable strings), then map every
-error to what clients may see (app/graphql/errors.py).
+variables (a missing operationName; then, over one walk of the fields the operation runs,
+fragments included (app/graphql/walk.py): too many texts in all, unstorable strings), then map
+every error to what clients may see (app/graphql/errors.py).
 
 Two callers: CitadelSchema.execute (HTTP queries and mutations) runs the rules and graphql-core
 directly, because Strawberry's per-request extension machinery cost more than the rules
@@ -31,6 +32,7 @@ from app.graphql.access import introspects
 from app.graphql.arguments import check_document
 from app.graphql.errors import public_error
 from app.graphql.limits import count_costly_items
+from app.graphql.walk import OperationWalk
 from app.settings import LimitSettings
 
 # Frontends send the same few documents over and over: parsing and validating each once saves
@@ -87,13 +89,15 @@ class OperationRules:
             if operations > 1:
                 message = f"the document has {operations} operations: operationName must name the one to run"
                 return GraphQLError(message, extensions={"code": "BAD_INPUT"})
-        # Aliases can repeat `embed` many times in one document: the sum of texts is capped.
-        total = count_costly_items(document, variables)
+        # One walk of what the operation runs, fragments included, for every rule below.
+        walk = OperationWalk(document, variables, operation_name)
+        # Aliases and fragments can repeat `embed` many times in one document: the sum is capped.
+        total = count_costly_items(walk)
         if total > self.max_total_texts:
             message = f"document asks for {total} texts in all; the limit is {self.max_total_texts}"
             return GraphQLError(message, extensions={"code": "BAD_INPUT"})
         try:
-            check_document(document, variables, self.max_text_chars)
+            check_document(walk, self.max_text_chars)
         except BadInput as exc:
             return GraphQLError(exc.message, extensions=exc.to_extensions())
         return None

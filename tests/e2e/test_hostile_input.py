@@ -232,6 +232,37 @@ def test_graphql_response_media_type_when_accepted(server):
     assert field_error.status_code == 400 and codes(field_error.json()) == ["BAD_INPUT"]
 
 
+# Five aliases of 250 texts each, every one within the per-call limit, through a named fragment:
+# 1,250 texts in all, over the per-request total (the larger of the texts and documents limits).
+FIVE_EMBEDS = "query($t: [String!]!) { ...F } fragment F on Query { " + " ".join(
+    f"a{i}: embed(texts: $t) {{ dimensions }}" for i in range(5)
+) + " }"
+FIVE_INGESTS = "mutation($d: [DocumentInput!]!) { ...M } fragment M on Mutation { " + " ".join(
+    f"a{i}: ingest(collection: \"{COLLECTION}\", documents: $d) {{ inserted }}" for i in range(5)
+) + " }"
+FRAGMENT_CASES = [
+    (FIVE_EMBEDS, {"t": [f"text number {i}" for i in range(250)]}, 1250),
+    (FIVE_INGESTS, {"d": [{"id": f"through-fragment-{i}", "text": f"fragment document {i}"} for i in range(201)]}, 1005),
+]
+
+
+@pytest.mark.parametrize("operation,variables,total", FRAGMENT_CASES, ids=["embed", "ingest"])
+async def test_work_through_named_fragments_counts_against_the_total_over_http_and_websocket(
+    server, operation, variables, total
+):
+    posted = post_raw(server, json.dumps({"query": operation, "variables": variables})).json()
+    assert codes(posted) == ["BAD_INPUT"] and posted["data"] is None, posted  # no alias ran
+    assert f"{total} texts in all" in posted["errors"][0]["message"], posted
+    async with websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"], max_size=None) as ws:
+        await ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": operation, "variables": variables}}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    assert answer["type"] == "next" and answer["payload"]["data"] is None, answer
+    assert codes(answer["payload"]) == ["BAD_INPUT"], answer
+    assert server.graphql(STORED, {"c": COLLECTION})["data"] == server.stored_before  # nothing ingested
+
+
 async def closed_code(socket_: websockets.ClientConnection, timeout: float = 15) -> int:
     try:
         while True:

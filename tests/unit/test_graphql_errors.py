@@ -20,6 +20,10 @@ class Node:
     def leaf(self) -> int:
         return 1
 
+    @strawberry.field
+    def embed(self, texts: list[str]) -> int:
+        return len(texts)
+
 
 @strawberry.type
 class Query:
@@ -49,9 +53,20 @@ class Query:
         raise asyncpg.CharacterNotInRepertoireError('invalid byte sequence for encoding "UTF8": 0x00')
 
 
+INGESTED: list[list[str]] = []  # what the test Mutation was asked to store
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    def ingest(self, documents: list[str]) -> int:
+        INGESTED.append(documents)
+        return len(documents)
+
+
 # The production schema class and rules, over a small test Query, with tight limits.
 LIMITS = LimitSettings(max_query_depth=4, max_aliases=3, max_texts_per_request=5, max_documents_per_ingest=5)
-schema = CitadelSchema(Query, rules=OperationRules(LIMITS))
+schema = CitadelSchema(Query, mutation=Mutation, rules=OperationRules(LIMITS))
 
 
 async def first_result(query: str, variable_values=None, operation_name=None):
@@ -133,3 +148,68 @@ async def test_several_operations_need_an_operation_name(run):
     assert error.extensions["code"] == "BAD_INPUT" and "operationName" in error.message
     chosen = await run.runner('query A { embed(texts: []) } query B { embed(texts: ["x"]) }', operation_name="B")
     assert chosen.errors is None and chosen.data == {"embed": 1}
+
+
+# -- the cost and argument rules walk what executes: fragments, @skip/@include, defaults --------
+
+THREE = '["1","2","3"]'
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"{{ ...F }} fragment F on Query {{ a: embed(texts: {THREE}) b: embed(texts: {THREE}) }}",
+        f"{{ ...F }} fragment F on Query {{ a: embed(texts: {THREE}) ...G }} fragment G on Query {{ b: embed(texts: {THREE}) }}",
+        f"{{ a: embed(texts: {THREE}) ... on Query {{ b: embed(texts: {THREE}) }} }}",
+        f"{{ a: node {{ ...F }} b: node {{ ...F }} }} fragment F on Node {{ embed(texts: {THREE}) }}",
+    ],
+    ids=["named", "nested-named", "inline", "one-fragment-under-two-fields"],
+)
+async def test_texts_through_fragments_count_as_often_as_they_run(query, run):
+    error = await run(query)
+    assert error.extensions["code"] == "BAD_INPUT" and "6 texts" in error.message, error
+
+
+async def test_documents_through_a_mutation_fragment_count_and_nothing_is_stored(run):
+    INGESTED.clear()
+    mutation = f"mutation {{ ...M }} fragment M on Mutation {{ a: ingest(documents: {THREE}) b: ingest(documents: {THREE}) }}"
+    error = await run(mutation)
+    assert error.extensions["code"] == "BAD_INPUT" and "6 texts" in error.message, error
+    assert INGESTED == []
+    allowed = await run.runner(f"mutation {{ ...M }} fragment M on Mutation {{ a: ingest(documents: {THREE}) }}")
+    assert allowed.errors is None and allowed.data == {"a": 3} and INGESTED == [["1", "2", "3"]]
+
+
+async def test_fields_that_merge_run_once_and_count_once(run):
+    # The same response key from two spreads (and a repeated spread) is one execution of `embed`.
+    query = f"{{ ...F ...F ...G }} fragment F on Query {{ embed(texts: {THREE}) }} fragment G on Query {{ embed(texts: {THREE}) }}"
+    result = await run.runner(query)
+    assert result.errors is None and result.data == {"embed": 3}, result
+
+
+async def test_skipped_fields_do_not_count_and_included_ones_do(run):
+    query = f"query($on: Boolean!) {{ a: embed(texts: {THREE}) @skip(if: true) b: embed(texts: {THREE}) c: embed(texts: {THREE}) @include(if: $on) }}"
+    result = await run.runner(query, variable_values={"on": False})
+    assert result.errors is None and result.data == {"b": 3}, result
+    error = await run(query, {"on": True})
+    assert error.extensions["code"] == "BAD_INPUT" and "6 texts" in error.message, error
+
+
+async def test_a_variable_default_counts_and_is_checked_like_a_given_value(run):
+    texts = await run('query($t: [String!]! = ["1","2","3","4","5","6"]) { embed(texts: $t) }')
+    assert texts.extensions["code"] == "BAD_INPUT" and "6 texts" in texts.message, texts
+    name = await run('query($n: String! = "a\\u0000b") { stored(name: $n) }')
+    assert name.extensions == {"code": "BAD_INPUT", "argument": "name"}, name
+
+
+async def test_unstorable_arguments_inside_fragments_never_reach_a_resolver(run):
+    error = await run("query($n: String!) { ...F } fragment F on Query { stored(name: $n) }", {"n": "a\x00b"})
+    assert error.extensions == {"code": "BAD_INPUT", "argument": "name"}, error
+
+
+async def test_only_the_chosen_operation_counts(run):
+    document = f"query A {{ a: embed(texts: {THREE}) b: embed(texts: {THREE}) }} query B {{ embed(texts: {THREE}) }}"
+    chosen = await run.runner(document, operation_name="B")
+    assert chosen.errors is None and chosen.data == {"embed": 3}, chosen
+    refused = await run.runner(document, operation_name="A")
+    assert refused.errors and refused.errors[0].extensions["code"] == "BAD_INPUT", refused
