@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from graphql import parse
 
 from app.domain.access import ANONYMOUS, Principal, Scope, parse_scopes, rejected
@@ -146,3 +148,49 @@ def test_keys_are_required_by_default_off_loopback(monkeypatch, host, required):
     assert Settings(_env_file=None).auth_required is required  # type: ignore[call-arg]
     monkeypatch.setenv("CITADEL_AUTH__REQUIRED", "true")
     assert Settings(_env_file=None).auth_required is True  # type: ignore[call-arg]
+
+
+def test_may_write_holds_for_every_reading_of_the_metadata():
+    tenant = key("WRITE", filter={"tenant": {"eq": "acme"}})
+    assert tenant.may_write({"tenant": "acme"})
+    assert tenant.may_write({"tenant": ["acme", "acme"]})
+    assert tenant.may_write({"tenant": [["acme"], "acme"]})
+    assert not tenant.may_write({"tenant": ["acme", "globex"]})  # globex's filter would see it
+    assert not tenant.may_write({"tenant": [["acme"], ["globex"]]})
+    assert not tenant.may_write({"tenant": []})
+    assert not tenant.may_write({"tenant": None})
+    assert not tenant.may_write({"other": "acme"})  # a missing field never holds
+    assert not tenant.may_write(None)
+    nested = key("WRITE", filter={"org.tenant": {"eq": "acme"}})
+    assert nested.may_write({"org": {"tenant": "acme"}})
+    assert nested.may_write({"org": [{"tenant": "acme"}, {"tenant": ["acme"]}]})
+    assert not nested.may_write({"org": [{"tenant": "acme"}, {"tenant": "globex"}]})
+    assert not nested.may_write({"org": [{"tenant": "acme"}, {"name": "x"}, {"tenant": "globex"}]})
+    excluded = key("WRITE", filter={"tenant": {"ne": "globex"}})
+    assert excluded.may_write({"tenant": "acme"})
+    assert not excluded.may_write({"tenant": ["acme", "globex"]})
+    assert not excluded.may_write({})  # ne on a missing field: not written under this key
+    absent = key("WRITE", filter={"and": [{"tenant": {"eq": "acme"}}, {"archived": {"exists": False}}]})
+    assert absent.may_write({"tenant": "acme"})
+    assert not absent.may_write({"tenant": "acme", "archived": True})
+    assert key("WRITE").may_write({"anything": ["goes"]})
+
+
+_TENANTS = ["acme", "globex", "initech"]
+_values = st.recursive(
+    st.sampled_from(_TENANTS) | st.none() | st.integers(0, 2),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["tenant", "x"]), inner, max_size=2),
+    max_leaves=8,
+)
+
+
+@given(metadata=st.dictionaries(st.sampled_from(["tenant", "org", "x"]), _values, max_size=3), writer=st.sampled_from(_TENANTS))
+def test_a_document_a_tenant_may_write_is_in_no_other_tenants_view(metadata, writer):
+    for path in ("tenant", "org.tenant"):
+        mine = key("WRITE", filter={path: {"eq": writer}})
+        if mine.may_write(metadata):
+            assert mine.owns(metadata)  # its own view has it
+            for other in _TENANTS:
+                if other != writer:
+                    assert not key("READ", filter={path: {"eq": other}}).owns(metadata)
+                    assert not key("READ", filter={path: {"in": [other, "nobody"]}}).owns(metadata)
