@@ -24,8 +24,9 @@ from app import __version__
 from app.domain.models import ModelState
 from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge
-from app.graphql.websockets import LegacyWSHandler, OperationQuota, TransportWSHandler
+from app.graphql.websockets import KeySockets, LegacyWSHandler, OperationQuota, TransportWSHandler
 from app.graphql.schema import build_schema
+from app.inference.fair_queue import RecordClientAddress
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
@@ -55,6 +56,7 @@ class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
     operation_quota: OperationQuota
+    key_sockets: KeySockets
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         services: Services = request.app.state.services
@@ -99,16 +101,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     graphql.max_body_bytes = settings.request_body_limit
     graphql.operation_quota = OperationQuota(settings.server.max_subscriptions_per_key)
+    graphql.key_sockets = KeySockets()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            # Everything loaded so far (models, libraries) lives as long as the process: keep it
-            # out of the collector's generations so collections under load stay cheap.
-            gc.collect()
-            gc.freeze()
-            yield
+            async with graphql.key_sockets.watching(services.keys, settings.auth.key_cache_seconds):
+                # Everything loaded so far (models, libraries) lives as long as the process: keep
+                # it out of the collector's generations so collections under load stay cheap.
+                gc.collect()
+                gc.freeze()
+                yield
 
     async def healthz(request: Request) -> JSONResponse:
         return FastJSONResponse({"status": "ok", "version": __version__})
@@ -155,7 +159,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         dashboard_route(),
         *static_routes(),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=cors_middleware(settings))
+    middleware = [Middleware(RecordClientAddress), *cors_middleware(settings)]  # the address: fair shares of the model
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     return app
 

@@ -125,6 +125,7 @@ class DownloadSettings(BaseModel):
     progress_interval_seconds: float = Field(0.25, description="Least time between two progress events of a file")
     min_free_disk_mb: int = Field(256, description="Free disk kept beyond a download")
     shared_cache: bool = Field(False, description="Replicas share one model cache directory: one downloads (a PostgreSQL lock), the others wait and load its files")
+    on_demand: bool = Field(False, description="Any key's embed may start downloading a catalog model that is not in the model cache (off: only ADMIN keys, and every caller while keys are not required; others get MODEL_UNAVAILABLE)")
 
 
 class IngestSettings(BaseModel):

@@ -5,18 +5,23 @@
   it and fail with a TypeError in the log). The connection_init timeout (4408) is Strawberry's.
 - legacy graphql-ws: no connection_init within the timeout closes with 1002 (Strawberry waits
   forever); a frame that is not a JSON object with a known `type`, or a `start` with a malformed
-  payload, closes with 4400 (Strawberry ignores it silently).
+  payload, closes with 4400 (Strawberry ignores it silently). Queries and mutations run as over
+  graphql-transport-ws, under the same rules (Strawberry's legacy handler runs only subscriptions:
+  anything else failed as INTERNAL, with a traceback in the log, before any rule ran).
 - Both: at most `max_subscriptions_per_connection` operations at a time (Strawberry's cap, set
   from the settings by app/main.py), and at most `max_subscriptions_per_key` over all the sockets
   of one API key (OperationQuota): opening more sockets does not get around the first cap.
+- Both: revoking a key ends its sockets on every replica (KeySockets): each running operation gets
+  an UNAUTHENTICATED error, then the socket closes with 4401.
 """
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
 from collections import Counter
-from typing import Any, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from loguru import logger
 import starlette.websockets
@@ -27,7 +32,12 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Bas
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from graphql import GraphQLError
 
+from app.errors import CitadelError
 from app.graphql.context import Context
+from app.web.auth import WS_UNAUTHENTICATED
+
+if TYPE_CHECKING:
+    from app.services.keys import KeyService
 
 MALFORMED = 4400
 LEGACY_INIT_TIMEOUT = 1002
@@ -114,6 +124,93 @@ QUOTA_REACHED = GraphQLError(
 )
 
 
+REVOKED = GraphQLError("this API key was revoked", extensions={"code": "UNAUTHENTICATED"})
+MIN_RECHECK_SECONDS = 1.0
+
+
+class KeySockets:
+    """The open WebSockets of each stored API key, in this replica: revoking the key ends them.
+
+    A revocation arrives through KeyService.forget, whether it was made on this replica or on
+    another one (carried by Redis: app/services/key_revocations.py). What Redis could not carry
+    (published during an outage) is caught by the re-check `watching` runs every
+    `auth.key_cache_seconds`, the same bound as for a new operation on a replica that missed it."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[str, set[EndsWhenRevoked]] = {}
+        self._ending: set[asyncio.Task[None]] = set()
+
+    def add(self, key_id: str, handler: EndsWhenRevoked) -> None:
+        self.sockets.setdefault(key_id, set()).add(handler)
+
+    def discard(self, key_id: str, handler: EndsWhenRevoked) -> None:
+        handlers = self.sockets.get(key_id)
+        if handlers is not None:
+            handlers.discard(handler)
+            if not handlers:
+                del self.sockets[key_id]
+
+    def revoked(self, key_id: str) -> None:
+        for handler in self.sockets.pop(key_id, ()):
+            task = asyncio.create_task(handler.end_revoked(), name="citadel-ws-key-revoked")
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+    @asynccontextmanager
+    async def watching(self, keys: KeyService, recheck_seconds: float) -> AsyncIterator[None]:
+        keys.revocation_watchers.append(self.revoked)
+        recheck = asyncio.create_task(self._recheck(keys, max(recheck_seconds, MIN_RECHECK_SECONDS)))
+        try:
+            yield
+        finally:
+            keys.revocation_watchers.remove(self.revoked)
+            recheck.cancel()
+            with suppress(asyncio.CancelledError):
+                await recheck
+
+    async def _recheck(self, keys: KeyService, every_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(every_seconds)
+            for key_id, handlers in list(self.sockets.items()):
+                secret = next(iter(handlers)).context.ws_secret
+                try:
+                    principal = await keys.authenticate(secret)
+                except CitadelError:  # the key cannot be checked now (PostgreSQL away): next round
+                    continue
+                if principal.kind == "rejected":
+                    self.revoked(key_id)
+
+
+class EndsWhenRevoked:
+    """A handler whose socket KeySockets ends when its key is revoked; registered once
+    connection_init accepted a stored key, unregistered when the socket ends."""
+
+    key_id: str | None = None
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)  # type: ignore[misc]
+        principal = self.context.principal  # type: ignore[attr-defined]
+        if self.connection_acknowledged and principal.kind == "key" and principal.key_id:  # type: ignore[attr-defined]
+            self.key_id = principal.key_id
+            self.view.key_sockets.add(self.key_id, self)  # type: ignore[attr-defined]
+
+    def leave_key_sockets(self) -> None:
+        if self.key_id is not None:
+            self.view.key_sockets.discard(self.key_id, self)  # type: ignore[attr-defined]
+
+    async def end_revoked(self) -> None:
+        try:
+            await self.end_operations_revoked()
+            await self.websocket.close(code=WS_UNAUTHENTICATED, reason="API key revoked")  # type: ignore[attr-defined]
+        except Exception as error:
+            if not client_gone(error):
+                logger.opt(exception=error).warning("ending the WebSocket of a revoked key failed")
+
+    async def end_operations_revoked(self) -> None:
+        """Send each running operation its UNAUTHENTICATED error."""
+        raise NotImplementedError
+
+
 def operation_problem(payload: Any) -> str | None:
     """Why a subscribe/start payload is malformed, or None."""
     if not isinstance(payload, dict):
@@ -130,7 +227,18 @@ def operation_problem(payload: Any) -> str | None:
     return None
 
 
-class TransportWSHandler(QuietOnDisconnect, BaseGraphQLTransportWSHandler):
+class TransportWSHandler(EndsWhenRevoked, QuietOnDisconnect, BaseGraphQLTransportWSHandler):
+    async def shutdown(self) -> None:
+        self.leave_key_sockets()
+        await super().shutdown()
+
+    async def end_operations_revoked(self) -> None:
+        for operation in list(self.operations.values()):
+            # Marks the operation completed: nothing more is sent for it.
+            await operation.send_operation_message({"id": operation.id, "type": "error", "payload": [REVOKED.formatted]})
+            if operation.task is not None:
+                operation.task.cancel()
+
     async def handle_message(self, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             await self.handle_invalid_message("a message must be an object with a string `type`")
@@ -164,7 +272,25 @@ class TransportWSHandler(QuietOnDisconnect, BaseGraphQLTransportWSHandler):
             await self.send_message({"id": message["id"], "type": "error", "payload": [QUOTA_REACHED.formatted]})
 
 
-class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
+class EveryOperationType:
+    """The schema as the legacy handler sees it: its `subscribe` runs any operation, as
+    graphql-transport-ws does (`stream`: one result for a query or mutation, then complete)."""
+
+    def __init__(self, schema: Any) -> None:
+        self.schema = schema
+
+    async def subscribe(self, **kwargs: Any) -> Any:
+        return await self.schema.stream(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.schema, name)
+
+
+class LegacyWSHandler(EndsWhenRevoked, QuietOnDisconnect, BaseGraphQLWSHandler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.schema = EveryOperationType(self.schema)  # type: ignore[assignment]
+
     async def handle(self) -> None:
         init_timeout = asyncio.create_task(self._close_without_init())
         try:
@@ -180,6 +306,7 @@ class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
         except WebSocketDisconnected:
             pass
         finally:
+            self.leave_key_sockets()
             init_timeout.cancel()
             with suppress(asyncio.CancelledError):
                 await init_timeout
@@ -188,6 +315,11 @@ class LegacyWSHandler(QuietOnDisconnect, BaseGraphQLWSHandler):
                 with suppress(BaseException):
                     await self.keep_alive_task
             await self.cleanup()
+
+    async def end_operations_revoked(self) -> None:
+        # Closing the socket then cancels the operations (Strawberry's cleanup).
+        for operation_id in list(self.tasks):
+            await self.send_message({"type": "error", "id": operation_id, "payload": REVOKED.formatted})
 
     async def handle_start(self, message: Any) -> None:
         if not self.connection_acknowledged:

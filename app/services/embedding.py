@@ -21,6 +21,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind, Tokenized
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
+from app.inference.fair_queue import INTERNAL_FAIR_KEY, fair_key_of
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
@@ -38,9 +39,10 @@ class EmbedOutcome:
 
 
 class ReadyModels(Protocol):
-    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
+    async def ready_spec(self, name: str | None, wait: bool = False, *, may_download: bool = True) -> ModelSpec:
         """The spec of a READY model (None = the default model), else ModelUnavailable;
-        with wait, first wait for a download under way."""
+        with wait, first wait for a download under way. Without may_download, a model that
+        would have to be fetched from the hub (other than the default) is not: ModelUnavailable."""
         ...
 
 
@@ -54,8 +56,8 @@ class LocalModels:
         self._ready: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
-        spec = self.settings.model(name)  # NotFound for a name outside the catalog
+    async def ready_spec(self, name: str | None, wait: bool = False, *, may_download: bool = True) -> ModelSpec:
+        spec = self.settings.model(name)  # NotFound for a name outside the catalog; nothing to fetch
         if spec.name not in self._ready:
             async with self._lock:
                 if spec.name not in self._ready:
@@ -94,8 +96,8 @@ class EmbeddingService:
         outcome = "ok"
         try:
             self._validate(texts)
-            spec = await self.models.ready_spec(model, wait=wait)
-            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens)
+            spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
+            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, fair_key_of(principal))
         except CitadelError as exc:
             outcome = exc.code
             raise
@@ -105,6 +107,14 @@ class EmbeddingService:
         finally:
             metrics.EMBED_REQUESTS.labels(label, outcome).inc()
             metrics.EMBED_DURATION.labels(label).observe(time.perf_counter() - started)
+
+    def may_download(self, principal: Principal) -> bool:
+        """Whether the caller's embed may make the server fetch a model from the hub: an ADMIN key,
+        every caller while keys are not required (any of them may call without its key), and any
+        key where CITADEL_DOWNLOADS__ON_DEMAND allows it. Other keys could otherwise fill the disk
+        and the network with every model of the catalog."""
+        settings = self.settings
+        return principal.is_admin or not settings.auth_required or settings.downloads.on_demand
 
     async def document_tokens(self, model: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
         """Each text's token offsets in `model`'s tokenizer, and its window for document text: the
@@ -116,7 +126,8 @@ class EmbeddingService:
         return spans, max(1, max_length - specials - prompt_tokens)
 
     async def _embed(
-        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool
+        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool,
+        fair_key: str = INTERNAL_FAIR_KEY,
     ) -> EmbedOutcome:
         dims = spec.dimensions
         prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
@@ -146,7 +157,7 @@ class EmbeddingService:
         if todo:
             unique = list(todo)
             unique_tokens = tokenized.pick([todo[text][0] for text in unique]) if tokenized is not None else None
-            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens)
+            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens, fair_key)
             for text, row in zip(unique, computed):
                 vectors[todo[text]] = row
             if cache is not None:
@@ -162,9 +173,10 @@ class EmbeddingService:
         normalize: bool,
         todo: dict[str, list[int]],
         tokens: Tokenized | None,
+        fair_key: str = INTERNAL_FAIR_KEY,
     ) -> np.ndarray:
         try:
-            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens)
+            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens, fair_key)
         except BadInput as exc:
             position = exc.extensions.get("index")
             if not isinstance(position, int):

@@ -3,7 +3,8 @@
 A secret is `ctd_<id>_<43 random characters>` (256 bits). Only its SHA-256 is stored: the
 secret has full entropy, so a fast hash is enough and lets a lookup be one indexed query.
 Looked-up keys are cached for `auth.key_cache_seconds`; a revocation clears this replica's
-cache at once and, through Redis, every other replica's (app/services/key_revocations.py).
+cache at once and, through Redis, every other replica's (app/services/key_revocations.py), and
+ends what the key still runs there (its WebSockets: `revocation_watchers`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,8 @@ class KeyService:
         self.repo = repo  # app.adapters.api_keys.ApiKeyRepo
         self.redis = redis  # revocations are announced to the other replicas through it
         self._cache: dict[str, tuple[float, Principal]] = {}
+        # Called with the key id of each revocation seen here (app/graphql/websockets.KeySockets).
+        self.revocation_watchers: list[Callable[[str], None]] = []
         admin = settings.auth.admin_key
         self._admin_hash = hash_secret(admin.get_secret_value()) if admin and admin.get_secret_value() else None
 
@@ -160,8 +163,11 @@ class KeyService:
         return changed
 
     def forget(self, key_id: str) -> None:
-        """Drop every cached lookup of this key: its next use reads PostgreSQL."""
+        """A revocation seen here (made on this replica, or on another and carried by Redis): drop
+        every cached lookup of this key (its next use reads PostgreSQL) and tell the watchers."""
         self._cache = {h: entry for h, entry in self._cache.items() if entry[1].key_id != key_id}
+        for watcher in self.revocation_watchers:
+            watcher(key_id)
 
     async def me(self, principal: Principal) -> Any:
         """The caller's own key row (None for anonymous callers and the environment admin)."""

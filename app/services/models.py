@@ -61,6 +61,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _state_detail(status: ModelStatus) -> str:
+    if status.state is ModelState.FAILED:
+        return f"failed after {status.attempts} attempt(s): {status.last_error}"
+    if status.state is ModelState.NOT_DOWNLOADED:
+        return "is not downloaded"
+    progress = f", {status.percent:.0f}%" if status.percent is not None else ""
+    return f"is {status.state.value} (attempt {status.attempts}/{status.max_attempts}{progress})"
+
+
 class ModelManager:
     def __init__(
         self,
@@ -144,17 +153,23 @@ class ModelManager:
         self._warned_fallback = None
         return default
 
-    async def ready_spec(self, name: str | None = None, wait: bool = False) -> ModelSpec:
+    async def ready_spec(
+        self, name: str | None = None, wait: bool = False, *, may_download: bool = True
+    ) -> ModelSpec:
         """The spec of a READY model, for the embedding service; else ModelUnavailable with progress.
 
-        `None` means the effective default. A model never requested before starts downloading
-        now; a FAILED one is not retried behind the caller's back (downloadModel does that).
+        `None` means the effective default. A model never requested before starts preparing now:
+        loaded from the cache, or downloaded where `may_download` (the caller may make the server
+        fetch a model: app/services/embedding.py decides) or it is the default model. A FAILED one
+        is not retried behind the caller's back (downloadModel does that).
         """
         for _ in range(2):  # once more if, while we waited, the default failed over to its fallback
             spec = self.settings.model(name or self.effective_default)
             status = self._statuses[spec.name]
             if status.state is ModelState.READY:
                 return spec
+            if status.state is ModelState.NOT_DOWNLOADED and not may_download and await self._needs_fetching(spec):
+                raise self.unavailable(spec.name, "is not downloaded; only an ADMIN key may start its download (downloadModel)")
             if status.state is ModelState.NOT_DOWNLOADED or (wait and status.state in BUSY):
                 task = self._launch(spec.name)
                 if wait and task is not None:
@@ -165,17 +180,18 @@ class ModelManager:
                 break
         raise self.unavailable(spec.name)
 
-    def unavailable(self, name: str) -> ModelUnavailable:
+    async def _needs_fetching(self, spec: ModelSpec) -> bool:
+        """Whether preparing this model would fetch it from the hub (the default model never counts:
+        the server was told to serve it)."""
+        if spec.repo_id is None or spec.name == self.settings.default_model:
+            return False
+        return not await asyncio.to_thread(self.cache.is_complete, spec)
+
+    def unavailable(self, name: str, detail: str | None = None) -> ModelUnavailable:
+        """MODEL_UNAVAILABLE with the model's state and progress; `detail` says why, if not the state."""
         status = self._statuses[name]
-        if status.state is ModelState.FAILED:
-            detail = f"failed after {status.attempts} attempt(s): {status.last_error}"
-        elif status.state is ModelState.NOT_DOWNLOADED:
-            detail = "is not downloaded"
-        else:
-            progress = f", {status.percent:.0f}%" if status.percent is not None else ""
-            detail = f"is {status.state.value} (attempt {status.attempts}/{status.max_attempts}{progress})"
         return ModelUnavailable(
-            f"model {name} {detail}",
+            f"model {name} {detail or _state_detail(status)}",
             model=name,
             state=status.state.value,
             attempt=status.attempts,

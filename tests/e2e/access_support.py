@@ -3,6 +3,7 @@ listed browser origin, introspection off for non-admins (fixture `access_server`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -78,19 +79,22 @@ async def access_database():
         yield url
 
 
-@pytest.fixture(scope="session")
-def access_server(tmp_path_factory, access_database):
+def serving(data_dir: str, database_url: str, log_name: str, wait_ready: bool = True, **extra: str) -> Iterator[AccessServer]:
+    """A server with access control on (access_env) and a fresh log in test-artifacts/; stopped
+    afterwards. Servers on the same database are replicas of one cluster (one Redis namespace)."""
     from tests.e2e.conftest import ARTIFACTS, shared_redis_env
 
     ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "e2e-access-server.log"
+    log = ARTIFACTS / log_name
     log.unlink(missing_ok=True)
-    server = AccessServer(
-        env=access_env(str(tmp_path_factory.mktemp("citadel-access")), access_database, shared_redis_env()),
-        log_path=log,
-    )
-    server.start()
+    server = AccessServer(env=access_env(data_dir, database_url, shared_redis_env(), **extra), log_path=log)
+    server.start(wait_ready=wait_ready)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def access_server(tmp_path_factory, access_database):
+    yield from serving(str(tmp_path_factory.mktemp("citadel-access")), access_database, "e2e-access-server.log")

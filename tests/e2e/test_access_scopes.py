@@ -16,6 +16,7 @@ from tests.e2e.access_support import (
     access_env,
     codes,
     create_key,
+    serving,
 )
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -183,18 +184,9 @@ def test_a_tenant_key_writes_and_deletes_only_its_tenants_documents(access_serve
 
 @pytest.fixture(scope="module")
 def second_replica(tmp_path_factory, access_database):
-    from tests.e2e.conftest import ARTIFACTS, shared_redis_env
-
-    server = AccessServer(
-        env=access_env(str(tmp_path_factory.mktemp("citadel-access-2")), access_database, shared_redis_env(),
-                       CITADEL_LOAD_MODELS_AT_STARTUP="false"),
-        log_path=ARTIFACTS / "e2e-access-replica-2.log",
-    )  # fmt: skip
-    server.start(wait_ready=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    data_dir = str(tmp_path_factory.mktemp("citadel-access-2"))
+    yield from serving(data_dir, access_database, "e2e-access-replica-2.log", wait_ready=False,
+                       CITADEL_LOAD_MODELS_AT_STARTUP="false")  # fmt: skip
 
 
 def test_a_key_over_its_rate_is_limited_across_two_replicas(access_server, second_replica):

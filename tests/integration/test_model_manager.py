@@ -358,6 +358,53 @@ async def test_a_model_never_requested_starts_downloading_on_first_use(hub: Fake
     await manager.close()
 
 
+# -- who may make the server fetch a model -------------------------------------------------------
+
+
+async def test_a_caller_that_may_not_download_gets_model_unavailable_and_the_hub_sees_nothing(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    settings = hub_settings(
+        tmp_path, hub.url, files=SMALL_FILES, default_model=FALLBACK_MODEL, load_models_at_startup=False
+    )
+    manager, _ = make(settings)
+    await manager.start()
+    with pytest.raises(ModelUnavailable) as caught:
+        await manager.ready_spec(HUB_MODEL, wait=True, may_download=False)
+    ext = caught.value.to_extensions()
+    assert (ext["code"], ext["model"], ext["state"]) == ("MODEL_UNAVAILABLE", HUB_MODEL, "NOT_DOWNLOADED")
+    assert "only an ADMIN key may start its download" in caught.value.message
+    assert manager.status(HUB_MODEL).state is S.NOT_DOWNLOADED and hub.requests == []
+    # One that may (an ADMIN key) downloads it; then it serves every caller.
+    assert (await manager.ready_spec(HUB_MODEL, wait=True)).name == HUB_MODEL
+    assert hub.requests != []
+    assert (await manager.ready_spec(HUB_MODEL, may_download=False)).name == HUB_MODEL
+    await manager.close()
+
+
+async def test_a_cached_model_loads_for_a_caller_that_may_not_download(hub: FakeHub, tmp_path: Path) -> None:
+    online, _ = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES))
+    assert (await online.ensure(HUB_MODEL)).state is S.READY
+    await online.close()
+    hub.requests.clear()
+
+    settings = hub_settings(
+        tmp_path, hub.url, files=SMALL_FILES, default_model=FALLBACK_MODEL, load_models_at_startup=False
+    )
+    restarted, _ = make(settings)
+    spec = await restarted.ready_spec(HUB_MODEL, wait=True, may_download=False)
+    await restarted.close()
+    assert spec.name == HUB_MODEL and hub.requests == []
+
+
+async def test_the_default_model_is_fetched_on_first_use_whoever_asks(hub: FakeHub, tmp_path: Path) -> None:
+    manager, _ = make(hub_settings(tmp_path, hub.url, files=SMALL_FILES, load_models_at_startup=False))
+    await manager.start()
+    spec = await manager.ready_spec(None, wait=True, may_download=False)
+    await manager.close()
+    assert spec.name == HUB_MODEL and hub.requests != []
+
+
 # -- a broken cache is repaired ---------------------------------------------------------------
 
 

@@ -72,7 +72,9 @@ class FakePool:
     def calls(self) -> list[list[str]]:
         return self.backend.passes
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool, tokens: Any = None) -> np.ndarray:
+    async def encode(
+        self, name: str, texts: Sequence[str], normalize: bool, tokens: Any = None, fair_key: str = "internal"
+    ) -> np.ndarray:
         if self.error:
             self.backend.passes.append(list(texts))
             raise self.error
@@ -101,7 +103,7 @@ class FakeModels:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
 
-    async def ready_spec(self, name: str | None, wait: bool = False) -> ModelSpec:
+    async def ready_spec(self, name: str | None, wait: bool = False, *, may_download: bool = True) -> ModelSpec:
         if name not in (None, self.spec.name):
             raise ModelUnavailable(f"{name} is not ready")
         return self.spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from app.domain.access import ANONYMOUS, Principal, Scope
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, ModelUnavailable
 from app.services.embedding import EmbeddingService
@@ -99,3 +100,39 @@ async def test_unready_model_is_model_unavailable():
     with pytest.raises(ModelUnavailable):
         await service.embed(["x"], model="BAAI/bge-small-en-v1.5")
     assert pool.calls == []
+
+
+class ModelsThatRecord(FakeModels):
+    """What the service let the caller's request do: start a download, or not."""
+
+    async def ready_spec(self, name, wait=False, *, may_download=True):
+        self.may_download = may_download
+        return await super().ready_spec(name, wait)
+
+
+READER = Principal(kind="key", name="reader", scopes=frozenset({Scope.READ}), collections=frozenset({"nothing"}))
+WRITER = Principal(kind="key", name="writer", scopes=frozenset({Scope.READ, Scope.WRITE}))
+ADMIN = Principal(kind="key", name="admin", scopes=frozenset({Scope.ADMIN}))
+
+
+@pytest.mark.parametrize(
+    ("principal", "keys_required", "on_demand", "may_download"),
+    [
+        (READER, True, False, False),
+        (WRITER, True, False, False),
+        (ADMIN, True, False, True),
+        (READER, True, True, True),
+        (READER, False, False, True),  # without keys required, the same caller could omit its key
+        (ANONYMOUS, False, False, True),
+    ],
+    ids=["read-key", "write-key", "admin-key", "read-key-on-demand", "read-key-no-keys-mode", "anonymous"],
+)
+async def test_only_admins_start_downloads_unless_on_demand_or_keys_are_not_required(
+    principal, keys_required, on_demand, may_download
+):
+    service, _ = make_service()
+    service.settings.auth = service.settings.auth.model_copy(update={"required": keys_required})
+    service.settings.downloads = service.settings.downloads.model_copy(update={"on_demand": on_demand})
+    models = service.models = ModelsThatRecord(service.models.spec)
+    await service.embed(["x"], principal=principal)
+    assert models.may_download is may_download
