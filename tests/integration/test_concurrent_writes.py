@@ -381,3 +381,38 @@ async def test_conflicts_between_clients_are_never_internal(stack: Stack) -> Non
     assert "INTERNAL" not in codes and "DEPENDENCY_UNAVAILABLE" not in codes
     await settle(stack, name)
     await assert_store_mirrors_postgres(stack, name)
+
+
+async def test_two_replicas_writing_the_same_ids_converge(stack: Stack) -> None:
+    """Two gateway replicas (each its own PostgreSQL pool, ingest service and reconciler) on one
+    database and one vector store, writing the same ids while both reconcilers run."""
+    from app.adapters.postgres import PostgresRepo
+    from app.adapters.postgres_pool import create_pool
+    from app.services.reconciler import Reconciler
+
+    name = "replicas"
+    await stack.collections.create(name)
+    pool = await create_pool(stack.settings.database_url, max_size=4)
+    try:
+        other_repo = PostgresRepo(pool)
+        rng = random.Random(17)
+        replicas = [
+            IngestService(stack.settings, stack.repo, stack.store, DelayedEmbedder(stack.embedder, rng), stack.models),
+            IngestService(stack.settings, other_repo, stack.store, DelayedEmbedder(stack.embedder, rng), stack.models),
+        ]
+        other_reconciler = Reconciler(other_repo, stack.store, stack.embedder, 0.05, stack.settings, stack.models)
+        ids = [f"r-{i:02d}" for i in range(20)]
+
+        async def write(writer: int) -> Any:
+            docs = [{"id": i, "text": text_of(str(writer), 0, int(i[2:])), "metadata": {"writer": f"w{writer}"}} for i in rng.sample(ids, len(ids))]
+            return await replicas[writer % 2].ingest(name, docs)
+
+        work = [write(w) for w in range(6)] + [stack.reconciler.run_once(), other_reconciler.run_once()]
+        results = await asyncio.gather(*work, return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert sum(r.inserted for r in results[:6]) == len(ids)
+        await assert_written_in_commit_order(stack, name)
+        await settle(stack, name)
+        await assert_store_mirrors_postgres(stack, name)
+    finally:
+        await pool.close()
