@@ -91,6 +91,7 @@ class LimitSettings(BaseModel):
     max_aliases: int = Field(32, description="Most aliases in one GraphQL document")
     max_query_tokens: int = Field(4_000, description="Most tokens in one GraphQL document")
     max_search_limit: int = Field(1_000, description="Largest search limit / page size")
+    max_scan_points: int = Field(100_000, ge=0, description="Most points or rows one request may read by scanning where no index answers (facets of fields outside indexedFields, a tenant-bound key's document counts and pages): facets and counts over it are BAD_INPUT before the scan, pages stop early with a cursor (0: no limit)")
 
 
 class InferenceSettings(BaseModel):

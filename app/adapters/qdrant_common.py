@@ -1,6 +1,7 @@
 """What both Qdrant adapters share: one table of distances and payload index types, one filter
-translator, and the facet fallback. qdrant-edge-py and qdrant-client spell the same concepts
-differently; each adapter passes a small QdrantDialect that builds its library's objects.
+translator, and the facet fallback (a scan, counted page by page). qdrant-edge-py and
+qdrant-client spell the same concepts differently; each adapter passes a small QdrantDialect
+that builds its library's objects.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from app.domain.filters import And, Eq, Exists, FilterNode, In, Not, Or, Range
 from app.domain.vectors import CHUNK_KEY, Distance, FacetValue, payload_key
@@ -80,17 +81,60 @@ def document_points(node: FilterNode | None, dialect: QdrantDialect) -> Any:
     return dialect.make_filter(must=[first] if node is None else [first, qdrant_filter(node, dialect)])
 
 
+class FacetCounter:
+    """Facet counts kept as a scan goes, page by page, as Qdrant counts them: each document
+    counts once per distinct string/integer/bool value of `key` (list elements are values).
+
+    A scan reads every point under the request's filter with only `fields` of its payload: the
+    faceted key and the chunk index, so a document's later chunks are skipped here rather than
+    by a payload filter in the store (which would read every point's payload in one call).
+    Memory grows with the distinct values, never with the points scanned."""
+
+    def __init__(self, key: str) -> None:
+        self.path = key.split(".")
+        self.fields = [key, f"{CHUNK_KEY}.index"]
+        self.counts: Counter[tuple[str, Any]] = Counter()
+
+    def add(self, payloads: Iterable[Mapping[str, Any] | None]) -> None:
+        for payload in payloads:
+            if not _first_point(payload):
+                continue
+            raw: Any = payload
+            for part in self.path:
+                raw = raw.get(part) if isinstance(raw, Mapping) else None
+            values = raw if isinstance(raw, list) else [raw]
+            # (type tag, value): True and 1 are different facet values.
+            self.counts.update({(type(v).__name__, v) for v in values if isinstance(v, (str, int, bool))})
+
+    def top(self, limit: int) -> list[FacetValue]:
+        """Most frequent first, ties by value."""
+        ranked = sorted(self.counts.items(), key=lambda item: (-item[1], item[0][0], str(item[0][1])))
+        return [FacetValue(value=v, count=n) for (_, v), n in ranked[:limit]]
+
+
+def _first_point(payload: Mapping[str, Any] | None) -> bool:
+    """An unchunked point or a document's first chunk (what document_points() keeps)."""
+    chunk = payload.get(CHUNK_KEY) if isinstance(payload, Mapping) else None
+    if chunk is None or chunk == []:
+        return True
+    index = chunk.get("index") if isinstance(chunk, Mapping) else None
+    return index == 0 and not isinstance(index, bool)
+
+
 def count_facets(payloads: Iterable[Mapping[str, Any]], key: str, limit: int) -> list[FacetValue]:
-    """Facet counts computed from payloads, as Qdrant counts them: each point counts once per
-    distinct string/integer/bool value of `key` (list elements are values); most frequent first,
-    ties by value. For a store whose facet API is missing or partial."""
-    counts: Counter[tuple[str, Any]] = Counter()
-    for payload in payloads:
-        raw: Any = payload
-        for part in key.split("."):
-            raw = raw.get(part) if isinstance(raw, Mapping) else None
-        values = raw if isinstance(raw, list) else [raw]
-        # (type tag, value): True and 1 are different facet values.
-        counts.update({(type(v).__name__, v) for v in values if isinstance(v, (str, int, bool))})
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0][0], str(item[0][1])))
-    return [FacetValue(value=v, count=n) for (_, v), n in ranked[:limit]]
+    """Facet counts of payloads already in memory (see FacetCounter)."""
+    counter = FacetCounter(key)
+    counter.add(payloads)
+    return counter.top(limit)
+
+
+async def scan_facets(key: str, limit: int, page: Callable[[Any, FacetCounter], Awaitable[Any]]) -> list[FacetValue]:
+    """The facet fallback for fields without a facet index: `page(offset, counter)` reads one
+    page of points from `offset` (None: the start) with only `counter.fields` of their payloads,
+    adds them to the counter off the event loop (app.domain.scans.off_loop), and returns where
+    the next page starts (None: that was the last). One page is in memory at a time."""
+    counter = FacetCounter(key)
+    offset = await page(None, counter)
+    while offset is not None:
+        offset = await page(offset, counter)
+    return counter.top(limit)

@@ -34,12 +34,14 @@ from app.adapters.qdrant_common import (
     DISTANCES,
     EDGE,
     INDEX_TYPES,
+    FacetCounter,
     QdrantDialect,
-    count_facets,
     document_points,
     qdrant_filter,
+    scan_facets,
 )
 from app.domain.filters import FilterNode
+from app.domain.scans import off_loop
 from app.domain.vectors import (
     DOC_ID_KEY,
     PointRef,
@@ -250,7 +252,14 @@ class QdrantEdgeStore:
         found = await _call(entry.shard.query, request)
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
 
-    async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
+    async def facet(
+        self,
+        name: str,
+        key: str,
+        filter: FilterNode | None,
+        limit: int,
+        before_scan: Callable[[int], None] | None = None,
+    ) -> list[FacetValue]:
         entry = await self._open(name)
         where = document_points(filter, EDGE_DIALECT)
         try:
@@ -259,8 +268,17 @@ class QdrantEdgeStore:
         except Exception as exc:
             if "No appropriate index for faceting" not in str(exc):
                 raise
-        # Qdrant facets only indexed fields; other fields are counted from a scroll.
-        return count_facets(await _call(_scroll_payloads, entry.shard, where), key, limit)
+        # Qdrant facets only indexed fields; other fields are counted from a scan of the points
+        # under the filter, page by page in the scan threads, once their number (a count: all
+        # points, or those under the filter) was allowed.
+        scanned = edge_filter(filter) if filter is not None else None
+        if before_scan is not None:
+            before_scan(int(await off_loop(entry.shard.count, qe.CountRequest(exact=True, filter=scanned))))
+
+        async def page(offset: Any, counter: FacetCounter) -> Any:
+            return await off_loop(_facet_page, entry.shard, scanned, offset, counter)
+
+        return await scan_facets(key, limit, page)
 
     async def count(self, name: str) -> int:
         entry = await self._open(name)
@@ -363,15 +381,14 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, (str, int, bool)) else str(value)
 
 
-def _scroll_payloads(shard: qe.EdgeShard, where: qe.Filter | None) -> list[dict[str, Any]]:
-    payloads: list[dict[str, Any]] = []
-    offset = None
-    while True:
-        request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=True, with_vector=False)
-        records, offset = shard.scroll(request)
-        payloads.extend(dict(r.payload or {}) for r in records)
-        if offset is None:
-            return payloads
+def _facet_page(shard: qe.EdgeShard, where: qe.Filter | None, offset: Any, counter: FacetCounter) -> Any:
+    """One page of a facet scan, in a scan thread: only the counter's fields of each payload are read."""
+    request = qe.ScrollRequest(
+        offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=counter.fields, with_vector=False
+    )
+    records, following = shard.scroll(request)
+    counter.add(r.payload for r in records)
+    return following
 
 
 async def _call(fn: Callable[..., T], *args: Any) -> T:

@@ -8,7 +8,7 @@ indexed once upsert() returns. Transport failures become DependencyUnavailable.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import grpc
 import httpx
@@ -20,12 +20,14 @@ from app.adapters.qdrant_common import (
     CLIENT,
     DISTANCES,
     INDEX_TYPES,
+    FacetCounter,
     QdrantDialect,
-    count_facets,
     document_points,
     qdrant_filter,
+    scan_facets,
 )
 from app.domain.filters import FilterNode
+from app.domain.scans import off_loop
 from app.domain.vectors import (
     DOC_ID_KEY,
     PointRef,
@@ -229,27 +231,45 @@ class QdrantServerStore:
             )
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points]
 
-    async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
+    async def facet(
+        self,
+        name: str,
+        key: str,
+        filter: FilterNode | None,
+        limit: int,
+        before_scan: Callable[[int], None] | None = None,
+    ) -> list[FacetValue]:
         where = document_points(filter, SERVER_DIALECT)
         try:
             async with self._guard(name):
                 response = await self.client.facet(name, key, facet_filter=where, limit=limit, exact=True)
             return [FacetValue(value=h.value, count=int(h.count)) for h in response.hits]
         except BadInput as exc:
-            # A server facets only indexed fields; other fields are counted from a scroll.
+            # A server facets only indexed fields; other fields are counted from a scan of the
+            # points under the filter, page by page (counted in the scan threads), once their
+            # number was allowed.
             if "index" not in exc.message.lower():
                 raise
-        payloads: list[dict[str, Any]] = []
-        offset: Any = None
-        async with self._guard(name):
-            while True:
-                records, offset = await self.client.scroll(
-                    name, scroll_filter=where, limit=_SCROLL_PAGE, offset=offset, with_payload=True, with_vectors=False
+        scanned = server_filter(filter) if filter is not None else None
+        if before_scan is not None:
+            async with self._guard(name):
+                points = (await self.client.count(name, count_filter=scanned, exact=True)).count
+            before_scan(points)
+
+        async def page(offset: Any, counter: FacetCounter) -> Any:
+            async with self._guard(name):
+                records, following = await self.client.scroll(
+                    name,
+                    scroll_filter=scanned,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=counter.fields,
+                    with_vectors=False,
                 )
-                payloads.extend(dict(r.payload or {}) for r in records)
-                if offset is None:
-                    break
-        return count_facets(payloads, key, limit)
+            await off_loop(counter.add, [r.payload for r in records])
+            return following
+
+        return await scan_facets(key, limit, page)
 
     async def _search_params(self, name: str) -> models.SearchParams | None:
         if name not in self._quantized:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, NamedTuple, Protocol, Sequence, get_args
 
@@ -192,8 +193,17 @@ class VectorStore(Protocol):
         """Nearest points to `vector` (SEMANTIC), or ranked as `query` says."""
         ...
 
-    async def facet(self, name: str, key: str, filter: FilterNode | None, limit: int) -> list[FacetValue]:
-        """Points per value of payload `key` under `filter`, most frequent first."""
+    async def facet(
+        self,
+        name: str,
+        key: str,
+        filter: FilterNode | None,
+        limit: int,
+        before_scan: Callable[[int], None] | None = None,
+    ) -> list[FacetValue]:
+        """Points per value of payload `key` under `filter`, most frequent first. A key without a
+        facet index is counted from a scan, page by page and off the event loop; before it starts,
+        `before_scan` is called with the number of points it would read (it may raise to refuse)."""
         ...
 
     async def count(self, name: str) -> int: ...

@@ -1,4 +1,4 @@
-"""Per-request GraphQL context: the app's services, the caller, and fresh DataLoaders."""
+"""Per-request GraphQL context: the app's services, the caller, fresh DataLoaders and the scan budget."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from starlette.websockets import WebSocket
 from strawberry.dataloader import DataLoader
 
 from app.domain.access import ANONYMOUS, Principal
+from app.domain.scans import ScanBudget
 from app.errors import CitadelError
 from app.graphql.loaders import count_loader, document_loader
 from app.services.container import Services
@@ -38,8 +39,16 @@ class Context:
 
     @cached_property
     def count_loader(self) -> DataLoader:
-        return count_loader(self.services.documents, lambda: self.principal)
+        return count_loader(self.services.documents, lambda: self.principal, lambda: self.scan_budget)
+
+    # What the operation may still read by scanning (facets outside indexedFields, a tenant's
+    # counts and pages): every alias draws from it, so a document cannot multiply its scans.
+    @cached_property
+    def scan_budget(self) -> ScanBudget:
+        return ScanBudget(self.services.settings.limits.max_scan_points)
 
     def reset_loaders(self) -> None:
+        """Fresh per-operation state (loaders and the scan budget), also on a long-lived WebSocket."""
         self.__dict__.pop("document_loader", None)
         self.__dict__.pop("count_loader", None)
+        self.__dict__.pop("scan_budget", None)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 from strawberry.dataloader import DataLoader
 
 from app.domain.access import Principal
+from app.domain.scans import ScanBudget
 from app.errors import NotFound
 from app.graphql.convert import document_to_gql
 
@@ -32,10 +33,11 @@ def document_loader(documents: Any, principal: Callable[[], Principal]) -> DataL
     return DataLoader(load_fn=load)
 
 
-def count_loader(documents: Any, principal: Callable[[], Principal]) -> DataLoader:
-    """documentCount of every collection in a response in one query."""
+def count_loader(documents: Any, principal: Callable[[], Principal], budget: Callable[[], ScanBudget]) -> DataLoader:
+    """documentCount of every collection in a response in one query (a tenant's counts are
+    charged to the request's scan budget)."""
 
     async def load(names: Sequence[str]) -> list[Any]:
-        return list(await documents.document_counts(list(names), principal=principal()))
+        return list(await documents.document_counts(list(names), principal=principal(), budget=budget()))
 
     return DataLoader(load_fn=load)

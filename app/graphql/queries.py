@@ -89,7 +89,12 @@ class Query:
         self, info: Info, collection: str, field: str, filter: Optional[JSON] = None, limit: Optional[int] = 10
     ) -> list[t.FacetCount]:
         counts = await info.context.services.search.facets(
-            collection, field, filter=filter, limit=10 if limit is None else limit, principal=info.context.principal
+            collection,
+            field,
+            filter=filter,
+            limit=10 if limit is None else limit,
+            principal=info.context.principal,
+            budget=info.context.scan_budget,
         )
         return [t.FacetCount(value=c.value, count=c.count) for c in counts]
 
@@ -113,7 +118,7 @@ class Query:
         self, info: Info, collection: str, after: Optional[str] = None, first: int = 100
     ) -> t.DocumentConnection:
         rows, next_cursor = await info.context.services.documents.page(
-            collection, after, first, principal=info.context.principal
+            collection, after, first, principal=info.context.principal, budget=info.context.scan_budget
         )
         return t.DocumentConnection(items=[document_to_gql(row) for row in rows], next_cursor=next_cursor)
 

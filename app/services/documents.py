@@ -2,6 +2,8 @@
 
 Every read checks READ and the collection grant; a tenant-bound key sees only documents whose
 metadata matches its filter (app.domain.filter_matcher.matches, the same semantics as search).
+A tenant's counts and pages scan rows' metadata: bounded by the request's ScanBudget and
+filtered off the event loop (app.domain.scans).
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.domain.access import INTERNAL, Principal, Scope
+from app.domain.scans import ScanBudget, off_loop
 from app.errors import NotFound
 from app.settings import Settings
 
-SCAN_PAGE = 1_000  # rows read per query while a tenant's documents are counted or paged
+SCAN_PAGE = 500  # rows (id, metadata) read per query while a tenant's documents are counted or paged
 
 
 class DocumentService:
@@ -41,43 +44,88 @@ class DocumentService:
         return (await self.get_documents(collection, [doc_id], principal=principal))[0]
 
     async def page(
-        self, collection: str, after: str | None, first: int, *, principal: Principal = INTERNAL
+        self,
+        collection: str,
+        after: str | None,
+        first: int,
+        *,
+        principal: Principal = INTERNAL,
+        budget: ScanBudget | None = None,
     ) -> tuple[list[Any], str | None]:
-        """Up to `first` documents in id order after the cursor, and the next cursor (None at the end)."""
+        """Up to `first` documents in id order after the cursor, and the next cursor (None at the end).
+
+        A tenant-bound key's page is found by scanning rows' metadata; the scan stops at the
+        request's `budget` (without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this call), and the
+        page may then hold fewer than `first` documents, even none, with a cursor to go on from."""
         await self._collection(collection, principal)
         first = max(1, min(first, self.settings.limits.max_search_limit))
         if principal.tenant is None:
             rows = await self.repo.list_documents(collection, after, first + 1)
-        else:
-            rows = await self._tenant_rows(collection, after, first + 1, principal)
-        items = rows[:first]
-        return items, (items[-1].id if len(rows) > first else None)
+            items = rows[:first]
+            return items, (items[-1].id if len(rows) > first else None)
+        return await self._tenant_page(collection, after, first, principal, budget or self._budget())
 
-    async def _tenant_rows(self, collection: str, after: str | None, wanted: int, principal: Principal) -> list[Any]:
-        found: list[Any] = []
-        cursor = after
-        while len(found) < wanted:
-            batch = await self.repo.list_documents(collection, cursor, SCAN_PAGE)
-            found.extend(row for row in batch if principal.owns(row.metadata))
-            if len(batch) < SCAN_PAGE:
+    async def _tenant_page(
+        self, collection: str, after: str | None, first: int, principal: Principal, budget: ScanBudget
+    ) -> tuple[list[Any], str | None]:
+        owned: list[str] = []  # ids of the tenant's documents, in id order
+        cursor, scanned = after, 0
+        while len(owned) <= first:  # one more than the page says whether another follows
+            allowed = budget.take(SCAN_PAGE)
+            if not allowed:
+                if not scanned:
+                    what = f"paging collection {collection!r} for a tenant-bound key scans rows' metadata"
+                    raise budget.refusal(what, "Ask for fewer pages in one request.")
+                break  # stopped by the budget: the cursor goes on from the last row read
+            batch = await self.repo.document_metadata(collection, cursor, allowed)
+            budget.give_back(allowed - len(batch))
+            scanned += len(batch)
+            owned.extend(await off_loop(_owned_ids, batch, principal))
+            if len(batch) < allowed:
+                cursor = None  # the end of the collection
                 break
-            cursor = batch[-1].id
-        return found[:wanted]
+            cursor = batch[-1][0]
+        ids = owned[:first]
+        following = ids[-1] if len(owned) > first else cursor
+        rows = await self.repo.get_documents(collection, ids)
+        # Read again by id: a row deleted or moved to another tenant since is left out.
+        return [r for r in rows if r is not None and r.status != "deleting" and principal.owns(r.metadata)], following
 
-    async def document_counts(self, names: Sequence[str], *, principal: Principal = INTERNAL) -> list[int]:
-        """documentCount of each collection, in order; one query for callers without a tenant."""
+    async def document_counts(
+        self, names: Sequence[str], *, principal: Principal = INTERNAL, budget: ScanBudget | None = None
+    ) -> list[int]:
+        """documentCount of each collection, in order; one query for callers without a tenant.
+
+        A tenant-bound key's counts scan every row's metadata: the rows are counted first (one
+        query) and charged to `budget` (without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this
+        call), so a request over it is BAD_INPUT before any scan."""
         for name in names:
             principal.require(Scope.READ, name)
+        counts = await self.repo.count_documents_in(names)
         if principal.tenant is None:
-            counts = await self.repo.count_documents_in(names)
             return [counts[name] for name in names]
+        listed = ", ".join(repr(name) for name in list(names)[:3]) + (", ..." if len(names) > 3 else "")
+        (budget or self._budget()).charge(
+            sum(counts.values()),
+            f"documentCount for a tenant-bound key (every row's metadata of {listed})",
+            "Ask for documentCount of fewer collections in one request.",
+            unit="rows",
+        )
         return [await self._tenant_count(name, principal) for name in names]
 
     async def _tenant_count(self, collection: str, principal: Principal) -> int:
         total, cursor = 0, None
         while True:
             batch = await self.repo.document_metadata(collection, cursor, SCAN_PAGE)
-            total += sum(1 for _, metadata in batch if principal.owns(metadata))
+            total += len(await off_loop(_owned_ids, batch, principal))
             if len(batch) < SCAN_PAGE:
                 return total
             cursor = batch[-1][0]
+
+    def _budget(self) -> ScanBudget:
+        return ScanBudget(self.settings.limits.max_scan_points)
+
+
+def _owned_ids(batch: Sequence[tuple[str, Any]], principal: Principal) -> list[str]:
+    """Ids of the rows in the caller's tenant (a scan page's work, in a scan thread)."""
+    return [doc_id for doc_id, metadata in batch if principal.owns(metadata)]

@@ -21,6 +21,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.adapters.bm25 import bm25
 from app.domain.embedding import EmbedKind
 from app.domain.filters import FilterNode, check_field, parse_filter
+from app.domain.scans import ScanBudget
 from app.domain.vectors import (
     CHUNK_KEY,
     DOC_ID_KEY,
@@ -140,16 +141,40 @@ class SearchService:
         return principal.read_filter(parse_filter(raw) if raw is not None else None)
 
     async def facets(
-        self, collection: str, field: str, filter: Any | None = None, limit: int = 10, *, principal: Principal = INTERNAL
+        self,
+        collection: str,
+        field: str,
+        filter: Any | None = None,
+        limit: int = 10,
+        *,
+        principal: Principal = INTERNAL,
+        budget: ScanBudget | None = None,
     ) -> list[FacetValue]:
-        """Documents per value of a metadata field under the filter, most frequent first."""
+        """Documents per value of a metadata field under the filter, most frequent first.
+
+        A field in the collection's indexedFields is counted by Qdrant's facet index; any other
+        is counted from a scan of the points under the filter, charged to `budget` (the
+        request's; without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this call) before it starts.
+        """
         principal.require(Scope.READ, collection)
         row = await self.repo.require_collection(collection)
         check_field(field, "field")
         max_limit = self.settings.limits.max_search_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
             raise BadInput(f"limit must be between 1 and {max_limit}, got {limit!r}", field="limit")
-        return await self.store.facet(row.name, payload_key(field), self.store_filter(filter, principal), limit)
+        budget = budget or ScanBudget(self.settings.limits.max_scan_points)
+
+        def before_scan(points: int) -> None:
+            budget.charge(
+                points,
+                f"facets of {field!r} in collection {row.name!r} (a field outside its indexedFields)",
+                f"Create the collection with {field!r} in indexedFields (Qdrant's facet index counts those "
+                "without a scan), or narrow the filter.",
+            )
+
+        return await self.store.facet(
+            row.name, payload_key(field), self.store_filter(filter, principal), limit, before_scan=before_scan
+        )
 
     # -- internals ------------------------------------------------------------------------------
 
