@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
 from app.domain.access import INTERNAL, Principal, Scope
-from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden
+from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, Overloaded
 from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.services.indexing import IndexOutcome, ToIndex, index_documents, remove_points
@@ -281,7 +281,9 @@ class IngestService:
             logger.warning("ingest into {}: {} documents saved, indexing failed: {!r}", row.name, len(writes), exc)
             # Client-safe: a CitadelError's own message, else only the kind of failure (details are logged).
             reason = exc.message if isinstance(exc, CitadelError) else type(exc).__name__
-            raise DependencyUnavailable(
+            # The model being busy is OVERLOADED (retry later), not an outage of a dependency.
+            error = Overloaded if isinstance(exc, Overloaded) else DependencyUnavailable
+            raise error(
                 f"{len(writes)} documents were saved but could not all be indexed ({reason}); "
                 "they will be indexed by the reconciler",
                 collection=row.name,
