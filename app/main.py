@@ -118,8 +118,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return FastJSONResponse({"status": "ok", "version": __version__})
 
     async def readyz(request: Request) -> JSONResponse:
+        """Needs no key; only an ADMIN one (or none where keys are not required) sees paths,
+        addresses and errors in full."""
         services: Services = request.app.state.services
-        report = await services.health.check()
+        principal, _ = await resolve_principal(services, http_secret(request))
+        shown = services.catalog.disclosure(principal)
+        report = shown.report(await services.health.check())
         models = services.models
         default = models.status(models.effective_default)
         ready = report.status == "ok" and default.state is ModelState.READY
@@ -132,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             "dependencies": [
                 {"name": d.name, "ok": d.ok, "latencyMs": d.latency_ms, "detail": d.detail} for d in report.dependencies
             ],
-            "models": [s.to_readyz() for s in models.statuses()],
+            "models": [shown.errors(s).to_readyz() for s in models.statuses()],
         }
         return FastJSONResponse(body, status_code=200 if ready else 503)
 

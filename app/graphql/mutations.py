@@ -84,7 +84,7 @@ class Mutation:
     async def download_model(self, info: Info, name: str) -> t.Model:
         catalog = info.context.services.catalog
         status = catalog.download(name, info.context.principal)
-        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name))
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name, info.context.principal))
 
     @strawberry.mutation(description="A new API key (ADMIN); its secret is in the answer and nowhere else.")
     async def create_api_key(self, info: Info, input: t.ApiKeyInput) -> t.CreatedApiKey:

@@ -126,7 +126,7 @@ class Query:
     def models(self, info: Info) -> list[t.Model]:
         catalog = info.context.services.catalog
         return [
-            model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+            model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name, info.context.principal))
             for s in catalog.statuses(info.context.principal)
         ]
 
@@ -134,7 +134,7 @@ class Query:
     def model(self, info: Info, name: str) -> Optional[t.Model]:
         catalog = info.context.services.catalog
         status = catalog.status(name, info.context.principal)
-        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name)) if status else None
+        return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name, info.context.principal)) if status else None
 
     @strawberry.field(description="Every API key (ADMIN); secrets are never shown.")
     async def api_keys(self, info: Info) -> list[t.ApiKey]:
@@ -157,7 +157,7 @@ class Query:
                 for d in report.dependencies
             ],
             models=[
-                model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name))
+                model_to_gql(s, catalog.effective_default, catalog.replicas_of(s.name, info.context.principal))
                 for s in catalog.statuses(info.context.principal)
             ],
         )

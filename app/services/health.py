@@ -1,15 +1,19 @@
 """Dependency health: each store reached for real, with its latency; never raises.
 
 `measure` is the one way a probe is timed and its failure described: the health query and
-`citadel doctor` both use it.
+`citadel doctor` both use it. `Disclosure` is what one caller may read of it (and of the models'
+errors): everything for ADMIN, no filesystem path, URL or address for anyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -70,3 +74,46 @@ class HealthService:
         if not result.ok:
             return DependencyStatus(name, False, None, result.error)
         return DependencyStatus(name, True, round(result.latency_ms or 0.0, 3), detail)
+
+
+# A URL (credentials and all), and an absolute path (POSIX, `~`, a Windows drive or share) that
+# does not continue a word: `1/3` and `and/or` stay.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+_PATH = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:)?[/\\][^\s'\"<>|,;()\[\]{}]*")
+_Status = TypeVar("_Status")
+
+
+def without_paths(text: str, directories: Iterable[str] = ()) -> str:
+    """`text` with every URL (`<url>`) and filesystem path (`<path>`) taken out. `directories`
+    (the server's own, such as the data dir) go first, so a space in one does not leave a part."""
+    text = _URL.sub("<url>", text)
+    for directory in sorted(directories, key=len, reverse=True):
+        text = text.replace(directory, "/")  # whatever follows it is then taken out with it
+    return _PATH.sub("<path>", text)
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """What one caller may read of the server's insides: everything (`full`, ADMIN); for anyone
+    else, errors without paths or URLs, and no address of a healthy dependency."""
+
+    full: bool
+    directories: tuple[str, ...] = ()
+
+    def text(self, text: str | None) -> str | None:
+        return text if self.full or text is None else without_paths(text, self.directories)
+
+    def report(self, report: HealthReport) -> HealthReport:
+        if self.full:
+            return report
+        shown = [
+            dataclasses.replace(d, detail=None if d.ok else self.text(d.detail)) for d in report.dependencies
+        ]
+        return HealthReport(report.status, shown)
+
+    def errors(self, item: _Status) -> _Status:
+        """A model status or download event with its `last_error` (and `message`) disclosed."""
+        if self.full:
+            return item
+        changes = {name: self.text(getattr(item, name)) for name in ("last_error", "message") if hasattr(item, name)}
+        return dataclasses.replace(item, **changes)  # type: ignore[type-var]

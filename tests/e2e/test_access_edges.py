@@ -1,6 +1,7 @@
 """The edges of access control over real HTTP and WebSocket, on two replicas of one cluster (machine
 PostgreSQL and Redis, Qdrant Edge, the bundled model): a revoked key's running subscriptions end on
-every replica, and the legacy graphql-ws protocol runs every operation under the same rules."""
+every replica, the legacy graphql-ws protocol runs every operation under the same rules, and health
+shows paths and addresses to ADMIN keys only."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.access_support import ADMIN_KEY, AccessServer, create_key, serving
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -27,12 +29,19 @@ PROGRESS = {"query": "subscription { modelDownloadProgress { model } }"}
 REVOKE = "mutation($id: ID!) { revokeApiKey(id: $id) }"
 
 
+BROKEN = "local/broken"  # a catalog model whose files are missing: its error names a path
+
+
 @pytest.fixture(scope="module")
 def other_replica(tmp_path_factory, access_database):
-    """A second replica of the access server's cluster (same database, so the same Redis namespace)."""
+    """A second replica of the access server's cluster (same database, so the same Redis namespace),
+    with BROKEN in its catalog."""
     data_dir = tmp_path_factory.mktemp("citadel-access-edges")
-    yield from serving(str(data_dir), access_database, "e2e-access-edges-replica.log", wait_ready=False,
-                       CITADEL_LOAD_MODELS_AT_STARTUP="false")  # fmt: skip
+    catalog = {BROKEN: {"backend": "fastembed", "path": str(data_dir / "nowhere" / "model"), "dimensions": 384}}
+    for server in serving(str(data_dir), access_database, "e2e-access-edges-replica.log", wait_ready=False,
+                          CITADEL_LOAD_MODELS_AT_STARTUP="false", CITADEL_MODELS=json.dumps(catalog)):  # fmt: skip
+        server.data_dir = str(data_dir)  # type: ignore[attr-defined]
+        yield server
 
 
 def code_of(message: dict[str, Any]) -> str | None:
@@ -138,3 +147,68 @@ async def test_the_legacy_protocol_runs_queries_and_mutations_under_the_same_rul
         assert await refusal(session, "{ me { id } }") == ["RATE_LIMITED"]
     log = access_server.log_path.read_bytes()[log_before:].decode(errors="replace")
     assert "Traceback" not in log and " | ERROR " not in log, log[-5000:]
+
+
+# ---------------------------------------------------------------- health
+
+
+@pytest.fixture(scope="module")
+async def broken_model(other_replica) -> str:
+    """BROKEN has FAILED on the other replica; its last error, as an ADMIN key reads it."""
+    started = other_replica.graphql(f'mutation {{ downloadModel(name: "{BROKEN}") {{ state }} }}', ADMIN_KEY)
+    assert "errors" not in started, started
+    state = f'{{ model(name: "{BROKEN}") {{ state lastError }} }}'
+
+    def failed() -> bool:
+        return other_replica.graphql(state, ADMIN_KEY)["data"]["model"]["state"] == "FAILED"
+
+    await wait_until(failed, f"{BROKEN} FAILED", attempts=600, every_s=0.1)
+    error = other_replica.graphql(state, ADMIN_KEY)["data"]["model"]["lastError"]
+    assert other_replica.data_dir in error, error
+    return error
+
+
+def readyz(server: AccessServer, key: str | None) -> httpx.Response:
+    return httpx.get(server.url + "/readyz", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=30)
+
+
+HEALTH = "{ health { dependencies { name ok detail } models { name lastError replicas { lastError } } } }"
+
+
+def test_health_shows_paths_and_addresses_to_admin_keys_only(access_server, other_replica, broken_model):
+    reader = create_key(access_server, "health-reader", ["READ"])["secret"]
+    database = other_replica.env["CITADEL_DATABASE_URL"]
+    for key in (None, "not-a-key", reader):
+        for response in (readyz(other_replica, key), httpx.get(other_replica.url + "/healthz", timeout=30)):
+            assert other_replica.data_dir not in response.text and "://" not in response.text, response.text
+        body = readyz(other_replica, key).json()
+        assert [d["detail"] for d in body["dependencies"]] == [None, None, None], body
+        broken = next(m for m in body["models"] if m["name"] == BROKEN)
+        assert broken["state"] == "FAILED" and "<path>" in broken["lastError"], broken  # the error, without where
+    shown = other_replica.graphql(HEALTH, reader)["data"]["health"]
+    assert other_replica.data_dir not in json.dumps(shown) and all(d["detail"] is None for d in shown["dependencies"])
+    assert "<path>" in next(m for m in shown["models"] if m["name"] == BROKEN)["lastError"]
+    listed = other_replica.graphql("{ models { name lastError } }", reader)["data"]["models"]
+    assert next(m for m in listed if m["name"] == BROKEN)["lastError"] != broken_model
+    # ADMIN sees it all: the path in the error, the database's (masked) address.
+    full = readyz(other_replica, ADMIN_KEY).json()
+    assert next(m for m in full["models"] if m["name"] == BROKEN)["lastError"] == broken_model
+    assert next(d for d in full["dependencies"] if d["name"] == "postgres")["detail"] == database
+    admin_health = other_replica.graphql(HEALTH, ADMIN_KEY)["data"]["health"]
+    assert next(m for m in admin_health["models"] if m["name"] == BROKEN)["lastError"] == broken_model
+
+
+async def test_download_events_show_paths_to_admin_keys_only(access_server, other_replica, broken_model):
+    reader = create_key(access_server, "progress-reader", ["READ"])["secret"]
+    query = {"query": f'subscription {{ modelDownloadProgress(model: "{BROKEN}") {{ state message }} }}'}
+    messages = {}
+    for name, secret in (("reader", reader), ("admin", ADMIN_KEY)):
+        async with connect(other_replica.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {secret}"}}))
+            assert (await next_message(ws))["type"] == "connection_ack"
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+            event = (await next_message(ws))["payload"]["data"]["modelDownloadProgress"]
+            assert event["state"] == "FAILED", event
+            messages[name] = event["message"]
+    assert messages["admin"] == broken_model
+    assert other_replica.data_dir not in messages["reader"] and "<path>" in messages["reader"], messages
