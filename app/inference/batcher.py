@@ -22,6 +22,11 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   torch backend's unpadded forward, padding costs little and that overlap is what the split buys:
   measured 0.79x against 0.72x the ceiling without splitting, cold one-text at 64 clients);
 - one future per text: a caller that goes away cancels its futures and their work is skipped;
+- texts queue per fair key (an API key, or a client address; app/inference/fair_queue.py) and are
+  taken in start-time fair order over tokens, so a key's one text goes into the next pass however
+  many texts another key has queued: the passes of a window start in that order (for one key:
+  oldest text first), and passes cut but not started are cut again when a text arrives that
+  should go before theirs;
 - backend.encode runs in a dedicated executor with one thread per pass the backend runs at once
   (`backend.passes_at_once`: 1 on a GPU; on a CPU two single-threaded passes by default, see
   app/inference/cpu_share.py): the event loop never blocks, and while one pass's callers are
@@ -32,6 +37,7 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -44,6 +50,7 @@ from loguru import logger
 from app.domain.embedding import EmbeddingBackend, TokenIdBackend, unit_rows
 from app.errors import Internal, ModelUnavailable
 from app.inference import metrics
+from app.inference.fair_queue import INTERNAL_FAIR_KEY, FairQueue, order
 from app.tasks import cancel_and_wait
 
 # How many batches' worth of the oldest texts are sorted together by length.
@@ -58,6 +65,9 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     ids: Sequence[int] | None = None  # the token ids counted at admission, when the backend takes them
+    key: str = INTERNAL_FAIR_KEY  # whose share of the model it uses; FairQueue sets key, tag and seq
+    tag: float = 0.0
+    seq: int = 0
 
 
 def cut_by_padding(tokens: Sequence[int], max_size: int, max_tokens: int, overhead: int) -> list[int]:
@@ -111,8 +121,11 @@ class DynamicBatcher:
         self.max_queue = max(1, max_queue)
         self.model_name = model_name or backend.model_name
         self.takes_ids = isinstance(backend, TokenIdBackend)  # a capability, checked once
-        self._queue: deque[_Item] = deque()
+        self._queue: FairQueue[_Item] = FairQueue()
         self._ready: deque[list[_Item]] = deque()  # passes cut from the last window, not yet started
+        self._ready_last = (0.0, 0)  # order() of the last text in the window those were cut from
+        self._recut = False  # a text came in that goes before some of _ready's
+        self._pending_by_key: dict[str, int] = {}
         self._running: dict[asyncio.Task[None], list[_Item]] = {}  # passes in flight and their texts
         self._pending = 0
         self._wakeup = asyncio.Event()
@@ -132,15 +145,21 @@ class DynamicBatcher:
         """Texts admitted and not yet answered (queued or in a running pass)."""
         return self._pending
 
+    def pending_of(self, fair_key: str) -> int:
+        """The texts of `pending` that are fair_key's."""
+        return self._pending_by_key.get(fair_key, 0)
+
     async def submit(
         self,
         texts: Sequence[str],
         token_counts: Sequence[int],
         normalize: bool,
         token_ids: Sequence[Sequence[int]] | None = None,
+        fair_key: str = INTERNAL_FAIR_KEY,
     ) -> np.ndarray:
         """Embed texts (already validated) as part of whatever batches form; rows in input order.
-        token_ids: the texts' ids (TokenIdBackend.token_ids), so passes need not tokenize."""
+        token_ids: the texts' ids (TokenIdBackend.token_ids), so passes need not tokenize.
+        fair_key: whose share of the model they use (fair_queue.fair_key_of)."""
         if self._closed:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:
@@ -155,10 +174,14 @@ class DynamicBatcher:
         ]
         self._last_arrival = now
         self._pending += len(items)
+        self._pending_by_key[fair_key] = self._pending_by_key.get(fair_key, 0) + len(items)
         self._queue_size.inc(len(items))
+        release = functools.partial(self._release, fair_key)
         for item in items:
-            item.future.add_done_callback(self._release)
-        self._queue.extend(items)
+            item.future.add_done_callback(release)
+        self._queue.push(fair_key, items)
+        if self._ready and order(items[0]) < self._ready_last:
+            self._recut = True
         self._compact()
         self._wakeup.set()
         self._ensure_worker()
@@ -181,15 +204,20 @@ class DynamicBatcher:
         # Wait for a pass already running in the thread, so the backend can be closed after us.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    def _release(self, _future: asyncio.Future[np.ndarray]) -> None:
+    def _release(self, fair_key: str, _future: asyncio.Future[np.ndarray]) -> None:
         self._pending -= 1
+        left = self._pending_by_key[fair_key] - 1
+        if left:
+            self._pending_by_key[fair_key] = left
+        else:
+            del self._pending_by_key[fair_key]
         self._queue_size.dec()
 
     def _compact(self) -> None:
         # Cancelled items stay queued until the worker reaches them; if callers keep giving up
-        # while a long pass runs, drop them now so the deque stays bounded too.
+        # while a long pass runs, drop them now so the queue stays bounded too.
         if len(self._queue) > 2 * self.max_queue:
-            self._queue = deque(item for item in self._queue if not item.future.done())
+            self._queue.compact()
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
@@ -205,6 +233,10 @@ class DynamicBatcher:
                     await self._wakeup.wait()
                     continue
                 await self._free_passes.acquire()  # released when the pass it starts ends
+                if self._recut:
+                    self._recut = False
+                    self._queue.put_back(item for batch in self._ready for item in batch)
+                    self._ready.clear()
                 if not self._ready:
                     if not self._running:
                         # Gather only while no pass runs: with another pass in flight the cores are
@@ -215,6 +247,7 @@ class DynamicBatcher:
                 if not live:
                     self._free_passes.release()
                     continue
+                self._queue.started(min(item.tag for item in live))
                 task = asyncio.get_running_loop().create_task(self._pass(live))
                 self._running[task] = live
                 task.add_done_callback(self._running.pop)
@@ -242,16 +275,19 @@ class DynamicBatcher:
                 return
 
     def _take_batches(self) -> list[list[_Item]]:
-        window: list[_Item] = []
-        while self._queue and len(window) < self.max_batch_size * WINDOW_BATCHES:
-            item = self._queue.popleft()
-            if not item.future.done():  # skip work nobody waits for
-                window.append(item)
+        """The next window of texts in fair order, cut into passes by length; the passes start in
+        fair order too (the one holding the window's first text first)."""
+        window = self._queue.take(self.max_batch_size * WINDOW_BATCHES, self.max_batch_tokens * WINDOW_BATCHES)
+        if not window:
+            return []
+        self._ready_last = order(window[-1])
         window.sort(key=lambda item: item.tokens)
         ends = cut_by_padding(
             [item.tokens for item in window], self.max_batch_size, self.max_batch_tokens, self.pass_overhead_tokens
         )
-        return [window[begin:end] for begin, end in zip([0, *ends], ends)]
+        passes = [window[begin:end] for begin, end in zip([0, *ends], ends)]
+        passes.sort(key=lambda batch: min(map(order, batch)))
+        return passes
 
     async def _pass(self, batch: list[_Item]) -> None:
         try:
@@ -293,8 +329,8 @@ class DynamicBatcher:
 
     def _fail_all(self, error: Exception) -> None:
         items = [*(item for batch in self._running.values() for item in batch),
-                 *(item for batch in self._ready for item in batch), *self._queue]  # fmt: skip
-        self._ready, self._queue = deque(), deque()
+                 *(item for batch in self._ready for item in batch), *self._queue.drain()]  # fmt: skip
+        self._ready = deque()
         for item in items:
             if not item.future.done():
                 item.future.set_exception(error)

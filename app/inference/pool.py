@@ -2,6 +2,8 @@
 
 Requests go to the least loaded replica. A model idle for settings.inference.idle_unload_seconds
 is unloaded to free memory; its spec and directory are kept, and the next encode reloads it.
+Admission is bounded per model (max_queue) and per fair key (max_queue_per_key: one key cannot
+fill the queue); the batchers share passes between keys (app/inference/fair_queue.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from app.errors import BadInput, CitadelError, ModelUnavailable, Overloaded
 from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
+from app.inference.cpu_share import batch_tokens
+from app.inference.fair_queue import INTERNAL_FAIR_KEY
 from app.domain.models import ModelSpec
 from app.settings import Settings
 from app.tasks import cancel_and_wait
@@ -100,10 +104,18 @@ class ModelPool:
 
     # -- inference -----------------------------------------------------------------------------
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool, tokens: Tokenized | None = None) -> np.ndarray:
+    async def encode(
+        self,
+        name: str,
+        texts: Sequence[str],
+        normalize: bool,
+        tokens: Tokenized | None = None,
+        fair_key: str = INTERNAL_FAIR_KEY,
+    ) -> np.ndarray:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
         settings.inference.truncate is False (extensions carry the offending index).
-        tokens: what tokenize() said of these texts, so they are not tokenized twice."""
+        tokens: what tokenize() said of these texts, so they are not tokenized twice.
+        fair_key: whose share of the model this is (fair_queue.fair_key_of)."""
         loaded = await self._acquire(name)
         try:
             replica = loaded.replicas[0]
@@ -120,9 +132,9 @@ class ModelPool:
                             tokens=count,
                             max_tokens=backend.max_seq_length,
                         )
-            self._admit(loaded, len(texts))
+            self._admit(loaded, len(texts), fair_key)
             replica = self._least_loaded(loaded)
-            return await replica.batcher.submit(texts, counts, normalize, tokens.ids)
+            return await replica.batcher.submit(texts, counts, normalize, tokens.ids, fair_key)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -188,7 +200,7 @@ class ModelPool:
                 batcher = DynamicBatcher(
                     backend,
                     max_batch_size=inference.max_batch_size,
-                    max_batch_tokens=inference.max_batch_tokens,
+                    max_batch_tokens=batch_tokens(inference, device),
                     pass_overhead_tokens=inference.pass_overhead_tokens,
                     max_wait_ms=inference.max_wait_ms,
                     max_gather_ms=inference.max_gather_ms,
@@ -224,15 +236,26 @@ class ModelPool:
         counts = backend.token_counts(texts) if inline else await asyncio.to_thread(backend.token_counts, texts)
         return Tokenized(counts)
 
-    def _admit(self, loaded: _Loaded, count: int) -> None:
-        """The queue bound is per model, over all its replicas: beyond it, OVERLOADED at once."""
-        limit = self.settings.inference.max_queue
+    def _admit(self, loaded: _Loaded, count: int, fair_key: str) -> None:
+        """The queue bounds are per model, over all its replicas: beyond either, OVERLOADED at once.
+        One key may have max_queue_per_key texts waiting (a first request of any size within
+        max_queue is let in), so that a key that floods the model is refused and others are not."""
+        inference = self.settings.inference
+        name = loaded.spec.name
         waiting = sum(replica.batcher.pending for replica in loaded.replicas)
-        if waiting + count > limit:
-            metrics.OVERLOADED.labels(loaded.spec.name).inc()
+        if waiting + count > inference.max_queue:
+            metrics.OVERLOADED.labels(name).inc()
             raise Overloaded(
-                f"model {loaded.spec.name!r} is overloaded: {waiting} texts queued, room for {limit}; retry shortly",
-                model=loaded.spec.name,
+                f"model {name!r} is overloaded: {waiting} texts queued, room for {inference.max_queue}; retry shortly",
+                model=name,
+            )
+        mine = sum(replica.batcher.pending_of(fair_key) for replica in loaded.replicas)
+        if mine and mine + count > inference.max_queue_per_key:
+            metrics.OVERLOADED.labels(name).inc()
+            raise Overloaded(
+                f"model {name!r} is overloaded for this caller: {mine} of its texts queued, room for "
+                f"{inference.max_queue_per_key} per caller; retry shortly",
+                model=name,
             )
 
     @staticmethod

@@ -21,6 +21,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind, Tokenized
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
+from app.inference.fair_queue import INTERNAL_FAIR_KEY, fair_key_of
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
@@ -96,7 +97,7 @@ class EmbeddingService:
         try:
             self._validate(texts)
             spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
-            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens)
+            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, fair_key_of(principal))
         except CitadelError as exc:
             outcome = exc.code
             raise
@@ -125,7 +126,8 @@ class EmbeddingService:
         return spans, max(1, max_length - specials - prompt_tokens)
 
     async def _embed(
-        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool
+        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool,
+        fair_key: str = INTERNAL_FAIR_KEY,
     ) -> EmbedOutcome:
         dims = spec.dimensions
         prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
@@ -155,7 +157,7 @@ class EmbeddingService:
         if todo:
             unique = list(todo)
             unique_tokens = tokenized.pick([todo[text][0] for text in unique]) if tokenized is not None else None
-            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens)
+            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens, fair_key)
             for text, row in zip(unique, computed):
                 vectors[todo[text]] = row
             if cache is not None:
@@ -171,9 +173,10 @@ class EmbeddingService:
         normalize: bool,
         todo: dict[str, list[int]],
         tokens: Tokenized | None,
+        fair_key: str = INTERNAL_FAIR_KEY,
     ) -> np.ndarray:
         try:
-            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens)
+            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens, fair_key)
         except BadInput as exc:
             position = exc.extensions.get("index")
             if not isinstance(position, int):

@@ -96,12 +96,13 @@ async def test_64_concurrent_single_text_requests_share_few_forward_passes(pool,
 
 async def test_cancelled_request_is_not_computed(pool):
     # Every pass slot busy (a CPU replica runs two passes at once), so the doomed request waits in
-    # the queue: a free slot would start it at once.
+    # the queue: a free slot would start it at once. 64 texts of ~26 tokens: one pass each within a
+    # CPU pass's token budget (max_batch_tokens_cpu).
     slots = pool._loaded[MODEL].replicas[0].backend.passes_at_once
     started_before, encoded_before, passes_before = texts_started(), texts_encoded(), passes()
     busy = [
         asyncio.create_task(
-            pool.encode(MODEL, [f"{'a long text to keep the model busy ' * 12} {s} {i}" for i in range(64)], normalize=True)
+            pool.encode(MODEL, [f"{'a text to keep the model busy ' * 3} {s} {i}" for i in range(64)], normalize=True)
         )
         for s in range(slots)
     ]

@@ -72,7 +72,9 @@ class FakePool:
     def calls(self) -> list[list[str]]:
         return self.backend.passes
 
-    async def encode(self, name: str, texts: Sequence[str], normalize: bool, tokens: Any = None) -> np.ndarray:
+    async def encode(
+        self, name: str, texts: Sequence[str], normalize: bool, tokens: Any = None, fair_key: str = "internal"
+    ) -> np.ndarray:
         if self.error:
             self.backend.passes.append(list(texts))
             raise self.error

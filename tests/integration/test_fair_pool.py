@@ -1,0 +1,72 @@
+"""ModelPool with the real bundled model shared by two keys: one saturating it, one light."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app.errors import Overloaded
+from app.inference import metrics
+from app.inference.pool import ModelPool
+from app.domain.models import FALLBACK_MODEL
+from tests.support.models import cosine_rows, engine_settings, minilm_dir, minilm_spec, reference_model  # noqa: F401
+from tests.support.polling import wait_until
+
+pytestmark = pytest.mark.slow
+MODEL = FALLBACK_MODEL
+HEAVY, LIGHT = "key:heavy", "key:light"
+SENTENCE = "the quick brown fox jumps over the lazy dog and "
+
+
+def encoded() -> float:
+    return metrics.sample_sum(metrics.BATCH_SIZE, "citadel_batch_size_sum", model=MODEL)
+
+
+def queued() -> float:
+    return metrics.sample_sum(metrics.QUEUE_SIZE, "citadel_queue_size", model=MODEL)
+
+
+def pending_of(pool: ModelPool, key: str) -> int:
+    return sum(replica.batcher.pending_of(key) for replica in pool._loaded[MODEL].replicas)
+
+
+async def test_a_light_key_is_answered_while_a_heavy_key_saturates_the_model(minilm_dir, reference_model):
+    # Small passes (on a CPU a pass of the default 2,048 tokens takes a fraction of a second; these
+    # are quicker still) and a per-key bound the heavy key reaches.
+    pool = ModelPool(engine_settings(max_batch_tokens_cpu=1_024, max_queue_per_key=300))
+    await pool.load(minilm_spec(), minilm_dir)
+    try:
+        await pool.encode(MODEL, ["warm up"], normalize=True)
+        before = encoded()
+        heavy_texts = [[f"heavy {r} {i} " + SENTENCE * 12 for i in range(128)] for r in range(2)]  # ~120 tokens each
+        heavy = [asyncio.create_task(pool.encode(MODEL, texts, True, fair_key=HEAVY)) for texts in heavy_texts]
+        await wait_until(  # more than one request's worth: both admitted
+            lambda: pending_of(pool, HEAVY) > 128 and encoded() > before, "the heavy key's passes under way"
+        )
+
+        # Each light request is answered while most of the heavy key's texts are still queued.
+        light_texts = [f"light request {i} about vector search" for i in range(3)]
+        answers = []
+        for text in light_texts:
+            answers.append(await pool.encode(MODEL, [text], True, fair_key=LIGHT))
+            assert pending_of(pool, HEAVY) > 128, "the light request waited for the heavy key's queue"
+            assert not any(task.done() for task in heavy)
+        direct = reference_model.encode(light_texts, normalize_embeddings=True, convert_to_numpy=True)
+        assert cosine_rows(np.vstack(answers), direct).min() >= 0.999
+
+        # Beyond its share of the queue the heavy key is refused; the light key is not.
+        with pytest.raises(Overloaded, match="for this caller"):
+            await pool.encode(MODEL, [f"one more {i}" for i in range(100)], True, fair_key=HEAVY)
+        assert (await pool.encode(MODEL, ["still welcome"], True, fair_key=LIGHT)).shape == (1, 384)
+
+        # The heavy client hangs up: what it had queued is dropped, never computed.
+        for task in heavy:
+            task.cancel()
+        await asyncio.gather(*heavy, return_exceptions=True)
+        assert pending_of(pool, HEAVY) == 0
+        await wait_until(lambda: queued() == 0, "the passes under way finished")
+        assert encoded() - before < 128 + len(light_texts) + 1
+    finally:
+        await pool.close()
