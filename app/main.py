@@ -26,7 +26,7 @@ from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge
 from app.graphql.websockets import KeySockets, LegacyWSHandler, OperationQuota, TransportWSHandler
 from app.graphql.schema import build_schema
-from app.inference.fair_queue import RecordClientAddress
+from app.inference.callers import CallerEdge
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
 from app.services.container import Services
@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         dashboard_route(),
         *static_routes(),
     ]
-    middleware = [Middleware(RecordClientAddress), *cors_middleware(settings)]  # the address: fair shares of the model
+    middleware = [Middleware(CallerEdge), *cors_middleware(settings)]  # fair shares of the model; hang-ups
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     return app

@@ -22,7 +22,7 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   torch backend's unpadded forward, padding costs little and that overlap is what the split buys:
   measured 0.79x against 0.72x the ceiling without splitting, cold one-text at 64 clients);
 - one future per text: a caller that goes away cancels its futures and their work is skipped;
-- texts queue per fair key (an API key, or a client address; app/inference/fair_queue.py) and are
+- texts queue per fair key (an API key or a client address, app/inference/callers.py) and are
   taken in start-time fair order over tokens, so a key's one text goes into the next pass however
   many texts another key has queued: the passes of a window start in that order (for one key:
   oldest text first), and passes cut but not started are cut again when a text arrives that
@@ -50,7 +50,8 @@ from loguru import logger
 from app.domain.embedding import EmbeddingBackend, TokenIdBackend, unit_rows
 from app.errors import Internal, ModelUnavailable
 from app.inference import metrics
-from app.inference.fair_queue import INTERNAL_FAIR_KEY, FairQueue, order
+from app.inference.callers import INTERNAL_FAIR_KEY
+from app.inference.fair_queue import FairQueue, order
 from app.tasks import cancel_and_wait
 
 # How many batches' worth of the oldest texts are sorted together by length.
@@ -159,7 +160,7 @@ class DynamicBatcher:
     ) -> np.ndarray:
         """Embed texts (already validated) as part of whatever batches form; rows in input order.
         token_ids: the texts' ids (TokenIdBackend.token_ids), so passes need not tokenize.
-        fair_key: whose share of the model they use (fair_queue.fair_key_of)."""
+        fair_key: whose share of the model they use (callers.fair_key_of)."""
         if self._closed:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:

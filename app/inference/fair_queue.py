@@ -1,8 +1,9 @@
 """The texts a replica has queued, per caller, served so that callers share the model fairly.
 
-A caller is a fair key: an API key, or the client's address where no key is used (`fair_key_of`).
-Start-time fair queuing over tokens (Goyal, Vin and Cheng, SIGCOMM 1996): a text gets a start tag
-S = max(V, F), where F is the finish tag of its key's previous text, and F becomes S + its tokens;
+A caller is a fair key: an API key, or the client's address where no key is used
+(app/inference/callers.py). Start-time fair queuing over tokens (Goyal, Vin and Cheng, SIGCOMM
+1996): a text gets a start tag S = max(V, F), where F is the finish tag of its key's previous
+text, and F becomes S + its tokens;
 texts are taken in tag order (ties in arrival order). V, the virtual time, is the least tag of the
 last pass started (DynamicBatcher starts the passes of a window in tag order). So:
 - a key that had nothing queued starts at V, before every text another key has waiting: one text
@@ -19,42 +20,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
 from typing import Any, Generic, Protocol, TypeVar
-
-from app.domain.access import Principal
-
-# The fair key of the server's own work (the reconciler, tests of one service).
-INTERNAL_FAIR_KEY = "internal"
-
-# The client's address for the request being served; set by the HTTP edge (app/main.py), so that
-# callers without a key are told apart by where they connect from.
-CLIENT_ADDRESS: ContextVar[str | None] = ContextVar("citadel_client_address", default=None)
-
-
-class RecordClientAddress:
-    """ASGI middleware: CLIENT_ADDRESS is the client's host while its request (or WebSocket) runs."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        client = scope.get("client")
-        token = CLIENT_ADDRESS.set(client[0] if client else None)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            CLIENT_ADDRESS.reset(token)
-
-
-def fair_key_of(principal: Principal) -> str:
-    """Whose share of the model a call uses: its key, else its client's address."""
-    if principal.key_id:
-        return f"key:{principal.key_id}"
-    if principal.kind == "env":
-        return "key:admin-env"
-    address = CLIENT_ADDRESS.get()
-    return f"address:{address}" if address else INTERNAL_FAIR_KEY
 
 
 class Queued(Protocol):

@@ -25,7 +25,7 @@ from app.inference import metrics
 from app.inference.backends import load_backend
 from app.inference.batcher import DynamicBatcher
 from app.inference.cpu_share import batch_tokens
-from app.inference.fair_queue import INTERNAL_FAIR_KEY
+from app.inference.callers import INTERNAL_FAIR_KEY
 from app.domain.models import ModelSpec
 from app.settings import Settings
 from app.tasks import cancel_and_wait
@@ -115,7 +115,7 @@ class ModelPool:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
         settings.inference.truncate is False (extensions carry the offending index).
         tokens: what tokenize() said of these texts, so they are not tokenized twice.
-        fair_key: whose share of the model this is (fair_queue.fair_key_of)."""
+        fair_key: whose share of the model this is (callers.fair_key_of)."""
         loaded = await self._acquire(name)
         try:
             replica = loaded.replicas[0]

@@ -21,7 +21,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind, Tokenized
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
-from app.inference.fair_queue import INTERNAL_FAIR_KEY, fair_key_of
+from app.inference.callers import INTERNAL_FAIR_KEY, fair_key_of
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec

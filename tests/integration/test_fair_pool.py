@@ -70,3 +70,41 @@ async def test_a_light_key_is_answered_while_a_heavy_key_saturates_the_model(min
         assert encoded() - before < 128 + len(light_texts) + 1
     finally:
         await pool.close()
+
+
+async def test_an_http_client_that_hangs_up_has_its_queued_texts_dropped(minilm_dir):
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from app.inference.callers import CallerEdge
+    from tests.support.server import free_port
+
+    pool = ModelPool(engine_settings(max_batch_tokens_cpu=1_024))
+    await pool.load(minilm_spec(), minilm_dir)
+    texts = [f"gone {i} " + SENTENCE * 12 for i in range(256)]
+
+    async def embed(request):
+        await request.body()
+        return JSONResponse({"rows": len(await pool.encode(MODEL, texts, True, fair_key="key:gone"))})
+
+    port = free_port()
+    app = CallerEdge(Starlette(routes=[Route("/embed", embed, methods=["POST"])]))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: server.started, "the server listening")
+        await pool.encode(MODEL, ["warm up"], normalize=True)
+        before = encoded()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /embed HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\n{}")
+        await wait_until(lambda: pending_of(pool, "key:gone") > 0 and encoded() > before, "the texts being encoded")
+        writer.close()  # the client hangs up
+        await wait_until(lambda: pending_of(pool, "key:gone") == 0, "its texts dropped")
+        await wait_until(lambda: queued() == 0, "the passes under way finished")
+        assert encoded() - before < len(texts) // 2
+    finally:
+        server.should_exit = True
+        await serving
+        await pool.close()

@@ -12,7 +12,8 @@ from app.domain.access import ANONYMOUS, INTERNAL, Principal, Scope
 from app.inference.batcher import DynamicBatcher
 from app.inference.cpu_share import batch_tokens
 from app.domain.models import FALLBACK_MODEL
-from app.inference.fair_queue import CLIENT_ADDRESS, FairQueue, fair_key_of
+from app.inference.callers import CLIENT_ADDRESS, CallerEdge, fair_key_of
+from app.inference.fair_queue import FairQueue
 from app.services.embedding import EmbeddingService
 from app.settings import InferenceSettings, Settings
 from tests.support.fakes import FakeBackend, FakeModels, FakePool
@@ -231,3 +232,86 @@ async def test_embed_hands_the_callers_fair_key_to_the_pool():
         CLIENT_ADDRESS.reset(token)
     await service.embed(["from the server itself"])
     assert pool.fair_keys == ["key:reader-1", "address:192.0.2.1", "internal"]
+
+
+# -- the HTTP edge: the caller's address, and a hang-up cancels the request --------------------------
+
+
+class Transport:
+    """An ASGI server's side of one HTTP request: the body, then `http.disconnect` when the client
+    leaves (`hang_up`) or once the response is complete, as uvicorn sends it."""
+
+    def __init__(self) -> None:
+        self.left = asyncio.Event()
+        self.sent: list[dict] = []
+        self._body_read = False
+        self._complete = asyncio.Event()
+
+    async def receive(self) -> dict:
+        if not self._body_read:
+            self._body_read = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        left, complete = asyncio.ensure_future(self.left.wait()), asyncio.ensure_future(self._complete.wait())
+        await asyncio.wait([left, complete], return_when=asyncio.FIRST_COMPLETED)
+        left.cancel(), complete.cancel()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            self._complete.set()
+
+
+def edge_app(record: dict, release: asyncio.Event):
+    async def app(scope, receive, send):
+        await receive()
+        record["key"] = fair_key_of(ANONYMOUS)
+        try:
+            await release.wait()  # the work, e.g. texts queued for the model
+        except asyncio.CancelledError:
+            record["cancelled"] = True
+            raise
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+
+    return app
+
+
+SCOPE = {"type": "http", "method": "POST", "path": "/graphql", "headers": [], "client": ("198.51.100.4", 5123)}
+
+
+async def test_a_client_that_hangs_up_has_its_request_cancelled():
+    record: dict = {}
+    transport = Transport()
+    edge = CallerEdge(edge_app(record, asyncio.Event()))
+    serving = asyncio.create_task(edge(SCOPE, transport.receive, transport.send))
+    await wait_until(lambda: "key" in record, "the request running")
+    assert record["key"] == "address:198.51.100.4"
+    transport.left.set()
+    await serving  # returns quietly: nobody to answer
+    assert record.get("cancelled") and transport.sent == []
+    assert CLIENT_ADDRESS.get() is None
+
+
+async def test_a_client_that_stays_gets_its_answer():
+    record: dict = {}
+    release = asyncio.Event()
+    transport = Transport()
+    serving = asyncio.create_task(CallerEdge(edge_app(record, release))(SCOPE, transport.receive, transport.send))
+    await wait_until(lambda: "key" in record, "the request running")
+    release.set()
+    await serving
+    transport.left.set()  # leaving after the answer changes nothing
+    await asyncio.sleep(0)
+    assert "cancelled" not in record and transport.sent[-1]["body"] == b"done"
+
+
+async def test_the_server_stopping_a_request_still_cancels_it():
+    record: dict = {}
+    transport = Transport()
+    serving = asyncio.create_task(CallerEdge(edge_app(record, asyncio.Event()))(SCOPE, transport.receive, transport.send))
+    await wait_until(lambda: "key" in record, "the request running")
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert record.get("cancelled")
