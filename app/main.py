@@ -23,7 +23,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from app import __version__
 from app.domain.models import ModelState
 from app.graphql.context import Context
-from app.graphql.http import GraphQLHttpEdge
+from app.graphql.http import GraphQLHttpEdge, error_response
 from app.graphql.websockets import KeySockets, LegacyWSHandler, OperationQuota, TransportWSHandler
 from app.graphql.schema import build_schema
 from app.inference.callers import CallerEdge
@@ -62,8 +62,24 @@ class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
         services: Services = request.app.state.services
         context = Context(request=request, response=response, services=services)
         if isinstance(request, Request):  # a WebSocket's key comes with connection_init
-            context.principal, context.auth_error = await resolve_principal(services, http_secret(request))
+            caller = getattr(request.state, "caller", None)  # resolved by refuse_before_body
+            context.principal, context.auth_error = caller or await resolve_principal(services, http_secret(request))
         return context
+
+    async def refuse_before_body(self, request: Request) -> Response | None:
+        """Where keys are required, a POST without a valid key gets 401 (503 when the key cannot be
+        checked now) before its body is read: such a client cannot make the server read anything."""
+        services: Services = request.app.state.services
+        if request.method != "POST" or not services.settings.auth_required:
+            return None
+        principal, error = request.state.caller = await resolve_principal(services, http_secret(request))
+        if error is not None:
+            return error_response(503, error.message, error.code, request.headers)
+        if principal.kind != "rejected":
+            return None
+        response = error_response(401, principal.reason or "a valid API key is required", "UNAUTHENTICATED", request.headers)
+        response.headers["www-authenticate"] = "Bearer"
+        return response
 
     async def on_ws_connect(self, context: Context) -> Any:
         """No subscription runs before this accepts the connection's key."""

@@ -28,7 +28,7 @@ class ServerSettings(BaseModel):
     log_json: bool = Field(False, description="Write logs as JSON lines")
     access_log: bool = Field(False, description="Log every HTTP request (about 0.2 ms of CPU each, a fifth of a cached embed; /metrics counts requests anyway)")
     graphiql: bool = Field(True, description="Serve GraphiQL at /graphql to browsers")
-    max_body_bytes: int = Field(0, description="Largest /graphql request body, else 413 (0: sized for the largest allowed ingest, about 97 MB with the default limits)")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=0, description="Largest request body of /graphql and /v1/embeddings, else 413 before it is read; 32 MiB, as Qdrant's request limit, fits the largest ingest the default limits allow (0: sized for the largest ingest the limits allow)")
     ws_init_timeout_seconds: float = Field(5.0, description="A WebSocket that sends no connection_init within this is closed (4408; 1002 on legacy graphql-ws)")
     max_subscriptions_per_connection: int = Field(20, description="Operations one WebSocket may run at once")
     max_subscriptions_per_key: int = Field(100, description="Operations one API key (or, without a key, one client address) may run at once over all its WebSockets to this replica")
@@ -85,7 +85,7 @@ class LimitSettings(BaseModel):
     max_texts_per_request: int = Field(256, description="Most texts in one embed call")
     max_text_chars: int = Field(20_000, description="Longest text (characters)")
     max_request_chars: int = Field(2_000_000, description="Most characters in one embed call")
-    max_documents_per_ingest: int = Field(1_000, description="Most documents in one ingest call")
+    max_documents_per_ingest: int = Field(256, description="Most documents in one ingest call (with max_text_chars and max_metadata_bytes, sized to fit the body limit)")
     max_metadata_bytes: int = Field(16_384, description="Largest metadata object (JSON bytes)")
     max_query_depth: int = Field(12, description="Deepest GraphQL document")
     max_aliases: int = Field(32, description="Most aliases in one GraphQL document")
@@ -221,14 +221,17 @@ class Settings(BaseSettings):
         return self.hf_home / "citadel" if self.hf_home else self.data_dir / "models"
 
     @property
-    def request_body_limit(self) -> int:
-        """The configured body limit, or room for the largest ingest: every document at its longest
-        text (4 UTF-8 bytes a character at worst) and metadata, plus 1 MiB for the rest."""
-        if self.server.max_body_bytes > 0:
-            return self.server.max_body_bytes
+    def largest_ingest_bytes(self) -> int:
+        """The body of the largest ingest the limits allow: every document at its longest text (4
+        UTF-8 bytes a character at worst) and metadata, plus 1 MiB for the rest."""
         limits = self.limits
         per_document = limits.max_text_chars * 4 + limits.max_metadata_bytes
         return limits.max_documents_per_ingest * per_document + (1 << 20)
+
+    @property
+    def request_body_limit(self) -> int:
+        """The largest request body: the configured one, or (0) room for the largest ingest."""
+        return self.server.max_body_bytes or self.largest_ingest_bytes
 
     @property
     def replica(self) -> str:

@@ -1,4 +1,5 @@
-"""Startup checks of access settings: unsafe ones are said out loud, impossible ones refuse to start."""
+"""Startup checks of access and edge settings: unsafe or inconsistent ones are said out loud,
+impossible ones refuse to start."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def warn_unsafe_settings(settings: Settings) -> None:
         logger.warning("UNSAFE: CITADEL_AUTH__ADMIN_KEY is shorter than {} characters", MIN_ADMIN_KEY_CHARS)
     if settings.auth_required:
         logger.info("API keys are required (CITADEL_AUTH__REQUIRED)")
+    if settings.largest_ingest_bytes > settings.request_body_limit:
+        logger.warning(
+            "CITADEL_LIMITS__MAX_DOCUMENTS_PER_INGEST, MAX_TEXT_CHARS and MAX_METADATA_BYTES allow an ingest of up "
+            "to {} bytes, over CITADEL_SERVER__MAX_BODY_BYTES ({}): such calls get 413",
+            settings.largest_ingest_bytes, settings.request_body_limit,
+        )  # fmt: skip
 
 
 async def check_admin_reachable(settings: Settings, keys_repo: Any) -> None:

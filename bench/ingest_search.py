@@ -129,7 +129,7 @@ def parse_args() -> argparse.Namespace:
         default=None,
         help="queries per search scenario (default 200; quick 50)",
     )
-    parser.add_argument("--batch", type=int, default=500, help="documents per ingest call (default 500)")
+    parser.add_argument("--batch", type=int, default=256, help="documents per ingest call (default 256, the default limit)")
     return parser.parse_args()
 
 

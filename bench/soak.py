@@ -152,8 +152,8 @@ async def main() -> None:
         await setup.post(graphql_body(CREATE))
         ids = [f"doc-{i:06d}" for i in range(args.docs)]
         rng = random.Random(0)
-        for start in range(0, len(ids), 500):
-            docs = [{"id": i, "text": phrase(rng), "metadata": {"v": 0}} for i in ids[start : start + 500]]
+        for start in range(0, len(ids), 256):  # the most documents one ingest takes by default
+            docs = [{"id": i, "text": phrase(rng), "metadata": {"v": 0}} for i in ids[start : start + 256]]
             await setup.post(graphql_body(INGEST, {"d": docs}))
 
         tally = Tally()

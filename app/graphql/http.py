@@ -1,7 +1,9 @@
 """The HTTP edge of /graphql: what a request body must be before anything parses it further.
 
 - A body larger than the limit gets 413 before it is read (Content-Length), or as soon as the
-  stream passes the limit (chunked bodies).
+  stream passes the limit (chunked bodies); /v1/embeddings reads its body the same way.
+- `refuse_before_body` may answer before the body is read (app/main.py: a POST without a valid
+  key, where keys are required, gets 401 and nothing it sends is read).
 - A body that is not UTF-8, not JSON, nested too deep or not a JSON object gets 400 with a
   GraphQL-shaped error, as does every other refusal of the view (never a plain-text body).
 - Subscriptions run only over WebSocket; over POST/GET they are refused with 400.
@@ -45,7 +47,9 @@ class BadRequestBody(json.JSONDecodeError):
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is over the limit of {limit} bytes (CITADEL_SERVER__MAX_BODY_BYTES)")
+        self.message = str(self)
 
 
 def decode_request_json(data: str | bytes) -> dict[str, Any]:
@@ -94,14 +98,17 @@ def _code_for_status(status: int) -> str:
     return {404: "NOT_FOUND", 413: "BAD_INPUT", 405: "BAD_INPUT"}.get(status, "BAD_INPUT")
 
 
-def _declared_length(scope: Scope) -> int | None:
+def refuse_declared_over(scope: Scope, limit: int) -> None:
+    """BodyTooLarge for a request whose Content-Length is over `limit`: nothing of it is read."""
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
             try:
-                return int(value)
+                declared = int(value)
             except ValueError:
-                return None
-    return None
+                return
+            if declared > limit:
+                raise BodyTooLarge(limit)
+            return
 
 
 def capped_receive(receive: Receive, limit: int) -> Receive:
@@ -114,10 +121,21 @@ def capped_receive(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge()
+                raise BodyTooLarge(limit)
         return message
 
     return receive_capped
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The whole body of a plain Starlette route, read as capped_receive reads /graphql's."""
+    refuse_declared_over(request.scope, limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+    return bytes(body)
 
 
 class GraphQLHttpEdge:
@@ -130,15 +148,16 @@ class GraphQLHttpEdge:
             await super().__call__(scope, receive, send)  # type: ignore[misc]
             return
         request = Request(scope, capped_receive(receive, self.max_body_bytes))
-        declared = _declared_length(scope)
         try:
-            if declared is not None and declared > self.max_body_bytes:
-                raise BodyTooLarge()
-            response = await self.run(request)  # type: ignore[attr-defined]
-        except BodyTooLarge:
-            response = error_response(
-                413, f"the request body exceeds {self.max_body_bytes} bytes", "BAD_INPUT", request.headers
-            )
+            refuse_declared_over(scope, self.max_body_bytes)
+            response = await self.refuse_before_body(request)
+            if response is None:
+                response = await self.run(request)  # type: ignore[attr-defined]
+            else:
+                response.headers["connection"] = "close"  # its body is never read
+        except BodyTooLarge as exc:
+            message = f"{exc.message}: send a large ingest as several smaller calls"
+            response = error_response(413, message, "BAD_INPUT", request.headers)
             response.headers["connection"] = "close"  # the rest of the body is never read
         except HTTPException as exc:
             reason = exc.reason
@@ -149,6 +168,10 @@ class GraphQLHttpEdge:
             logger.debug("client left before sending its whole request body")
             return
         await response(scope, receive, send)
+
+    async def refuse_before_body(self, request: Request) -> Response | None:
+        """An answer given before the body is read, or None to go on and read it."""
+        return None
 
     def decode_json(self, data: str | bytes) -> object:
         return decode_request_json(data)

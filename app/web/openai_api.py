@@ -1,7 +1,8 @@
 """OpenAI-compatible `POST /v1/embeddings`, so the `openai` client, LangChain and LlamaIndex work
 unchanged. Same EmbeddingService as GraphQL `embed` (catalog, pool, cache, limits, metrics);
 only the wire format differs. Errors come back in OpenAI's shape:
-`{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would use.
+`{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would use. The body
+is read after the key is checked, and only up to the server's body limit (413 past it).
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from loguru import logger
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app.domain.access import Principal
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, CitadelError, Internal
+from app.graphql.http import BodyTooLarge, read_capped, refuse_declared_over
 from app.graphql.types import vector_base64
 from app.services.container import Services
 from app.web.json_codec import FastJSONResponse, loads
@@ -43,9 +45,13 @@ ENCODINGS = ("float", "base64")
 def openai_routes(authorize: Authorize) -> list[Route]:
     async def embeddings(request: Request) -> Response:
         services: Services = request.app.state.services
+        limit = services.settings.request_body_limit
+        raw = None
         try:
+            refuse_declared_over(request.scope, limit)
             principal = await authorize(request, services)
-            body = await _json_object(request)
+            raw = await read_capped(request, limit)
+            body = _json_object(raw)
             texts, model, encoding, dimensions = _parse(body)
             outcome = await services.embedder.embed(
                 texts, model=model, kind=EmbedKind.DOCUMENT, normalize=True, count_tokens=True, principal=principal
@@ -58,7 +64,16 @@ def openai_routes(authorize: Authorize) -> list[Route]:
                     param="dimensions",
                 )
         except CitadelError as exc:
-            return _error(exc)
+            refused = _error(exc)
+            if raw is None:  # refused before its body was read (UNAUTHENTICATED, RATE_LIMITED): never read it
+                refused.headers["connection"] = "close"
+            return refused
+        except BodyTooLarge as exc:  # the rest of the body is never read
+            error = {"message": exc.message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}
+            return FastJSONResponse({"error": error}, status_code=413, headers={"connection": "close"})
+        except ClientDisconnect:
+            logger.debug("/v1/embeddings: the client left before sending its whole body")
+            return Response(status_code=400)
         except Exception:  # noqa: BLE001  masked like GraphQL's INTERNAL, logged with its traceback
             logger.exception("/v1/embeddings failed")
             return _error(Internal("Internal server error."))
@@ -78,9 +93,9 @@ def openai_routes(authorize: Authorize) -> list[Route]:
     return [Route("/v1/embeddings", embeddings, methods=["POST"])]
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = loads(await request.body())
+        body = loads(raw)
     except ValueError as exc:
         raise BadInput(f"the request body is not JSON: {exc}") from None
     if not isinstance(body, dict):

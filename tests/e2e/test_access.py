@@ -75,8 +75,11 @@ async def test_websocket_upgrade_checks_origin_against_the_list(access_server: A
 @pytest.mark.parametrize("header", [None, "Bearer not-a-key", "Basic abc", "Bearer"])
 def test_no_key_or_a_bad_key_is_unauthenticated(access_server: AccessServer, header):
     headers = {"Authorization": header} if header is not None else {}
-    body = httpx.post(access_server.url + "/graphql", json={"query": "{ health { status } }"}, headers=headers).json()
-    assert codes(body) == ["UNAUTHENTICATED"] and body["data"] is None
+    response = httpx.post(access_server.url + "/graphql", json={"query": "{ health { status } }"}, headers=headers)
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert codes(response.json()) == ["UNAUTHENTICATED"] and "data" not in response.json()
+    over_get = httpx.get(access_server.url + "/graphql", params={"query": "{ health { status } }"}, headers=headers)
+    assert codes(over_get.json()) == ["UNAUTHENTICATED"] and over_get.json()["data"] is None  # GET has no body
 
 
 def test_health_endpoints_need_no_key_and_metrics_needs_admin_or_token(access_server: AccessServer):

@@ -1,12 +1,16 @@
 """The edges of access control over real HTTP and WebSocket, on two replicas of one cluster (machine
 PostgreSQL and Redis, Qdrant Edge, the bundled model): a revoked key's running subscriptions end on
-every replica, the legacy graphql-ws protocol runs every operation under the same rules, and health
-shows paths and addresses to ADMIN keys only."""
+every replica, the legacy graphql-ws protocol runs every operation under the same rules, health
+shows paths and addresses to ADMIN keys only, and a body is read only from a valid key and only
+up to the body limit."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +21,8 @@ from gql.transport.websockets import WebsocketsTransport
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.access_support import ADMIN_KEY, AccessServer, create_key, serving
+from app.settings import LimitSettings
+from tests.e2e.access_support import ADMIN_KEY, AccessServer, codes, create_key, serving
 from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -212,3 +217,79 @@ async def test_download_events_show_paths_to_admin_keys_only(access_server, othe
             messages[name] = event["message"]
     assert messages["admin"] == broken_model
     assert other_replica.data_dir not in messages["reader"] and "<path>" in messages["reader"], messages
+
+
+# ---------------------------------------------------------------- request bodies
+
+BODY_LIMIT = 32 * 1024 * 1024  # the default, which the access server keeps
+BODY_PATHS = ["/graphql", "/v1/embeddings"]
+
+
+def exchange(server: AccessServer, path: str, headers: dict[str, str], body: Iterable[bytes] = ()) -> tuple[int, dict[str, str], Any]:
+    """A POST over a raw socket: the head, then as much of the body as `body` yields (no more: a
+    request cut short cannot be answered after its whole body was read); status, headers, JSON."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for piece in body:
+            sock.sendall(piece)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+
+
+def chunks_past(limit: int, size: int = 1 << 20) -> Iterator[bytes]:
+    """A chunked body of limit + 1 bytes without its closing chunk: the stream never ends."""
+    left = limit + 1
+    while left:
+        n = min(size, left)
+        yield b"%x\r\n" % n + b"x" * n + b"\r\n"
+        left -= n
+
+
+def error_of(body: dict[str, Any]) -> tuple[str, str]:
+    """(code, message) of a GraphQL-shaped or an OpenAI-shaped error body."""
+    if "error" in body:
+        return body["error"]["code"], body["error"]["message"]
+    return body["errors"][0]["extensions"]["code"], body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("path", BODY_PATHS)
+def test_a_body_over_the_32_mib_limit_is_refused_with_413_without_being_read(access_server, path):
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    # Declared: answered with nothing of the body sent.
+    status, headers, body = exchange(access_server, path, {**admin, "Content-Length": str(50_000_000)})
+    code, message = error_of(body)
+    assert status == 413 and headers["connection"] == "close", body
+    assert code in ("BAD_INPUT", "request_too_large") and f"{BODY_LIMIT} bytes" in message, body
+    # Streamed (chunked, no length): answered once it passed the limit, its end never sent.
+    status, headers, body = exchange(access_server, path, {**admin, "Transfer-Encoding": "chunked"}, chunks_past(BODY_LIMIT))
+    assert status == 413 and f"{BODY_LIMIT} bytes" in error_of(body)[1], body
+
+
+@pytest.mark.parametrize("path", BODY_PATHS)
+@pytest.mark.parametrize("key", [None, "Bearer ctd_000000000000_not-a-key"], ids=["no-key", "bad-key"])
+def test_without_a_valid_key_the_body_is_never_read(access_server, path, key):
+    auth = {"Authorization": key} if key else {}
+    for framing in ({"Content-Length": str(20_000_000)}, {"Transfer-Encoding": "chunked"}):
+        # No byte of the body is sent: a server that read it first would never answer.
+        status, headers, body = exchange(access_server, path, {**auth, **framing})
+        assert status == 401 and headers["connection"] == "close", body
+        assert error_of(body)[0] in ("UNAUTHENTICATED", "unauthenticated"), body
+
+
+def test_the_largest_ingest_the_limits_allow_fits_the_body_limit(access_server):
+    limits = LimitSettings()  # the access server keeps the defaults
+    ingest = "mutation($c: String!, $d: [DocumentInput!]!) { ingest(collection: $c, documents: $d) { inserted } }"
+    text = "\U0001F600" * limits.max_text_chars  # 4 bytes a character in UTF-8: the worst case
+    metadata = {"pad": "x" * (limits.max_metadata_bytes - 16)}
+    docs = [{"id": f"d{i}", "text": text, "metadata": metadata} for i in range(limits.max_documents_per_ingest)]
+    body = json.dumps({"query": ingest, "variables": {"c": "no-such-collection", "d": docs}}, ensure_ascii=False).encode()
+    assert len(body) <= BODY_LIMIT
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
+    read = httpx.post(access_server.url + "/graphql", content=body, headers=admin, timeout=120)
+    assert read.status_code == 200 and codes(read.json()) == ["NOT_FOUND"], read.text[:500]  # only the collection is missing
+    many = [{"text": "t"}] * (limits.max_documents_per_ingest + 1)
+    refused = access_server.graphql(ingest, ADMIN_KEY, {"c": "no-such-collection", "d": many})
+    assert codes(refused) == ["BAD_INPUT"] and str(limits.max_documents_per_ingest) in refused["errors"][0]["message"], refused

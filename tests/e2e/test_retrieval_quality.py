@@ -9,6 +9,7 @@ from collections import Counter
 
 from app.domain.filter_matcher import matches
 from app.domain.filters import parse_filter
+from app.settings import LimitSettings
 from tests.support.retrieval_corpus import exact_term_corpus, long_documents, paraphrase_pairs
 
 CREATE = """mutation($n: String!, $c: ChunkingInput, $f: [String!]) {
@@ -31,7 +32,14 @@ def collection(server, prefix, docs, chunking=None, fields=None):
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     created = call(server, CREATE, {"n": name, "c": chunking, "f": fields})["createCollection"]
     assert created["keywordIndex"] is True and created["keywordIndexProgress"] == 1.0
-    result = call(server, INGEST, {"n": name, "d": docs})["ingest"]
+    step = LimitSettings().max_documents_per_ingest  # the server's: the default
+    results = [call(server, INGEST, {"n": name, "d": docs[i : i + step]})["ingest"] for i in range(0, len(docs), step)]
+    result = {
+        "inserted": sum(r["inserted"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+        "chunks": sum(r["chunks"] for r in results),
+        "warnings": [{**w, "index": n * step + w["index"]} for n, r in enumerate(results) for w in r["warnings"]],
+    }
     assert result["inserted"] == len(docs) and result["failed"] == 0
     return name, result
 

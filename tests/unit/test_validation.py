@@ -66,9 +66,28 @@ def test_operation_payloads():
     assert "object" in operation_problem("nope")
 
 
-def test_body_limit_is_sized_for_the_largest_ingest_unless_set():
+def test_the_body_limit_is_qdrants_32_mib_and_the_largest_ingest_fits_it():
     settings = Settings()
     limits = settings.limits
     largest_ingest = limits.max_documents_per_ingest * (limits.max_text_chars * 4 + limits.max_metadata_bytes)
-    assert largest_ingest < settings.request_body_limit <= largest_ingest + (2 << 20)
+    assert settings.request_body_limit == 32 * 1024 * 1024
+    assert largest_ingest < settings.largest_ingest_bytes <= settings.request_body_limit
     assert Settings(server={"max_body_bytes": 1234}).request_body_limit == 1234
+    sized = Settings(server={"max_body_bytes": 0}, limits={"max_documents_per_ingest": 1000})
+    assert largest_ingest * 3 < sized.request_body_limit == sized.largest_ingest_bytes
+
+
+def test_limits_past_the_body_limit_are_said_at_startup():
+    from loguru import logger
+
+    from app.startup_checks import warn_unsafe_settings
+
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
+    try:
+        warn_unsafe_settings(Settings())
+        assert not [m for m in messages if "MAX_BODY_BYTES" in m]
+        warn_unsafe_settings(Settings(limits={"max_documents_per_ingest": 1000}))
+        assert [m for m in messages if "MAX_BODY_BYTES" in m and "413" in m]
+    finally:
+        logger.remove(sink)
