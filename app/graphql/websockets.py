@@ -317,9 +317,19 @@ class LegacyWSHandler(EndsWhenRevoked, QuietOnDisconnect, BaseGraphQLWSHandler):
             await self.cleanup()
 
     async def end_operations_revoked(self) -> None:
-        # Closing the socket then cancels the operations (Strawberry's cleanup).
+        # Closing the socket then stops the operations (Strawberry's cleanup).
         for operation_id in list(self.tasks):
             await self.send_message({"type": "error", "id": operation_id, "payload": REVOKED.formatted})
+
+    async def handle_async_results(self, *args: Any) -> None:
+        # A result sent as the client leaves fails in the operation's task, which nobody awaits
+        # any more ("Task exception was never retrieved" in the log): the client's doing.
+        try:
+            await super().handle_async_results(*args)
+        except Exception as error:
+            if not client_gone(error):
+                raise
+            logger.debug("graphql-ws client left before its result was sent")
 
     async def handle_start(self, message: Any) -> None:
         if not self.connection_acknowledged:

@@ -91,6 +91,7 @@ async def until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], int 
 async def test_revoking_a_key_ends_its_running_subscriptions_on_every_replica(access_server, other_replica, protocol):
     key = create_key(access_server, f"subscribed-when-revoked-{protocol}", ["READ"])
     bystander = create_key(access_server, f"bystander-{protocol}", ["READ"])["secret"]
+    logs_before = [len(server.log_path.read_bytes()) for server in (access_server, other_replica)]
     sockets = [await subscribed(server, protocol, key["secret"]) for server in (access_server, other_replica)]
     unrelated = await subscribed(other_replica, protocol, bystander)
     try:
@@ -111,6 +112,9 @@ async def test_revoking_a_key_ends_its_running_subscriptions_on_every_replica(ac
     finally:
         for ws in (*sockets, unrelated):
             await ws.close()
+    for server, before in zip((access_server, other_replica), logs_before):
+        log = server.log_path.read_bytes()[before:].decode(errors="replace")
+        assert "Traceback" not in log and " | ERROR " not in log, log[-5000:]
 
 
 # ---------------------------------------------------------------- legacy graphql-ws

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from starlette.websockets import WebSocket, WebSocketState
+from typing import Any
 
-from app.graphql.websockets import client_gone
+from starlette.websockets import WebSocket, WebSocketState
+from strawberry.http.exceptions import WebSocketDisconnected
+from strawberry.types import ExecutionResult
+
+from app.graphql.websockets import LegacyWSHandler, client_gone
 
 
 async def closed_socket_send_error() -> BaseException:
@@ -45,3 +49,25 @@ def test_other_errors_are_not_the_client_leaving():
     assert not client_gone(RuntimeError("boom"))
     assert not client_gone(None)
 
+
+
+class _GoneSocket:
+    """A WebSocket whose client has left: every send fails as Strawberry's adapter fails it."""
+
+    async def send_json(self, message: Any) -> None:
+        raise WebSocketDisconnected()
+
+
+class _OneResult:
+    async def stream(self, **kwargs: Any) -> Any:
+        async def results() -> Any:
+            yield ExecutionResult(data={"health": {"status": "ok"}}, errors=None)
+
+        return results()
+
+
+async def test_a_legacy_result_sent_after_the_client_left_ends_its_operation_quietly():
+    handler = LegacyWSHandler(None, _GoneSocket(), None, None, _OneResult(), False, None)  # type: ignore[arg-type]
+    # Raised here, the error would end the operation's task unretrieved (a traceback in the log).
+    await handler.handle_async_results("1", "{ health { status } }", None, None)
+    assert handler.tasks == {} and handler.subscriptions == {}
