@@ -40,7 +40,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -123,6 +123,7 @@ class DynamicBatcher:
         self.model_name = model_name or backend.model_name
         self.takes_ids = isinstance(backend, TokenIdBackend)  # a capability, checked once
         self._queue: FairQueue[_Item] = FairQueue()
+        self.on_release: Callable[[], None] | None = None  # a queued text left the queue (answered, failed, dropped)
         self._ready: deque[list[_Item]] = deque()  # passes cut from the last window, not yet started
         self._ready_last = (0.0, 0)  # order() of the last text in the window those were cut from
         self._recut = False  # a text came in that goes before some of _ready's
@@ -213,6 +214,8 @@ class DynamicBatcher:
         else:
             del self._pending_by_key[fair_key]
         self._queue_size.dec()
+        if self.on_release is not None:
+            self.on_release()
 
     def _compact(self) -> None:
         # Cancelled items stay queued until the worker reaches them; if callers keep giving up

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from app.domain.access import Principal
@@ -21,6 +22,15 @@ INTERNAL_FAIR_KEY = "internal"
 
 # The client's address for the request being served; set by CallerEdge.
 CLIENT_ADDRESS: ContextVar[str | None] = ContextVar("citadel_client_address", default=None)
+
+
+@dataclass(frozen=True)
+class Share:
+    """Whose share of the model a call uses (fair_key), and whether a full queue makes it wait
+    for room (bulk work whose texts are already stored) or answers OVERLOADED at once."""
+
+    fair_key: str = INTERNAL_FAIR_KEY
+    waits: bool = False
 
 
 def fair_key_of(principal: Principal) -> str:

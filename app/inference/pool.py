@@ -47,6 +47,19 @@ class _Loaded:
     in_use: int = 0  # encode calls between admission and answer: never unload under them
     last_used: float = field(default_factory=time.monotonic)
     turn: itertools.count = field(default_factory=itertools.count)  # rotates ties between replicas
+    room_waiters: list[asyncio.Future[None]] = field(default_factory=list)  # encode(wait_for_room=True) calls
+
+    def wake(self) -> None:
+        """A queued text was answered or dropped: callers waiting for room look again."""
+        waiters, self.room_waiters = self.room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def room(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.room_waiters.append(waiter)
+        await waiter
 
 
 class ModelPool:
@@ -111,11 +124,17 @@ class ModelPool:
         normalize: bool,
         tokens: Tokenized | None = None,
         fair_key: str = INTERNAL_FAIR_KEY,
+        wait_for_room: bool = False,
     ) -> np.ndarray:
         """float32 (len(texts), dimensions). Over-long texts are truncated, or BadInput when
         settings.inference.truncate is False (extensions carry the offending index).
         tokens: what tokenize() said of these texts, so they are not tokenized twice.
-        fair_key: whose share of the model this is (callers.fair_key_of)."""
+        fair_key: whose share of the model this is (callers.fair_key_of).
+        wait_for_room: where the queue (or the key's share of it) is full, wait until it has room
+        instead of OVERLOADED: for bulk work whose texts are already stored (ingest, the
+        reconciler), so concurrent writers slow down to the model's pace instead of failing; an
+        interactive request keeps the immediate answer. Nothing is held while waiting, and a
+        client that hangs up cancels the wait."""
         loaded = await self._acquire(name)
         try:
             replica = loaded.replicas[0]
@@ -132,7 +151,14 @@ class ModelPool:
                             tokens=count,
                             max_tokens=backend.max_seq_length,
                         )
-            self._admit(loaded, len(texts), fair_key)
+            while True:
+                try:
+                    self._admit(loaded, len(texts), fair_key)
+                    break
+                except Overloaded:
+                    if not wait_for_room or len(texts) > self.settings.inference.max_queue:
+                        raise  # an interactive caller, or more than the whole queue ever holds
+                    await loaded.room()
             replica = self._least_loaded(loaded)
             return await replica.batcher.submit(texts, counts, normalize, tokens.ids, fair_key)
         finally:
@@ -213,7 +239,10 @@ class ModelPool:
                 await replica.batcher.close()
                 replica.backend.close()
             raise
-        self._loaded[name] = _Loaded(spec=spec, replicas=replicas)
+        loaded = _Loaded(spec=spec, replicas=replicas)
+        for replica in replicas:
+            replica.batcher.on_release = loaded.wake
+        self._loaded[name] = loaded
         logger.info("model {} ready on {}", name, ", ".join(devices))
 
     async def _drop(self, name: str) -> None:

@@ -21,7 +21,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.embedding import EmbedKind, Tokenized
 from app.errors import BadInput, CitadelError
 from app.inference import metrics
-from app.inference.callers import INTERNAL_FAIR_KEY, fair_key_of
+from app.inference.callers import Share, fair_key_of
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
@@ -87,7 +87,10 @@ class EmbeddingService:
         count_tokens: bool = False,
         *,
         principal: Principal = INTERNAL,
+        wait_for_room: bool = False,
     ) -> EmbedOutcome:
+        """wait_for_room: bulk work (ingest, the reconciler) waits while the model's queue or the
+        caller's share of it is full, instead of OVERLOADED (ModelPool.encode)."""
         principal.require(Scope.READ)
         started = time.perf_counter()
         # Label by catalog name only: a client-chosen string must not mint new time series.
@@ -97,7 +100,8 @@ class EmbeddingService:
         try:
             self._validate(texts)
             spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
-            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, fair_key_of(principal))
+            share = Share(fair_key_of(principal), waits=wait_for_room)
+            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, share)
         except CitadelError as exc:
             outcome = exc.code
             raise
@@ -127,7 +131,7 @@ class EmbeddingService:
 
     async def _embed(
         self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool,
-        fair_key: str = INTERNAL_FAIR_KEY,
+        share: Share = Share(),
     ) -> EmbedOutcome:
         dims = spec.dimensions
         prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
@@ -157,7 +161,7 @@ class EmbeddingService:
         if todo:
             unique = list(todo)
             unique_tokens = tokenized.pick([todo[text][0] for text in unique]) if tokenized is not None else None
-            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens, fair_key)
+            computed = await self._encode(spec, prompt, unique, normalize, todo, unique_tokens, share)
             for text, row in zip(unique, computed):
                 vectors[todo[text]] = row
             if cache is not None:
@@ -173,10 +177,11 @@ class EmbeddingService:
         normalize: bool,
         todo: dict[str, list[int]],
         tokens: Tokenized | None,
-        fair_key: str = INTERNAL_FAIR_KEY,
+        share: Share = Share(),
     ) -> np.ndarray:
         try:
-            return await self.pool.encode(spec.name, [prompt + text for text in unique], normalize, tokens, fair_key)
+            texts = [prompt + text for text in unique]
+            return await self.pool.encode(spec.name, texts, normalize, tokens, share.fair_key, wait_for_room=share.waits)
         except BadInput as exc:
             position = exc.extensions.get("index")
             if not isinstance(position, int):

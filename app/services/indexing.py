@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.adapters.bm25 import bm25
+from app.domain.access import INTERNAL, Principal
 from app.domain.chunking import TextChunk, chunk_text
 from app.domain.embedding import EmbedKind
 from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VERSION_KEY, VectorPoint
@@ -88,11 +89,18 @@ class _Piece:
 
 
 async def index_documents(
-    embedder: Any, store: Any, repo: Any, collection: Any, docs: Sequence[ToIndex], settings: Settings
+    embedder: Any,
+    store: Any,
+    repo: Any,
+    collection: Any,
+    docs: Sequence[ToIndex],
+    settings: Settings,
+    principal: Principal = INTERNAL,
 ) -> IndexOutcome:
     """Embed, then write and mark indexed, batch by batch, so finished batches stay finished.
     A document whose row changed (or went) since `docs` were read is skipped: the writer of
-    the newer version indexes it."""
+    the newer version indexes it. The model work is the principal's share of the model, and
+    waits for room rather than failing: the documents are already stored."""
     outcome = IndexOutcome()
     per_call = embed_batch_size(settings)
     for batch in batches(docs, per_call, settings.limits.max_request_chars):
@@ -111,7 +119,7 @@ async def index_documents(
 
         points: list[VectorPoint] = []
         for group in batches(pieces, per_call, settings.limits.max_request_chars, lambda p: len(p.text)):
-            points.extend(await _points(embedder, collection, group))
+            points.extend(await _points(embedder, collection, group, principal))
         written = await write_points(store, repo, collection, {d.id: d.content_hash for d in batch}, points)
         outcome.documents += len(written)
         outcome.points += sum(1 for p in points if p.payload[DOC_ID_KEY] in written)
@@ -133,7 +141,7 @@ async def write_points(
     return set(await repo.write_if_current(collection.name, versions, write))
 
 
-async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece]) -> list[VectorPoint]:
+async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece], principal: Principal) -> list[VectorPoint]:
     texts = [p.text for p in pieces]
     vectors = np.empty((len(pieces), int(collection.dimensions)), dtype=np.float32)
     to_embed = [i for i, p in enumerate(pieces) if p.doc.vector is None]
@@ -142,7 +150,12 @@ async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece]) -> l
             vectors[i] = np.frombuffer(piece.doc.vector, dtype="<f4")
     if to_embed:
         embedded = await embedder.embed(
-            [texts[i] for i in to_embed], model=collection.model, kind=EmbedKind.DOCUMENT, normalize=True
+            [texts[i] for i in to_embed],
+            model=collection.model,
+            kind=EmbedKind.DOCUMENT,
+            normalize=True,
+            principal=principal,
+            wait_for_room=True,
         )
         if embedded.model != collection.model or int(embedded.dimensions) != int(collection.dimensions):
             # Never store vectors of another model in a collection.

@@ -270,7 +270,7 @@ class IngestService:
                 )
 
         try:
-            indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings)
+            indexed = await index_documents(self.embedder, self.store, self.repo, row, to_index, self.settings, principal)
         except Conflict:
             # Other writers kept the same rows locked past every retry: ours are saved and stay
             # pending, and the reconciler indexes whatever version is latest by then.

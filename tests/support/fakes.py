@@ -73,7 +73,13 @@ class FakePool:
         return self.backend.passes
 
     async def encode(
-        self, name: str, texts: Sequence[str], normalize: bool, tokens: Any = None, fair_key: str = "internal"
+        self,
+        name: str,
+        texts: Sequence[str],
+        normalize: bool,
+        tokens: Any = None,
+        fair_key: str = "internal",
+        wait_for_room: bool = False,
     ) -> np.ndarray:
         if self.error:
             self.backend.passes.append(list(texts))

@@ -213,9 +213,11 @@ class KeyRecordingPool(FakePool):
     def __init__(self) -> None:
         super().__init__(FakeBackend(dimensions=384, scale=1.0))
         self.fair_keys: list[str] = []
+        self.waits: list[bool] = []
 
-    async def encode(self, name, texts, normalize, tokens=None, fair_key="internal"):
+    async def encode(self, name, texts, normalize, tokens=None, fair_key="internal", wait_for_room=False):
         self.fair_keys.append(fair_key)
+        self.waits.append(wait_for_room)
         return await super().encode(name, texts, normalize, tokens)
 
 
@@ -231,7 +233,9 @@ async def test_embed_hands_the_callers_fair_key_to_the_pool():
     finally:
         CLIENT_ADDRESS.reset(token)
     await service.embed(["from the server itself"])
-    assert pool.fair_keys == ["key:reader-1", "address:192.0.2.1", "internal"]
+    await service.embed(["bulk work of a key"], principal=reader, wait_for_room=True)  # as ingest embeds
+    assert pool.fair_keys == ["key:reader-1", "address:192.0.2.1", "internal", "key:reader-1"]
+    assert pool.waits == [False, False, False, True]
 
 
 # -- the HTTP edge: the caller's address, and a hang-up cancels the request --------------------------
