@@ -139,6 +139,8 @@ class ModelPool:
         try:
             replica = loaded.replicas[0]
             backend = replica.backend
+            if not wait_for_room:  # refused before the tokenizer's work too (checked again below)
+                self._admit(loaded, len(texts), fair_key)
             tokens = tokens if tokens is not None else await self._tokenize(replica, texts)
             counts = tokens.counts
             if not self.settings.inference.truncate:
