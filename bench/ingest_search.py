@@ -11,7 +11,12 @@ keyword and an integer) in `ingest` calls of 500 documents:
 - the second third by two clients at once, the last by four (storage of one call overlaps
   encoding of another),
 - then everything again: all `unchanged`, no forward pass, so this row is the storage and API
-  cost alone.
+  cost alone;
+- then 8 writers at once in alternating rounds: each on ids of its own ("disjoint"), then all on
+  the same ids in shuffled orders with their own texts ("overlapping": every id is rewritten by
+  every writer, so rows are locked and versions overtaken). Texts are new every round (no cache
+  hits) and the embedding work is the same on both sides; the ratio is the price of writers
+  that collide.
 
 documents/s is compared with sentence-transformers `encode` of the same texts (a sample) in
 batches of 64 in this process, measured right before and right after each ingest row while the
@@ -32,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import asyncio
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,6 +79,86 @@ SEARCH = """query Search($c: String!, $q: String!, $f: JSON) {
   search(collection: $c, query: $q, limit: 10, filter: $f) { tookMs hits { id score text metadata } }
 }"""
 COUNT = "query Count($c: String!) { collection(name: $c) { documentCount } }"
+CONTENTION_WRITERS = 8
+CONTENTION_ROUNDS = 2  # per side, alternating
+
+
+@dataclass
+class ContentionRow:
+    scenario: str  # "disjoint" | "overlapping"
+    round: int
+    documents: int
+    seconds: float
+    counts: dict[str, int]
+
+    @property
+    def per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds > 0 else math.nan
+
+
+async def contention(url: str, items: list[CorpusItem], per_writer: int, batch: int) -> list[ContentionRow]:
+    """8 writers at once, alternating rounds of disjoint ids and of the same ids in shuffled orders."""
+    setup = Connection(url)
+    await setup.post(graphql_body(CREATE, {"name": "bench_contention"}))
+    await setup.close()
+    rng = random.Random(21)
+    rows: list[ContentionRow] = []
+    for round_ in range(CONTENTION_ROUNDS):
+        for scenario in ("disjoint", "overlapping"):
+            calls: list[list[bytes]] = []
+            for writer in range(CONTENTION_WRITERS):
+                ids = [
+                    f"{scenario}-{round_}-{writer if scenario == 'disjoint' else 'all'}-{i:05d}" for i in range(per_writer)
+                ]
+                rng.shuffle(ids)
+                docs = [
+                    {"id": doc_id, "text": f"{items[n % len(items)].text} (writer {writer}, round {round_}, {scenario})",
+                     "metadata": {"writer": writer}}
+                    for n, doc_id in enumerate(ids)
+                ]  # fmt: skip
+                calls.append(
+                    [graphql_body(INGEST, {"c": "bench_contention", "docs": docs[i : i + batch]}) for i in range(0, len(docs), batch)]
+                )
+            counts = {"inserted": 0, "updated": 0, "unchanged": 0, "failed": 0}
+            connections = [Connection(url, timeout=600) for _ in range(CONTENTION_WRITERS)]
+
+            async def writer(connection: Connection, bodies: list[bytes]) -> None:
+                for body in bodies:
+                    result = (await connection.post(body))["ingest"]
+                    for key in counts:
+                        counts[key] += result[key]
+                    if result["errors"]:
+                        raise RuntimeError(f"ingest reported errors: {result['errors'][:3]}")
+
+            started = time.perf_counter()
+            try:
+                await asyncio.gather(*(writer(c, b) for c, b in zip(connections, calls)))
+            finally:
+                seconds = time.perf_counter() - started
+                await asyncio.gather(*(c.close() for c in connections))
+            row = ContentionRow(scenario, round_ + 1, CONTENTION_WRITERS * per_writer, seconds, counts)
+            rows.append(row)
+            print(f"  contention {scenario} round {round_ + 1}: {row.per_second:.1f} docs/s, {counts}", flush=True)
+    return rows
+
+
+def contention_table(rows: list[ContentionRow], per_writer: int) -> str:
+    def total(scenario: str) -> float:
+        mine = [r for r in rows if r.scenario == scenario]
+        return sum(r.documents for r in mine) / sum(r.seconds for r in mine)
+
+    baseline = total("disjoint")
+    table = render_table(
+        ["writers", "ids", "round", "documents", "seconds", "documents/s", "ratio to disjoint", "inserted", "updated", "unchanged", "failed"],
+        [
+            [f"{CONTENTION_WRITERS} x {r.scenario}", per_writer if r.scenario == "overlapping" else per_writer * CONTENTION_WRITERS,
+             r.round, r.documents, r.seconds, r.per_second, f"{r.per_second / baseline:.2f}x", r.counts["inserted"],
+             r.counts["updated"], r.counts["unchanged"], r.counts["failed"]]
+            for r in rows
+        ],
+    )  # fmt: skip
+    overall = total("overlapping") / baseline
+    return f"{table}\n\noverlapping writers against disjoint ones, all rounds: {overall:.2f}x"
 
 
 @dataclass
@@ -284,6 +370,9 @@ async def main() -> None:
         if count != total:
             raise RuntimeError(f"collection holds {count} documents, expected {total}")
 
+        per_writer = max(args.batch // 5, 50 if args.quick else 200)
+        contention_rows = await contention(server.url, items, per_writer, min(args.batch, 100))
+
         search_rows = [
             await search(server.url, "no filter, uncached query", plain_queries, None),
             await search(server.url, "no filter, cached query", plain_queries, None),
@@ -326,6 +415,9 @@ async def main() -> None:
             ],
         )
     )  # fmt: skip
+    print()
+    print(f"{CONTENTION_WRITERS} concurrent writers, {per_writer} documents each in calls of {min(args.batch, 100)}, alternating rounds")
+    print(contention_table(contention_rows, per_writer))
     new_rows = [r for r in ingest_rows if r.counts["inserted"]]
     best = max(new_rows, key=lambda r: r.per_second / r.encode_rate)
     cached = [r for r in search_rows if "cached query" in r.name and "uncached" not in r.name]
