@@ -104,6 +104,14 @@ async def _write_rows(
     return {r["id"] for r in records}
 
 
+async def _set_status(conn: asyncpg.Connection, collection: str, ids: Sequence[str], status: DocumentStatus) -> None:
+    """Set the status of rows the caller has locked."""
+    await conn.execute(
+        "UPDATE documents SET status = $3, updated_at = now() WHERE collection = $1 AND id = ANY($2::text[])",
+        collection, list(ids), status,
+    )  # fmt: skip
+
+
 def _check_status(status: str) -> None:
     if status not in get_args(DocumentStatus):
         raise BadInput(f"unknown document status {status!r}", field="status")
@@ -242,6 +250,27 @@ class PostgresRepo:
             )  # fmt: skip
         return [(r["id"], r["metadata"]) for r in records]
 
+    async def document_metadata_keys(
+        self, collection: str, after: str | None, limit: int, keys: Sequence[str]
+    ) -> list[tuple[str, Any]]:
+        """(id, metadata) like document_metadata, the metadata cut to its top-level `keys` (a key
+        it lacks stays absent, one it holds keeps its whole value): scans that read a few
+        fields of every row (aggregates, sorted listings) move only those."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                """
+                SELECT id, CASE WHEN jsonb_typeof(metadata) = 'object' THEN
+                           (SELECT coalesce(jsonb_object_agg(k, metadata -> k), '{}'::jsonb)
+                            FROM unnest($4::text[]) AS k WHERE metadata ? k)
+                       ELSE metadata END AS metadata
+                FROM documents
+                WHERE collection = $1 AND status <> 'deleting' AND ($2::text IS NULL OR id > $2)
+                ORDER BY id LIMIT $3
+                """,
+                collection, after, max(0, limit), list(keys),
+            )  # fmt: skip
+        return [(r["id"], r["metadata"]) for r in records]
+
     # -- documents --------------------------------------------------------------------------
 
     async def upsert_documents(
@@ -351,13 +380,7 @@ class PostgresRepo:
             if current:
                 await write(current)
                 if mark_indexed and status == "pending":
-                    await conn.execute(
-                        """
-                        UPDATE documents SET status = 'indexed', updated_at = now()
-                        WHERE collection = $1 AND id = ANY($2::text[])
-                        """,
-                        collection, current,
-                    )  # fmt: skip
+                    await _set_status(conn, collection, current, "indexed")
             return current
 
         if not expected:
@@ -550,13 +573,7 @@ class PostgresRepo:
             )  # fmt: skip
             marked = [r["id"] for r in records if may_replace is None or may_replace(r["metadata"])]
             if marked:
-                await conn.execute(
-                    """
-                    UPDATE documents SET status = 'deleting', updated_at = now()
-                    WHERE collection = $1 AND id = ANY($2::text[])
-                    """,
-                    collection, marked,
-                )  # fmt: skip
+                await _set_status(conn, collection, marked, "deleting")
             return marked
 
         return await self._transaction(mark)

@@ -12,8 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.domain.access import INTERNAL, Principal, Scope
+from app.domain.aggregation import MAX_AGGREGATE_FIELDS, SortKey, check_fields, check_sort
+from app.domain.filter_matcher import matches
+from app.domain.filters import FilterNode, check_field, parse_filter
 from app.domain.scans import ScanBudget, off_loop
-from app.errors import NotFound
+from app.errors import BadInput, NotFound
+from app.services import aggregate as aggregates
+from app.services.aggregate import AggregateOutcome
 from app.settings import Settings
 
 SCAN_PAGE = 500  # rows (id, metadata) read per query while a tenant's documents are counted or paged
@@ -51,36 +56,83 @@ class DocumentService:
         *,
         principal: Principal = INTERNAL,
         budget: ScanBudget | None = None,
+        filter: Any | None = None,
+        sort: Sequence[SortKey] | None = None,
     ) -> tuple[list[Any], str | None]:
-        """Up to `first` documents in id order after the cursor, and the next cursor (None at the end).
+        """Up to `first` documents in id order (or `sort` order, ties by id) after the cursor,
+        and the next cursor (None at the end).
 
-        A tenant-bound key's page is found by scanning rows' metadata; the scan stops at the
-        request's `budget` (without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this call), and the
-        page may then hold fewer than `first` documents, even none, with a cursor to go on from."""
+        A page under a filter (the request's, a tenant-bound key's) in id order is found by
+        scanning rows' metadata from the cursor on; the scan stops at the request's `budget`
+        (without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this call), and the page may then hold
+        fewer than `first` documents, even none, with a cursor to go on from. A sorted page
+        reads every row of the collection (app/services/aggregate.py): charged in full first,
+        BAD_INPUT over the budget."""
         await self._collection(collection, principal)
         first = max(1, min(first, self.settings.limits.max_search_limit))
-        if principal.tenant is None:
+        node = principal.read_filter(None if filter is None else parse_filter(filter))
+        keys = check_sort(list(sort or []))
+        if keys:
+            return await aggregates.sorted_page(
+                self.repo, collection, node, keys, after, first, budget or self._budget()
+            )
+        if node is None:
             rows = await self.repo.list_documents(collection, after, first + 1)
             items = rows[:first]
             return items, (items[-1].id if len(rows) > first else None)
-        return await self._tenant_page(collection, after, first, principal, budget or self._budget())
+        return await self._tenant_page(collection, after, first, principal, budget or self._budget(), node, filter is None)
+
+    async def aggregate(
+        self,
+        collection: str,
+        *,
+        filter: Any | None = None,
+        fields: Sequence[str] = (),
+        group_by: str | None = None,
+        max_groups: int = 100,
+        principal: Principal = INTERNAL,
+        budget: ScanBudget | None = None,
+    ) -> AggregateOutcome:
+        """Documents under the filter (and the caller's tenant): their count, stats of `fields`,
+        and with `group_by` the same per value of that field (the `max_groups` largest groups).
+        Exact over PostgreSQL's rows; see app/services/aggregate.py for the cost."""
+        await self._collection(collection, principal)
+        node = principal.read_filter(None if filter is None else parse_filter(filter))
+        names = check_fields(list(fields), "fields", MAX_AGGREGATE_FIELDS)
+        if group_by is not None:
+            check_field(group_by, "groupBy")
+        most = self.settings.limits.max_search_limit
+        if isinstance(max_groups, bool) or not isinstance(max_groups, int) or not 1 <= max_groups <= most:
+            raise BadInput(f"maxGroups must be between 1 and {most}, got {max_groups!r}", field="maxGroups")
+        return await aggregates.aggregate(
+            self.repo, collection, node, names, group_by, max_groups, budget or self._budget()
+        )
 
     async def _tenant_page(
-        self, collection: str, after: str | None, first: int, principal: Principal, budget: ScanBudget
+        self,
+        collection: str,
+        after: str | None,
+        first: int,
+        principal: Principal,
+        budget: ScanBudget,
+        node: FilterNode | None = None,
+        tenant_only: bool = True,
     ) -> tuple[list[Any], str | None]:
+        node = node if node is not None else principal.tenant
         owned: list[str] = []  # ids of the tenant's documents, in id order
         cursor, scanned = after, 0
         while len(owned) <= first:  # one more than the page says whether another follows
             allowed = budget.take(SCAN_PAGE)
             if not allowed:
                 if not scanned:
-                    what = f"paging collection {collection!r} for a tenant-bound key scans rows' metadata"
+                    who = "for a tenant-bound key" if tenant_only else "under a filter"
+                    what = f"paging collection {collection!r} {who} scans rows' metadata"
                     raise budget.refusal(what, "Ask for fewer pages in one request.")
                 break  # stopped by the budget: the cursor goes on from the last row read
             batch = await self.repo.document_metadata(collection, cursor, allowed)
             budget.give_back(allowed - len(batch))
             scanned += len(batch)
-            owned.extend(await off_loop(_owned_ids, batch, principal))
+            owned.extend(await off_loop(_matching_ids, batch, node))
             if len(batch) < allowed:
                 cursor = None  # the end of the collection
                 break
@@ -89,7 +141,7 @@ class DocumentService:
         following = ids[-1] if len(owned) > first else cursor
         rows = await self.repo.get_documents(collection, ids)
         # Read again by id: a row deleted or moved to another tenant since is left out.
-        return [r for r in rows if r is not None and r.status != "deleting" and principal.owns(r.metadata)], following
+        return [r for r in rows if r is not None and r.status != "deleting" and _holds(node, r.metadata)], following
 
     async def document_counts(
         self, names: Sequence[str], *, principal: Principal = INTERNAL, budget: ScanBudget | None = None
@@ -124,6 +176,15 @@ class DocumentService:
 
     def _budget(self) -> ScanBudget:
         return ScanBudget(self.settings.limits.max_scan_points)
+
+
+def _holds(node: FilterNode | None, metadata: Any) -> bool:
+    return node is None or matches(node, metadata or {})
+
+
+def _matching_ids(batch: Sequence[tuple[str, Any]], node: FilterNode | None) -> list[str]:
+    """Ids of the rows the filter matches (a scan page's work, in a scan thread)."""
+    return [doc_id for doc_id, metadata in batch if _holds(node, metadata)]
 
 
 def _owned_ids(batch: Sequence[tuple[str, Any]], principal: Principal) -> list[str]:
