@@ -295,6 +295,22 @@ class QdrantServerStore:
             )
         return [point_ref(r.id, r.payload) for r in records], offset
 
+    async def document_vectors(self, name: str, doc_ids: Sequence[str]) -> dict[str, list[list[float]]]:
+        """The dense vectors of the points (every chunk) of these documents, by doc_id."""
+        where = models.Filter(must=[models.FieldCondition(key=DOC_ID_KEY, match=models.MatchAny(any=[str(i) for i in doc_ids]))])
+        found: dict[str, list[list[float]]] = {}
+        offset: Any = None
+        while True:
+            async with self._guard(name):
+                records, offset = await self.client.scroll(
+                    name, scroll_filter=where, limit=_SCROLL_PAGE, offset=offset, with_payload=[DOC_ID_KEY], with_vectors=True
+                )
+            for r in records:
+                vector = r.vector.get("") if isinstance(r.vector, dict) else r.vector
+                found.setdefault(str((r.payload or {}).get(DOC_ID_KEY)), []).append([float(v) for v in vector])
+            if offset is None:
+                return found
+
     async def ping(self) -> None:
         async with self._guard(None):
             await self.client.get_collections()

@@ -4,10 +4,18 @@ Only hits whose document row still exists and is indexed are returned (PostgreSQ
 
 Chunked collections hold a point per chunk: the store ranks chunks, and each document is
 returned once, with its best chunk, so limit/offset count documents.
+
+Beside a text or a vector, a search can rank by stored documents (`similar_to`: one document's
+own vector; `recommend`: Qdrant's average-vector strategy over positive and negative documents;
+those documents are left out of the hits), group its hits by a metadata value (`group_by`),
+rerank them by maximal marginal relevance (`diversity`) and cut them at a jump in score
+(`autocut`); `search_collections` fuses several collections' rankings by RRF (k=60). The
+arithmetic is in app/domain/ranking.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import time
@@ -21,6 +29,7 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.adapters.bm25 import bm25
 from app.domain.embedding import EmbedKind
 from app.domain.filters import FilterNode, check_field, parse_filter
+from app.domain.ranking import average_vector, autocut as autocut_count, document_vector, group_hits, mmr_order, rrf
 from app.domain.scans import ScanBudget
 from app.domain.vectors import (
     CHUNK_KEY,
@@ -33,7 +42,7 @@ from app.domain.vectors import (
     VectorHit,
     payload_key,
 )
-from app.errors import BadInput, ModelUnavailable
+from app.errors import BadInput, ModelUnavailable, NotFound
 from app.services.collections import bound_model
 from app.settings import Settings
 
@@ -49,6 +58,11 @@ CHUNK_FETCH_FACTOR = 4  # chunk points fetched per wanted document, grown until 
 MAX_CHUNK_FETCH = 10_000
 KEYWORD_WEIGHT_POWER = 6  # see SearchService._keyword_trust
 KEYWORD_SCORE_SHARE = 0.75
+MMR_CANDIDATE_FACTOR = 4  # diversity reranks this many times the wanted hits (at least MMR_MIN_CANDIDATES)
+MMR_MIN_CANDIDATES = 40
+MAX_CANDIDATES = 10_000  # most documents any rerank or grouping reads
+MAX_STORED_QUERY_DOCUMENTS = 64  # similarTo / recommend: documents whose vectors make the query
+MAX_COLLECTIONS_PER_SEARCH = 32  # searchCollections
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,29 @@ class Hit:
     row: Any = None  # the document row, so resolvers need not read it again
     mode: SearchMode = SearchMode.SEMANTIC  # what scored it
     chunk: ChunkHit | None = None  # the best chunk, in chunked collections
+    collection: str = ""  # the collection it was found in
+
+
+@dataclass(frozen=True)
+class GroupBy:
+    """Hits grouped by a metadata field's value: at most `groups` groups (best group first, by its
+    best hit) of at most `hits_per_group` hits."""
+
+    field: str
+    groups: int = 10
+    hits_per_group: int = 1
+
+
+@dataclass(frozen=True)
+class Recommend:
+    positive: Sequence[str]
+    negative: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class HitGroup:
+    value: Any
+    hits: list[Hit]
 
 
 @dataclass(frozen=True)
@@ -75,6 +112,13 @@ class SearchOutcome:
     collection: str
     model: str
     hits: list[Hit]
+    took_ms: float
+    groups: list[HitGroup] | None = None  # set when grouped
+
+
+@dataclass(frozen=True)
+class CollectionsOutcome:
+    hits: list[Hit]  # fused by RRF: each hit's score is its RRF score
     took_ms: float
 
 
@@ -98,28 +142,45 @@ class SearchService:
         mode: SearchMode | str = SearchMode.SEMANTIC,
         fusion: Fusion | str = Fusion.RRF,
         *,
+        similar_to: str | None = None,
+        recommend: Recommend | None = None,
+        group_by: GroupBy | None = None,
+        diversity: float | None = None,
+        autocut: int | None = None,
         principal: Principal = INTERNAL,
+        budget: ScanBudget | None = None,
     ) -> SearchOutcome:
+        """`budget`: the request's scan budget, charged with the candidates that groupBy,
+        diversity, similarTo and recommend read beyond the page (without one:
+        CITADEL_LIMITS__MAX_SCAN_POINTS for this call)."""
         started = time.perf_counter()
         principal.require(Scope.READ, collection)
         row = await self.repo.require_collection(collection)
         self._check_paging(limit, offset, score_threshold)
+        self._check_extras(limit, offset, group_by, diversity, autocut)
         mode, fusion = _choice(SearchMode, mode, "mode"), _choice(Fusion, fusion, "fusion")
-        if (query is None) == (vector is None):
-            raise BadInput("give exactly one of query or vector")
+        if sum(given is not None for given in (query, vector, similar_to, recommend)) != 1:
+            raise BadInput("give exactly one of query, vector, similarTo or recommend")
         if mode is not SearchMode.SEMANTIC:
             if vector is not None:
                 raise BadInput(f"{mode.value} search needs a text query, not a vector", field="vector")
+            if query is None:
+                field = "similarTo" if similar_to is not None else "recommend"
+                raise BadInput(f"{mode.value} search needs a text query; {field} ranks by vectors (SEMANTIC)", field=field)
             self._check_keyword_index(row)
         # A tenant-bound key's filter is ANDed in: the request can narrow it, never widen it.
         parsed_filter = self.store_filter(filter, principal)
 
-        if vector is not None:
+        excluded: set[str] = set()
+        if similar_to is not None or recommend is not None:
+            dense, excluded = await self._stored_query(row, similar_to, recommend, principal)
+            sparse = None
+        elif vector is not None:
             dense = self._check_vector(vector, row.dimensions)
             sparse = None
         else:
             self._check_query(query)
-            dense = await self._embed_query(row, query) if mode is not SearchMode.KEYWORD else None
+            dense = await self._embed_query(row, query, principal) if mode is not SearchMode.KEYWORD else None
             sparse = bm25().query(query) if mode is not SearchMode.SEMANTIC else None
             if sparse is not None and not sparse.indices:  # only stop words: nothing to match by keyword
                 if mode is SearchMode.KEYWORD:
@@ -131,10 +192,87 @@ class SearchService:
         if mode is SearchMode.HYBRID and fusion is Fusion.RRF:
             weight, min_score = await self._keyword_trust(row, sparse, parsed_filter)
             store_query = dataclasses.replace(store_query, keyword_weight=weight, keyword_min_score=min_score)
-        found = await self._ranked(row, store_query, limit, offset, parsed_filter, score_threshold)
-        hits = await self._live_hits(row.name, found, mode, principal)
+        groups: list[HitGroup] | None = None
+        if group_by is None and not diversity and not excluded:
+            found = await self._ranked(row, store_query, limit, offset, parsed_filter, score_threshold)
+            hits = await self._live_hits(row.name, found, mode, principal)
+        else:
+            budget = budget or ScanBudget(self.settings.limits.max_scan_points)
+
+            async def top(n: int) -> tuple[list[Hit], bool]:
+                budget.charge(
+                    n + len(excluded),
+                    f"this search of collection {row.name!r} (groupBy, diversity, similarTo or recommend)",
+                    "Ask for fewer groups, hits per group or hits, or narrow the filter.",
+                    unit="candidates",
+                )
+                return await self._top_documents(row, store_query, n, parsed_filter, score_threshold, mode, principal, excluded)
+
+            if group_by is not None:
+                groups = await self._grouped(top, group_by)
+                hits = [hit for group in groups for hit in group.hits]
+            elif diversity:
+                hits = (await self._diverse(row, top, offset + limit, diversity))[offset:]
+            else:
+                hits = (await top(offset + limit))[0][offset:]
+        if autocut is not None:
+            hits = hits[: autocut_count([h.score for h in hits], autocut)]
         label = "vector" if vector is not None else {"SEMANTIC": "query"}.get(mode.value, mode.value.lower())
-        return self._outcome(row, hits, started, mode, label)
+        if similar_to is not None or recommend is not None:
+            label = "similar" if similar_to is not None else "recommend"
+        return dataclasses.replace(self._outcome(row, hits, started, mode, label), groups=groups)
+
+    async def search_collections(
+        self,
+        query: str,
+        collections: Sequence[str] | None = None,
+        limit: int = 10,
+        filter: Any | None = None,
+        mode: SearchMode | str = SearchMode.SEMANTIC,
+        *,
+        principal: Principal = INTERNAL,
+        budget: ScanBudget | None = None,
+    ) -> CollectionsOutcome:
+        """One ranking over several collections, each searched with its own model: their rankings
+        (top `limit` each) are fused by reciprocal rank fusion (k=60; raw scores of different
+        models are never compared), ties to the collection named first. Without `collections`:
+        every collection the caller may read (for KEYWORD/HYBRID, those with a ready keyword index)."""
+        started = time.perf_counter()
+        principal.require(Scope.READ)
+        self._check_paging(limit, 0, None)
+        self._check_query(query)
+        mode = _choice(SearchMode, mode, "mode")
+        if collections is None:
+            rows = [row for row in await self.repo.list_collections() if principal.may_see(row.name)]
+            if mode is not SearchMode.SEMANTIC:
+                rows = [row for row in rows if row.keyword_index == "ready"]
+            names = sorted(row.name for row in rows)
+        else:
+            if isinstance(collections, str) or not all(isinstance(c, str) and c for c in collections):
+                raise BadInput("collections must be a list of collection names", field="collections")
+            names = list(dict.fromkeys(collections))
+            if not names:
+                raise BadInput("collections is empty: name at least one, or leave it out for all", field="collections")
+        if len(names) > MAX_COLLECTIONS_PER_SEARCH:
+            raise BadInput(
+                f"searchCollections reads at most {MAX_COLLECTIONS_PER_SEARCH} collections, got {len(names)}; name fewer",
+                field="collections",
+            )
+        results = await asyncio.gather(
+            *(
+                self.search(name, query=query, limit=limit, filter=filter, mode=mode, principal=principal, budget=budget)
+                for name in names
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        fused = rrf([outcome.hits for outcome in results], key=lambda h: (h.collection, h.id))[:limit]  # type: ignore[union-attr]
+        hits = [dataclasses.replace(hit, score=score) for hit, score in fused]
+        elapsed = time.perf_counter() - started
+        SEARCH_SECONDS.labels("collections").observe(elapsed)
+        return CollectionsOutcome(hits=hits, took_ms=round(elapsed * 1000, 3))
 
     def store_filter(self, raw: Any | None, principal: Principal) -> FilterNode | None:
         """The filter the store applies, in one place: the request's, ANDed with the key's tenant filter."""
@@ -177,6 +315,102 @@ class SearchService:
         )
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _check_extras(
+        self, limit: int, offset: int, group_by: GroupBy | None, diversity: float | None, autocut: int | None
+    ) -> None:
+        max_limit = self.settings.limits.max_search_limit
+        if diversity is not None:
+            if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:
+                raise BadInput(f"diversity must be a number from 0 to 1, got {diversity!r}", field="diversity")
+        if autocut is not None and (isinstance(autocut, bool) or not isinstance(autocut, int) or autocut < 1):
+            raise BadInput(f"autocut must be 1 or more (the jump in score to cut at), got {autocut!r}", field="autocut")
+        if group_by is None:
+            return
+        check_field(group_by.field, "groupBy.field")
+        for name, value in (("groups", group_by.groups), ("hitsPerGroup", group_by.hits_per_group)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_limit:
+                raise BadInput(f"groupBy.{name} must be between 1 and {max_limit}, got {value!r}", field=f"groupBy.{name}")
+        if group_by.groups * group_by.hits_per_group > max_limit:
+            raise BadInput(f"groupBy asks for more than {max_limit} hits in all (groups x hitsPerGroup)", field="groupBy")
+        if offset:
+            raise BadInput("groupBy returns whole groups: offset must be 0", field="offset")
+        if diversity:
+            raise BadInput("diversity and groupBy cannot be combined", field="diversity")
+        if autocut is not None:
+            raise BadInput("autocut and groupBy cannot be combined (groups are cut by groups and hitsPerGroup)", field="autocut")
+
+    async def _stored_query(
+        self, row: Any, similar_to: str | None, recommend: Recommend | None, principal: Principal
+    ) -> tuple[list[float], set[str]]:
+        """The query vector made of stored documents, and those documents (left out of the hits).
+        A document the caller may not see reads as missing."""
+        if similar_to is not None:
+            positive, negative, field = [similar_to], [], "similarTo"
+        else:
+            assert recommend is not None
+            positive, negative, field = list(recommend.positive), list(recommend.negative or ()), "recommend"
+            if not positive:
+                raise BadInput("recommend needs at least one positive document", field="recommend.positive")
+            if set(positive) & set(negative):
+                raise BadInput("a document cannot be both positive and negative", field="recommend")
+        ids = list(dict.fromkeys(str(i) for i in [*positive, *negative]))
+        if not all(ids) or len(ids) > MAX_STORED_QUERY_DOCUMENTS:
+            raise BadInput(f"{field} takes 1 to {MAX_STORED_QUERY_DOCUMENTS} non-empty document ids", field=field)
+        rows = await self.repo.get_documents(row.name, ids)
+        vectors = await self.store.document_vectors(row.name, ids)
+        by_id: dict[str, Any] = {}
+        for doc_id, doc_row in zip(ids, rows):
+            if doc_row is None or not principal.owns(doc_row.metadata):
+                raise NotFound(f"document {doc_id!r} not found in collection {row.name!r}", field=field)
+            if doc_row.status != "indexed" or not vectors.get(doc_id):
+                raise BadInput(f"document {doc_id!r} is not indexed yet; try again shortly", field=field)
+            by_id[doc_id] = document_vector(vectors[doc_id])
+        query = average_vector([by_id[str(i)] for i in positive], [by_id[str(i)] for i in negative])
+        if not query.any() or not all(math.isfinite(v) for v in query):
+            raise BadInput(f"the {field} documents cancel out: their query vector is zero", field=field)
+        return [float(v) for v in query], set(ids)
+
+    async def _top_documents(
+        self,
+        row: Any,
+        query: StoreQuery,
+        n: int,
+        filter: FilterNode | None,
+        score_threshold: float | None,
+        mode: SearchMode,
+        principal: Principal,
+        excluded: set[str],
+    ) -> tuple[list[Hit], bool]:
+        """The best `n` live documents but the excluded ones, and whether the ranking ran out."""
+        fetch = n + len(excluded)
+        wide = dataclasses.replace(query, prefetch=max(query.prefetch, MIN_PREFETCH, 2 * fetch))
+        found = await self._ranked(row, wide, fetch, 0, filter, score_threshold)
+        hits = [h for h in await self._live_hits(row.name, found, mode, principal) if h.id not in excluded]
+        return hits[:n], len(found) < fetch
+
+    async def _grouped(self, top: Any, group_by: GroupBy) -> list[HitGroup]:
+        """The first `groups` groups of the ranking (by their best hit) with their best hits: more
+        documents are read until those groups are settled (each full) or the ranking runs out."""
+        n = min(MAX_CANDIDATES, max(MMR_MIN_CANDIDATES, 4 * group_by.groups * group_by.hits_per_group))
+        while True:
+            hits, exhausted = await top(n)
+            grouped, settled = group_hits(
+                hits, lambda h: h.metadata, group_by.field, group_by.groups, group_by.hits_per_group
+            )
+            if settled or exhausted or n >= MAX_CANDIDATES:
+                return [HitGroup(value=value, hits=members) for value, members in grouped]
+            n = min(MAX_CANDIDATES, n * 4)
+
+    async def _diverse(self, row: Any, top: Any, wanted: int, diversity: float) -> list[Hit]:
+        """`wanted` hits picked by maximal marginal relevance from the best candidates."""
+        candidates, _ = await top(min(MAX_CANDIDATES, max(MMR_MIN_CANDIDATES, MMR_CANDIDATE_FACTOR * wanted)))
+        if not candidates:
+            return []
+        stored = await self.store.document_vectors(row.name, [h.id for h in candidates])
+        kept = [h for h in candidates if stored.get(h.id)]
+        order = mmr_order([h.score for h in kept], [document_vector(stored[h.id]) for h in kept], diversity, wanted)
+        return [kept[i] for i in order]
 
     def _outcome(self, row: Any, hits: list[Hit], started: float, mode: SearchMode, label: str = "") -> SearchOutcome:
         elapsed = time.perf_counter() - started
@@ -275,9 +509,11 @@ class SearchService:
         if len(query) > max_chars:
             raise BadInput(f"query has {len(query)} characters; at most {max_chars}", field="query")
 
-    async def _embed_query(self, row: Any, query: str) -> list[float]:
+    async def _embed_query(self, row: Any, query: str, principal: Principal = INTERNAL) -> list[float]:
         await bound_model(self.models, row)
-        outcome = await self.embedder.embed([query], model=row.model, kind=EmbedKind.QUERY, normalize=True)
+        outcome = await self.embedder.embed(
+            [query], model=row.model, kind=EmbedKind.QUERY, normalize=True, principal=principal
+        )
         if outcome.model != row.model:
             raise ModelUnavailable(f"model {row.model!r} of collection {row.name!r} is not available", model=row.model)
         return [float(v) for v in outcome.vectors[0]]
@@ -309,6 +545,7 @@ class SearchService:
                     row=doc_row,
                     mode=mode,
                     chunk=chunk,
+                    collection=collection,
                 )
             )
         return hits
