@@ -1,4 +1,4 @@
-"""The `citadel` command: serve, doctor, db upgrade, keys, models, schema export."""
+"""The `citadel` command: serve, doctor, db upgrade, keys, documents, models, schema export."""
 
 from __future__ import annotations
 
@@ -90,12 +90,14 @@ def schema_export(output: Optional[Path] = typer.Option(None, "--output", "-o", 
 
 
 def _mount_models() -> None:
+    from app.cli_documents import documents_app
     from app.cli_keys import keys_app
     from app.cli_models import models_app
 
     models_app.command("export-onnx")(export_onnx_command)
     cli.add_typer(models_app, name="models")
     cli.add_typer(keys_app, name="keys")
+    cli.add_typer(documents_app, name="documents")
 
 
 def main() -> None:
