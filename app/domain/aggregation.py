@@ -52,7 +52,7 @@ def lookup(metadata: Any, path: str) -> Any:
     """The value at a dotted path (objects only, as the filter language walks), or _MISSING."""
     current = metadata
     for key in path.split("."):
-        if not isinstance(current, Mapping) or key not in current:
+        if not isinstance(current, dict) or key not in current:  # decoded JSON: dicts (typing's Mapping is slow here)
             return _MISSING
         current = current[key]
     return current
@@ -131,7 +131,8 @@ class FieldAccumulator:
     field: str
     documents: int = 0
     numbers: int = 0
-    scaled_sum: int = 0  # exact sum of the numeric values times _SCALE
+    int_sum: int = 0  # exact sum of the integer values
+    scaled_sum: int = 0  # exact sum of the float values times _SCALE
     num_min: Any = None
     num_max: Any = None
     strings: int = 0
@@ -150,7 +151,10 @@ class FieldAccumulator:
         for value in values:
             if is_number(value):
                 self.numbers += 1
-                self.scaled_sum += _scaled(value)
+                if isinstance(value, int):
+                    self.int_sum += value
+                else:
+                    self.scaled_sum += _scaled(value)
                 if self.num_min is None or value < self.num_min:
                     self.num_min = value
                 if self.num_max is None or value > self.num_max:
@@ -178,16 +182,14 @@ class FieldAccumulator:
         mean: float | None = None
         if self.numbers:
             low, high = self.num_min, self.num_max
-            exact = Fraction(self.scaled_sum, _SCALE)
+            exact = self.int_sum + Fraction(self.scaled_sum, _SCALE)
             total, mean = float(exact), float(exact / self.numbers)
         elif self.strings and self.all_datetimes and self.dt_min is not None and self.dt_max is not None:
             low, high = self.dt_min.isoformat(), self.dt_max.isoformat()
         return FieldSummary(self.field, self.documents, low, high, mean, total, ranked(self.top))
 
 
-def _scaled(value: int | float) -> int:
-    if isinstance(value, int):
-        return value * _SCALE
+def _scaled(value: float) -> int:
     numerator, denominator = value.as_integer_ratio()  # denominator: a power of two <= 2**1074
     return numerator * (_SCALE // denominator)
 
