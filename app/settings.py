@@ -17,7 +17,7 @@ from platformdirs import user_data_dir
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.domain.models import BUILTIN_DEFAULT_MODEL, ModelSpec, builtin_catalog
+from app.domain.models import BUILTIN_DEFAULT_MODEL, BUILTIN_DEFAULT_RERANKER, ModelSpec, builtin_catalog
 
 __all__ = ["ModelSpec", "Settings"]  # ModelSpec is the catalog's type; it lives in app.domain.models
 
@@ -38,6 +38,10 @@ class ServerSettings(BaseModel):
         description="Browser origins allowed to call /graphql (HTTP and WebSocket), comma-separated or JSON; `*` allows any",
     )
     introspection: bool = Field(True, description="GraphQL introspection for non-admin keys (admins always have it)")
+    persisted_queries: bool = Field(True, description="Automatic persisted queries (Apollo's APQ): documents stored in Redis by sha256, shared by every replica")
+    persisted_query_ttl_seconds: int = Field(86_400, ge=1, description="How long a persisted query stays in Redis after it was last sent with its text")
+    persisted_query_max_bytes: int = Field(131_072, ge=0, description="Largest document (UTF-8 bytes) stored as a persisted query; a larger one runs but is not stored")
+    trusted_documents: Literal["off", "require"] = Field("off", description="`require`: keys other than ADMIN may only run documents registered with `citadel documents add` (by documentId or APQ hash); others are FORBIDDEN")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -91,6 +95,7 @@ class LimitSettings(BaseModel):
     max_aliases: int = Field(32, description="Most aliases in one GraphQL document")
     max_query_tokens: int = Field(4_000, description="Most tokens in one GraphQL document")
     max_search_limit: int = Field(1_000, description="Largest search limit / page size")
+    max_rerank_documents: int = Field(1_000, ge=1, description="Most documents in one rerank call (`rerank`, /v1/rerank, /rerank) and most `candidates` of `search(rerank:)`")
     max_scan_points: int = Field(100_000, ge=0, description="Most points or rows one request may read by scanning where no index answers (facets of fields outside indexedFields, a tenant-bound key's document counts and pages): facets and counts over it are BAD_INPUT before the scan, pages stop early with a cursor (0: no limit)")
 
 
@@ -146,6 +151,10 @@ class VectorSettings(BaseModel):
     on_disk_vectors: bool = Field(False, description="Keep original vectors on disk (with int8, the codes stay in RAM)")
     on_disk_payload: bool = Field(True, description="Keep payloads on disk")
     quantization: Literal["none", "int8"] = Field("none", description="`int8`: scalar quantization, searches rescored on the originals")
+    hnsw_m: int = Field(16, ge=0, description="Qdrant Edge: links per point of the HNSW graph (Qdrant's default; 0: never build one, search exactly)")
+    hnsw_ef_construct: int = Field(100, ge=4, description="Qdrant Edge: candidates while the HNSW graph is built (Qdrant's default)")
+    hnsw_ef: int = Field(128, ge=1, description="Qdrant Edge: candidates a search through the graph looks at (more: better recall, slower)")
+    exact_below_points: int = Field(20_000, ge=0, description="Qdrant Edge: a collection with fewer points is searched exactly and gets no graph; larger ones get one built in the background")
 
 
 def _default_data_dir() -> Path:
@@ -168,6 +177,7 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, description="Qdrant URL (REST or gRPC); unset: embedded Qdrant Edge")
     qdrant_api_key: str | None = Field(None, description="Qdrant API key")
     default_model: str = Field(BUILTIN_DEFAULT_MODEL, description="Model used when a request names none (its fallback while it cannot be had)")
+    default_reranker: str = Field(BUILTIN_DEFAULT_RERANKER, description="Cross-encoder that `rerank`, /v1/rerank, /rerank and `search(rerank:)` use when a request names none")
     models: dict[str, ModelSpec] = Field(default_factory=builtin_catalog, description="Model catalog (JSON); entries extend the built-in one")
     load_models_at_startup: bool = Field(True, description="Prepare the default model in the background at startup")
     run_migrations: bool = Field(True, description="Apply database migrations at startup")
@@ -208,6 +218,10 @@ class Settings(BaseSettings):
     def _check(self) -> "Settings":
         if self.default_model not in self.models:
             raise ValueError(f"default_model {self.default_model!r} is not in the model catalog")
+        if self.models[self.default_model].is_reranker:
+            raise ValueError(f"default_model {self.default_model!r} is a reranker, not an embedding model")
+        if self.default_reranker not in self.models or not self.models[self.default_reranker].is_reranker:
+            raise ValueError(f"default_reranker {self.default_reranker!r} is not a reranker (task: rerank) of the model catalog")
         for spec in self.models.values():
             if spec.fallback and spec.fallback not in self.models:
                 raise ValueError(f"fallback {spec.fallback!r} of {spec.name!r} is not in the catalog")

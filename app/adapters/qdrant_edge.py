@@ -5,23 +5,35 @@ and closed on close(). The Edge API is synchronous, so every call runs in a work
 writes to one shard are serialised by a lock and flushed before they return, because the
 ingest pipeline marks rows indexed once upsert() returns.
 
-Search is exact (SearchParams(exact=True)): embedded collections are small, and exact search
-keeps results identical to brute force whatever segments the shard has built.
+Search: a collection of fewer than AnnIndex.exact_below points is searched exactly
+(SearchParams(exact=True): results identical to brute force). A larger one gets Qdrant's HNSW
+graph (m, ef_construct: Qdrant's defaults) built in the background and is searched through it
+(hnsw_ef candidates); points written since the last build sit in a plain segment that Qdrant
+searches exactly until the next build folds them in. Payload indexes (indexedFields, doc_id)
+serve filters, and Qdrant plans a filtered search by their cardinality (exact over a small
+subset, the graph otherwise).
 
-Space: every replaced or deleted point stays in its segment until the shard is optimized, so a
-steady stream of updates would grow the data dir without bound. Once the points changed since
-the last optimization pass a share of the shard, optimize() runs in a worker thread: it rewrites
-the segments without the dead points (no HNSW graph is built, m=0: search is exact anyway).
-Searches go on meanwhile; writes to that shard wait for it. The shard's WAL bounds itself: it
-rotates 32 MiB segments, so it stays below about 64 MiB per shard.
+One background scheduler per shard does both jobs: folding new points into the graph, and
+reclaiming the space of replaced and deleted points (every such point stays in its segment until
+the shard is optimized, so a steady stream of updates would grow the data dir without bound).
+A pass is due once the points changed since the last pass are a share of the shard (or the
+collection just crossed exact_below). qdrant-edge-py holds the GIL through optimize(), which
+would stop the event loop for the whole build (minutes at 1M points), so a pass runs beside the
+live shard: the shard is flushed and copied (writes wait for the copy), a child process loads the
+copy and optimizes it, the writes made meanwhile are kept in a journal and replayed into the
+built copy, and the built copy takes the live shard's place (searches wait only for that swap,
+a fraction of a second). Searches and writes go on during the build. The shard's WAL bounds
+itself: it rotates 32 MiB segments, so it stays below about 64 MiB per shard.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -44,6 +56,8 @@ from app.domain.filters import FilterNode
 from app.domain.scans import off_loop
 from app.domain.vectors import (
     DOC_ID_KEY,
+    AnnIndex,
+    VectorIndexStatus,
     PointRef,
     point_ref,
     SPARSE_VECTOR,
@@ -79,9 +93,19 @@ OPTIMIZE_CHANGED_SHARE = 0.2
 OPTIMIZE_MIN_CHANGES = 1_000
 
 
+# Qdrant's default: a (filtered) search over fewer KB of vectors than this scans them exactly.
+FULL_SCAN_THRESHOLD_KB = 10_000
+
+# A pass in the child process: load the copy (its edge_config.json already says which graph to
+# build), optimize it, and close it. Only qdrant_edge is imported: the child starts fast.
+_BUILD_SCRIPT = "import sys, qdrant_edge; s = qdrant_edge.EdgeShard.load(sys.argv[1]); s.optimize(); s.flush(); s.close()"
+_CONFIG_FILE = "edge_config.json"
+_REPLAY_UNLOCKED_ABOVE = 200  # journal entries replayed before writes are stopped for the swap
+
+
 def _shard_config(vectors: qe.EdgeVectorParams, sparse: dict[str, Any] | None, on_disk_payload: bool) -> qe.EdgeConfig:
-    # indexing_threshold=1: optimize() always rebuilds appendable segments, dropping dead points;
-    # m=0: without building a graph nobody would use (search is exact).
+    # indexing_threshold=1: a pass always rebuilds appendable segments, dropping dead points;
+    # m=0 until the collection is large enough for a graph (a pass sets m, see _plan_pass).
     return qe.EdgeConfig(
         vectors=vectors,
         sparse_vectors=sparse,
@@ -94,9 +118,26 @@ def _shard_config(vectors: qe.EdgeVectorParams, sparse: dict[str, Any] | None, o
 @dataclass
 class _Shard:
     shard: qe.EdgeShard
+    path: Path
+    graph: bool = False  # the live shard's segments were built with an HNSW graph (m > 0)
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: int = 0  # points upserted or deleted since the last optimization
+    changed: int = 0  # points upserted or deleted since the last pass
+    points: int = 0  # as of the last write or pass
     optimizing: asyncio.Task[None] | None = None
+    journal: list[qe.UpdateOperation] | None = None  # writes made while a pass runs on a copy
+    child: asyncio.subprocess.Process | None = None
+    readers: int = 0  # calls into the live shard in flight (a swap waits for them)
+    readable: asyncio.Event = field(default_factory=asyncio.Event)  # cleared during a swap
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set when readers == 0
+
+    def __post_init__(self) -> None:
+        self.readable.set()
+        self.idle.set()
+        self.graph = _graph_config(self.path)[0] > 0
+
+    @property
+    def busy(self) -> bool:
+        return self.optimizing is not None and not self.optimizing.done()
 
 
 class QdrantEdgeStore:
@@ -107,11 +148,14 @@ class QdrantEdgeStore:
         base_dir: Path | str,
         optimize_changed_share: float = OPTIMIZE_CHANGED_SHARE,
         optimize_min_changes: int = OPTIMIZE_MIN_CHANGES,
+        index: AnnIndex | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.optimize_changed_share = optimize_changed_share
         self.optimize_min_changes = optimize_min_changes
+        self.index = index or AnnIndex()
         self.optimizations = 0  # passes run, for tests and the soak bench
+        self.graphs_built = 0  # passes that built an HNSW graph
         self._shards: dict[str, _Shard] = {}
         self._registry_lock = asyncio.Lock()  # opening, creating, deleting, closing shards
 
@@ -158,24 +202,29 @@ class QdrantEdgeStore:
                 shard.flush()
                 return shard
 
-            self._shards[name] = _Shard(await asyncio.to_thread(create))
+            self._shards[name] = _Shard(await asyncio.to_thread(create), path)
         logger.info("edge collection {} created ({} dims, {}, keyword index {})", name, dimensions, distance, keyword_index)
 
     async def add_keyword_index(self, name: str) -> None:
         entry = await self._open(name)
 
+        operation = qe.UpdateOperation.create_sparse_vector(SPARSE_VECTOR, modifier=qe.Modifier.Idf)
+
         def add() -> None:  # creating an existing sparse vector again is a no-op in Edge
-            entry.shard.update(qe.UpdateOperation.create_sparse_vector(SPARSE_VECTOR, modifier=qe.Modifier.Idf))
+            entry.shard.update(operation)
             entry.shard.flush()
 
         async with entry.write_lock:
             await _call(add)
+            if entry.journal is not None:
+                entry.journal.append(operation)
 
     async def delete_collection(self, name: str) -> None:
         path = self._path(name)
         async with self._registry_lock:
             entry = self._shards.pop(name, None)
             if entry is not None:
+                await _stop_pass(entry)
                 async with entry.write_lock:
                     await asyncio.to_thread(entry.shard.close)
             if path.exists():
@@ -223,9 +272,13 @@ class QdrantEdgeStore:
         query = checked_query(vector, query)
         entry = await self._open(name)
         where = edge_filter(filter) if filter is not None else None
-        # Exact, and rescored with the original vectors where the collection is quantized.
+        # Exact below the index threshold or until the graph is built, else through the graph (and
+        # exactly over the points written since); rescored with the original vectors where the
+        # collection is quantized.
         exact = qe.SearchParams(
-            exact=True, quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING)
+            exact=not self._through_graph(entry),
+            hnsw_ef=self.index.hnsw_ef,
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=RESCORE_OVERSAMPLING),
         )
         dense = qe.Query.Nearest(float32_list(query.dense)) if query.dense is not None else None
         sparse = qe.Query.Nearest(_edge_sparse(query.sparse), using=SPARSE_VECTOR) if query.sparse is not None else None
@@ -249,7 +302,7 @@ class QdrantEdgeStore:
             with_vector=False,
             params=exact if query.mode is SearchMode.SEMANTIC else None,
         )
-        found = await _call(entry.shard.query, request)
+        found = await self._read(entry, lambda shard: shard.query(request))
         return [VectorHit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
 
     async def facet(
@@ -263,7 +316,8 @@ class QdrantEdgeStore:
         entry = await self._open(name)
         where = document_points(filter, EDGE_DIALECT)
         try:
-            response = await _call(entry.shard.facet, qe.FacetRequest(key, limit=limit, exact=True, filter=where))
+            facet_request = qe.FacetRequest(key, limit=limit, exact=True, filter=where)
+            response = await self._read(entry, lambda shard: shard.facet(facet_request))
             return [FacetValue(value=_plain(h.value), count=int(h.count)) for h in response.hits]
         except Exception as exc:
             if "No appropriate index for faceting" not in str(exc):
@@ -273,28 +327,55 @@ class QdrantEdgeStore:
         # points, or those under the filter) was allowed.
         scanned = edge_filter(filter) if filter is not None else None
         if before_scan is not None:
-            before_scan(int(await off_loop(entry.shard.count, qe.CountRequest(exact=True, filter=scanned))))
+            counted = qe.CountRequest(exact=True, filter=scanned)
+            before_scan(int(await self._read(entry, lambda shard: shard.count(counted), off_loop)))
 
         async def page(offset: Any, counter: FacetCounter) -> Any:
-            return await off_loop(_facet_page, entry.shard, scanned, offset, counter)
+            return await self._read(entry, lambda shard: _facet_page(shard, scanned, offset, counter), off_loop)
 
         return await scan_facets(key, limit, page)
 
     async def count(self, name: str) -> int:
         entry = await self._open(name)
-        return int(await _call(entry.shard.count, qe.CountRequest(exact=True)))
+        return int(await self._read(entry, lambda shard: shard.count(qe.CountRequest(exact=True))))
 
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
         entry = await self._open(name)
         request = qe.ScrollRequest(offset=after, limit=limit, with_payload=True, with_vector=False)
-        records, offset = await _call(entry.shard.scroll, request)
+        records, offset = await self._read(entry, lambda shard: shard.scroll(request))
         return [point_ref(r.id, r.payload) for r in records], offset
+
+    async def document_vectors(self, name: str, doc_ids: Sequence[str]) -> dict[str, list[list[float]]]:
+        """The dense vectors of the points (every chunk) of these documents, by doc_id."""
+        entry = await self._open(name)
+        where = qe.Filter(must=[qe.FieldCondition(DOC_ID_KEY, match=qe.MatchAny([str(i) for i in doc_ids]))])
+        found: dict[str, list[list[float]]] = {}
+        offset: Any = None
+        while True:
+            request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=[DOC_ID_KEY], with_vector=True)
+            records, offset = await _call(entry.shard.scroll, request)
+            for r in records:
+                vector = r.vector.get("") if isinstance(r.vector, dict) else r.vector
+                found.setdefault(str((r.payload or {}).get(DOC_ID_KEY)), []).append([float(v) for v in vector])
+            if offset is None:
+                return found
 
     async def ping(self) -> None:
         # In-process: healthy when the data directory is usable.
         await asyncio.to_thread(self.base_dir.mkdir, parents=True, exist_ok=True)
 
+    async def vector_index(self, name: str) -> VectorIndexStatus:
+        """How much of the collection its HNSW graph serves, and whether a pass is running."""
+        entry = await self._open(name)
+        info = await self._read(entry, lambda shard: shard.info())
+        points = int(info.points_count)
+        # indexed_vectors_count counts sparse vectors too: cap it at the points.
+        indexed = min(points, int(info.indexed_vectors_count)) if self._through_graph(entry) else 0
+        return VectorIndexStatus(points=points, indexed_points=indexed, optimizing=entry.busy)
+
     async def close(self) -> None:
+        for entry in list(self._shards.values()):
+            await _stop_pass(entry)  # a build in progress is thrown away; the next start redoes it
         await self.wait_for_maintenance()
         async with self._registry_lock:
             while self._shards:
@@ -320,10 +401,31 @@ class QdrantEdgeStore:
             if entry is None:
                 if not path.exists():
                     raise NotFound(f"collection {name!r} not found")
-                entry = _Shard(await asyncio.to_thread(qe.EdgeShard.load, str(path)))
+                entry = _Shard(await asyncio.to_thread(qe.EdgeShard.load, str(path)), path)
+                entry.points = int((await asyncio.to_thread(entry.shard.info)).points_count)
                 self._shards[name] = entry
                 logger.debug("edge collection {} loaded from {}", name, path)
             return entry
+
+    def _through_graph(self, entry: _Shard) -> bool:
+        return entry.graph and entry.points >= self.index.exact_below
+
+    async def _read(self, entry: _Shard, fn: Callable[[qe.EdgeShard], T], runner: Callable[..., Any] = None) -> T:  # type: ignore[assignment]
+        """fn(live shard) in a worker thread (runner: _call, or off_loop for scan pages); a swap
+        waits for the calls in flight, and calls wait for a swap."""
+        while not entry.readable.is_set():
+            await entry.readable.wait()
+        entry.readers += 1
+        entry.idle.clear()
+        call = asyncio.ensure_future((runner or _call)(fn, entry.shard))
+        try:
+            return await asyncio.shield(call)
+        finally:
+            if not call.done():  # cancelled: the thread still uses the shard until it returns
+                await asyncio.wait([call])
+            entry.readers -= 1
+            if entry.readers == 0:
+                entry.idle.set()
 
     async def _write(self, name: str, operation: qe.UpdateOperation, changed: int = 0) -> None:
         entry = await self._open(name)
@@ -334,33 +436,160 @@ class QdrantEdgeStore:
             return int(entry.shard.info().points_count)
 
         async with entry.write_lock:
-            points = await _call(apply)
+            entry.points = await _call(apply)
+            if entry.journal is not None:  # a pass works on a copy: it gets this write at the swap
+                entry.journal.append(operation)
         entry.changed += changed
-        due = max(self.optimize_min_changes, self.optimize_changed_share * points)
-        if entry.changed >= due and (entry.optimizing is None or entry.optimizing.done()):
+        self._schedule(name, entry)
+
+    def _schedule(self, name: str, entry: _Shard) -> None:
+        """Start a pass when one is due: the collection needs its first graph, or the points
+        changed since the last pass (new ones searched exactly, dead ones taking space) are a
+        share of it. One pass per shard at a time; a pass checks again when it ends."""
+        if entry.busy or self._shards.get(name) is not entry:
+            return
+        wants_graph = self.index.m > 0 and entry.points >= self.index.exact_below
+        due = max(self.optimize_min_changes, self.optimize_changed_share * entry.points)
+        # New points outside the graph are searched exactly: fold them in once they cost about
+        # as much as an exact search of a quarter of the threshold.
+        fold_in = max(self.optimize_min_changes, min(due, self.index.exact_below / 4))
+        if (wants_graph and (not entry.graph or entry.changed >= fold_in)) or entry.changed >= due:
             entry.optimizing = asyncio.create_task(self._optimize(name, entry), name=f"edge-optimize-{name}")
+            # Writes made during the pass may make another one due.
+            entry.optimizing.add_done_callback(lambda _: self._schedule(name, entry))
 
     async def _optimize(self, name: str, entry: _Shard) -> None:
-        async with entry.write_lock:  # writes wait; searches do not
-            if self._shards.get(name) is not entry:  # deleted or closed meanwhile
-                return
-            changed, entry.changed = entry.changed, 0
-            try:
-                await asyncio.to_thread(entry.shard.optimize)
+        building = self.base_dir / f".build-{name}"
+        graph = self.index.m > 0 and entry.points >= self.index.exact_below
+        changed = 0
+        try:
+            async with entry.write_lock:  # writes wait for the copy; searches do not
+                if self._shards.get(name) is not entry:  # deleted or closed meanwhile
+                    return
                 await asyncio.to_thread(entry.shard.flush)
-            except Exception as exc:  # the next writes try again
-                entry.changed += changed
+                await asyncio.to_thread(_fresh_copy, entry.path, building)
+                entry.journal = []
+                changed, entry.changed = entry.changed, 0
+            await asyncio.to_thread(_plan_pass, building, self.index if graph else None)
+            entry.child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _BUILD_SCRIPT, str(building),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, stderr = await entry.child.communicate()
+            if entry.child.returncode != 0:
+                raise RuntimeError(f"pass exited with {entry.child.returncode}: {stderr.decode(errors='replace')[-2000:]}")
+            entry.child = None
+            built = await asyncio.to_thread(qe.EdgeShard.load, str(building))
+            try:
+                await self._swap(name, entry, built, building)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(built.close)
+                raise
+        except Exception as exc:  # the next writes try again
+            entry.changed += changed
+            if self._shards.get(name) is entry:
                 logger.warning("edge collection {}: optimization failed: {!r}", name, exc)
-                return
+            return
+        finally:
+            entry.journal = None
+            if entry.child is not None and entry.child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    entry.child.kill()
+                await entry.child.wait()
+            entry.child = None
+            await asyncio.to_thread(shutil.rmtree, building, True)
         self.optimizations += 1
-        logger.debug("edge collection {} optimized after {} changed points", name, changed)
+        self.graphs_built += graph
+        logger.info("edge collection {}: {} after {} changed points", name, "graph built" if graph else "compacted", changed)
+
+    async def _swap(self, name: str, entry: _Shard, built: qe.EdgeShard, building: Path) -> None:
+        """Replay the journal into the built copy and put it in the live shard's place."""
+        assert entry.journal is not None
+        done = 0
+        while len(entry.journal) - done > _REPLAY_UNLOCKED_ABOVE:  # writes go on meanwhile
+            done = await asyncio.to_thread(_replay, built, entry.journal, done)
+        async with entry.write_lock:
+            if self._shards.get(name) is not entry:
+                raise RuntimeError("collection closed or deleted during the pass")
+            await asyncio.to_thread(_replay, built, entry.journal, done)
+            await asyncio.to_thread(built.flush)
+            await asyncio.to_thread(built.close)
+            retired = entry.path.with_name(f".retired-{name}")
+            entry.readable.clear()
+            try:
+                await entry.idle.wait()
+                await asyncio.to_thread(shutil.rmtree, retired, True)
+                await asyncio.to_thread(entry.shard.close)
+                entry.path.rename(retired)
+                building.rename(entry.path)
+                try:
+                    entry.shard = await asyncio.to_thread(qe.EdgeShard.load, str(entry.path))
+                except BaseException:  # put the old shard back
+                    entry.path.rename(building)
+                    retired.rename(entry.path)
+                    entry.shard = await asyncio.to_thread(qe.EdgeShard.load, str(entry.path))
+                    raise
+                entry.graph = _graph_config(entry.path)[0] > 0
+                entry.points = int((await asyncio.to_thread(entry.shard.info)).points_count)
+            finally:
+                entry.readable.set()
+        await asyncio.to_thread(shutil.rmtree, retired, True)
 
     async def wait_for_maintenance(self) -> None:
-        """Until no optimization pass is running (tests, benchmarks, shutdown)."""
+        """Until no pass is running (tests, benchmarks, shutdown)."""
         for entry in list(self._shards.values()):
-            if entry.optimizing is not None:
+            while entry.optimizing is not None and not entry.optimizing.done():
                 with contextlib.suppress(Exception):
                     await entry.optimizing
+
+
+def _graph_config(path: Path) -> tuple[int, int]:
+    """(m, ef_construct) the shard's segments are built with, from its edge_config.json."""
+    try:
+        hnsw = json.loads((path / _CONFIG_FILE).read_text()).get("hnsw_config") or {}
+        return int(hnsw.get("m") or 0), int(hnsw.get("ef_construct") or 0)
+    except (OSError, ValueError):
+        return 0, 0
+
+
+def _fresh_copy(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+
+
+def _plan_pass(path: Path, index: AnnIndex | None) -> None:
+    """Say in the copy's config what the pass builds: a graph with the index's parameters, or
+    none (m=0: compaction only, the collection is searched exactly). indexing_threshold 1: every
+    segment is rebuilt, so the pass also folds in the points written since the last one."""
+    config_file = path / _CONFIG_FILE
+    config = json.loads(config_file.read_text())
+    hnsw = dict(config.get("hnsw_config") or {})
+    hnsw.update(
+        m=index.m if index else 0,
+        ef_construct=index.ef_construct if index else hnsw.get("ef_construct") or 100,
+        full_scan_threshold=FULL_SCAN_THRESHOLD_KB,
+    )
+    config["hnsw_config"] = hnsw
+    config["optimizers"] = {**(config.get("optimizers") or {}), "indexing_threshold": 1}
+    config_file.write_text(json.dumps(config))
+
+
+def _replay(shard: qe.EdgeShard, journal: list[qe.UpdateOperation], start: int) -> int:
+    end = len(journal)
+    for operation in journal[start:end]:
+        shard.update(operation)
+    return end
+
+
+async def _stop_pass(entry: _Shard) -> None:
+    """Stop a pass in progress (its copy is thrown away; the shard is as it was)."""
+    if entry.child is not None and entry.child.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            entry.child.kill()
+    if entry.optimizing is not None:
+        with contextlib.suppress(Exception):
+            await entry.optimizing
 
 
 RRF_K = 60  # the usual reciprocal-rank-fusion constant (Qdrant server's default too)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from loguru import logger
 
-from app.domain.vectors import VectorStore
+from app.domain.vectors import AnnIndex, VectorStore
 from app.settings import Settings
 
 
@@ -25,4 +25,6 @@ def open_vector_store(settings: Settings) -> VectorStore:
 
     base = settings.data_dir / "qdrant"
     logger.info("vector store: qdrant edge under {}", base)
-    return QdrantEdgeStore(base)
+    v = settings.vectors
+    index = AnnIndex(m=v.hnsw_m, ef_construct=v.hnsw_ef_construct, hnsw_ef=v.hnsw_ef, exact_below=v.exact_below_points)
+    return QdrantEdgeStore(base, index=index)

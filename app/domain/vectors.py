@@ -97,6 +97,28 @@ RESCORE_OVERSAMPLING = 2.0
 
 
 @dataclass(frozen=True)
+class AnnIndex:
+    """The embedded store's HNSW index (Qdrant's defaults). Collections with fewer than
+    `exact_below` points are searched exactly and get no graph; larger ones get one built in the
+    background and are searched through it with `hnsw_ef` candidates. m=0: never a graph."""
+
+    m: int = 16
+    ef_construct: int = 100
+    hnsw_ef: int = 128
+    exact_below: int = 20_000
+
+
+@dataclass(frozen=True)
+class VectorIndexStatus:
+    """points: in the collection; indexed_points: served by the ANN index (the others are searched
+    exactly); optimizing: a background build or compaction is running."""
+
+    points: int
+    indexed_points: int
+    optimizing: bool
+
+
+@dataclass(frozen=True)
 class VectorPoint:
     id: str  # a UUID string (deterministic: uuid5 of collection, document id and chunk)
     vector: Sequence[float]

@@ -16,7 +16,7 @@ from loguru import logger
 from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.chunking import Chunking, check_chunking
 from app.domain.filters import parse_indexed_field
-from app.domain.vectors import CollectionLayout, Distance
+from app.domain.vectors import CollectionLayout, Distance, VectorIndexStatus
 from app.errors import BadInput, CitadelError, DependencyUnavailable, ModelUnavailable, NotFound
 from app.services.audit import audit
 from app.services.embedding import model_revision
@@ -109,7 +109,8 @@ class CollectionService:
         if not isinstance(keyword_index, bool):
             raise BadInput("keywordIndex must be true or false", field="keywordIndex")
         chosen = self._layout(layout)
-        self.settings.model(model)  # NOT_FOUND for a model outside the catalog
+        if self.settings.model(model).is_reranker:  # NOT_FOUND for a model outside the catalog
+            raise BadInput(f"model {model!r} is a reranker; a collection needs an embedding model", field="model")
         spec: ModelSpec = await self.models.ready_spec(model)
         if model and spec.name != model:
             # Binding a collection to a fallback would silently change what its vectors mean.
@@ -191,6 +192,16 @@ class CollectionService:
             return 1.0
         done, total = await self.repo.keyword_progress(row.name)
         return done / total if total else 0.0
+
+    async def vector_index(self, row: Any) -> VectorIndexStatus:
+        """The collection's ANN index: its points, how many the index serves, whether a pass runs.
+        A store that reports no index (a Qdrant server indexes by its own optimizers) counts its
+        points as indexed."""
+        report = getattr(self.store, "vector_index", None)
+        if report is not None:
+            return await report(row.name)
+        points = int(await self.store.count(row.name))
+        return VectorIndexStatus(points=points, indexed_points=points, optimizing=False)
 
     async def document_count(self, name: str) -> int:
         """For the server itself; clients count through DocumentService (grants and tenants)."""
