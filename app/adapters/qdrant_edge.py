@@ -156,6 +156,7 @@ class QdrantEdgeStore:
         self.index = index or AnnIndex()
         self.optimizations = 0  # passes run, for tests and the soak bench
         self.graphs_built = 0  # passes that built an HNSW graph
+        self._closing = False
         self._shards: dict[str, _Shard] = {}
         self._registry_lock = asyncio.Lock()  # opening, creating, deleting, closing shards
 
@@ -232,7 +233,7 @@ class QdrantEdgeStore:
                 logger.info("edge collection {} deleted", name)
 
     async def collection_exists(self, name: str) -> bool:
-        return name in self._shards or self._path(name).exists()
+        return name in self._shards or await asyncio.to_thread(self._recovered, self._path(name))
 
     # -- points -------------------------------------------------------------------------------
 
@@ -353,7 +354,8 @@ class QdrantEdgeStore:
         offset: Any = None
         while True:
             request = qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, filter=where, with_payload=[DOC_ID_KEY], with_vector=True)
-            records, offset = await _call(entry.shard.scroll, request)
+            page = request
+            records, offset = await self._read(entry, lambda shard: shard.scroll(page))
             for r in records:
                 vector = r.vector.get("") if isinstance(r.vector, dict) else r.vector
                 found.setdefault(str((r.payload or {}).get(DOC_ID_KEY)), []).append([float(v) for v in vector])
@@ -374,6 +376,7 @@ class QdrantEdgeStore:
         return VectorIndexStatus(points=points, indexed_points=indexed, optimizing=entry.busy)
 
     async def close(self) -> None:
+        self._closing = True
         for entry in list(self._shards.values()):
             await _stop_pass(entry)  # a build in progress is thrown away; the next start redoes it
         await self.wait_for_maintenance()
@@ -383,6 +386,7 @@ class QdrantEdgeStore:
                 async with entry.write_lock:
                     await asyncio.to_thread(entry.shard.close)
                 logger.debug("edge collection {} closed", name)
+        self._closing = False  # a later call opens shards again
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -399,13 +403,23 @@ class QdrantEdgeStore:
         async with self._registry_lock:
             entry = self._shards.get(name)
             if entry is None:
-                if not path.exists():
+                if not await asyncio.to_thread(self._recovered, path):
                     raise NotFound(f"collection {name!r} not found")
                 entry = _Shard(await asyncio.to_thread(qe.EdgeShard.load, str(path)), path)
                 entry.points = int((await asyncio.to_thread(entry.shard.info)).points_count)
                 self._shards[name] = entry
                 logger.debug("edge collection {} loaded from {}", name, path)
             return entry
+
+    @staticmethod
+    def _recovered(path: Path) -> bool:
+        """Whether the shard exists, after putting back one retired by a swap that a crash cut
+        short (the live shard renamed away, the built copy not yet in its place)."""
+        retired = path.with_name(f".retired-{path.name}")
+        if not path.exists() and retired.exists():
+            retired.rename(path)
+            logger.warning("edge collection {}: restored after an interrupted index swap", path.name)
+        return path.exists()
 
     def _through_graph(self, entry: _Shard) -> bool:
         return entry.graph and entry.points >= self.index.exact_below
@@ -446,7 +460,7 @@ class QdrantEdgeStore:
         """Start a pass when one is due: the collection needs its first graph, or the points
         changed since the last pass (new ones searched exactly, dead ones taking space) are a
         share of it. One pass per shard at a time; a pass checks again when it ends."""
-        if entry.busy or self._shards.get(name) is not entry:
+        if entry.busy or self._closing or self._shards.get(name) is not entry:
             return
         wants_graph = self.index.m > 0 and entry.points >= self.index.exact_below
         due = max(self.optimize_min_changes, self.optimize_changed_share * entry.points)
