@@ -6,6 +6,7 @@ from typing import Any
 
 import strawberry
 
+from app.domain.aggregation import SortKey
 from app.domain.models import DownloadEvent, ModelStatus
 from app.graphql import types as t
 
@@ -125,3 +126,35 @@ def api_key_to_gql(row: Any) -> t.ApiKey:
         last_used_at=row.last_used_at,
         revoked=row.revoked,
     )
+
+
+def field_stats_to_gql(summary: Any) -> t.FieldStats:
+    return t.FieldStats(
+        field=summary.field,
+        count=summary.count,
+        min=summary.min,
+        max=summary.max,
+        mean=summary.mean,
+        sum=summary.sum,
+        ranked=summary.top,
+    )
+
+
+def aggregate_to_gql(outcome: Any) -> t.AggregateResult:
+    groups = None
+    if outcome.groups is not None:
+        groups = [
+            t.AggregateGroup(value=g.value, count=g.count, fields=[field_stats_to_gql(f) for f in g.fields])
+            for g in outcome.groups
+        ]
+    return t.AggregateResult(
+        count=outcome.count,
+        fields=[field_stats_to_gql(f) for f in outcome.fields],
+        groups=groups,
+        group_count=outcome.group_count,
+    )
+
+
+def sort_keys(sort: Any) -> list[SortKey]:
+    """GraphQL SortInputs as the domain's sort keys (order null means ASC)."""
+    return [SortKey(field=s.field, descending=s.order == t.SortOrder.DESC) for s in sort or []]
