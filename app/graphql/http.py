@@ -6,26 +6,40 @@
   key, where keys are required, gets 401 and nothing it sends is read).
 - A body that is not UTF-8, not JSON, nested too deep or not a JSON object gets 400 with a
   GraphQL-shaped error, as does every other refusal of the view (never a plain-text body).
-- Subscriptions run only over WebSocket; over POST/GET they are refused with 400.
+- Subscriptions run over WebSocket, or over Server-Sent Events (the graphql-sse protocol, distinct
+  connections mode: `Accept: text/event-stream`), with the same keys, rules and per-key cap as
+  WebSocket operations; over plain POST/GET they are refused with 400.
 - A client that hangs up mid-body gets nothing, and the log gets no traceback.
 - GraphQL-over-HTTP: `application/graphql-response+json` when the client accepts it, with 400
-  for a request that never executed (parse or validation failure), as that spec asks.
+  for a request that never executed (parse or validation failure), as that spec asks; except
+  PersistedQueryNotFound, 200 as Apollo's clients expect before they retry with the text.
+- The document that runs is `query`, or the persisted query or trusted document named by
+  `extensions.persistedQuery` or `documentId` (OperationRules.document, app/graphql/persisted.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from cross_web import HTTPException
+from graphql.error import GraphQLError
 from loguru import logger
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
+from strawberry.http import GraphQLRequestData
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
+
+from app.errors import CitadelError
+from app.graphql.errors import public_error
+from app.graphql.persisted import DOCUMENT_ID_KEY, NOT_FOUND_CODE
+from app.graphql.websockets import QUOTA_REACHED, caller_of
 
 JSON_MEDIA_TYPE = "application/json"
 GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
@@ -34,6 +48,11 @@ GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
 MAX_BODY_DEPTH = 40
 # Operations the HTTP transport runs; subscriptions need a WebSocket.
 HTTP_OPERATIONS = {"GET": {OperationType.QUERY}, "POST": {OperationType.QUERY, OperationType.MUTATION}}
+# Over Server-Sent Events (graphql-sse) subscriptions run too.
+STREAM_OPERATIONS = {
+    "GET": {OperationType.QUERY, OperationType.SUBSCRIPTION},
+    "POST": {OperationType.QUERY, OperationType.MUTATION, OperationType.SUBSCRIPTION},
+}
 
 
 class BadRequestBody(json.JSONDecodeError):
@@ -95,7 +114,7 @@ def error_response(status: int, message: str, code: str, headers: Mapping[str, s
 
 
 def _code_for_status(status: int) -> str:
-    return {404: "NOT_FOUND", 413: "BAD_INPUT", 405: "BAD_INPUT"}.get(status, "BAD_INPUT")
+    return {404: "NOT_FOUND", 413: "BAD_INPUT", 405: "BAD_INPUT", 429: "RATE_LIMITED"}.get(status, "BAD_INPUT")
 
 
 def refuse_declared_over(scope: Scope, limit: int) -> None:
@@ -169,12 +188,54 @@ class GraphQLHttpEdge:
             return
         await response(scope, receive, send)
 
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # A GET naming a persisted or trusted document has no `query`, and is not a browser.
+        params = request.query_params
+        if "extensions" in params or DOCUMENT_ID_KEY in params:
+            return False
+        return super().should_render_graphql_ide(request)  # type: ignore[misc]
+
     async def refuse_before_body(self, request: Request) -> Response | None:
         """An answer given before the body is read, or None to go on and read it."""
         return None
 
     def decode_json(self, data: str | bytes) -> object:
         return decode_request_json(data)
+
+    async def execute_operation(self, request: Any, request_adapter: Any, request_data: Any, context: Any,
+                                root_value: Any, sub_response: Any) -> Any:
+        transport = isinstance(request_data, GraphQLRequestData) and self._get_stream_transport(request_data.protocol)  # type: ignore[attr-defined]
+        if not transport:
+            return await super().execute_operation(  # type: ignore[misc]
+                request, request_adapter, request_data, context, root_value, sub_response
+            )
+        # A stream (graphql-sse): the document as for any operation, one of the caller's
+        # operation slots (shared with its WebSockets) for as long as the stream runs.
+        try:
+            query = await self.schema.rules.document(context, request_data.query, request_data.extensions)  # type: ignore[attr-defined]
+        except CitadelError as exc:
+            return _once(public_error(GraphQLError(exc.message, original_error=exc)))
+        if not query:
+            raise HTTPException(400, "No GraphQL query found in the request")
+        quota = getattr(self, "operation_quota", None)
+        caller = caller_of(context)
+        if quota is not None and not quota.try_take(caller):
+            return _once(QUOTA_REACHED)
+        try:
+            stream = await self.schema.stream(  # type: ignore[attr-defined]
+                query,
+                variable_values=request_data.variables,
+                context_value=context,
+                root_value=root_value,
+                operation_name=request_data.operation_name,
+                operation_extensions=request_data.extensions,
+                allowed_operation_types=STREAM_OPERATIONS.get(request_adapter.method, {OperationType.QUERY}),
+            )
+        except BaseException:
+            if quota is not None:
+                quota.give_back(caller)
+            raise
+        return _holding(stream, lambda: quota.give_back(caller) if quota is not None else None)
 
     async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
                              root_value: Any, request_data: Any) -> Any:
@@ -183,8 +244,12 @@ class GraphQLHttpEdge:
         # mutations run.
         allowed = HTTP_OPERATIONS.get(request_adapter.method, {OperationType.QUERY})
         try:
+            query = await self.schema.rules.document(context, request_data.query, request_data.extensions)  # type: ignore[attr-defined]
+        except CitadelError as exc:
+            return ExecutionResult(data=None, errors=[public_error(GraphQLError(exc.message, original_error=exc))])
+        try:
             return await self.schema.execute(  # type: ignore[attr-defined]
-                request_data.query,
+                query,
                 root_value=root_value,
                 variable_values=request_data.variables,
                 context_value=context,
@@ -196,14 +261,30 @@ class GraphQLHttpEdge:
             raise HTTPException(400, exc.as_http_error_reason()) from exc
         except InvalidOperationTypeError as exc:
             if exc.operation_type is OperationType.SUBSCRIPTION:
-                raise HTTPException(400, "subscriptions run only over WebSocket (graphql-transport-ws)") from exc
+                raise HTTPException(
+                    400, "subscriptions run over WebSocket (graphql-transport-ws) or Server-Sent Events (graphql-sse)"
+                ) from exc
             raise HTTPException(400, exc.as_http_error_reason(request_adapter.method)) from exc
         except MissingQueryError as exc:
             raise HTTPException(400, "No GraphQL query found in the request") from exc
 
+    async def parse_http_body(self, request_adapter: Any) -> Any:
+        data = await super().parse_http_body(request_adapter)  # type: ignore[misc]
+        if isinstance(data, GraphQLRequestData) and data.query is None:
+            # A trusted document named by a top-level `documentId` (GraphQL Codegen, Relay):
+            # Strawberry keeps no unknown keys, so it travels on in the extensions.
+            if request_adapter.method == "GET":
+                raw: Any = request_adapter.query_params
+            else:
+                raw = self.parse_json(await request_adapter.get_body())  # type: ignore[attr-defined]
+            document_id = raw.get(DOCUMENT_ID_KEY) if isinstance(raw, Mapping) else None
+            if document_id is not None:
+                data.extensions = {**(data.extensions or {}), DOCUMENT_ID_KEY: document_id}
+        return data
+
     async def process_result(self, request: Request, result: Any) -> Any:
         response = await super().process_result(request, result)  # type: ignore[misc]
-        if wants_graphql_response(request.headers) and _is_request_error(response):
+        if wants_graphql_response(request.headers) and _is_request_error(response) and not _persisted_query_not_found(response):
             # Nothing executed: under this media type the spec wants no data entry and a 4xx.
             response.pop("data", None)
         return response
@@ -220,6 +301,24 @@ class GraphQLHttpEdge:
         sub_response: Response = await super().get_sub_response(request)  # type: ignore[misc]
         sub_response._graphql_response_media = wants_graphql_response(request.headers)  # type: ignore[attr-defined]
         return sub_response
+
+
+async def _once(error: GraphQLError) -> AsyncIterator[ExecutionResult]:
+    """A stream of one result, an error: what graphql-sse sends for an operation that never started."""
+    yield ExecutionResult(data=None, errors=[error])
+
+
+async def _holding(stream: Any, release: Callable[[], None]) -> AsyncIterator[Any]:
+    try:
+        async with aclosing(stream):
+            async for result in stream:
+                yield result
+    finally:
+        release()
+
+
+def _persisted_query_not_found(response: Any) -> bool:
+    return any((e.get("extensions") or {}).get("code") == NOT_FOUND_CODE for e in response.get("errors") or ())
 
 
 def _is_request_error(response: Any) -> bool:

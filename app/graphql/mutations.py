@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Annotated, Optional
 
 import strawberry
 
@@ -15,19 +15,34 @@ from app.services.keys import KeyRequest
 Info = strawberry.Info[Context, None]
 
 
-@strawberry.type
+@strawberry.type(description="Writes: collections, documents, model downloads and API keys")
 class Mutation:
-    @strawberry.mutation
+    @strawberry.mutation(description="A new collection (ADMIN); its model and dimensions are fixed for its life.")
     async def create_collection(
         self,
         info: Info,
-        name: str,
-        model: Optional[str] = None,
-        distance: Optional[t.Distance] = t.Distance.COSINE,
-        indexed_fields: Optional[list[str]] = None,
-        chunking: Optional[t.ChunkingInput] = None,
-        keyword_index: Optional[bool] = True,
-        layout: Optional[t.CollectionLayoutInput] = None,
+        name: Annotated[str, strawberry.argument(description="Unique name (at most 256 characters)")],
+        model: Annotated[
+            Optional[str], strawberry.argument(description="A catalog model's name; null: the default model (or its fallback)")
+        ] = None,
+        distance: Annotated[Optional[t.Distance], strawberry.argument(description="How vectors are compared")] = t.Distance.COSINE,
+        indexed_fields: Annotated[
+            Optional[list[str]],
+            strawberry.argument(
+                description='Metadata fields to index for filters and facets: "topic" (keyword) or typed "n:integer", '
+                '"price:float", "draft:bool", "published:datetime"'
+            ),
+        ] = None,
+        chunking: Annotated[
+            Optional[t.ChunkingInput], strawberry.argument(description="Split documents into chunks; null: one vector per document")
+        ] = None,
+        keyword_index: Annotated[
+            Optional[bool], strawberry.argument(description="Keep BM25 vectors for KEYWORD and HYBRID search")
+        ] = True,
+        layout: Annotated[
+            Optional[t.CollectionLayoutInput],
+            strawberry.argument(description="Shards, replicas, on-disk storage and quantization; null: the CITADEL_VECTORS__* defaults"),
+        ] = None,
     ) -> t.Collection:
         overrides = None
         if layout is not None:
@@ -46,12 +61,25 @@ class Mutation:
         )
         return collection_to_gql(row)
 
-    @strawberry.mutation
-    async def delete_collection(self, info: Info, name: str) -> bool:
+    @strawberry.mutation(description="Delete a collection and its documents (ADMIN); false when there was none.")
+    async def delete_collection(
+        self, info: Info, name: Annotated[str, strawberry.argument(description="The collection's name")]
+    ) -> bool:
         return await info.context.services.collections.delete(name, principal=info.context.principal)
 
-    @strawberry.mutation
-    async def ingest(self, info: Info, collection: str, documents: list[t.DocumentInput]) -> t.IngestResult:
+    @strawberry.mutation(
+        description="Store and index documents (WRITE): new ids are inserted, known ones updated, unchanged ones skipped; "
+        "each document fails on its own (errors)."
+    )
+    async def ingest(
+        self,
+        info: Info,
+        collection: Annotated[str, strawberry.argument(description="The collection's name")],
+        documents: Annotated[
+            list[t.DocumentInput],
+            strawberry.argument(description="At most CITADEL_LIMITS__MAX_DOCUMENTS_PER_INGEST (256) documents"),
+        ],
+    ) -> t.IngestResult:
         payload = [
             {
                 "id": None if d.id is None else str(d.id),
@@ -75,19 +103,28 @@ class Mutation:
         )
 
     @strawberry.mutation(description="How many documents were removed.")
-    async def delete_documents(self, info: Info, collection: str, ids: list[strawberry.ID]) -> int:
+    async def delete_documents(
+        self,
+        info: Info,
+        collection: Annotated[str, strawberry.argument(description="The collection's name")],
+        ids: Annotated[list[strawberry.ID], strawberry.argument(description="Ids of the documents to delete")],
+    ) -> int:
         return await info.context.services.ingest.delete_documents(
             collection, [str(i) for i in ids], principal=info.context.principal
         )
 
     @strawberry.mutation(description="Starts a download, or joins the one under way.")
-    async def download_model(self, info: Info, name: str) -> t.Model:
+    async def download_model(
+        self, info: Info, name: Annotated[str, strawberry.argument(description="A catalog model's name")]
+    ) -> t.Model:
         catalog = info.context.services.catalog
         status = catalog.download(name, info.context.principal)
         return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name, info.context.principal))
 
     @strawberry.mutation(description="A new API key (ADMIN); its secret is in the answer and nowhere else.")
-    async def create_api_key(self, info: Info, input: t.ApiKeyInput) -> t.CreatedApiKey:
+    async def create_api_key(
+        self, info: Info, input: Annotated[t.ApiKeyInput, strawberry.argument(description="The new key")]
+    ) -> t.CreatedApiKey:
         request = KeyRequest(
             name=input.name,
             scopes=[s.value for s in input.scopes],
@@ -99,5 +136,7 @@ class Mutation:
         return t.CreatedApiKey(key=api_key_to_gql(row), secret=secret)
 
     @strawberry.mutation(description="Revoke a key at once (ADMIN); false when it was already revoked.")
-    async def revoke_api_key(self, info: Info, id: strawberry.ID) -> bool:
+    async def revoke_api_key(
+        self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(description="The key's id (not its secret)")]
+    ) -> bool:
         return await info.context.services.keys.revoke(str(id), info.context.principal)

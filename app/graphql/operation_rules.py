@@ -4,7 +4,8 @@ In order: parse (cached, token limit), validate (cached, spec and cost rules), a
 introspection for non-admins, the rate limit: before any resolver), refuse what depends on the
 variables (a missing operationName; then, over one walk of the fields the operation runs,
 fragments included (app/graphql/walk.py): too many texts in all, unstorable strings), then map
-every error to what clients may see (app/graphql/errors.py).
+every error to what clients may see (app/graphql/errors.py). Before all of them, `document`
+decides which text runs (persisted queries and trusted documents, app/graphql/persisted.py).
 
 Two callers: CitadelSchema.execute (HTTP queries and mutations) runs the rules and graphql-core
 directly, because Strawberry's per-request extension machinery cost more than the rules
@@ -32,6 +33,7 @@ from app.graphql.access import introspects
 from app.graphql.arguments import check_document
 from app.graphql.errors import public_error
 from app.graphql.limits import count_costly_items
+from app.graphql.persisted import DocumentSource, PersistedQueries, TrustedDocuments
 from app.graphql.walk import OperationWalk
 from app.settings import LimitSettings
 
@@ -51,6 +53,42 @@ class OperationRules:
         self.max_tokens = limits.max_query_tokens
         self.max_total_texts = max(limits.max_texts_per_request, limits.max_documents_per_ingest)
         self.max_text_chars = limits.max_text_chars
+        self._source: tuple[Any, DocumentSource] | None = None
+
+    def document_source(self, services: Any) -> DocumentSource:
+        """APQ and trusted documents over this app's Redis and PostgreSQL (made on first use)."""
+        if self._source is None or self._source[0] is not services:
+            from app.adapters.trusted_documents import TrustedDocumentRepo
+
+            settings = services.settings
+            server = settings.server
+            persisted = None
+            if server.persisted_queries:
+                persisted = PersistedQueries(
+                    services.redis,
+                    settings.redis_key("apq") + ":",
+                    server.persisted_query_ttl_seconds,
+                    server.persisted_query_max_bytes,
+                    settings.cache.timeout_ms / 1000,
+                )
+            trusted = TrustedDocuments(TrustedDocumentRepo(services.repo.pool), settings.auth.key_cache_seconds)
+            self._source = (services, DocumentSource(persisted, trusted, server.trusted_documents == "require", self.parses))
+        return self._source[1]
+
+    def parses(self, query: str) -> bool:
+        try:
+            self.parse(query)
+        except GraphQLError:
+            return False
+        return True
+
+    async def document(self, context: Any, query: str | None, extensions: dict[str, Any] | None) -> str | None:
+        """The text an HTTP operation runs: `query`, or the persisted or trusted document its
+        extensions name; raises a CitadelError (PersistedQueryNotFound, FORBIDDEN, BAD_INPUT)."""
+        services = getattr(context, "services", None)
+        if services is None or not (extensions or _trusted_only(services)):
+            return query  # the common case: a document sent whole, nothing to look up
+        return await self.document_source(services).resolve(context, query, extensions)
 
     def parse(self, query: str) -> DocumentNode:
         """The document, or GraphQLError (syntax, more than max_query_tokens tokens)."""
@@ -103,6 +141,10 @@ class OperationRules:
         return None
 
 
+def _trusted_only(services: Any) -> bool:
+    return services.settings.server.trusted_documents == "require"
+
+
 class OperationRulesExtension(SchemaExtension):
     """OperationRules from Strawberry's hooks, for the operations that run through stream()."""
 
@@ -133,6 +175,9 @@ class OperationRulesExtension(SchemaExtension):
     async def on_execute(self) -> AsyncIterator[None]:
         ctx = self.execution_context
         await self.rules.admit(ctx.context, ctx.graphql_document)
+        services = getattr(ctx.context, "services", None)
+        if services is not None and _trusted_only(services):  # WebSocket operations send their text
+            await self.rules.document_source(services).check_text(ctx.context, ctx.query)
         if ctx.result is None and ctx.graphql_document is not None:
             refusal = self.rules.refusal(ctx.graphql_document, ctx.variables or {}, ctx._provided_operation_name)
             if refusal is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, Optional
+from typing import Annotated, AsyncGenerator, Optional
 
 import strawberry
 
@@ -13,11 +13,13 @@ from app.graphql.convert import event_to_gql
 Info = strawberry.Info[Context, None]
 
 
-@strawberry.type
+@strawberry.type(description="Live events over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events (graphql-sse)")
 class Subscription:
     @strawberry.subscription(description="One model's download events, or every model's when omitted.")
     async def model_download_progress(
-        self, info: Info, model: Optional[str] = None
+        self,
+        info: Info,
+        model: Annotated[Optional[str], strawberry.argument(description="A catalog model's name; null: every model")] = None,
     ) -> AsyncGenerator[t.DownloadEvent, None]:
         catalog = info.context.services.catalog
         async with catalog.progress(model, info.context.principal) as (snapshot, events):
