@@ -22,6 +22,16 @@ short text per GraphQL request:
   infinity` is Citadel's requests/s over Infinity's across those rounds (a head-to-head table
   shows each round).
 
+--fair: a model shared by keys. One server per CPU pass size (the default
+CITADEL_INFERENCE__MAX_BATCH_TOKENS_CPU, 2,048, and the old 16,384; with --baseline CHECKOUT, a
+third serving that checkout's code, e.g. a git worktree of main), all up at once and taking turns
+(order alternating by round):
+- heavy + light: READ key "heavy" keeps 3 connections busy with the largest documents the limits
+  allow, 4 aliases of new texts of ~220 words (aliases beyond its share of the queue get
+  OVERLOADED), while READ key "light" sends one new text per request, one at a time: light p50/p95;
+- cold c=64: new one-text requests from 64 anonymous clients (one fair key), requests/s (by
+  default in twice as many rounds: --cold-rounds).
+
 The ceiling, measured in the same run: sentence-transformers `encode` of the same texts in
 batches of 64 in this process, right before and right after every scenario while the server
 idles; each scenario's ratio uses those two, so a noisy neighbour skews both sides alike.
@@ -36,15 +46,17 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import asyncio
 import contextlib
+import itertools
 import json
 import math
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -55,8 +67,10 @@ from bench._common import (
     MODEL,
     BenchServer,
     EncodeRate,
+    GraphQLError,
     InProcessEncoder,
     LoadResult,
+    RawConnection,
     bench_server,
     corpus,
     delta,
@@ -68,8 +82,10 @@ from bench._common import (
     render_table,
     run,
     run_closed_loop,
+    sample_total,
     scrape,
 )
+from app.settings import Settings
 
 # What a client asks for: the vector itself (its 384 floats are most of the response).
 EMBED_ONE = "query Embed($t: String!) { embed(texts: [$t]) { embeddings { index vector cached } } }"
@@ -121,6 +137,12 @@ def parse_args() -> argparse.Namespace:
         help="the infinity_emb executable (pip install 'infinity-emb[server,torch]' in a venv of its own): "
         "adds Infinity serving the same model, cold, at the last client count",
     )
+    parser.add_argument("--fair", action="store_true", help="a light key beside a saturating heavy key, and cold "
+                        "c=64 at the new and old CPU pass sizes, in alternating rounds (instead of the scenarios above)")
+    parser.add_argument("--rounds", type=int, default=2, help="--fair: heavy + light rounds (default 2; 0: none)")
+    parser.add_argument("--cold-rounds", type=int, help="--fair: cold c=64 rounds (default twice --rounds; 0: none)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="--fair: also serve this checkout's app (e.g. `git worktree add /tmp/main main`)")
     parser.add_argument(
         "--client",
         choices=("raw", "httpx"),
@@ -165,6 +187,9 @@ async def scenario(
 
 async def main() -> None:
     args = parse_args()
+    if args.fair:
+        await fair_share(args)
+        return
     client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     plan = QUICK_REQUESTS if args.quick else FULL_REQUESTS
     counts = {c: plan.get(c, max(60, 50 * c)) for c in client_counts}
@@ -381,6 +406,206 @@ def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult], head_to_he
             f"goal: {BATCH_CLIENTS} clients x {BATCH_TEXTS} texts >= 0.90x the ceiling: {ratio:.2f}x -> "
             f"{'met' if ratio >= 0.9 else 'NOT met'}"
         )
+
+
+# -- --fair: a light key beside a saturating heavy key; CPU pass sizes ------------------------------
+
+HEAVY_ALIASES, HEAVY_WORDS, HEAVY_CONNECTIONS = 4, 220, 3
+# Texts per alias: the most one document may ask for in all (app/graphql/operation_rules.py), split.
+_LIMITS = Settings(_env_file=None).limits  # type: ignore[call-arg]
+HEAVY_TEXTS = min(250, max(_LIMITS.max_texts_per_request, _LIMITS.max_documents_per_ingest) // HEAVY_ALIASES)
+HEAVY_DOCUMENT = "query Heavy({}) {{ {} }}".format(
+    ", ".join(f"$t{i}: [String!]!" for i in range(HEAVY_ALIASES)),
+    " ".join(f"a{i}: embed(texts: $t{i}) {{ dimensions }}" for i in range(HEAVY_ALIASES)),
+)
+LIGHT_SECONDS, QUICK_LIGHT_SECONDS = 60.0, 30.0  # per round and server; a request under way is waited for
+LIGHT_REQUESTS, QUICK_LIGHT_REQUESTS = 20, 8
+FAIR_COLD_REQUESTS, QUICK_FAIR_COLD_REQUESTS = 1_280, 640  # per server and round; twice --rounds rounds
+
+
+@dataclass
+class Variant:
+    label: str
+    env: dict[str, str]
+    checkout: Path | None = None
+    server: BenchServer | None = None
+    keyed: dict[str, type[RawConnection]] = field(default_factory=dict)  # role -> connections with its key
+    light: list[LoadResult] = field(default_factory=list)
+    heavy_texts_per_second: list[float] = field(default_factory=list)
+    heavy_refused: int = 0  # aliases answered OVERLOADED
+    cold: list[LoadResult] = field(default_factory=list)
+
+
+def _queued(url: str) -> float:
+    return sample_total(scrape(url), "citadel_queue_size", model=MODEL)
+
+
+async def _until(predicate, clients: Sequence[asyncio.Task[None]] = (), seconds: float = 600.0) -> None:
+    """Poll predicate (in a thread) until it holds; a client that failed meanwhile raises."""
+    deadline = time.monotonic() + seconds
+    while not await asyncio.to_thread(predicate):
+        for client in clients:
+            if client.done():
+                client.result()
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server's queue did not reach the expected size")
+        await asyncio.sleep(0.5)
+
+
+async def _heavy_and_light(variant: Variant, words: Iterator[str], light_texts: Iterator[str], light_requests: int,
+                           light_seconds: float) -> None:  # fmt: skip
+    """The heavy key saturates the model; then the light key's requests, one at a time, until
+    light_requests or light_seconds; then the heavy clients hang up and the queue drains."""
+    server = variant.server
+    assert server is not None
+    refused = 0
+
+    def heavy_body() -> bytes:
+        texts = {f"t{a}": [" ".join(next(words) for _ in range(HEAVY_WORDS)) for _ in range(HEAVY_TEXTS)]
+                 for a in range(HEAVY_ALIASES)}  # fmt: skip
+        return graphql_body(HEAVY_DOCUMENT, texts)
+
+    async def heavy_client() -> None:
+        nonlocal refused
+        connection = variant.keyed["heavy"](server.url, timeout=3_600)
+        try:
+            while True:
+                body = heavy_body()  # on the loop: the word stream is not thread-safe (~50 ms)
+                try:
+                    await connection.post(body)
+                except GraphQLError as exc:  # partial answers: some aliases OVERLOADED
+                    codes = [(e.get("extensions") or {}).get("code") for e in exc.errors]
+                    if set(codes) != {"OVERLOADED"}:
+                        raise
+                    refused += len(codes)
+        finally:
+            await connection.close()
+
+    heavy = [asyncio.create_task(heavy_client()) for _ in range(HEAVY_CONNECTIONS)]
+    try:
+        await _until(lambda: _queued(server.url) >= HEAVY_CONNECTIONS * HEAVY_ALIASES * HEAVY_TEXTS // 2, heavy)
+        before, started = scrape(server.url), time.perf_counter()
+        light = LoadResult(clients=1, requests=0, seconds=0.0)
+        connection = variant.keyed["light"](server.url, timeout=600)
+        await connection.post(graphql_body("{ __typename }"))
+        while light.requests < light_requests and time.perf_counter() - started < light_seconds:
+            light.requests += 1
+            sent = time.perf_counter()
+            try:
+                await connection.post(graphql_body(EMBED_ONE, {"t": next(light_texts)}))
+                light.latencies.append(time.perf_counter() - sent)
+            except GraphQLError as exc:
+                light.errors[exc.code] = light.errors.get(exc.code, 0) + 1
+        await connection.close()
+        light.seconds = time.perf_counter() - started
+        embedded = delta(before, scrape(server.url), "citadel_batch_size_sum", model=MODEL) - light.ok
+        variant.light.append(light)
+        variant.heavy_texts_per_second.append(embedded / light.seconds)
+        print(f"  {variant.label}: light {light.ok} requests in {light.seconds:.0f} s, p50 {light.latency_ms(50):.0f} ms, "
+              f"p95 {light.latency_ms(95):.0f} ms; heavy {embedded / light.seconds:.1f} texts/s", flush=True)  # fmt: skip
+    finally:
+        for task in heavy:
+            task.cancel()
+        await asyncio.gather(*heavy, return_exceptions=True)
+        variant.heavy_refused += refused
+    started = time.perf_counter()
+    await _until(lambda: _queued(server.url) == 0)  # the hung-up clients' texts dropped
+    print(f"  {variant.label}: queue empty {time.perf_counter() - started:.1f} s after the heavy clients hung up")
+
+
+async def fair_share(args: argparse.Namespace) -> None:
+    from bench.access import ADMIN_KEY, create_key, keyed_connection
+
+    rounds = max(0, args.rounds)
+    cold_rounds = 2 * rounds if args.cold_rounds is None else max(0, args.cold_rounds)
+    light_requests = QUICK_LIGHT_REQUESTS if args.quick else LIGHT_REQUESTS
+    light_seconds = QUICK_LIGHT_SECONDS if args.quick else LIGHT_SECONDS
+    cold_requests = QUICK_FAIR_COLD_REQUESTS if args.quick else FAIR_COLD_REQUESTS
+    variants = [
+        Variant("CPU pass 2,048 (default)", {}),
+        Variant("CPU pass 16,384 (old)", {"CITADEL_INFERENCE__MAX_BATCH_TOKENS_CPU": "16384"}),
+    ]
+    if args.baseline:
+        variants.append(Variant(f"baseline {args.baseline.name}", {}, args.baseline.resolve()))
+    variant_count = len(variants)
+    items = corpus((WARMUP_REQUESTS + cold_requests * cold_rounds + 400 * rounds) * variant_count, seed=13)
+    warmup = iter(i.text for i in items[: WARMUP_REQUESTS * variant_count])
+    fresh = iter(i.text for i in items[WARMUP_REQUESTS * variant_count :])
+    words = itertools.cycle(" ".join(i.text for i in corpus(2_000, seed=17)).split())  # heavy texts: new word runs
+    heavy_serial = itertools.count()
+    heavy_words = (f"{next(heavy_serial)}" if n % HEAVY_WORDS == 0 else next(words) for n in itertools.count())
+
+    print(f"machine: {machine_summary()}")
+    env = {"CITADEL_AUTH__REQUIRED": "false", "CITADEL_AUTH__ADMIN_KEY": ADMIN_KEY}
+    async with contextlib.AsyncExitStack() as stack:
+        for variant in variants:
+            extra = {**env, **variant.env, **dict(item.split("=", 1) for item in args.env)}
+            variant.server = await stack.enter_async_context(bench_server(embedded=args.embedded, extra_env=extra,
+                                                                          checkout=variant.checkout))  # fmt: skip
+            url = variant.server.url
+            for role in ("light", "heavy"):
+                variant.keyed[role] = keyed_connection(await asyncio.to_thread(create_key, url, role, None))
+            await run_closed_loop(url, [graphql_body(EMBED_ONE, {"t": next(warmup)}) for _ in range(WARMUP_REQUESTS)], 8)
+        for index in range(cold_rounds):
+            for variant in variants if index % 2 == 0 else variants[::-1]:
+                assert variant.server is not None
+                bodies = [graphql_body(EMBED_ONE, {"t": next(fresh)}) for _ in range(cold_requests)]
+                variant.cold.append(await run_closed_loop(variant.server.url, bodies, 64, server_pid=variant.server.pid))
+                print(f"  round {index} {variant.label}: cold c=64 {variant.cold[-1].per_second:.1f} req/s", flush=True)
+        for index in range(rounds):
+            for variant in variants if index % 2 == 0 else variants[::-1]:
+                await _heavy_and_light(variant, heavy_words, fresh, light_requests, light_seconds)
+    print()
+    print(f"## bench/embed.py --fair: {MODEL}, servers taking turns, order alternating by round")
+    if rounds:
+        _light_table(variants, rounds, light_requests, light_seconds)
+    if cold_rounds:
+        _cold_table(variants, cold_rounds, cold_requests)
+
+
+def _light_table(variants: list[Variant], rounds: int, light_requests: int, light_seconds: float) -> None:
+    first = variants[0]
+    light = {v.label: LoadResult.combined(v.light) for v in variants}
+    print(f"{rounds} rounds of heavy + light: heavy = READ key, {HEAVY_CONNECTIONS} connections, each document "
+          f"{HEAVY_ALIASES} aliases x {HEAVY_TEXTS} new texts of ~{HEAVY_WORDS} words; light = READ key, one new text "
+          f"per request, one at a time, up to {light_requests} requests or {light_seconds:.0f} s per round (a request "
+          "under way is waited for)")  # fmt: skip
+    print()
+    headers = ["server", "light requests", "light p50 ms", "light p95 ms", "light max ms", "p95 ratio to first",
+               "light errors", "heavy texts/s", "heavy aliases OVERLOADED"]  # fmt: skip
+    rows = []
+    for v in variants:
+        r = light[v.label]
+        ratio = r.latency_ms(95) / light[first.label].latency_ms(95)
+        rows.append([v.label, r.ok, r.latency_ms(50), r.latency_ms(95), r.latency_ms(100), f"{ratio:.2f}x",
+                     r.error_summary, sum(v.heavy_texts_per_second) / len(v.heavy_texts_per_second), v.heavy_refused])  # fmt: skip
+    print(render_table(headers, rows))
+
+
+def _cold_table(variants: list[Variant], rounds: int, cold: int) -> None:
+    first = variants[0]
+    print()
+    print(f"cold one-text embed, 64 anonymous clients, {cold} new texts per server per round, {rounds} rounds")
+    print()
+    headers = ["round", *(f"{v.label} req/s" for v in variants), *(f"{v.label} / {first.label}" for v in variants[1:]),
+               *(f"{v.label} server CPU ms/req" for v in variants)]  # fmt: skip
+    rows = []
+    for index in range(rounds):
+        runs = [v.cold[index] for v in variants]
+        rates = [r.per_second for r in runs]
+        rows.append([index, *rates, *(f"{rate / rates[0]:.2f}x" for rate in rates[1:]),
+                     *(r.server_cpu_ms_per_request for r in runs)])  # fmt: skip
+    together = [LoadResult.combined(v.cold) for v in variants]
+    totals = [r.per_second for r in together]
+    rows.append(["total", *totals, *(f"{rate / totals[0]:.2f}x" for rate in totals[1:]),
+                 *(r.server_cpu_ms_per_request for r in together)])  # fmt: skip
+    ahead = [sum(v.cold[i].per_second > first.cold[i].per_second for i in range(rounds)) for v in variants[1:]]
+    print(render_table(headers, rows))
+    for v, count in zip(variants[1:], ahead):
+        print(f"{v.label} ahead of {first.label} in {count} of {rounds} rounds")
+    errors = {v.label: LoadResult.combined(v.cold).error_summary for v in variants}
+    if any(e != "0" for e in errors.values()):
+        print(f"cold errors: {errors}")
 
 
 @contextlib.contextmanager

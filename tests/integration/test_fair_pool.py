@@ -35,7 +35,7 @@ def pending_of(pool: ModelPool, key: str) -> int:
 async def test_a_light_key_is_answered_while_a_heavy_key_saturates_the_model(minilm_dir, reference_model):
     # Small passes (on a CPU a pass of the default 2,048 tokens takes a fraction of a second; these
     # are quicker still) and a per-key bound the heavy key reaches.
-    pool = ModelPool(engine_settings(max_batch_tokens_cpu=1_024, max_queue_per_key=300))
+    pool = ModelPool(engine_settings(devices="cpu", max_batch_tokens_cpu=1_024, max_queue_per_key=300))
     await pool.load(minilm_spec(), minilm_dir)
     try:
         await pool.encode(MODEL, ["warm up"], normalize=True)
@@ -81,7 +81,7 @@ async def test_an_http_client_that_hangs_up_has_its_queued_texts_dropped(minilm_
     from app.inference.callers import CallerEdge
     from tests.support.server import free_port
 
-    pool = ModelPool(engine_settings(max_batch_tokens_cpu=1_024))
+    pool = ModelPool(engine_settings(devices="cpu", max_batch_tokens_cpu=1_024))
     await pool.load(minilm_spec(), minilm_dir)
     texts = [f"gone {i} " + SENTENCE * 12 for i in range(256)]
 
