@@ -198,15 +198,26 @@ class SearchService:
             hits = await self._live_hits(row.name, found, mode, principal)
         else:
             budget = budget or ScanBudget(self.settings.limits.max_scan_points)
+            read: list[Hit] = []  # live hits of the ranking so far, the excluded documents left out
+            state = {"upto": 0, "exhausted": False}  # ranking positions read; whether it ran out
 
             async def top(n: int) -> tuple[list[Hit], bool]:
-                budget.charge(
-                    n + len(excluded),
-                    f"this search of collection {row.name!r} (groupBy, diversity, similarTo or recommend)",
-                    "Ask for fewer groups, hits per group or hits, or narrow the filter.",
-                    unit="candidates",
-                )
-                return await self._top_documents(row, store_query, n, parsed_filter, score_threshold, mode, principal, excluded)
+                """The best `n` candidates, reading the ranking further (never again) as needed."""
+                upto = n + len(excluded)
+                if upto > state["upto"] and not state["exhausted"]:
+                    budget.charge(
+                        upto - state["upto"],
+                        f"this search of collection {row.name!r} (groupBy, diversity, similarTo or recommend)",
+                        "Ask for fewer groups, hits per group or hits, or narrow the filter.",
+                        unit="candidates",
+                    )
+                    more, state["exhausted"] = await self._ranking_slice(
+                        row, store_query, state["upto"], upto, parsed_filter, score_threshold, mode, principal
+                    )
+                    known = {h.id for h in read} | excluded
+                    read.extend(h for h in more if h.id not in known)
+                    state["upto"] = upto
+                return read[:n], state["exhausted"]
 
             if group_by is not None:
                 groups = await self._grouped(top, group_by)
@@ -371,23 +382,21 @@ class SearchService:
             raise BadInput(f"the {field} documents cancel out: their query vector is zero", field=field)
         return [float(v) for v in query], set(ids)
 
-    async def _top_documents(
+    async def _ranking_slice(
         self,
         row: Any,
         query: StoreQuery,
-        n: int,
+        start: int,
+        end: int,
         filter: FilterNode | None,
         score_threshold: float | None,
         mode: SearchMode,
         principal: Principal,
-        excluded: set[str],
     ) -> tuple[list[Hit], bool]:
-        """The best `n` live documents but the excluded ones, and whether the ranking ran out."""
-        fetch = n + len(excluded)
-        wide = dataclasses.replace(query, prefetch=max(query.prefetch, MIN_PREFETCH, 2 * fetch))
-        found = await self._ranked(row, wide, fetch, 0, filter, score_threshold)
-        hits = [h for h in await self._live_hits(row.name, found, mode, principal) if h.id not in excluded]
-        return hits[:n], len(found) < fetch
+        """The live hits among the documents ranked start..end-1, and whether the ranking ended there."""
+        wide = dataclasses.replace(query, prefetch=max(query.prefetch, MIN_PREFETCH, 2 * end))
+        found = await self._ranked(row, wide, end - start, start, filter, score_threshold)
+        return await self._live_hits(row.name, found, mode, principal), len(found) < end - start
 
     async def _grouped(self, top: Any, group_by: GroupBy) -> list[HitGroup]:
         """The first `groups` groups of the ranking (by their best hit) with their best hits: more

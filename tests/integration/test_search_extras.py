@@ -141,6 +141,15 @@ async def test_group_by_equals_grouping_the_exact_ranking(stack: Stack) -> None:
         await stack.search.search("own", vector=query.tolist(), group_by=spec, offset=1)
     with pytest.raises(BadInput, match="hitsPerGroup"):
         await stack.search.search("own", vector=query.tolist(), group_by=GroupBy("g", 2, 0))
+    # Groups found only far down the ranking: read in further slices (never twice), still exact.
+    ranked = oracle(vectors, docs, query)
+    late = {ranked[70][0]: "x", ranked[71][0]: "y", ranked[75][0]: "x"}
+    changed = [{**by_id[i], "metadata": {**by_id[i]["metadata"], "late": v}} for i, v in late.items()]
+    assert (await stack.ingest.ingest("own", changed)).updated == 3
+    found = await stack.search.search("own", vector=query.tolist(), group_by=GroupBy("late", 3, 2))
+    assert [(g.value, [h.id for h in g.hits]) for g in found.groups] == [
+        ("x", [ranked[70][0], ranked[75][0]]), ("y", [ranked[71][0]])
+    ]
     # The candidates read are charged to the request's scan budget (cost limits).
     with pytest.raises(BadInput, match="would scan") as refused:
         await stack.search.search("own", vector=query.tolist(), group_by=spec, budget=ScanBudget(30))
