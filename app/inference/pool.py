@@ -167,6 +167,33 @@ class ModelPool:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
 
+    async def score(
+        self,
+        name: str,
+        pairs: Sequence[tuple[str, str]],
+        fair_key: str = INTERNAL_FAIR_KEY,
+        raw: bool = False,
+    ) -> np.ndarray:
+        """A cross-encoder's scores of (query, document) pairs, float32 (len(pairs), labels): what
+        CrossEncoder.predict gives (the model's activation), or its logits where `raw`. Pairs go
+        through the same admission, fair queue, batcher and token budget as texts (a pair costs
+        its tokens after truncation)."""
+        loaded = await self._acquire(name)
+        try:
+            backend = loaded.replicas[0].backend
+            pair_tokens = getattr(backend, "pair_tokens", None)
+            if pair_tokens is None:
+                raise BadInput(f"model {name!r} is an embedding model, not a reranker", model=name)
+            inline = sum(len(q) + len(d) for q, d in pairs) <= _INLINE_TOKENIZE_CHARS
+            counts = pair_tokens(pairs) if inline else await asyncio.to_thread(pair_tokens, pairs)
+            self._admit(loaded, len(pairs), fair_key)
+            replica = self._least_loaded(loaded)
+            logits = await replica.batcher.submit(list(pairs), counts, False, None, fair_key)  # type: ignore[arg-type]
+        finally:
+            loaded.in_use -= 1
+            loaded.last_used = time.monotonic()
+        return logits if raw else backend.activate(logits)  # type: ignore[attr-defined]
+
     async def token_spans(self, name: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, int]:
         """(token offsets per text, special tokens per text, max_seq_length) in the model's tokenizer."""
         loaded = await self._acquire(name)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: checkers and readers see the real classes
     from app.services.reconciler import Reconciler
     from app.services.replicas import ClusterView
     from app.services.rate_limit import RateLimiter
+    from app.services.rerank import RerankService
     from app.services.search import SearchService
 
 
@@ -46,3 +47,4 @@ class Services:
     keys: KeyService
     limiter: RateLimiter
     catalog: ModelCatalog
+    reranker: RerankService  # cross-encoders: rerank, /v1/rerank, /rerank, search(rerank:)

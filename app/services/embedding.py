@@ -99,6 +99,8 @@ class EmbeddingService:
         outcome = "ok"
         try:
             self._validate(texts)
+            if self.settings.model(model).is_reranker:
+                raise BadInput(f"model {model!r} is a reranker: use rerank, not embed", argument="model", param="model")
             spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
             share = Share(fair_key_of(principal), waits=wait_for_room)
             return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, share)

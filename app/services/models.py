@@ -97,7 +97,7 @@ class ModelManager:
             name: ModelStatus(
                 name=name,
                 backend=spec.backend,
-                dimensions=spec.dimensions,
+                dimensions=spec.dimensions or None,  # rerankers have none
                 replica=self.replica,
                 max_attempts=settings.downloads.max_attempts,
             )

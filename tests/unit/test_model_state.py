@@ -11,7 +11,7 @@ from app.domain.models import BUSY, TRANSITIONS, ModelState, can_move
 from app.errors import ModelUnavailable, NotFound
 from app.domain.models import ModelStatus
 from app.services.models import ModelManager
-from app.domain.models import FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL
+from app.domain.models import BUILTIN_DEFAULT_RERANKER, FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL
 from app.settings import Settings
 
 S = ModelState
@@ -88,7 +88,8 @@ def manager(tmp_path: Path) -> ModelManager:
 
 def test_statuses_start_not_downloaded_with_configured_attempts(tmp_path: Path) -> None:
     statuses = {s.name: s for s in manager(tmp_path).statuses()}
-    assert set(statuses) == {FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL}
+    assert set(statuses) == {FALLBACK_MODEL, BUILTIN_DEFAULT_MODEL, BUILTIN_DEFAULT_RERANKER, "BAAI/bge-reranker-base"}
+    assert statuses[BUILTIN_DEFAULT_RERANKER].dimensions is None and statuses[FALLBACK_MODEL].dimensions == 384
     assert all(s.state is S.NOT_DOWNLOADED and s.attempts == 0 and s.max_attempts == 3 for s in statuses.values())
 
 

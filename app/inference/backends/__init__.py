@@ -13,6 +13,10 @@ from app.settings import InferenceSettings
 def load_backend(spec: ModelSpec, model_dir: Path, device: str, settings: InferenceSettings) -> EmbeddingBackend:
     """Load spec's model from model_dir on device. Blocking (seconds): call it in a thread."""
     # Imported lazily: torch and onnxruntime are heavy and a process may use only one of them.
+    if spec.is_reranker:  # a cross-encoder: scores pairs, has no vectors (app/inference/backends/cross_encoder.py)
+        from app.inference.backends.cross_encoder import CrossEncoderBackend
+
+        return CrossEncoderBackend(spec, model_dir, device, settings)  # type: ignore[return-value]
     if spec.backend == "sentence-transformers":
         from app.inference.backends.torch_st import TorchSentenceTransformerBackend
 
