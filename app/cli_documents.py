@@ -12,10 +12,8 @@ CITADEL_AUTH__KEY_CACHE_SECONDS.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Awaitable, TypeVar
 
@@ -56,44 +54,11 @@ def read_manifest(path: Path) -> dict[str, str]:
     return documents
 
 
-@asynccontextmanager
-async def _repo() -> AsyncIterator[Any]:
-    from app.adapters.migrations import upgrade_async
-    from app.adapters.postgres_pool import create_pool
-    from app.adapters.trusted_documents import TrustedDocumentRepo
-    from app.settings import Settings
-
-    settings = Settings()
-    embedded = None
-    url = settings.database_url
-    if not url:
-        from app.adapters.embedded import EmbeddedPostgres
-
-        embedded = EmbeddedPostgres(settings.data_dir)
-        embedded.start()
-        url = embedded.url
-    try:
-        await upgrade_async(url)
-        pool = await create_pool(url, min_size=0)
-        try:
-            yield TrustedDocumentRepo(pool)
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
 def _run(action: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _repo() as repo:
-            return await action(repo)
+    from app.adapters.trusted_documents import TrustedDocumentRepo
+    from app.cli_database import run_on_database
 
-    try:
-        return asyncio.run(main())
-    except CitadelError as exc:
-        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    return run_on_database(lambda settings, pool: TrustedDocumentRepo(pool), action)
 
 
 @documents_app.command("add")

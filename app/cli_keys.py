@@ -6,61 +6,25 @@ first: the embedded database has one owner). The secret is printed once, on stdo
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, Awaitable, Optional, TypeVar
 
 import typer
 
 from app.domain.access import Principal, Scope
-from app.errors import CitadelError
 
 keys_app = typer.Typer(help="API keys: create (the secret is shown once), list, revoke.", no_args_is_help=True)
 CLI_PRINCIPAL = Principal(kind="cli", key_id="cli", name="citadel keys", scopes=frozenset({Scope.ADMIN}))
 T = TypeVar("T")
 
 
-@asynccontextmanager
-async def _key_service() -> AsyncIterator[Any]:
-    from app.adapters.api_keys import ApiKeyRepo
-    from app.adapters.migrations import upgrade_async
-    from app.adapters.postgres_pool import create_pool
-    from app.services.keys import KeyService
-    from app.settings import Settings
-
-    settings = Settings()
-    embedded = None
-    url = settings.database_url
-    if not url:
-        from app.adapters.embedded import EmbeddedPostgres
-
-        embedded = EmbeddedPostgres(settings.data_dir)
-        embedded.start()
-        url = embedded.url
-    try:
-        await upgrade_async(url)
-        pool = await create_pool(url, min_size=0)
-        try:
-            yield KeyService(settings, ApiKeyRepo(pool))
-        finally:
-            await pool.close()
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
 def _run(action: Callable[[Any], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with _key_service() as keys:
-            return await action(keys)
+    from app.adapters.api_keys import ApiKeyRepo
+    from app.cli_database import run_on_database
+    from app.services.keys import KeyService
 
-    try:
-        return asyncio.run(main())
-    except CitadelError as exc:
-        typer.echo(f"error ({exc.code}): {exc.message}", err=True)
-        raise typer.Exit(2) from None
+    return run_on_database(lambda settings, pool: KeyService(settings, ApiKeyRepo(pool)), action)
 
 
 def _describe(row: Any) -> dict[str, Any]:
