@@ -76,10 +76,15 @@ def list_models() -> None:
     for spec in settings.models.values():
         role = ", ".join(
             r
-            for r, on in (("default", spec.name == settings.default_model), ("fallback", spec.name in fallbacks))
+            for r, on in (
+                ("default", spec.name == settings.default_model),
+                ("fallback", spec.name in fallbacks),
+                ("reranker" + (", default" if spec.name == settings.default_reranker else ""), spec.is_reranker),
+            )
             if on
         )
-        table.add_row(spec.name, spec.backend, str(spec.dimensions), _source(spec), _cache_state(cache, spec), role)
+        dims = "-" if spec.is_reranker else str(spec.dimensions)
+        table.add_row(spec.name, spec.backend, dims, _source(spec), _cache_state(cache, spec), role)
     console.print(table)
 
 
