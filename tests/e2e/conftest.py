@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cross_encoders import RERANKER, cross_encoder_dir, reranker_catalog  # noqa: F401  (fixture)
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, FakeHub
 from tests.support.server import LiveServer
@@ -129,19 +130,19 @@ class DownloadingServer(LiveServer):
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir):
+def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir, cross_encoder_dir):
     ARTIFACTS.mkdir(exist_ok=True)
-    server = DownloadingServer(
-        env=hub_env(
-            fake_hub.url,
-            onnx_dir,
-            CITADEL_DATA_DIR=str(tmp_path_factory.mktemp("citadel-e2e")),
-            CITADEL_DATABASE_URL=e2e_database,
-            **shared_redis_env(),
-            CITADEL_DEFAULT_MODEL=BUNDLED,
-        ),
-        log_path=ARTIFACTS / "e2e-server.log",
+    env = hub_env(
+        fake_hub.url,
+        onnx_dir,
+        CITADEL_DATA_DIR=str(tmp_path_factory.mktemp("citadel-e2e")),
+        CITADEL_DATABASE_URL=e2e_database,
+        **shared_redis_env(),
+        CITADEL_DEFAULT_MODEL=BUNDLED,
+        CITADEL_DEFAULT_RERANKER=RERANKER,  # a cross-encoder built from the bundled weights
     )
+    env["CITADEL_MODELS"] = json.dumps({**json.loads(env["CITADEL_MODELS"]), **reranker_catalog(cross_encoder_dir)})
+    server = DownloadingServer(env=env, log_path=ARTIFACTS / "e2e-server.log")
     server.hub = fake_hub
     server.start()
     try:
