@@ -34,6 +34,7 @@ import json
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
@@ -476,6 +477,7 @@ class QdrantEdgeStore:
         building = self.base_dir / f".build-{name}"
         graph = self.index.m > 0 and entry.points >= self.index.exact_below
         changed = 0
+        clock = [time.perf_counter()]
         try:
             async with entry.write_lock:  # writes wait for the copy; searches do not
                 if self._shards.get(name) is not entry:  # deleted or closed meanwhile
@@ -484,6 +486,7 @@ class QdrantEdgeStore:
                 await asyncio.to_thread(_fresh_copy, entry.path, building)
                 entry.journal = []
                 changed, entry.changed = entry.changed, 0
+            clock.append(time.perf_counter())
             await asyncio.to_thread(_plan_pass, building, self.index if graph else None)
             entry.child = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", _BUILD_SCRIPT, str(building),
@@ -493,9 +496,10 @@ class QdrantEdgeStore:
             if entry.child.returncode != 0:
                 raise RuntimeError(f"pass exited with {entry.child.returncode}: {stderr.decode(errors='replace')[-2000:]}")
             entry.child = None
+            clock.append(time.perf_counter())
             built = await asyncio.to_thread(qe.EdgeShard.load, str(building))
             try:
-                await self._swap(name, entry, built, building)
+                paused = await self._swap(name, entry, built, building)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(built.close)
@@ -515,10 +519,15 @@ class QdrantEdgeStore:
             await asyncio.to_thread(shutil.rmtree, building, True)
         self.optimizations += 1
         self.graphs_built += graph
-        logger.info("edge collection {}: {} after {} changed points", name, "graph built" if graph else "compacted", changed)
+        copy_s, build_s = clock[1] - clock[0], clock[2] - clock[1]
+        logger.info(
+            "edge collection {}: {} after {} changed points ({} points; copy {:.1f}s, pass {:.1f}s, searches paused {:.2f}s by the swap)",
+            name, "graph built" if graph else "compacted", changed, entry.points, copy_s, build_s, paused,
+        )  # fmt: skip
 
-    async def _swap(self, name: str, entry: _Shard, built: qe.EdgeShard, building: Path) -> None:
-        """Replay the journal into the built copy and put it in the live shard's place."""
+    async def _swap(self, name: str, entry: _Shard, built: qe.EdgeShard, building: Path) -> float:
+        """Replay the journal into the built copy and put it in the live shard's place; returns
+        how long searches waited."""
         assert entry.journal is not None
         done = 0
         while len(entry.journal) - done > _REPLAY_UNLOCKED_ABOVE:  # writes go on meanwhile
@@ -531,6 +540,7 @@ class QdrantEdgeStore:
             await asyncio.to_thread(built.close)
             retired = entry.path.with_name(f".retired-{name}")
             entry.readable.clear()
+            paused = time.perf_counter()
             try:
                 await entry.idle.wait()
                 await asyncio.to_thread(shutil.rmtree, retired, True)
@@ -548,7 +558,9 @@ class QdrantEdgeStore:
                 entry.points = int((await asyncio.to_thread(entry.shard.info)).points_count)
             finally:
                 entry.readable.set()
+                paused = time.perf_counter() - paused
         await asyncio.to_thread(shutil.rmtree, retired, True)
+        return paused
 
     async def wait_for_maintenance(self) -> None:
         """Until no pass is running (tests, benchmarks, shutdown)."""
