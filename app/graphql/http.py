@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -217,10 +217,17 @@ class GraphQLHttpEdge:
             return _once(public_error(GraphQLError(exc.message, original_error=exc)))
         if not query:
             raise HTTPException(400, "No GraphQL query found in the request")
+        return self._stream(query, request_data, context, root_value, STREAM_OPERATIONS.get(request_adapter.method, {OperationType.QUERY}))
+
+    async def _stream(self, query: str, request_data: Any, context: Any, root_value: Any,
+                      allowed: set[OperationType]) -> AsyncIterator[Any]:
+        # The slot is taken once the response starts streaming and given back however it ends
+        # (completed, failed, the client gone), so a stream never started holds none.
         quota = getattr(self, "operation_quota", None)
         caller = caller_of(context)
         if quota is not None and not quota.try_take(caller):
-            return _once(QUOTA_REACHED)
+            yield ExecutionResult(data=None, errors=[QUOTA_REACHED])
+            return
         try:
             stream = await self.schema.stream(  # type: ignore[attr-defined]
                 query,
@@ -229,13 +236,14 @@ class GraphQLHttpEdge:
                 root_value=root_value,
                 operation_name=request_data.operation_name,
                 operation_extensions=request_data.extensions,
-                allowed_operation_types=STREAM_OPERATIONS.get(request_adapter.method, {OperationType.QUERY}),
+                allowed_operation_types=allowed,
             )
-        except BaseException:
+            async with aclosing(stream):
+                async for result in stream:
+                    yield result
+        finally:
             if quota is not None:
                 quota.give_back(caller)
-            raise
-        return _holding(stream, lambda: quota.give_back(caller) if quota is not None else None)
 
     async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
                              root_value: Any, request_data: Any) -> Any:
@@ -306,15 +314,6 @@ class GraphQLHttpEdge:
 async def _once(error: GraphQLError) -> AsyncIterator[ExecutionResult]:
     """A stream of one result, an error: what graphql-sse sends for an operation that never started."""
     yield ExecutionResult(data=None, errors=[error])
-
-
-async def _holding(stream: Any, release: Callable[[], None]) -> AsyncIterator[Any]:
-    try:
-        async with aclosing(stream):
-            async for result in stream:
-                yield result
-    finally:
-        release()
 
 
 def _persisted_query_not_found(response: Any) -> bool:
