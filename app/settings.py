@@ -31,7 +31,7 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=0, description="Largest request body of /graphql and /v1/embeddings, else 413 before it is read; 32 MiB, as Qdrant's request limit, fits the largest ingest the default limits allow (0: sized for the largest ingest the limits allow)")
     ws_init_timeout_seconds: float = Field(5.0, description="A WebSocket that sends no connection_init within this is closed (4408; 1002 on legacy graphql-ws)")
     max_subscriptions_per_connection: int = Field(20, description="Operations one WebSocket may run at once")
-    max_subscriptions_per_key: int = Field(100, description="Operations one API key (or, without a key, one client address) may run at once over all its WebSockets to this replica")
+    max_subscriptions_per_key: int = Field(100, description="Operations one API key (or, without a key, one client address) may run at once over all its WebSockets and SSE streams to this replica")
     # NoDecode: the environment may give a comma-separated list as well as JSON.
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
