@@ -16,11 +16,20 @@ another's embedding cache. Then one client searches each collection with queries
 seen (one forward pass each, except KEYWORD, which embeds nothing): SEMANTIC on the baselines;
 SEMANTIC, KEYWORD and HYBRID (RRF, DBSF) on the keyword and chunked collections. Ratios are
 against the baseline of the same shape (short or long) measured in this run.
+
+Search extras (--extras-docs, default 10,000; `--only-extras` skips the rest): a collection of
+documents bringing their own random unit vectors (no model runs) with a metadata `group` of 50
+values, searched by one client in alternating rounds (the order rotates each round):
+plain search by a vector, the same vector with groupBy (10 groups of 3), similarTo of a
+document, an `aggregate` (count, stats, groups of half the documents: it reads all 10,000 rows)
+and a filtered, sorted `documents` page; p50/p99 of each, ratios against the plain search of the
+same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -79,6 +88,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--docs", type=int, default=2_000, help="short documents per collection (default 2,000)")
     parser.add_argument("--long-docs", type=int, default=150, help="long documents per collection (default 150)")
     parser.add_argument("--queries", type=int, default=60, help="queries per search row (default 60)")
+    parser.add_argument("--extras-docs", type=int, default=10_000, help="documents of the search-extras collection (default 10,000)")
+    parser.add_argument("--rounds", type=int, default=200, help="alternating rounds of the search extras (default 200)")
+    parser.add_argument("--only-extras", action="store_true", help="only the search extras (groupBy, similarTo)")
     return parser.parse_args()
 
 
@@ -110,6 +122,70 @@ async def search(conn: Any, name: str, shape: str, mode: str, fusion: str, queri
         row.took_ms.append(result["tookMs"])
     print(f"  search {name} {mode} {fusion}: p50 {percentile(row.latencies, 50) * 1000:.1f} ms", flush=True)
     return row
+
+
+EXTRA_SEARCHES = {
+    "plain": """query($v: [Float!]) { search(collection: "extras", vector: $v, limit: 10) { tookMs hits { id } } }""",
+    "groupBy": """query($v: [Float!]) { search(collection: "extras", vector: $v, groupBy: {field: "group", groups: 10, hitsPerGroup: 3}) {
+  tookMs groups { value hits { id } } } }""",
+    "similarTo": """query($d: ID) { search(collection: "extras", similarTo: $d, limit: 10) { tookMs hits { id } } }""",
+    # Exact over PostgreSQL's rows: every row of the collection is read (the scan budget's cost).
+    "aggregate": """query { aggregate(collection: "extras", filter: {group: {lt: 25}}, fields: ["group"], groupBy: "group") {
+  count groupCount fields { count mean topValues { value count } } groups { value count } } }""",
+    "documents sorted": """query { documents(collection: "extras", filter: {group: {gte: 40}}, sort: [{field: "group", order: DESC}],
+  first: 10) { items { id } nextCursor } }""",
+}
+
+
+def unit_vector(rng: random.Random, dims: int) -> list[float]:
+    v = [rng.gauss(0.0, 1.0) for _ in range(dims)]
+    norm = sum(x * x for x in v) ** 0.5
+    return [x / norm for x in v]
+
+
+async def search_extras(conn: Any, docs: int, rounds: int) -> tuple[list[SearchRow], float]:
+    """Ingest the extras collection, then `rounds` rounds of plain / groupBy / similarTo, rotating."""
+    rng = random.Random(17)
+    dims = (await conn.post(graphql_body(EMBED, {"t": ["dimensions"]})))["embed"]["dimensions"]
+    await conn.post(graphql_body(CREATE, {"n": "extras", "k": False, "c": None}))
+    started = time.perf_counter()
+    for i in range(0, docs, CALL_DOCS):
+        batch = [
+            {"id": f"e{j:06d}", "text": f"extra document {j}", "metadata": {"group": j % 50}, "vector": unit_vector(rng, dims)}
+            for j in range(i, min(docs, i + CALL_DOCS))
+        ]
+        result = (await conn.post(graphql_body(INGEST, {"n": "extras", "d": batch})))["ingest"]
+        if result["failed"]:
+            raise RuntimeError(f"ingest into extras failed for {result['failed']} documents")
+    ingest_seconds = time.perf_counter() - started
+    rows = {kind: SearchRow("extras", "extras", kind, "") for kind in EXTRA_SEARCHES}
+    kinds = list(EXTRA_SEARCHES)
+    for turn in range(rounds):
+        variables = {"v": unit_vector(rng, dims), "d": f"e{rng.randrange(docs):06d}"}
+        for kind in kinds[turn % len(kinds) :] + kinds[: turn % len(kinds)]:
+            sent = time.perf_counter()
+            result = next(iter((await conn.post(graphql_body(EXTRA_SEARCHES[kind], variables))).values()))
+            rows[kind].latencies.append(time.perf_counter() - sent)
+            if "tookMs" in result:  # aggregate and documents have none
+                rows[kind].took_ms.append(result["tookMs"])
+    for row in rows.values():
+        print(f"  search extras {row.mode}: p50 {percentile(row.latencies, 50) * 1000:.1f} ms", flush=True)
+    return list(rows.values()), ingest_seconds
+
+
+def print_extras(rows: list[SearchRow], docs: int, rounds: int, ingest_seconds: float) -> None:
+    plain = rows[0]
+    print()
+    print(f"search extras: {docs:,} documents with their own {MODEL}-sized vectors (ingested in {ingest_seconds:.1f} s), "
+          f"{rounds} alternating rounds, one client; ratios against plain search (limit 10) of the same rounds")
+    print(
+        render_table(
+            ["search", "p50 ms", "p99 ms", "server tookMs p50", "server tookMs p99", "p50 ratio to plain", "p99 ratio to plain"],
+            [[r.mode, percentile(r.latencies, 50) * 1000, percentile(r.latencies, 99) * 1000,
+              percentile(r.took_ms, 50) if r.took_ms else "", percentile(r.took_ms, 99) if r.took_ms else "", f"{percentile(r.latencies, 50) / percentile(plain.latencies, 50):.2f}x",
+              f"{percentile(r.latencies, 99) / percentile(plain.latencies, 99):.2f}x"] for r in rows],
+        )
+    )  # fmt: skip
 
 
 def short_docs(items: list[Any], prefix: str) -> list[dict[str, Any]]:
@@ -150,6 +226,13 @@ async def main() -> None:
         ("chunked", "HYBRID", "RRF"),
     ]
     print(f"machine: {machine_summary()}")
+    if args.only_extras:
+        async with bench_server() as server:
+            conn = Connection(server.url, timeout=600)
+            extras, ingest_seconds = await search_extras(conn, args.extras_docs, args.rounds)
+            await conn.close()
+        print_extras(extras, args.extras_docs, args.rounds, ingest_seconds)
+        return
     async with bench_server() as server:
         conn = Connection(server.url, timeout=600)
         for name, _, keyword_index, chunking, _ in plan:
@@ -165,6 +248,7 @@ async def main() -> None:
             # Query embeddings are cached first: the rows then compare retrieval, not the model.
             await conn.post(graphql_body(EMBED, {"t": row_queries}))
             search_rows.append(await search(conn, name, shape, mode, fusion, row_queries))
+        extras, ingest_seconds = await search_extras(conn, args.extras_docs, args.rounds)
         await conn.close()
 
     base_ingest = {r.shape: r for r in ingest_rows if r.name.startswith("dense")}
@@ -190,6 +274,7 @@ async def main() -> None:
               f"{percentile(r.latencies, 50) / percentile(base_search[r.shape].latencies, 50):.2f}x"] for r in search_rows],
         )
     )  # fmt: skip
+    print_extras(extras, args.extras_docs, args.rounds, ingest_seconds)
 
 
 if __name__ == "__main__":
