@@ -45,6 +45,7 @@ CONTEXT = SimpleNamespace(
     ws_secret=None,
     auth_error=None,
     reset_loaders=lambda: None,
+    scan_budget=None,  # search passes the request's scan budget on (None: the service makes one)
 )
 QUERIES = [
     ('{ embed(texts: ["a", "b", "c"]) { model dimensions embeddings { index vector cached } } }', None),
