@@ -62,28 +62,47 @@ class CallerEdge:
             CLIENT_ADDRESS.reset(token)
 
 
-async def _cancelled_on_hang_up(app: Any, scope: Any, receive: Any, send: Any) -> None:
-    """Run the request in a task of its own; once its body is read, wait for the server's next
-    message: `http.disconnect` before the response is complete means the client left. (uvicorn,
-    httpx's and Starlette's test transports all send it only then, or once the response is done.)"""
-    loop = asyncio.get_running_loop()
-    hang_up: asyncio.Task[Any] | None = None
-    answered = False
+# A request answered within this long after its body was read never watches for a hang-up: a
+# cached answer costs no task for it.
+WATCH_AFTER_S = 0.02
 
-    def on_message(watch: asyncio.Task[Any]) -> None:
-        if watch.cancelled() or watch.exception() is not None:
+
+async def _cancelled_on_hang_up(app: Any, scope: Any, receive: Any, send: Any) -> None:
+    """Run the request; once its body is read (and WATCH_AFTER_S later), wait for the server's next
+    message: `http.disconnect` before the response is complete means the client left, and the
+    request's task is cancelled. (uvicorn, httpx's and Starlette's test transports send it only
+    then, or once the response is done.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    watch: asyncio.Task[Any] | None = None
+    timer: asyncio.TimerHandle | None = None
+    answered = finished = left = False
+
+    def start_watching() -> asyncio.Task[Any]:
+        nonlocal watch
+        if timer is not None:
+            timer.cancel()
+        if watch is None:
+            watch = loop.create_task(receive())
+            watch.add_done_callback(on_message)
+        return watch
+
+    def on_message(message: asyncio.Task[Any]) -> None:
+        nonlocal left
+        if finished or message.cancelled() or message.exception() is not None:
             return
-        if watch.result().get("type") == "http.disconnect" and not answered:
-            work.cancel()
+        if message.result().get("type") == "http.disconnect" and not answered:
+            left = True
+            task.cancel()
 
     async def receive_watched() -> Any:
-        nonlocal hang_up
-        if hang_up is not None:  # the app listens again (e.g. for a disconnect): same message
-            return await asyncio.shield(hang_up)
+        nonlocal timer
+        if timer is not None:  # the app listens again (e.g. for a disconnect): the same message
+            return await asyncio.shield(start_watching())
         message = await receive()
         if message.get("type") == "http.request" and not message.get("more_body", False):
-            hang_up = loop.create_task(receive())
-            hang_up.add_done_callback(on_message)
+            timer = loop.call_later(WATCH_AFTER_S, start_watching)
         return message
 
     async def send_watched(message: Any) -> None:
@@ -92,14 +111,15 @@ async def _cancelled_on_hang_up(app: Any, scope: Any, receive: Any, send: Any) -
             answered = True
         await send(message)
 
-    work = loop.create_task(app(scope, receive_watched, send_watched))
     try:
-        await work
+        await app(scope, receive_watched, send_watched)
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # the server is stopping this request itself
-        # The client left: nobody to answer.
+        if left and task.uncancel() == 0:
+            return  # the client left: nobody to answer
+        raise  # (also) the server is stopping this request
     finally:
-        if hang_up is not None and not hang_up.done():
-            hang_up.cancel()
+        finished = True
+        if timer is not None:
+            timer.cancel()
+        if watch is not None and not watch.done():
+            watch.cancel()
