@@ -63,8 +63,9 @@ DOCUMENTS = corpus()
 async def stack(model_runtime, tmp_path_factory):  # noqa: F811
     async with open_stack(model_runtime, "edge", tmp_path_factory.mktemp("scans")) as opened:
         await opened.collections.create(NAME, indexed_fields=["topic"], keyword_index=False)
-        for start in range(0, DOCS, 1_000):
-            report = await opened.ingest.ingest(NAME, DOCUMENTS[start : start + 1_000])
+        per_call = opened.settings.limits.max_documents_per_ingest
+        for start in range(0, DOCS, per_call):
+            report = await opened.ingest.ingest(NAME, DOCUMENTS[start : start + per_call])
             assert report.failed == 0
         yield opened
 
