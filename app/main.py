@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 import strawberry.http.async_base_view as strawberry_http_view
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from app import __version__
 from app.domain.models import ModelState
@@ -44,6 +44,7 @@ from app.web.auth import (
 from app.web import json_codec
 from app.web.json_codec import FastJSONResponse
 from app.web.openai_api import openai_routes
+from app.web.rerank_api import rerank_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
 
 # Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
@@ -107,7 +108,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     graphql = CitadelGraphQL(
         build_schema(settings.limits),
         graphql_ide="graphiql" if settings.server.graphiql else None,
-        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+        # graphql-sse: subscriptions over Server-Sent Events where WebSockets are blocked (app/graphql/http.py).
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL, GRAPHQL_SSE_PROTOCOL),
         keep_alive=True,
         keep_alive_interval=15,
         connection_init_wait_timeout=timedelta(seconds=settings.server.ws_init_timeout_seconds),
@@ -176,6 +178,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         *openai_routes(authorize_http),
+        *rerank_routes(authorize_http),  # Cohere's /v1/rerank, TEI's /rerank
         dashboard_route(),
         *static_routes(),
     ]
