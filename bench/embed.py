@@ -28,7 +28,8 @@ third serving that checkout's code, e.g. a git worktree of main), all up at once
 (order alternating by round):
 - heavy + light: READ key "heavy" keeps 3 connections busy with the largest documents the limits
   allow, 4 aliases of new texts of ~220 words (aliases beyond its share of the queue get
-  OVERLOADED), while READ key "light" sends one new text per request, one at a time: light p50/p95;
+  OVERLOADED, and that connection waits a second), while READ key "light" sends one new text per
+  request, one at a time: light p50/p95;
 - cold c=64: new one-text requests from 64 anonymous clients (one fair key), requests/s (by
   default in twice as many rounds: --cold-rounds).
 
@@ -410,7 +411,7 @@ def _verdict(scenarios: list[Scenario], plain: dict[int, LoadResult], head_to_he
 
 # -- --fair: a light key beside a saturating heavy key; CPU pass sizes ------------------------------
 
-HEAVY_ALIASES, HEAVY_WORDS, HEAVY_CONNECTIONS = 4, 220, 3
+HEAVY_ALIASES, HEAVY_WORDS, HEAVY_CONNECTIONS, HEAVY_BACKOFF_S = 4, 220, 3, 1.0
 # Texts per alias: the most one document may ask for in all (app/graphql/operation_rules.py), split.
 _LIMITS = Settings(_env_file=None).limits  # type: ignore[call-arg]
 HEAVY_TEXTS = min(250, max(_LIMITS.max_texts_per_request, _LIMITS.max_documents_per_ingest) // HEAVY_ALIASES)
@@ -478,6 +479,7 @@ async def _heavy_and_light(variant: Variant, words: Iterator[str], light_texts: 
                     if set(codes) != {"OVERLOADED"}:
                         raise
                     refused += len(codes)
+                    await asyncio.sleep(HEAVY_BACKOFF_S)  # as a client should, instead of spinning
         finally:
             await connection.close()
 
