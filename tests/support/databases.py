@@ -102,5 +102,6 @@ EXPECTED_SCHEMA = {
         "id", "name", "prefix", "secret_hash", "scopes", "collections", "filter", "rate_per_second", "created_at",
         "last_used_at", "revoked_at",
     },
+    "trusted_documents": {"hash", "document", "source", "created_at"},
     "alembic_version": {"version_num"},
 }  # fmt: skip
