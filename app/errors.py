@@ -1,4 +1,4 @@
-"""Domain errors. Each carries the GraphQL `extensions.code` that clients see (API.md).
+"""Domain errors. Each carries the GraphQL `extensions.code` that clients see (schema.graphql documents them).
 
 Anything that is not a CitadelError reaching the GraphQL layer is masked as INTERNAL.
 """

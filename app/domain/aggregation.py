@@ -4,7 +4,7 @@ The services read PostgreSQL's rows page by page and hand each page to these acc
 scan thread (app.domain.scans); the filter is the filter language evaluated by
 app.domain.filter_matcher, so what is counted is exactly what search would match.
 
-Definitions (docs/from-weaviate.md and API.md describe them to users):
+Definitions (docs/from-weaviate.md and schema.graphql describe them to users):
 - a field's values are its value, or the elements of a list value (one level), as for filters;
 - `count` of a field: documents where it exists (present, not null, not an empty list);
 - min / max: over the numeric values (integers and floats, never booleans); a field with no

@@ -151,7 +151,7 @@ def can_move(current: ModelState, new: ModelState) -> bool:
 
 @dataclass(frozen=True)
 class DownloadEvent:
-    """API.md's DownloadEvent. With `file` set, bytes/percent/rate are that file's; without it they
+    """schema.graphql's DownloadEvent. With `file` set, bytes/percent/rate are that file's; without it they
     are the model's. `model_bytes_*` always carry the model's totals (for a model-wide bar).
     `replica` says whose state it is; `origin` is the publishing process (to drop our own echo)."""
 
@@ -196,7 +196,7 @@ class DownloadEvent:
 
 @dataclass
 class ModelStatus:
-    """API.md's `Model` (and `ModelReplica`): a model's state on `replica`, plus the short reason
+    """schema.graphql's `Model` (and `ModelReplica`): a model's state on `replica`, plus the short reason
     of the last error."""
 
     name: str

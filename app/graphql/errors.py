@@ -1,4 +1,4 @@
-"""One place that decides what clients see of an error (API.md codes; never a stack trace)."""
+"""One place that decides what clients see of an error (the codes schema.graphql documents; never a stack trace)."""
 
 from __future__ import annotations
 

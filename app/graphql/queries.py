@@ -47,7 +47,7 @@ class Query:
             strawberry.argument(description="Wait for a model that is still downloading instead of MODEL_UNAVAILABLE"),
         ] = False,
     ) -> t.EmbedResult:
-        kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as in API.md
+        kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as schema.graphql documents
         outcome = await info.context.services.embedder.embed(
             texts,
             model=model,

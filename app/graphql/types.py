@@ -1,4 +1,4 @@
-"""GraphQL object types of the API contract (API.md). Resolvers live in queries/mutations."""
+"""GraphQL object types of the API contract (schema.graphql). Resolvers live in queries/mutations."""
 
 from __future__ import annotations
 

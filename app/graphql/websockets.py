@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -206,9 +207,10 @@ class EndsWhenRevoked:
             if not client_gone(error):
                 logger.opt(exception=error).warning("ending the WebSocket of a revoked key failed")
 
+    @abstractmethod
     async def end_operations_revoked(self) -> None:
-        """Send each running operation its UNAUTHENTICATED error."""
-        raise NotImplementedError
+        """Send each running operation its UNAUTHENTICATED error (each protocol's handler below
+        says how)."""
 
 
 def operation_problem(payload: Any) -> str | None:

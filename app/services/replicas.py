@@ -1,4 +1,4 @@
-"""The cluster's view of every model on every live replica (API.md: `Model.replicas`).
+"""The cluster's view of every model on every live replica (schema.graphql: `Model.replicas`).
 
 Kept from the events every replica publishes (relayed over Redis) and, for what an event cannot
 tell (a replica that started after a download, events lost in a Redis outage), from PostgreSQL:
