@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, AsyncIterator
 
+from loguru import logger
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -52,6 +54,17 @@ from app.web.routes import dashboard_route, graphiql_html, static_routes
 strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
+class _StrawberryOriginRefusal(logging.Filter):
+    """Drops Strawberry's line for a refused WebSocket origin: it tells operators to edit its
+    `allowed_origins`, which they do not set; CitadelGraphQL logs one naming the setting instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Rejected WebSocket connection from origin")
+
+
+logging.getLogger("strawberry.ws").addFilter(_StrawberryOriginRefusal())
+
+
 class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
     websocket_adapter_class = AuthClosingWebSocketAdapter  # type: ignore[assignment]
     graphql_transport_ws_handler_class = TransportWSHandler
@@ -92,6 +105,21 @@ class CitadelGraphQL(GraphQLHttpEdge, GraphQL):
             context.request.state.reject_code = code
             raise ConnectionRejectionError({"message": context.principal.reason})
         return await super().on_ws_connect(context)
+
+    def is_websocket_origin_allowed(self, request: Any, origin: str) -> bool:
+        """Strawberry's check (CITADEL_SERVER__CORS_ORIGINS, or `*`), and a refusal an operator can act on."""
+        if super().is_websocket_origin_allowed(request, origin):
+            return True
+        listed = ", ".join(sorted(self.allowed_origins)) or "none"
+        logger.warning(
+            "refused a WebSocket to /graphql (403) from a page on {!r}: that origin is not in "
+            "CITADEL_SERVER__CORS_ORIGINS (now: {}). If pages there should subscribe, add it as "
+            "scheme://host[:port] (comma-separated, e.g. CITADEL_SERVER__CORS_ORIGINS={}) and restart",
+            origin,
+            listed,
+            ",".join([*sorted(self.allowed_origins), origin]),
+        )
+        return False
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(request.url.path))

@@ -20,6 +20,7 @@ from tests.e2e.access_support import (
     codes,
     create_key,
 )
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -64,6 +65,15 @@ async def test_websocket_upgrade_checks_origin_against_the_list(access_server: A
         async with connect(access_server.ws_url, subprotocols=[WS_PROTOCOL], origin="http://evil.example"):
             pass
     assert refused.value.response.status_code == 403
+
+    def refusal_lines() -> list[str]:
+        return [line for line in access_server.log_path.read_text(errors="replace").splitlines() if "evil.example" in line]
+
+    await wait_until(lambda: bool(refusal_lines()), "the refused origin logged")
+    # The log names the setting an operator sets, and what to put in it, not Strawberry's internals.
+    [line] = refusal_lines()
+    assert "WARNING" in line and "CITADEL_SERVER__CORS_ORIGINS" in line and "allowed_origins" not in line, line
+    assert f"CITADEL_SERVER__CORS_ORIGINS={ALLOWED_ORIGIN},http://evil.example" in line, line
     async with connect(access_server.ws_url, subprotocols=[WS_PROTOCOL], origin=ALLOWED_ORIGIN) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {ADMIN_KEY}"}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
