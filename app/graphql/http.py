@@ -46,13 +46,18 @@ GRAPHQL_RESPONSE_MEDIA_TYPE = "application/graphql-response+json"
 # A GraphQL request is {"query", "variables": {...}}: a filter or metadata inside variables is
 # bounded at app/validation.MAX_JSON_DEPTH; the envelope adds a few levels.
 MAX_BODY_DEPTH = 40
-# Operations the HTTP transport runs; subscriptions need a WebSocket.
+# Operations a plain HTTP request runs; subscriptions need a WebSocket or an SSE stream.
 HTTP_OPERATIONS = {"GET": {OperationType.QUERY}, "POST": {OperationType.QUERY, OperationType.MUTATION}}
 # Over Server-Sent Events (graphql-sse) subscriptions run too.
 STREAM_OPERATIONS = {
     "GET": {OperationType.QUERY, OperationType.SUBSCRIPTION},
     "POST": {OperationType.QUERY, OperationType.MUTATION, OperationType.SUBSCRIPTION},
 }
+SUBSCRIPTION_OVER_PLAIN_HTTP = (
+    "a subscription does not run as a plain HTTP request: open a WebSocket to /graphql (subprotocol "
+    "graphql-transport-ws, or the legacy graphql-ws), or send this request with `Accept: text/event-stream` "
+    "to receive it as Server-Sent Events (graphql-sse)"
+)
 
 
 class BadRequestBody(json.JSONDecodeError):
@@ -247,9 +252,9 @@ class GraphQLHttpEdge:
 
     async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
                              root_value: Any, request_data: Any) -> Any:
-        # Strawberry lets POST/GET carry subscriptions (for its streaming transports, not
-        # enabled here); run as a query they fail as INTERNAL. Over HTTP only queries and
-        # mutations run.
+        # Strawberry lets POST/GET carry subscriptions (for its streaming transports, which
+        # execute_operation sends to _stream); run as a query they fail as INTERNAL. A plain
+        # request runs only queries and mutations.
         allowed = HTTP_OPERATIONS.get(request_adapter.method, {OperationType.QUERY})
         try:
             query = await self.schema.rules.document(context, request_data.query, request_data.extensions)  # type: ignore[attr-defined]
@@ -269,9 +274,7 @@ class GraphQLHttpEdge:
             raise HTTPException(400, exc.as_http_error_reason()) from exc
         except InvalidOperationTypeError as exc:
             if exc.operation_type is OperationType.SUBSCRIPTION:
-                raise HTTPException(
-                    400, "subscriptions run over WebSocket (graphql-transport-ws) or Server-Sent Events (graphql-sse)"
-                ) from exc
+                raise HTTPException(400, SUBSCRIPTION_OVER_PLAIN_HTTP) from exc
             raise HTTPException(400, exc.as_http_error_reason(request_adapter.method)) from exc
         except MissingQueryError as exc:
             raise HTTPException(400, "No GraphQL query found in the request") from exc

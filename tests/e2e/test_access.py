@@ -79,6 +79,22 @@ async def test_websocket_upgrade_checks_origin_against_the_list(access_server: A
         assert json.loads(await ws.recv())["type"] == "connection_ack"
 
 
+def test_a_subscription_over_plain_http_is_told_every_transport_it_can_use(access_server: AccessServer):
+    subscription = "subscription { modelDownloadProgress { model state } }"
+    refused = access_server.post(subscription, ADMIN_KEY)
+    assert refused.status_code == 400, refused.text
+    message = refused.text
+    # Both WebSocket subprotocols and graphql-sse (with what selects it) are named.
+    for transport in ("graphql-transport-ws", "graphql-ws", "graphql-sse", "Accept: text/event-stream"):
+        assert transport in message, message
+    # The advice works: the same POST with that Accept header streams.
+    with httpx.stream(
+        "POST", access_server.url + "/graphql", json={"query": subscription},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Accept": "text/event-stream"}, timeout=60,
+    ) as stream:  # fmt: skip
+        assert stream.status_code == 200 and stream.headers["content-type"].startswith("text/event-stream")
+
+
 # ---------------------------------------------------------------- authentication
 
 
