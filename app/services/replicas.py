@@ -56,6 +56,7 @@ class ClusterView:
         self._seen: dict[str, float] = {}  # replica -> time.monotonic() of its last sign of life
         self._task: asyncio.Task[None] | None = None
         self._store_failing = False
+        self._misses = 0  # beats missed in a row
         bus.observe(self._observe)
 
     @property
@@ -108,7 +109,15 @@ class ClusterView:
         try:  # a database that does not answer must not hold the start up (its outage is degraded)
             await asyncio.wait_for(self.refresh(), FIRST_REFRESH_TIMEOUT_SECONDS)
         except TimeoutError:
-            logger.warning("PostgreSQL did not answer the first heartbeat; the cluster view starts from events")
+            # Common on a busy machine (models loading, a database starting): not news unless the
+            # next beats fail too, which refresh() then says.
+            self._missed(f"PostgreSQL took over {FIRST_REFRESH_TIMEOUT_SECONDS:g} s to answer")
+            logger.info(
+                "the first replica heartbeat took over {:g} s (a busy machine or database); starting anyway, "
+                "other replicas' model states fill in from the next beats (every {:g} s)",
+                FIRST_REFRESH_TIMEOUT_SECONDS,
+                self.heartbeat_seconds,
+            )
         self._task = asyncio.create_task(self._beat_forever(), name="citadel-replica-heartbeat")
 
     async def _beat_forever(self) -> None:
@@ -125,10 +134,11 @@ class ClusterView:
                     await self._store.save_model_status(status)
             rows = await self._store.live_model_statuses(self.ttl_seconds)
         except Exception as error:  # PostgreSQL down: the view goes on from events alone
-            if not self._store_failing:
-                logger.warning("replica heartbeat failed ({}); the cluster view follows events only", error)
-            self._store_failing = True
+            self._missed(f"{type(error).__name__}: {error}")
             return
+        if self._misses >= MISSED_BEATS:
+            logger.info("replica heartbeat answered again after {} missed beats", self._misses)
+        self._misses = 0
         self._store_failing = False
         now = time.monotonic()
         for row in rows:
@@ -140,6 +150,23 @@ class ClusterView:
                 blank = self._blank(row.name, row.replica)
                 row.backend, row.dimensions = blank.backend, blank.dimensions
                 self._others[(row.name, row.replica)] = row
+
+    def _missed(self, why: str) -> None:
+        """One beat not saved. A slow or failed beat alone is routine (a busy machine, a database
+        restarting); MISSED_BEATS in a row is what other replicas notice, so that is the warning."""
+        self._store_failing = True
+        self._misses += 1
+        if self._misses == MISSED_BEATS:
+            logger.warning(
+                "replica heartbeat failed {} times in a row ({}): other replicas now treat this one as gone "
+                "(their Model.replicas stop listing it) and it follows theirs from live events only. Check "
+                "that PostgreSQL (CITADEL_DATABASE_URL, or the embedded one) is up and answering, e.g. with "
+                "`citadel doctor`; beats resume on their own once it answers",
+                self._misses,
+                why,
+            )
+        else:
+            logger.debug("replica heartbeat {} missed ({})", self._misses, why)
 
     async def close(self) -> None:
         task, self._task = self._task, None

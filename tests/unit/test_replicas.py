@@ -132,3 +132,74 @@ async def test_after_a_database_outage_this_replica_saves_its_states_again() -> 
     assert [(s.replica, s.state) for s in store.saved] == [("me", S.READY)]
     await view.refresh()  # once is enough
     assert len(store.saved) == 1
+
+
+class SlowStore(FakeStore):
+    """A database that takes longer than the first beat waits (a busy machine), answering later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = asyncio.Event()
+
+    async def heartbeat(self, replica: str) -> None:
+        if not self.slow.is_set():
+            self.slow.set()
+            await asyncio.Event().wait()  # no answer: start()'s timeout cancels it
+        await super().heartbeat(replica)
+
+
+def captured(level: str = "DEBUG") -> tuple[list[tuple[str, str]], int]:
+    from loguru import logger
+
+    records: list[tuple[str, str]] = []
+    sink = logger.add(lambda m: records.append((m.record["level"].name, m.record["message"])), level=level)
+    return records, sink
+
+
+async def test_a_slow_first_heartbeat_is_no_warning(monkeypatch) -> None:
+    from loguru import logger
+
+    import app.services.replicas as replicas
+
+    monkeypatch.setattr(replicas, "FIRST_REFRESH_TIMEOUT_SECONDS", 0.05)
+    store = SlowStore()
+    view = ClusterView("me", EventBus(), local, {}, store=store, heartbeat_seconds=60)
+    records, sink = captured()
+    try:
+        await view.start()
+        assert store.slow.is_set() and store.beats == []  # it did time out
+        await view.refresh()  # the next beat answers
+        assert store.beats == ["me"]
+    finally:
+        logger.remove(sink)
+        await view.close()
+    assert [level for level, _ in records if level in ("WARNING", "ERROR")] == [], records
+    [first] = [message for level, message in records if level == "INFO"]
+    assert "first replica heartbeat took over 0.05 s" in first and "starting anyway" in first
+
+
+async def test_only_beats_failing_in_a_row_warn_with_what_it_means_and_what_to_do() -> None:
+    from loguru import logger
+
+    store = FakeStore()
+    store.down = True
+    view = ClusterView("me", EventBus(), local, {}, store=store, heartbeat_seconds=60)
+    records, sink = captured()
+    try:
+        for _ in range(2):
+            await view.refresh()
+        assert [m for level, m in records if level == "WARNING"] == []  # one or two missed beats: routine
+        await view.refresh()
+        [warning] = [m for level, m in records if level == "WARNING"]
+        assert "failed 3 times in a row" in warning and "PostgreSQL is down" in warning
+        assert "treat this one as gone" in warning and "CITADEL_DATABASE_URL" in warning and "citadel doctor" in warning
+        await view.refresh()  # still down: no new warning
+        assert len([m for level, m in records if level == "WARNING"]) == 1
+        store.down = False
+        await view.refresh()
+        assert any(level == "INFO" and "answered again after 4 missed beats" in m for level, m in records), records
+        store.down = True
+        await view.refresh()  # a fresh count: one miss is no warning
+        assert len([m for level, m in records if level == "WARNING"]) == 1
+    finally:
+        logger.remove(sink)
