@@ -108,7 +108,7 @@ class InferenceSettings(BaseModel):
     max_wait_ms: float = Field(5.0, description="How long a batch waits for more requests while no pass runs: after the last text that arrived, or after the last pass ended")
     max_gather_ms: float = Field(50.0, description="Longest a batch keeps waiting while texts keep arriving (each within max_wait_ms of the last)")
     max_queue: int = Field(1_024, description="Texts waiting per model (all replicas); beyond it OVERLOADED")
-    max_queue_per_key: int = Field(512, ge=1, description="Texts one API key (without keys: one client address) may have waiting per model; beyond it that caller gets OVERLOADED and others go on. Queued texts are served fairly between callers, by tokens")
+    max_queue_per_key: int = Field(512, ge=1, description="Texts one API key (without keys: one client address) may have waiting per model; beyond it that caller gets OVERLOADED and others go on. While several keys wait, each may hold at most max_queue / (keys waiting + 1), so keys already waiting always leave room for one more. Queued texts are served fairly between callers, by tokens")
     truncate: bool = Field(True, description="Truncate over-long inputs (false: BAD_INPUT)")
     idle_unload_seconds: float = Field(0.0, description="Unload a model idle this long (0: never)")
     unpadded: bool = Field(True, description="BERT-family torch models compute no padding: linear layers run over the real tokens only, attention over a masked padded view (same vectors within float rounding; off: the model's padded forward)")

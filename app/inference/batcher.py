@@ -43,7 +43,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, KeysView, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -153,6 +153,10 @@ class DynamicBatcher:
     def pending_of(self, fair_key: str) -> int:
         """The texts of `pending` that are fair_key's."""
         return self._pending_by_key.get(fair_key, 0)
+
+    def callers(self) -> KeysView[str]:
+        """The fair keys with texts in `pending`."""
+        return self._pending_by_key.keys()
 
     async def submit(
         self,

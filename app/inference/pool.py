@@ -2,8 +2,9 @@
 
 Requests go to the least loaded replica. A model idle for settings.inference.idle_unload_seconds
 is unloaded to free memory; its spec and directory are kept, and the next encode reloads it.
-Admission is bounded per model (max_queue) and per fair key (max_queue_per_key: one key cannot
-fill the queue); the batchers share passes between keys (app/inference/fair_queue.py).
+Admission is bounded per model (max_queue) and per fair key (max_queue_per_key, and a share that
+shrinks as more keys wait, so that keys already waiting never fill the queue); the batchers share
+passes between keys (app/inference/fair_queue.py).
 """
 
 from __future__ import annotations
@@ -296,8 +297,11 @@ class ModelPool:
 
     def _admit(self, loaded: _Loaded, count: int, fair_key: str) -> None:
         """The queue bounds are per model, over all its replicas: beyond either, OVERLOADED at once.
-        One key may have max_queue_per_key texts waiting (a first request of any size within
-        max_queue is let in), so that a key that floods the model is refused and others are not."""
+        A key with nothing waiting is let in with a request of any size that fits max_queue. A key
+        with texts waiting may hold its share: max_queue_per_key, and at most max_queue / (keys
+        waiting + 1), so that however many heavy keys flood the model, together they leave room
+        for one more caller's share and a light key's text is admitted (then served within a pass
+        or two by the fair queue)."""
         inference = self.settings.inference
         name = loaded.spec.name
         waiting = sum(replica.batcher.pending for replica in loaded.replicas)
@@ -308,11 +312,15 @@ class ModelPool:
                 model=name,
             )
         mine = sum(replica.batcher.pending_of(fair_key) for replica in loaded.replicas)
-        if mine and mine + count > inference.max_queue_per_key:
+        if not mine:
+            return
+        keys_waiting = len(set().union(*(replica.batcher.callers() for replica in loaded.replicas)))
+        share = min(inference.max_queue_per_key, inference.max_queue // (keys_waiting + 1))
+        if mine + count > share:
             metrics.OVERLOADED.labels(name).inc()
             raise Overloaded(
-                f"model {name!r} is overloaded for this caller: {mine} of its texts queued, room for "
-                f"{inference.max_queue_per_key} per caller; retry shortly",
+                f"model {name!r} is overloaded for this caller: {mine} of its texts queued, room for {share} per "
+                f"caller while {keys_waiting} callers wait; retry shortly",
                 model=name,
             )
 

@@ -108,3 +108,52 @@ async def test_an_http_client_that_hangs_up_has_its_queued_texts_dropped(minilm_
         server.should_exit = True
         await serving
         await pool.close()
+
+
+async def test_heavy_keys_together_leave_room_for_a_light_key(minilm_dir):
+    # The per-key bound alone (here as large as the queue) would let two heavy keys fill the whole
+    # queue; the share (max_queue / (keys waiting + 1)) keeps room for one more caller.
+    pool = ModelPool(engine_settings(devices="cpu", max_queue=120, max_queue_per_key=120))
+    await pool.load(minilm_spec(), minilm_dir)
+    await pool.encode(MODEL, ["warm up"], normalize=True)
+    # No pass starts while the keys queue (every pass slot held), so what is waiting only grows.
+    (replica,) = pool._loaded[MODEL].replicas
+    slots = replica.batcher._free_passes
+    held_slots = 0
+    while not slots.locked():
+        await slots.acquire()
+        held_slots += 1
+    tasks: list[asyncio.Task] = []
+
+    async def flood(key: str) -> int:
+        """Queue 10 texts at a time until this key is refused for its share; returns what it queued."""
+        while len(tasks) < 100:
+            task = asyncio.create_task(pool.encode(MODEL, [f"{key} {len(tasks)} {i}" for i in range(10)], True, fair_key=key))
+            tasks.append(task)
+            before = pending_of(pool, key)
+            await wait_until(lambda: task.done() or pending_of(pool, key) > before, f"{key}'s texts admitted or refused")
+            if task.done():
+                with pytest.raises(Overloaded, match="for this caller"):
+                    task.result()
+                tasks.remove(task)
+                return pending_of(pool, key)
+        raise AssertionError(f"{key} was never refused")
+
+    try:
+        assert await flood("key:heavy-a") == 120 // 2  # alone: half the queue
+        assert await flood("key:heavy-b") == 120 // 3  # beside a: a third (a keeps what it has)
+        light = asyncio.create_task(pool.encode(MODEL, ["a light key's one text"], True, fair_key=LIGHT))
+        await wait_until(lambda: light.done() or pending_of(pool, LIGHT) == 1, "the light key's text admitted")
+        assert not light.done(), light  # admitted, not refused
+        for _ in range(held_slots):
+            slots.release()
+        held_slots = 0
+        assert (await light).shape == (1, 384)
+        assert all(result.shape == (10, 384) for result in await asyncio.gather(*tasks))
+    finally:
+        for _ in range(held_slots):
+            slots.release()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool.close()
