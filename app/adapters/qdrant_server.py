@@ -43,6 +43,7 @@ from app.domain.vectors import (
     SparseVector,
     StoreQuery,
     VectorHit,
+    VectorIndexStatus,
     VectorPoint,
     checked_collection,
     checked_distance,
@@ -287,6 +288,17 @@ class QdrantServerStore:
     async def count(self, name: str) -> int:
         async with self._guard(name):
             return (await self.client.count(name, exact=True)).count
+
+    async def vector_index(self, name: str) -> VectorIndexStatus:
+        """From the server's collection info: segments below its indexing threshold are searched
+        exactly (indexed_vectors_count leaves them out), and a status other than green means its
+        optimizers are building or waiting to (yellow, grey). indexed_vectors_count counts keyword
+        (sparse) vectors too: capped at the points."""
+        async with self._guard(name):
+            info = await self.client.get_collection(name)
+        points = int(info.points_count or 0)
+        indexed = min(points, int(info.indexed_vectors_count or 0))
+        return VectorIndexStatus(points=points, indexed_points=indexed, optimizing=info.status != models.CollectionStatus.GREEN)
 
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
         async with self._guard(name):

@@ -230,6 +230,11 @@ class VectorStore(Protocol):
 
     async def count(self, name: str) -> int: ...
 
+    async def vector_index(self, name: str) -> VectorIndexStatus:
+        """The collection's points, how many its ANN index serves (the rest are searched exactly),
+        and whether the store is building or compacting it now."""
+        ...
+
     async def document_points(self, name: str, after: Any, limit: int) -> tuple[list[PointRef], Any]:
         """A page of points (id, payload doc_id, payload version) in the store's order, from
         `after` (None: the start), and where the next page starts (None: this was the last)."""

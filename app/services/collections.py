@@ -194,14 +194,8 @@ class CollectionService:
         return done / total if total else 0.0
 
     async def vector_index(self, row: Any) -> VectorIndexStatus:
-        """The collection's ANN index: its points, how many the index serves, whether a pass runs.
-        A store that reports no index (a Qdrant server indexes by its own optimizers) counts its
-        points as indexed."""
-        report = getattr(self.store, "vector_index", None)
-        if report is not None:
-            return await report(row.name)
-        points = int(await self.store.count(row.name))
-        return VectorIndexStatus(points=points, indexed_points=points, optimizing=False)
+        """The collection's ANN index: its points, how many the index serves, whether a pass runs."""
+        return await self.store.vector_index(row.name)
 
     async def document_count(self, name: str) -> int:
         """For the server itself; clients count through DocumentService (grants and tenants)."""

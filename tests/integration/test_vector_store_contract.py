@@ -344,3 +344,18 @@ async def test_an_impossible_layout_is_bad_input_and_creates_nothing(store, bad)
     with pytest.raises(BadInput):
         await store.create_collection(name, 4, "cosine", layout=CollectionLayout(**bad))
     assert not await store.collection_exists(name)
+
+
+async def test_vector_index_reports_the_points_and_what_the_index_serves(store, collection):
+    """Small collections are searched exactly on every store: nothing served by an ANN index yet,
+    every point counted, no build running once the writes are in."""
+    empty = await store.vector_index(collection)
+    assert (empty.points, empty.indexed_points) == (0, 0)
+    await store.upsert(collection, make_points(random_vectors(25, 4, seed=7)))
+    status = await store.vector_index(collection)
+    assert status.points == 25
+    assert 0 <= status.indexed_points <= status.points
+    assert status.indexed_points == 0  # far below every store's indexing threshold
+    assert status.optimizing is False
+    with pytest.raises(NotFound):
+        await store.vector_index(collection_name())
