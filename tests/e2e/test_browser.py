@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from app.domain.models import BUILTIN_DEFAULT_MODEL
+from tests.e2e.conftest import BUNDLED
 from tests.support.browser import artifact_path, launch_chromium, offline_page, png_size
+from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -127,7 +129,11 @@ async def test_dashboard_shows_models_and_a_live_connection(browser, live_server
         for i in range(await bars.count()):
             bar = bars.nth(i)
             assert await bar.get_attribute("aria-label")
-        assert re.fullmatch(r"\d+/\d+", (await page.locator("article.model .fact-attempt dd").first.inner_text()).strip())
+        # Attempts show only where a download was attempted ("2 of 3"), never "0/3".
+        attempts = await page.locator("article.model .fact-attempt").evaluate_all(
+            "els => els.filter(e => !e.hidden).map(e => e.querySelector('dd').textContent)"
+        )
+        assert all(re.fullmatch(r"[1-9]\d* of \d+(, .+)?", text) for text in attempts), attempts
         assert watch.off_host() == []
         assert watch.errors == []
 
@@ -156,6 +162,54 @@ async def test_dashboard_reconnects_after_the_socket_drops(browser, live_server)
         assert seen[-1] == "connected", seen
         assert len(sockets) >= 2  # a second WebSocket was opened
         assert await page.locator("#connection-text").inner_text() == "Live"
+        assert watch.errors == []
+
+
+@browser_test
+async def test_dashboard_shows_a_failed_models_error_once_and_no_attempts_for_a_bundled_one(browser, live_server) -> None:
+    """The bundled model (READY, never downloaded) from the real server shows no attempt count; a
+    FAILED event, added to the real subscription's stream as the server would send it, shows its
+    error once (Last error) and its attempts worded as such."""
+    error = "HTTP 404 from the hub: repository example/broken not found"
+    failed = {"model": "example/broken", "replica": "", "state": "FAILED", "attempt": 3, "maxAttempts": 3,
+              "file": None, "bytesDone": 0, "bytesTotal": None, "percent": None, "bytesPerSecond": None,
+              "message": error, "at": "2026-12-06T07:00:00+00:00"}  # fmt: skip
+    async with offline_page(browser) as (page, watch):
+        subscriptions: list[str] = []
+        sockets = []
+
+        def proxy(ws) -> None:
+            server = ws.connect_to_server()
+            sockets.append(ws)
+
+            def from_page(message) -> None:
+                frame = json.loads(message)
+                if frame.get("type") == "subscribe":
+                    subscriptions.append(frame["id"])
+                server.send(message)
+
+            ws.on_message(from_page)
+            server.on_message(lambda message: ws.send(message))
+
+        await page.route_web_socket(re.compile(r"/graphql$"), proxy)
+        await page.goto(live_server.url + "/dashboard")
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=20_000)
+        bundled = page.locator(f'article.model[data-model="{BUNDLED}"][data-state="READY"]').first
+        await bundled.wait_for(timeout=20_000)
+        assert await bundled.locator(".fact-attempt").is_hidden()
+        assert "Attempt" not in await bundled.inner_text()
+
+        await wait_until(lambda: bool(subscriptions), "the dashboard subscribed over its WebSocket")
+        sockets[-1].send(json.dumps({"id": subscriptions[-1], "type": "next",
+                                     "payload": {"data": {"modelDownloadProgress": failed}}}))  # fmt: skip
+        card = page.locator('article.model[data-model="example/broken"][data-state="FAILED"]')
+        await card.wait_for(timeout=10_000)
+        text = await card.inner_text()
+        assert text.count(error) == 1, text
+        assert await card.locator(".last-error dd").inner_text() == error
+        assert await card.locator(".fact-message").is_hidden()
+        assert await card.locator(".fact-attempt dd").inner_text() == "3 of 3, all failed"
+        assert watch.off_host() == []
         assert watch.errors == []
 
 

@@ -298,6 +298,21 @@
     return p;
   }
 
+  // Only where a download was attempted: a model bundled with Citadel or already on disk has
+  // attempt 0, and "0/3" would read as three tries to come.
+  function attemptText(m) {
+    if (!m.maxAttempts || !(m.attempt > 0)) return "";
+    var text = m.attempt + " of " + m.maxAttempts;
+    if (m.state === "READY") return text + ", succeeded";
+    if (m.state === "FAILED") return text + (m.attempt >= m.maxAttempts ? ", all failed" : ", failed");
+    return text;
+  }
+
+  // An error state's message is the error itself, shown once under "Last error".
+  function statusText(m) {
+    return m.message && m.message !== m.lastError ? m.message : "";
+  }
+
   function render(m) {
     var v = m.view;
     var active = !!ACTIVE_STATES[m.state];
@@ -310,14 +325,14 @@
     v.state.textContent = m.state;
     setProgress(v.bar, percent, progressText);
     setFact(v.progress, progressText);
-    setFact(v.attempt, m.maxAttempts ? m.attempt + "/" + m.maxAttempts : "");
+    setFact(v.attempt, attemptText(m));
     setFact(v.speed, active && m.bytesPerSecond ? formatBytes(m.bytesPerSecond) + "/s" : "");
     setFact(
       v.eta,
       active && m.bytesPerSecond && m.bytesTotal ? formatDuration((m.bytesTotal - m.bytesDone) / m.bytesPerSecond) : ""
     );
     setFact(v.fallback, m.fallbackFor || "");
-    setFact(v.message, m.message || "");
+    setFact(v.message, statusText(m));
     setFact(v.lastError, m.lastError || "");
 
     m.files.forEach(function (f, file) {
