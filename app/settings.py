@@ -87,6 +87,7 @@ class LimitSettings(BaseModel):
     """Request limits; anything beyond them is BAD_INPUT before any work is done."""
 
     max_texts_per_request: int = Field(256, description="Most texts in one embed call")
+    max_inputs_per_openai_request: int = Field(2_048, ge=1, description="Most inputs in one POST /v1/embeddings, as OpenAI allows (GraphQL `embed` keeps max_texts_per_request): the model works through them in slices of at most max_texts_per_request, the first admitted as an embed call is (OVERLOADED at once where the caller's share of the queue is full), the rest waiting for room in it; max_text_chars and max_request_chars apply to the whole request")
     max_text_chars: int = Field(20_000, description="Longest text (characters)")
     max_request_chars: int = Field(2_000_000, description="Most characters in one embed call")
     max_documents_per_ingest: int = Field(256, description="Most documents in one ingest call (with max_text_chars and max_metadata_bytes, sized to fit the body limit)")

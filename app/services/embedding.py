@@ -1,7 +1,7 @@
 """embed(): validation, prompts, the Redis cache, de-duplication, and the model pool.
 
 Flow: validate -> READY spec -> cache MGET -> misses de-duplicated -> pool.encode (dynamic
-batching) -> cache pipeline SET -> vectors in input order.
+batching), in slices the queue admits -> cache pipeline SET -> vectors in input order.
 """
 
 from __future__ import annotations
@@ -88,9 +88,15 @@ class EmbeddingService:
         *,
         principal: Principal = INTERNAL,
         wait_for_room: bool = False,
+        max_texts: int | None = None,
     ) -> EmbedOutcome:
         """wait_for_room: bulk work (ingest, the reconciler) waits while the model's queue or the
-        caller's share of it is full, instead of OVERLOADED (ModelPool.encode)."""
+        caller's share of it is full, instead of OVERLOADED (ModelPool.encode).
+        max_texts: most texts this call may carry (default limits.max_texts_per_request; POST
+        /v1/embeddings allows limits.max_inputs_per_openai_request). More texts than one slice
+        (slice_size) go to the model slice by slice: the first is admitted as any call is, the
+        rest wait for room in the caller's share of the queue, so a big request is never refused
+        for its own texts and never holds more of the queue than any caller may."""
         principal.require(Scope.READ)
         started = time.perf_counter()
         # Label by catalog name only: a client-chosen string must not mint new time series.
@@ -98,7 +104,7 @@ class EmbeddingService:
         label = label if label in self.settings.models else "unknown"
         outcome = "ok"
         try:
-            self._validate(texts)
+            self._validate(texts, max_texts)
             if self.settings.model(model).is_reranker:
                 raise BadInput(f"model {model!r} is a reranker: use rerank, not embed", argument="model", param="model")
             spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
@@ -181,30 +187,54 @@ class EmbeddingService:
         tokens: Tokenized | None,
         share: Share = Share(),
     ) -> np.ndarray:
-        try:
-            texts = [prompt + text for text in unique]
-            return await self.pool.encode(spec.name, texts, normalize, tokens, share.fair_key, wait_for_room=share.waits)
-        except BadInput as exc:
-            position = exc.extensions.get("index")
-            if not isinstance(position, int):
-                raise
-            # The pool saw de-duplicated texts; name the caller's index instead.
-            index = todo[unique[position]][0]
-            extensions = {**exc.extensions, "index": index}
-            message = exc.message.replace(f"text {position} ", f"text {index} ", 1)
-            raise BadInput(message, **extensions) from exc
+        """The vectors of `unique`, slice by slice (slice_size): the first slice is admitted as the
+        caller's share says (OVERLOADED at once where the queue has no room for it, unless the
+        share waits); once it is answered, the others are queued together, each waiting for room,
+        so the caller never holds more of the queue than its share (max_queue_per_key) and other
+        callers are served beside it by the fair queue."""
+        texts = [prompt + text for text in unique]
+        size = slice_size(self.settings)
 
-    def _validate(self, texts: Sequence[str]) -> None:
+        async def encode(start: int, waits: bool) -> np.ndarray:
+            part = texts[start : start + size]
+            part_tokens = tokens.pick(range(start, start + len(part))) if tokens is not None else None
+            try:
+                return await self.pool.encode(spec.name, part, normalize, part_tokens, share.fair_key, wait_for_room=waits)
+            except BadInput as exc:
+                position = exc.extensions.get("index")
+                if not isinstance(position, int):
+                    raise
+                # The pool saw a slice of de-duplicated texts; name the caller's index instead.
+                index = todo[unique[start + position]][0]
+                extensions = {**exc.extensions, "index": index}
+                message = exc.message.replace(f"text {position} ", f"text {index} ", 1)
+                raise BadInput(message, **extensions) from exc
+
+        first = await encode(0, share.waits)
+        if len(texts) <= size:
+            return first
+        rest = [asyncio.ensure_future(encode(start, True)) for start in range(size, len(texts), size)]
+        try:
+            parts = await asyncio.gather(*rest)
+        except BaseException:  # one slice failed, or the caller left: the others are not computed for nobody
+            for task in rest:
+                task.cancel()
+            await asyncio.wait(rest)
+            for task in rest:
+                if not task.cancelled():
+                    task.exception()  # retrieved: the first error is the one raised
+            raise
+        return np.concatenate([first, *parts])
+
+    def _validate(self, texts: Sequence[str], max_texts: int | None = None) -> None:
         limits = self.settings.limits
+        most = limits.max_texts_per_request if max_texts is None else max_texts
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise BadInput("texts must be a list of strings")
         if not texts:
             raise BadInput("texts must not be empty")
-        if len(texts) > limits.max_texts_per_request:
-            raise BadInput(
-                f"{len(texts)} texts in one request; at most {limits.max_texts_per_request} are allowed",
-                limit=limits.max_texts_per_request,
-            )
+        if len(texts) > most:
+            raise BadInput(f"{len(texts)} texts in one request; at most {most} are allowed", limit=most)
         total = 0
         for index, text in enumerate(texts):
             if not isinstance(text, str):
@@ -226,6 +256,13 @@ class EmbeddingService:
                     index=index,
                     limit=limits.max_request_chars,
                 )
+
+
+def slice_size(settings: Settings) -> int:
+    """Most texts one pool.encode call gets: within one embed call's limit, and small enough that
+    the queue admits it (max_queue_per_key, max_queue), waiting if need be."""
+    inference = settings.inference
+    return max(1, min(settings.limits.max_texts_per_request, inference.max_queue_per_key, inference.max_queue))
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,6 +1,8 @@
-"""OpenAI-compatible `POST /v1/embeddings`, so the `openai` client, LangChain and LlamaIndex work
-unchanged. Same EmbeddingService as GraphQL `embed` (catalog, pool, cache, limits, metrics);
-only the wire format differs. Errors come back in OpenAI's shape:
+"""OpenAI-compatible `POST /v1/embeddings`, for the `openai` client, LangChain (with
+`check_embedding_ctx_length=False`: Citadel takes strings, not token arrays) and LlamaIndex. Same
+EmbeddingService as GraphQL `embed` (catalog, pool, fair queue, cache, limits, metrics); only the
+wire format differs, and a request may carry up to limits.max_inputs_per_openai_request inputs
+(2,048, as OpenAI's), which the service embeds in slices the queue admits. Errors come back in OpenAI's shape:
 `{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would use. The body
 is read after the key is checked, and only up to the server's body limit (413 past it).
 """
@@ -52,9 +54,16 @@ def openai_routes(authorize: Authorize) -> list[Route]:
             principal = await authorize(request, services)
             raw = await read_capped(request, limit)
             body = _json_object(raw)
-            texts, model, encoding, dimensions = _parse(body)
+            most = services.settings.limits.max_inputs_per_openai_request
+            texts, model, encoding, dimensions = _parse(body, most)
             outcome = await services.embedder.embed(
-                texts, model=model, kind=EmbedKind.DOCUMENT, normalize=True, count_tokens=True, principal=principal
+                texts,
+                model=model,
+                kind=EmbedKind.DOCUMENT,
+                normalize=True,
+                count_tokens=True,
+                principal=principal,
+                max_texts=most,
             )
             if dimensions is not None and dimensions != outcome.dimensions:
                 # No catalog model is Matryoshka-trained: a shortened vector would be a worse one.
@@ -103,16 +112,41 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _parse(body: dict[str, Any]) -> tuple[list[str], str | None, str, int | None]:
+# What a client that sends token ids instead of text is told (LangChain's OpenAIEmbeddings does by
+# default: it splits texts with tiktoken, OpenAI's tokenizer, which is not the model's).
+TOKEN_ARRAYS = (
+    "`input` holds token arrays; Citadel embeds strings only (each model has its own tokenizer): send "
+    "the texts themselves. LangChain's OpenAIEmbeddings sends token arrays by default: set "
+    "check_embedding_ctx_length=False"
+)
+
+
+def _is_token_array(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _parse(body: dict[str, Any], most: int) -> tuple[list[str], str | None, str, int | None]:
     raw = body.get("input")
     if isinstance(raw, str):
         texts = [raw]
-    elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
-        texts = raw
+    elif _is_token_array(raw) or (isinstance(raw, list) and raw and all(_is_token_array(t) for t in raw)):
+        raise BadInput(TOKEN_ARRAYS, param="input")
     elif isinstance(raw, list):
-        raise BadInput("`input` must be a string or a list of strings (token arrays are not accepted)", param="input")
+        for index, text in enumerate(raw):
+            if not isinstance(text, str):
+                raise BadInput(
+                    f"`input` must be a string or a list of strings; item {index} is {_json_type(text)}", param="input"
+                )
+        texts = raw
     else:
         raise BadInput("`input` is required: a string or a list of strings", param="input")
+    if len(texts) > most:
+        raise BadInput(
+            f"`input` has {len(texts)} items; at most {most} are allowed in one request "
+            "(CITADEL_LIMITS__MAX_INPUTS_PER_OPENAI_REQUEST): send the rest in another request",
+            param="input",
+            limit=most,
+        )
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise BadInput("`model` must be a string", param="model")
@@ -123,6 +157,16 @@ def _parse(body: dict[str, Any]) -> tuple[list[str], str | None, str, int | None
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
         raise BadInput("`dimensions` must be a positive integer", param="dimensions")
     return texts, model, encoding, dimensions
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _error(exc: CitadelError) -> Response:
