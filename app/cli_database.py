@@ -1,10 +1,12 @@
 """The database the `citadel` subcommands work on: CITADEL_DATABASE_URL, or the embedded PostgreSQL
-under the data dir (stop the server first: the embedded database has one owner), migrated to the
-latest revision."""
+under the data dir, migrated to the latest revision. The embedded database has one owner: when
+`citadel serve` runs on the same data dir, the command connects to the PostgreSQL that server runs
+(through its unix socket); otherwise it starts its own for the command's duration."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -23,10 +25,16 @@ async def database_pool(settings: Any) -> AsyncIterator[Any]:
     url = settings.database_url
     if not url:
         from app.adapters.embedded import EmbeddedPostgres
+        from app.adapters.embedded.accounts import DataDirInUse
 
         embedded = EmbeddedPostgres(settings.data_dir)
-        embedded.start()
-        url = embedded.url
+        try:
+            embedded.start()
+            url = embedded.url
+        except DataDirInUse as busy:  # a running `citadel serve`: work on its database
+            url = embedded.url_of_owner(busy)
+            embedded = None
+            print(f"using the embedded PostgreSQL of the running Citadel server (pid {busy.holder})", file=sys.stderr)
     try:
         await upgrade_async(url)
         pool = await create_pool(url, min_size=0)

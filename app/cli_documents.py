@@ -5,9 +5,9 @@ persisted-documents.json and Relay's compiler writes persisted queries (with
 `persistConfig.algorithm: "SHA256"`); hashes may carry a `sha256:` prefix. Every hash must be the
 sha256 of its document's text (UTF-8), which is how clients name it (`documentId` or the APQ hash).
 
-Works on CITADEL_DATABASE_URL, or the embedded PostgreSQL under the data dir (stop the server
-first: the embedded database has one owner). Servers see a change within
-CITADEL_AUTH__KEY_CACHE_SECONDS.
+Works on CITADEL_DATABASE_URL, or the embedded PostgreSQL under the data dir: the one a running
+`citadel serve` on that data dir runs, else one started for the command. Servers see a change
+within CITADEL_AUTH__KEY_CACHE_SECONDS.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`citadel keys create | list | revoke`: API keys from the terminal (same KeyService as GraphQL).
 
-Works on CITADEL_DATABASE_URL, or the embedded PostgreSQL under the data dir (stop the server
-first: the embedded database has one owner). The secret is printed once, on stdout only.
+Works on CITADEL_DATABASE_URL, or the embedded PostgreSQL under the data dir: the one a running
+`citadel serve` on that data dir runs, else one started for the command. The secret is printed
+once, on stdout only.
 """
 
 from __future__ import annotations

@@ -82,6 +82,16 @@ def socket_dir(root: Path, kind: str, longest_name: str) -> Path:
     return Path(tempfile.gettempdir()) / f"citadel-{kind}-{digest}"
 
 
+class DataDirInUse(DependencyUnavailable):
+    """Another process owns this embedded server's directory (and runs the server, or is starting
+    or stopping it); `holder` is its pid as it wrote it."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(f"{directory} is in use by another Citadel process (pid {holder})")
+        self.directory = directory
+        self.holder = holder
+
+
 def lock_owner(path: Path) -> int:
     """An exclusive flock on `path`, held until closed; the kernel releases it if we die."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -90,7 +100,7 @@ def lock_owner(path: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise DependencyUnavailable(f"{path.parent} is in use by another Citadel process (pid {holder})") from None
+        raise DataDirInUse(path.parent, holder) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd

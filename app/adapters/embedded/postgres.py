@@ -12,10 +12,20 @@ from urllib.parse import quote
 
 from loguru import logger
 
-from app.adapters.embedded.accounts import grant_traversal, private_dir, service_account, socket_dir
+from app.adapters.embedded.accounts import DataDirInUse, grant_traversal, private_dir, service_account, socket_dir
 from app.adapters.embedded.base import EmbeddedServer
 from app.adapters.embedded.processes import end_leftovers, server_env, stop_child
 from app.errors import DependencyUnavailable
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:  # alive, another user's (the server's account when run as root)
+        return True
+    except (ValueError, ProcessLookupError):
+        return False
+    return True
 
 
 def postgres_bin_dir() -> Path:
@@ -57,6 +67,29 @@ class EmbeddedPostgres(EmbeddedServer):
     def _url(self) -> str:
         host = quote(str(self.socket_dir), safe="/")
         return f"postgresql://postgres@/postgres?host={host}&port={self.port}"
+
+    def url_of_owner(self, busy: DataDirInUse) -> str:
+        """The URL of the PostgreSQL that the process owning this data dir runs (`citadel serve`,
+        as `busy` found), so a command can work beside it instead of starting its own; its
+        postmaster.pid names the socket and says whether it is ready. DependencyUnavailable,
+        saying what to do, when it cannot be reached."""
+        owner = f"the Citadel process (pid {busy.holder}) that owns {self.root.parent}"
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except PermissionError:
+            raise DependencyUnavailable(
+                f"{self.root.parent} is in use by {owner}, and this user cannot reach its PostgreSQL: "
+                "run this command as the user that runs the server"
+            ) from None
+        except OSError:
+            lines = []
+        if len(lines) < 8 or lines[7].strip() != "ready" or not _alive(lines[0].strip()):
+            raise DependencyUnavailable(
+                f"{self.root.parent} is in use by {owner}, whose embedded PostgreSQL is not running and ready "
+                "(it is starting or stopping): try again once `citadel serve` answers /readyz, or stop that process"
+            )
+        host = quote(lines[4].strip(), safe="/")
+        return f"postgresql://postgres@/postgres?host={host}&port={lines[3].strip()}"
 
     def _prepare(self) -> None:
         bin_dir = postgres_bin_dir()
