@@ -73,7 +73,7 @@ class EmbeddedPostgres(EmbeddedServer):
         as `busy` found), so a command can work beside it instead of starting its own; its
         postmaster.pid names the socket and says whether it is ready. DependencyUnavailable,
         saying what to do, when it cannot be reached."""
-        owner = f"the Citadel process (pid {busy.holder}) that owns {self.root.parent}"
+        owner = f"the Citadel process with pid {busy.holder}"
         try:
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         except PermissionError:
