@@ -192,6 +192,16 @@ def test_token_arrays_get_a_400_saying_to_send_strings_and_what_langchain_needs(
     assert "strings" in error["message"] and "check_embedding_ctx_length=False" in error["message"], error
 
 
+@pytest.mark.parametrize(
+    ("items", "fragment"), [(["fine", 3], "item 1 is a number"), (["fine", None], "item 1 is null"), ([True], "item 0 is a boolean")]
+)
+def test_a_list_that_is_neither_strings_nor_token_arrays_names_the_item(server, items, fragment):
+    response = httpx.post(server.url + "/v1/embeddings", json={"model": BUNDLED, "input": items}, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "input" and fragment in error["message"], error
+
+
 def test_2048_inputs_are_one_request_and_2049_are_refused_before_any_work(server):
     texts = [f"short input {i} {uuid.uuid4().hex[:6]}" for i in range(2048)]
     response = httpx.post(

@@ -13,6 +13,7 @@ import pytest
 from app.domain.access import Principal, Scope
 from app.domain.models import FALLBACK_MODEL
 from app.errors import BadInput, Overloaded
+from app.inference import metrics
 from app.inference.pool import ModelPool
 from app.services.embedding import EmbeddingService, LocalModels, slice_size
 from tests.support.models import cosine_rows, engine_settings, minilm_dir, minilm_spec, reference_model  # noqa: F401
@@ -22,6 +23,10 @@ MODEL = FALLBACK_MODEL
 HEAVY = Principal(kind="key", key_id="heavy", name="heavy", scopes=frozenset({Scope.READ}))
 LIGHT = Principal(kind="key", key_id="light", name="light", scopes=frozenset({Scope.READ}))
 SENTENCE = "vector search finds documents by meaning rather than by the words they share, "
+
+
+def encoded() -> float:
+    return metrics.sample_sum(metrics.BATCH_SIZE, "citadel_batch_size_sum", model=MODEL)
 
 
 def pending_of(pool: ModelPool, key: str) -> int:
@@ -38,6 +43,8 @@ class Spy:
         self.calls: list[tuple[str, int, bool]] = []
         self.heavy_peak = 0
         self.heavy_queued = asyncio.Event()
+        self.heavy_submits = 0
+        self.later_slice_queued = asyncio.Event()  # a second of the heavy key's calls reached the batcher
         encode = pool.encode
 
         async def spy_encode(name, texts, normalize, tokens=None, fair_key="internal", wait_for_room=False):
@@ -54,6 +61,9 @@ class Spy:
                 if fair_key == "key:heavy":
                     self.heavy_peak = max(self.heavy_peak, pending_of(self.pool, fair_key) + len(texts))
                     self.heavy_queued.set()
+                    self.heavy_submits += 1
+                    if self.heavy_submits > 1:
+                        self.later_slice_queued.set()
                 return await _submit(texts, counts, normalize, ids, fair_key)
 
             replica.batcher.submit = spy_submit  # type: ignore[method-assign]
@@ -158,3 +168,20 @@ async def test_more_texts_than_the_limit_are_refused_before_any_work(served):
     with pytest.raises(BadInput, match="257 texts in one request; at most 256 are allowed"):  # GraphQL embed's cap
         await service.embed([f"t{i}" for i in range(257)], principal=HEAVY)
     assert spy.calls == []
+
+
+async def test_a_caller_that_leaves_mid_request_leaves_no_slice_queued_or_waiting(served):
+    service, pool = served
+    spy = Spy(pool)
+    spy.watch_batchers()
+    before = encoded()
+    texts = [f"left behind {i}: " + SENTENCE * 2 for i in range(1_500)]
+    call = asyncio.create_task(service.embed(texts, principal=HEAVY, max_texts=2_048))
+    await spy.later_slice_queued.wait()  # the first slice answered, the others queued or waiting for room
+    assert pending_of(pool, "key:heavy") > 0
+    call.cancel()  # what CallerEdge does when the client hangs up
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert pending_of(pool, "key:heavy") == 0
+    assert all(waiter.done() for waiter in pool._loaded[MODEL].room_waiters)
+    assert encoded() - before < len(texts) - 256  # most slices were never computed
