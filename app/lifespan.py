@@ -2,7 +2,8 @@
 
 Order: data dir -> PostgreSQL (embedded or URL) + migrations -> Redis -> vector store ->
 event bus (+ Redis bridge) -> model pool -> model manager -> cluster view -> embedding service ->
-domain services -> reconciler -> key revocation listener. Teardown runs backwards, so nothing outlives what it depends on.
+domain services -> reconciler -> key revocation listener -> job events (+ Redis bridge) and jobs
+(this replica's unfinished ones resumed). Teardown runs backwards, so nothing outlives what it depends on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from loguru import logger
 
 from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.events import EventBus
+from app.adapters.job_events import JobEventBus
 from app.adapters.postgres import PostgresRepo
+from app.adapters.postgres_jobs import PostgresJobRepo
 from app.adapters.postgres_pool import create_pool
 from app.adapters.postgres_replicas import PostgresReplicaStore
 from app.adapters.redis_events import RedisEventBridge
@@ -29,8 +32,10 @@ from app.services.documents import DocumentService
 from app.services.embedding import EmbeddingService
 from app.services.health import HealthService
 from app.services.ingest import IngestService
+from app.services.jobs import JobService
 from app.services.key_revocations import RevocationListener, revocation_channel
 from app.services.keys import KeyService
+from app.domain.jobs import Job
 from app.services.models import ModelManager
 from app.services.rate_limit import RateLimiter
 from app.services.reconciler import Reconciler
@@ -124,6 +129,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         revocations.start()
         stack.push_async_callback(revocations.stop)
 
+        job_bus = JobEventBus()
+        stack.push_async_callback(job_bus.close)
+        job_bridge = RedisEventBridge(job_bus, redis, settings.redis_key("job-events"), decode=Job.from_json)
+        try:
+            await job_bridge.start()
+        except Exception as exc:  # no Redis: job events stay on this replica
+            logger.warning("job events stay on this replica: Redis pub/sub unavailable ({})", exc)
+        stack.push_async_callback(job_bridge.close)
+        jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus)
+        await jobs.start()
+        stack.push_async_callback(jobs.close)
+
         health = HealthService(
             {
                 "postgres": ("embedded" if settings.embedded_postgres else mask_url(database_url), both(upgrader.check, repo.ping)),
@@ -150,6 +167,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             limiter=RateLimiter(redis, settings.auth.burst_seconds, key_prefix=settings.redis_key("rate") + ":"),
             catalog=ModelCatalog(settings, models, health, cluster),
             reranker=reranker,
+            jobs=jobs,
         )
         logger.info("shutting down")
 

@@ -144,8 +144,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         max_subscriptions_per_connection=settings.server.max_subscriptions_per_connection,
         # Cross-site WebSocket hijacking: a page on another origin connects only when listed.
         allowed_origins=settings.server.cors_origins,
+        # ingestFiles: the GraphQL multipart request spec, with the CSRF header check and the upload
+        # limit of app/graphql/http.py (files spooled to disk under the data dir).
+        multipart_uploads_enabled=True,
     )
     graphql.max_body_bytes = settings.request_body_limit
+    graphql.max_upload_bytes = settings.limits.max_upload_bytes
     graphql.operation_quota = OperationQuota(settings.server.max_subscriptions_per_key)
     graphql.key_sockets = KeySockets()
 
@@ -227,7 +231,8 @@ def cors_middleware(settings: Settings) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["authorization", "content-type"],
+            # The preflight headers a file upload must carry (app/graphql/http.py) are allowed cross-origin.
+            allow_headers=["authorization", "content-type", "apollo-require-preflight", "x-apollo-operation-name", "graphql-preflight"],
             allow_credentials=False,
             max_age=600,
         )

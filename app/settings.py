@@ -98,6 +98,7 @@ class LimitSettings(BaseModel):
     max_search_limit: int = Field(1_000, description="Largest search limit / page size")
     max_rerank_documents: int = Field(1_000, ge=1, description="Most documents in one rerank call (`rerank`, /v1/rerank, /rerank) and most `candidates` of `search(rerank:)`")
     max_scan_points: int = Field(100_000, ge=0, description="Most points or rows one request may read by scanning where no index answers (facets of fields outside indexedFields, a tenant-bound key's document counts and pages): facets and counts over it are BAD_INPUT before the scan, pages stop early with a cursor (0: no limit)")
+    max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest multipart request to /graphql (ingestFiles: every file and the operation together); it is streamed to disk under the data dir, never held in memory, and a larger one is HTTP 413 (BAD_INPUT) before it is read when its Content-Length says so, else as soon as it passes the limit")
 
 
 class InferenceSettings(BaseModel):
@@ -140,6 +141,9 @@ class DownloadSettings(BaseModel):
 class IngestSettings(BaseModel):
     chunk_size: int = Field(256, description="Documents embedded per chunk during ingest")
     reconcile_interval_seconds: float = Field(30.0, description="How often pending documents are re-indexed")
+    job_batch_documents: int = Field(64, ge=1, description="Documents a job (startIngestJob, ingestFiles) ingests and commits at a time (at most max_documents_per_ingest): a restarted job resumes after its last committed batch")
+    jobs_at_once: int = Field(2, ge=1, description="Jobs one replica runs at once; the others wait QUEUED")
+    job_max_errors: int = Field(1_000, ge=1, description="Per-document errors a job keeps (the counts go on past it)")
 
 
 class VectorSettings(BaseModel):

@@ -20,8 +20,10 @@ REDIS_BRIDGE_ERRORS = Counter("citadel_download_events_redis_errors_total", "Red
 
 
 class RedisEventBridge:
-    def __init__(self, bus: EventBus, redis: Any, channel: str) -> None:
-        self.bus, self.redis, self.channel = bus, redis, channel
+    def __init__(self, bus: EventBus | Any, redis: Any, channel: str, decode: Any = DownloadEvent.from_json) -> None:
+        """`bus`: an EventBus, or any bus with the same publishing surface (origin, queue_size,
+        send_outbound, deliver), e.g. app/adapters/job_events.JobEventBus with `decode=Job.from_json`."""
+        self.bus, self.redis, self.channel, self.decode = bus, redis, channel, decode
         self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=bus.queue_size * 4)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -94,9 +96,9 @@ class RedisEventBridge:
 
     def _relay(self, raw: bytes | str) -> None:
         try:
-            event = DownloadEvent.from_json(raw)
+            event = self.decode(raw)
         except (ValueError, KeyError, TypeError) as error:
-            logger.warning("ignoring a malformed download event from Redis: {}", error)
+            logger.warning("ignoring a malformed event from Redis ({}): {}", self.channel, error)
             return
         if event.origin != self.bus.origin:  # our own were delivered locally already
             self.bus.deliver(event)

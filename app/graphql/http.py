@@ -15,18 +15,29 @@
   PersistedQueryNotFound, 200 as Apollo's clients expect before they retry with the text.
 - The document that runs is `query`, or the persisted query or trusted document named by
   `extensions.persistedQuery` or `documentId` (OperationRules.document, app/graphql/persisted.py).
+- File uploads (`ingestFiles`): a `multipart/form-data` POST (the GraphQL multipart request spec)
+  may be up to CITADEL_LIMITS__MAX_UPLOAD_BYTES instead of the body limit; its files are spooled
+  to disk under `<data dir>/uploads` as they arrive (UploadMultiPartParser), never held whole in
+  memory. CSRF: a form POST is a "simple" request a page on any site can make without a CORS
+  preflight, so a multipart request must carry a header no plain form can
+  (`Apollo-Require-Preflight`, `X-Apollo-Operation-Name` or `GraphQL-Preflight`), else 400 before
+  its body is read; the key is checked first, as for every POST.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from tempfile import SpooledTemporaryFile
 from contextlib import aclosing
 from typing import Any
 
-from cross_web import HTTPException
+from cross_web import HTTPException, StarletteRequestAdapter
+from cross_web.request import FormData
 from graphql.error import GraphQLError
 from loguru import logger
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -71,8 +82,9 @@ class BadRequestBody(json.JSONDecodeError):
 
 
 class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is over the limit of {limit} bytes (CITADEL_SERVER__MAX_BODY_BYTES)")
+    def __init__(self, limit: int, upload: bool = False) -> None:
+        setting = "CITADEL_LIMITS__MAX_UPLOAD_BYTES" if upload else "CITADEL_SERVER__MAX_BODY_BYTES"
+        super().__init__(f"the request body is over the limit of {limit} bytes ({setting})")
         self.message = str(self)
 
 
@@ -122,7 +134,7 @@ def _code_for_status(status: int) -> str:
     return {404: "NOT_FOUND", 413: "BAD_INPUT", 405: "BAD_INPUT", 429: "RATE_LIMITED"}.get(status, "BAD_INPUT")
 
 
-def refuse_declared_over(scope: Scope, limit: int) -> None:
+def refuse_declared_over(scope: Scope, limit: int, upload: bool = False) -> None:
     """BodyTooLarge for a request whose Content-Length is over `limit`: nothing of it is read."""
     for name, value in scope.get("headers") or ():
         if name == b"content-length":
@@ -131,11 +143,11 @@ def refuse_declared_over(scope: Scope, limit: int) -> None:
             except ValueError:
                 return
             if declared > limit:
-                raise BodyTooLarge(limit)
+                raise BodyTooLarge(limit, upload)
             return
 
 
-def capped_receive(receive: Receive, limit: int) -> Receive:
+def capped_receive(receive: Receive, limit: int, upload: bool = False) -> Receive:
     """Counts body bytes as they arrive: BodyTooLarge once past the limit (chunked uploads)."""
     seen = 0
 
@@ -145,7 +157,7 @@ def capped_receive(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge(limit)
+                raise BodyTooLarge(limit, upload)
         return message
 
     return receive_capped
@@ -162,25 +174,84 @@ async def read_capped(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+PREFLIGHT_HEADERS = ("apollo-require-preflight", "x-apollo-operation-name", "graphql-preflight")
+NO_PREFLIGHT = (
+    "a multipart request (a file upload) must carry a header that a plain HTML form cannot send, so that no "
+    "other site can post one on a user's behalf (CSRF): add `Apollo-Require-Preflight: true` (or a non-empty "
+    "`X-Apollo-Operation-Name` or `GraphQL-Preflight`)"
+)
+UPLOAD_SPOOL_BYTES = 64 * 1024  # an uploaded file past this goes to a file under <data dir>/uploads
+
+
+def is_multipart(headers: Mapping[str, str]) -> bool:
+    return (headers.get("content-type") or "").split(";")[0].strip().lower() == "multipart/form-data"
+
+
+class UploadMultiPartParser(MultiPartParser):
+    """Starlette's parser, with each uploaded file spooled to `upload_dir` (not the system's temp dir)."""
+
+    spool_max_size = UPLOAD_SPOOL_BYTES
+
+    def __init__(self, *args: Any, upload_dir: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.upload_dir = upload_dir
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        upload = self._current_part.file
+        if upload is not None:
+            default = self._files_to_close_on_error.pop()
+            default.close()  # still empty, in memory
+            spooled: Any = SpooledTemporaryFile(max_size=self.spool_max_size, dir=self.upload_dir)
+            self._files_to_close_on_error.append(spooled)
+            upload.file = spooled
+
+
+class UploadRequestAdapter(StarletteRequestAdapter):
+    async def get_form_data(self) -> FormData:
+        request = self._request
+        upload_dir = Path(request.app.state.settings.data_dir) / "uploads"
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        parser = UploadMultiPartParser(request.headers, request.stream(), upload_dir=upload_dir)
+        try:
+            form = await parser.parse()
+        except MultiPartException as exc:
+            raise HTTPException(400, f"the multipart body is malformed: {exc.message}") from None
+        request._form = form  # closed with the request
+        return FormData(files=form, form=form)
+
+
 class GraphQLHttpEdge:
     """Mixed into the Strawberry ASGI view (app/main.py) ahead of strawberry.asgi.GraphQL."""
 
     max_body_bytes: int = 1 << 20
+    max_upload_bytes: int = 1 << 30
+    request_adapter_class = UploadRequestAdapter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # type: ignore[misc]
             return
-        request = Request(scope, capped_receive(receive, self.max_body_bytes))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        upload = is_multipart(headers) and scope.get("method") == "POST"
+        limit = self.max_upload_bytes if upload else self.max_body_bytes
+        request = Request(scope, capped_receive(receive, limit, upload))
         try:
-            refuse_declared_over(scope, self.max_body_bytes)
+            refuse_declared_over(scope, limit, upload)
             response = await self.refuse_before_body(request)
+            if response is None and upload and not any((headers.get(h) or "").strip() for h in PREFLIGHT_HEADERS):
+                response = error_response(400, NO_PREFLIGHT, "BAD_INPUT", request.headers)
             if response is None:
-                response = await self.run(request)  # type: ignore[attr-defined]
+                try:
+                    response = await self.run(request)  # type: ignore[attr-defined]
+                finally:
+                    if upload:
+                        await request.close()  # the spooled files
             else:
                 response.headers["connection"] = "close"  # its body is never read
         except BodyTooLarge as exc:
-            message = f"{exc.message}: send a large ingest as several smaller calls"
+            hint = "upload fewer or smaller files per request" if upload else "send a large ingest as several smaller calls (or startIngestJob)"
+            message = f"{exc.message}: {hint}"
             response = error_response(413, message, "BAD_INPUT", request.headers)
             response.headers["connection"] = "close"  # the rest of the body is never read
         except HTTPException as exc:
@@ -286,6 +357,8 @@ class GraphQLHttpEdge:
             # Strawberry keeps no unknown keys, so it travels on in the extensions.
             if request_adapter.method == "GET":
                 raw: Any = request_adapter.query_params
+            elif is_multipart(request_adapter.headers):
+                raw = None  # its operations were read with the files
             else:
                 raw = self.parse_json(await request_adapter.get_body())  # type: ignore[attr-defined]
             document_id = raw.get(DOCUMENT_ID_KEY) if isinstance(raw, Mapping) else None

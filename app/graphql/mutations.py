@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import strawberry
 
+from app.graphql import jobs as job_fields
 from app.graphql import types as t
 from app.graphql.context import Context
 from app.domain.chunking import Chunking
@@ -101,6 +102,22 @@ class Mutation:
             chunks=report.chunks,
             warnings=[ingest_error_to_gql(w) for w in report.warnings],
         )
+
+    ingest_files = strawberry.mutation(
+        resolver=job_fields.ingest_files,
+        description="Upload files (a multipart request, the GraphQL multipart request spec; WRITE) and ingest them in a "
+        "background job: text, Markdown, HTML and PDF files become one document each, JSON Lines files one per line.",
+    )
+    start_ingest_job = strawberry.mutation(
+        resolver=job_fields.start_ingest_job,
+        description="Ingest any number of documents in a background job (WRITE), batch by batch through the same path "
+        "as `ingest`; follow it with `job` or `jobProgress`.",
+    )
+    cancel_job = strawberry.mutation(
+        resolver=job_fields.cancel_job,
+        description="Stop a QUEUED or RUNNING job within seconds (WRITE on its collection; the key that started it, or "
+        "ADMIN); committed batches stay. A job already CANCELLED is returned as it is.",
+    )
 
     @strawberry.mutation(description="How many documents were removed.")
     async def delete_documents(

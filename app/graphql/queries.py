@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import strawberry
 
 from app import __version__
+from app.graphql import jobs as job_fields
 from app.graphql import types as t
 from app.graphql.context import Context
 from app.graphql.convert import aggregate_to_gql, sort_keys
@@ -314,6 +315,15 @@ class Query:
         catalog = info.context.services.catalog
         status = catalog.status(name, info.context.principal)
         return model_to_gql(status, catalog.effective_default, catalog.replicas_of(status.name, info.context.principal)) if status else None
+
+    job = strawberry.field(
+        resolver=job_fields.job,
+        description="One job; null when there is none with that id (or the key may not read it: jobs of its collections, "
+        "a tenant-bound key's own; ADMIN reads all).",
+    )
+    jobs = strawberry.field(
+        resolver=job_fields.jobs, description="Jobs the key may read, newest first."
+    )
 
     @strawberry.field(description="Every API key (ADMIN); secrets are never shown.")
     async def api_keys(self, info: Info) -> list[t.ApiKey]:

@@ -6,6 +6,7 @@ from typing import Annotated, AsyncGenerator, Optional
 
 import strawberry
 
+from app.graphql import jobs as job_fields
 from app.graphql import types as t
 from app.graphql.context import Context
 from app.graphql.convert import event_to_gql
@@ -27,3 +28,9 @@ class Subscription:
                 yield event_to_gql(event)
             async for event in events:
                 yield event_to_gql(event)
+
+    job_progress = strawberry.subscription(
+        resolver=job_fields.job_progress,
+        description="A job's progress (or every job of a collection, or every job the key may read): the current state "
+        "first, then every change, from whichever replica runs it, throttled like download progress.",
+    )

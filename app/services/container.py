@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # annotations only: checkers and readers see the real classes
     from app.services.embedding import EmbeddingService
     from app.services.health import HealthService
     from app.services.ingest import IngestService
+    from app.services.jobs import JobService
     from app.services.keys import KeyService
     from app.services.models import ModelManager
     from app.services.reconciler import Reconciler
@@ -48,3 +49,4 @@ class Services:
     limiter: RateLimiter
     catalog: ModelCatalog
     reranker: RerankService  # cross-encoders: rerank, /v1/rerank, /rerank, search(rerank:)
+    jobs: JobService  # background ingests: startIngestJob, ingestFiles, cancelJob, job(s), jobProgress

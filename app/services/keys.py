@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from app.domain.access import ANONYMOUS, Principal, Scope, parse_scopes, rejected
+from app.domain.access import ANONYMOUS, INTERNAL, Principal, Scope, parse_scopes, rejected
 from app.domain.filters import parse_filter
 from app.errors import BadInput, NotFound
 from app.services.audit import audit
@@ -175,3 +175,17 @@ class KeyService:
         if principal.kind != "key" or principal.key_id is None:
             return None
         return await self.repo.get(principal.key_id)
+
+    async def principal_again(self, kind: str, key_id: str | None) -> Principal | None:
+        """The caller that started background work (a job), as it stands now: None when its key
+        was revoked or is gone (or the environment admin key is no longer configured)."""
+        if kind == "anonymous":
+            return ANONYMOUS
+        if kind == "internal":
+            return INTERNAL
+        if kind == "env":
+            if self._admin_hash is None:
+                return None
+            return Principal(kind="env", key_id=ENV_ADMIN_ID, name="CITADEL_AUTH__ADMIN_KEY", scopes=frozenset({Scope.ADMIN}))
+        row = await self.repo.get(key_id) if key_id else None
+        return None if row is None or row.revoked else principal_of(row)

@@ -71,7 +71,8 @@ def graphiql_html(graphql_path: str = "/graphql") -> str:
 
 
 def dashboard_html(graphql_path: str = "/graphql") -> str:
-    """The download dashboard: a `models` query, then the `modelDownloadProgress` subscription."""
+    """The dashboard: a `models` query, then the `modelDownloadProgress` subscription; beside them
+    the jobs: a `jobs` query, then the `jobProgress` subscription."""
     return _render(
         "dashboard.html",
         graphql_path,
@@ -80,6 +81,8 @@ def dashboard_html(graphql_path: str = "/graphql") -> str:
             "dashboard_css": "dashboard.css",
             "graphql_ws_js": "vendor/graphql-ws.min.js",
             "dashboard_js": "dashboard.js",
+            "jobs_css": "dashboard-jobs.css",
+            "jobs_js": "dashboard-jobs.js",  # running and recent jobs: `jobs`, then `jobProgress`
         },
     )
 

@@ -85,7 +85,7 @@ async def new_collection(repo: PostgresRepo, indexed_fields: tuple[str, ...] = (
 
 
 async def test_migrations_create_the_schema_and_rerun_as_no_op(db_url: str) -> None:
-    assert await alembic_revision(db_url) == head_revision() == "0006"
+    assert await alembic_revision(db_url) == head_revision() == "0007"
     assert await schema_columns(db_url) == EXPECTED_SCHEMA
     await upgrade_async(db_url)  # at head already: nothing to do, nothing fails
     assert await alembic_revision(db_url) == head_revision()

@@ -103,5 +103,10 @@ EXPECTED_SCHEMA = {
         "last_used_at", "revoked_at",
     },
     "trusted_documents": {"hash", "document", "source", "created_at"},
+    "jobs": {
+        "id", "kind", "collection", "state", "replica", "principal_kind", "key_id", "sources", "metadata",
+        "documents_total", "documents_done", "documents_failed", "chunks_done", "bytes_total", "bytes_done",
+        "cursor_source", "cursor_offset", "errors", "message", "run_seconds", "created_at", "updated_at", "finished_at",
+    },
     "alembic_version": {"version_num"},
 }  # fmt: skip

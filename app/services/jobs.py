@@ -1,0 +1,548 @@
+"""Jobs: ingests too large for one call (startIngestJob) or made of files (ingestFiles), run in the
+background on the replica that took them.
+
+- The job's sources are files under `<data dir>/jobs/<id>/` (uploads streamed there; the documents
+  of startIngestJob written there as JSON Lines), removed when the job ends.
+- Batches of `CITADEL_INGEST__JOB_BATCH_DOCUMENTS` go through IngestService.ingest, the path of the
+  `ingest` mutation (grants, tenant filters, versioned writes, the fair queue), as the key that
+  started the job, re-read before every batch (a revoked key stops its jobs). Each batch's counts,
+  errors and the cursor past it are one UPDATE that holds only while the job is RUNNING.
+- A replica resumes its own QUEUED and RUNNING jobs when it starts, from the cursor: a batch cut
+  short by a crash is ingested again, which writes nothing new (same ids, same content) and is
+  counted once, with the commit that moves the cursor.
+- cancelJob marks the job CANCELLED in PostgreSQL and publishes it; the replica running it (this
+  one, or another through Redis) cancels its task at once.
+- Every change is published as the job's whole state (app/adapters/job_events.py), throttled like
+  download progress (CITADEL_DOWNLOADS__PROGRESS_INTERVAL_SECONDS; state changes always pass).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from prometheus_client import Counter
+
+from app.domain.access import Principal, Scope
+from app.domain.jobs import (
+    ACTIVE,
+    INVALID,
+    NDJSON,
+    Job,
+    JobError,
+    JobKind,
+    JobSource,
+    JobState,
+)
+from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, ModelUnavailable, NotFound, Overloaded
+from app.inference.callers import CLIENT_ADDRESS
+from app.services.ingest import MAX_ID_CHARS
+from app.services.job_sources import (
+    SourceProblem,
+    copy_stream,
+    count_json_lines,
+    document_text,
+    read_head,
+    read_json_lines,
+    sniff,
+)
+from app.services.model_progress import ProgressThrottle
+from app.settings import Settings
+
+JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
+MAX_JOBS_LISTED = 1_000
+RETRIES = 8  # a batch the model or a dependency could not take now is tried again, then the job fails
+RETRYABLE = (Overloaded, DependencyUnavailable, Conflict, ModelUnavailable)
+
+
+class JobFailed(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Any,  # app.adapters.postgres_jobs.PostgresJobRepo
+        documents: Any,  # app.adapters.postgres.PostgresRepo (the collection rows)
+        ingest: Any,  # app.services.ingest.IngestService
+        embedder: Any,  # for the token count of one-document files
+        keys: Any,  # app.services.keys.KeyService: the key that started a job, as it stands now
+        bus: Any,  # app.adapters.job_events.JobEventBus
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.documents = documents
+        self.ingest = ingest
+        self.embedder = embedder
+        self.keys = keys
+        self.bus = bus
+        self.replica = settings.replica
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()
+        self._slots = asyncio.Semaphore(settings.ingest.jobs_at_once)
+        self._throttle = ProgressThrottle(settings.downloads.progress_interval_seconds)
+        self._closing = False
+        bus.observe(self._on_event)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.settings.data_dir / "jobs"
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, min(self.settings.ingest.job_batch_documents, self.settings.limits.max_documents_per_ingest))
+
+    # -- life ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume this replica's unfinished jobs and remove the files of jobs that ended."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            active = await self.repo.active_ids()
+            mine = await self.repo.active_on(self.replica)
+        except CitadelError as exc:
+            logger.warning("jobs not resumed now ({}): they resume when this replica next starts", exc.message)
+            return
+        for leftover in self.jobs_dir.iterdir():
+            if leftover.name not in active:
+                await asyncio.to_thread(shutil.rmtree, leftover, True)
+        for job in mine:
+            logger.info("resuming job {} ({} of {} documents done)", job.id, job.documents_seen, job.documents_total)
+            self._launch(job.id)
+
+    async def close(self) -> None:
+        """Stop the tasks; their jobs stay RUNNING in PostgreSQL and resume at the next start."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- creating -----------------------------------------------------------------------------
+
+    async def start_documents(self, collection: str, documents: Sequence[Mapping[str, Any]], *, principal: Principal) -> Job:
+        """A job ingesting `documents` (any number): they are written to the job's directory first."""
+        await self._admit(collection, principal)
+        if not documents:
+            raise BadInput("documents is empty", field="documents")
+        job_id = str(uuid.uuid4())
+        directory = self.jobs_dir / job_id
+        try:
+            source = await asyncio.to_thread(_write_json_lines, directory, documents)
+            return await self._create(job_id, collection, principal, [source], None)
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+
+    async def start_files(
+        self, collection: str, files: Sequence[Any], metadata: Any, *, principal: Principal
+    ) -> Job:
+        """A job ingesting uploaded files (objects with .filename, .content_type and a binary .file)."""
+        await self._admit(collection, principal)
+        if not files:
+            raise BadInput("files is empty: upload at least one file", field="files")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise BadInput("metadata must be a JSON object", field="metadata")
+        if metadata is not None and "id" in metadata:
+            if len(files) > 1:
+                raise BadInput("metadata.id names one document: upload one file with it", field="metadata")
+            if not isinstance(metadata["id"], str) or not metadata["id"].strip():
+                raise BadInput("metadata.id must be a non-blank string", field="metadata")
+        job_id = str(uuid.uuid4())
+        directory = self.jobs_dir / job_id
+        try:
+            sources = await asyncio.to_thread(self._store_files, directory, files)
+            return await self._create(job_id, collection, principal, sources, dict(metadata) if metadata else None)
+        except SourceProblem as exc:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise BadInput(str(exc), field="files") from None
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+            raise
+
+    def _store_files(self, directory: Path, files: Sequence[Any]) -> list[JobSource]:
+        directory.mkdir(parents=True)
+        room = self.settings.limits.max_upload_bytes
+        sources = []
+        for n, upload in enumerate(files):
+            name = _file_name(getattr(upload, "filename", None), n)
+            target = directory / f"{n:05d}"
+            size = copy_stream(upload.file, target, room)
+            room -= size
+            content_type, reason = sniff(read_head(target), name, getattr(upload, "content_type", None))
+            if content_type == NDJSON:
+                count = count_json_lines(target)
+            else:
+                count = 1
+            sources.append(JobSource(target.name, name, content_type, size, count, reason))
+        return sources
+
+    async def _admit(self, collection: str, principal: Principal) -> None:
+        principal.require(Scope.WRITE, collection)
+        await self.documents.require_collection(collection)  # NOT_FOUND before any file is stored
+
+    async def _create(
+        self, job_id: str, collection: str, principal: Principal, sources: list[JobSource], metadata: dict[str, Any] | None
+    ) -> Job:
+        job = await self.repo.create(
+            job_id, JobKind.INGEST, collection, self.replica, principal.kind, principal.key_id, sources, metadata
+        )
+        logger.info("job {} on {}: {} documents in {} files, by {}", job_id, collection, job.documents_total, len(sources), principal.label)
+        self._publish(job, final=True)
+        self._launch(job.id)
+        return job
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def may_read(self, job: Job, principal: Principal) -> bool:
+        """A key reads the jobs of its collections (a tenant-bound key: only its own); ADMIN all."""
+        if principal.kind == "rejected" or principal.level < Scope.READ.level:
+            return False
+        if not principal.may_see(job.collection):
+            return False
+        if principal.tenant is not None:
+            return _started_by(job, principal)
+        return True
+
+    async def get(self, job_id: str, principal: Principal) -> Job | None:
+        principal.require(Scope.READ)
+        job = await self.repo.get(job_id)
+        return job if job is not None and self.may_read(job, principal) else None
+
+    async def list(
+        self, principal: Principal, *, collection: str | None = None, state: JobState | None = None, first: int = 20
+    ) -> list[Job]:
+        principal.require(Scope.READ, collection)
+        if first < 0 or first > MAX_JOBS_LISTED:
+            raise BadInput(f"first must be 0 to {MAX_JOBS_LISTED}", field="first")
+        collections = None if principal.collections is None else sorted(principal.collections)
+        own = principal.key_id if principal.tenant is not None else None
+        jobs = await self.repo.list(collections=collections, collection=collection, state=state, key_id=own, limit=first)
+        return [j for j in jobs if self.may_read(j, principal)]
+
+    async def cancel(self, job_id: str, principal: Principal) -> Job:
+        job = await self.get(job_id, principal)
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found", id=job_id)
+        principal.require(Scope.WRITE, job.collection)
+        if not (principal.is_admin or _started_by(job, principal)):
+            raise Forbidden("only the key that started a job, or an ADMIN key, may cancel it", id=job_id)
+        if not job.state.finished:
+            cancelled = await self.repo.finish(job.id, JobState.CANCELLED, f"cancelled by {principal.label}")
+            if cancelled is not None:
+                JOBS_FINISHED.labels(JobState.CANCELLED.value).inc()
+                self._stop(cancelled.id)
+                self._publish(cancelled, final=True)  # the replica running it stops it too
+                return cancelled
+            job = await self.repo.get(job.id) or job  # it finished meanwhile
+        if job.state is JobState.CANCELLED:
+            return job
+        raise BadInput(f"job {job.id} has already ended ({job.state.value}): there is nothing to cancel", id=job.id)
+
+    @asynccontextmanager
+    async def progress(
+        self, job_id: str | None, collection: str | None, principal: Principal
+    ) -> AsyncIterator[AsyncIterator[Job]]:
+        """The current state (of the job; of the collection's or the key's unfinished jobs), then
+        every change; a stream about one job ends with its final state."""
+        principal.require(Scope.READ, collection)
+        if job_id is not None:
+            job = await self.get(job_id, principal)
+            if job is None:
+                raise NotFound(f"job {job_id!r} not found", id=job_id)
+
+        def wants(job: Job) -> bool:
+            return (
+                (job_id is None or job.id == job_id)
+                and (collection is None or job.collection == collection)
+                and self.may_read(job, principal)
+            )
+
+        # Subscribe before reading the current state so no change falls between the two.
+        async with self.bus.subscribe(wants) as events:
+            if job_id is not None:
+                current = [await self.repo.get(job_id)]
+            else:
+                current = []
+                for state in ACTIVE:
+                    current += await self.list(principal, collection=collection, state=state, first=MAX_JOBS_LISTED)
+            yield _changes([j for j in current if j is not None], events, job_id)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _launch(self, job_id: str) -> None:
+        if job_id in self._tasks or self._closing:
+            return
+        task = asyncio.create_task(self._run(job_id), name=f"citadel-job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
+
+    def _stop(self, job_id: str) -> None:
+        task = self._tasks.get(job_id)
+        if task is not None and not task.done():
+            self._cancelled.add(job_id)
+            task.cancel()
+
+    def _on_event(self, job: Job) -> None:
+        if job.state is JobState.CANCELLED and job.origin != self.bus.origin:
+            self._stop(job.id)  # cancelled through another replica
+
+    def _publish(self, job: Job, final: bool = False) -> None:
+        if self._throttle.allow((job.id, ""), final=final or job.state.finished):
+            self.bus.publish(job)
+        if job.state.finished:
+            self._throttle.forget((job.id, ""))
+
+    async def _run(self, job_id: str) -> None:
+        # Anonymous callers share the model by client address: a job is a caller of its own, so
+        # the fair queue serves interactive requests beside it.
+        CLIENT_ADDRESS.set(f"job:{job_id}")
+        ended = False
+        try:
+            async with self._slots:
+                job = await self.repo.start(job_id)
+                if job is None:  # cancelled while queued
+                    ended = True
+                    return
+                self._publish(job, final=True)
+                finished = await self._ingest_all(job)
+                if finished is None:  # cancelled
+                    ended = True
+                    return
+                done = await self.repo.finish(job_id, JobState.SUCCEEDED, _summary(finished))
+                ended = True
+                if done is not None:
+                    JOBS_FINISHED.labels(JobState.SUCCEEDED.value).inc()
+                    logger.info("job {} succeeded: {}", job_id, done.message)
+                    self._publish(done, final=True)
+        except asyncio.CancelledError:
+            if job_id in self._cancelled:  # cancelJob: the job is CANCELLED already
+                ended = True
+                return
+            raise  # shutting down: the job stays RUNNING and resumes at the next start
+        except JobFailed as exc:
+            ended = await self._fail(job_id, exc.message)
+        except Exception as exc:  # a bug, or PostgreSQL gone mid-job
+            logger.exception("job {} failed", job_id)
+            reason = exc.message if isinstance(exc, CitadelError) else type(exc).__name__
+            ended = await self._fail(job_id, f"the job stopped: {reason}")
+        finally:
+            self._cancelled.discard(job_id)
+            if ended:
+                await asyncio.to_thread(shutil.rmtree, self.jobs_dir / job_id, True)
+
+    async def _fail(self, job_id: str, message: str) -> bool:
+        try:
+            failed = await self.repo.finish(job_id, JobState.FAILED, message)
+        except CitadelError as exc:  # PostgreSQL gone: the job stays RUNNING and resumes at the next start
+            logger.warning("job {} could not be marked FAILED ({}): {}", job_id, exc.message, message)
+            return False
+        if failed is not None:
+            JOBS_FINISHED.labels(JobState.FAILED.value).inc()
+            logger.warning("job {} failed: {}", job_id, message)
+            self._publish(failed, final=True)
+        return True
+
+    async def _ingest_all(self, job: Job) -> Job | None:
+        """Every source from the cursor on; the job as last committed, None when it was cancelled."""
+        directory = self.jobs_dir / job.id
+        collection = await self.documents.get_collection(job.collection)
+        if collection is None:
+            raise JobFailed(f"collection {job.collection!r} no longer exists")
+        start_bytes = [sum(s.bytes for s in job.sources[:i]) for i in range(len(job.sources))]
+        for index in range(job.cursor_source, len(job.sources)):
+            source = job.sources[index]
+            path = directory / source.path
+            if source.content_type != INVALID and not path.exists():
+                raise JobFailed(f"the job's file {source.name!r} is missing from the data dir of replica {self.replica}")
+            if source.content_type == NDJSON:
+                offset = job.cursor_offset if index == job.cursor_source else 0
+                while True:
+                    began = time.monotonic()
+                    max_line = 4 * (self.settings.limits.max_text_chars + self.settings.limits.max_metadata_bytes) + (1 << 20)
+                    items, after = await asyncio.to_thread(read_json_lines, path, offset, self.batch_size, max_line)
+                    at_end = after >= source.bytes
+                    documents: list[dict[str, Any]] = []
+                    positions: list[int] = []
+                    errors: list[JobError] = []
+                    for k, item in enumerate(items):
+                        ordinal = job.documents_seen + k
+                        if isinstance(item, SourceProblem):
+                            errors.append(JobError(ordinal, None, BadInput.code, f"{source.name} line: {item}"))
+                        elif not isinstance(item, dict):
+                            errors.append(JobError(ordinal, None, BadInput.code, f"{source.name}: a line must be a JSON object (a DocumentInput)"))
+                        else:
+                            documents.append(_line_document(item, job.metadata))
+                            positions.append(ordinal)
+                    done, failed, chunks = 0, len(errors), 0
+                    if documents:
+                        report = await self._ingest(job, documents)
+                        done, failed, chunks = len(report.ids), failed + report.failed, report.chunks
+                        errors += [JobError(positions[e.index], e.id, e.code, e.message) for e in report.errors]
+                    committed = await self._commit(
+                        job, index + 1 if at_end else index, 0 if at_end else after, done, failed, chunks,
+                        start_bytes[index] + min(after, source.bytes), time.monotonic() - began, errors,
+                    )
+                    if committed is None:
+                        return None
+                    job, offset = committed, after
+                    if at_end or not items:
+                        break
+            else:
+                began = time.monotonic()
+                done, failed, chunks, errors = await self._one_file(job, collection, source, path)
+                committed = await self._commit(
+                    job, index + 1, 0, done, failed, chunks, start_bytes[index] + source.bytes, time.monotonic() - began, errors
+                )
+                if committed is None:
+                    return None
+                job = committed
+        return job
+
+    async def _one_file(self, job: Job, collection: Any, source: JobSource, path: Path) -> tuple[int, int, int, list[JobError]]:
+        ordinal = job.documents_seen
+        metadata = dict(job.metadata or {})
+        doc_id = str(metadata.pop("id", None) or source.name)
+        if source.content_type == INVALID:
+            return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, source.reason or "unsupported content")]
+        try:
+            text, extra = await asyncio.to_thread(document_text, path, source.content_type)
+        except SourceProblem as exc:
+            return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name}: {exc}")]
+        if not text.strip():
+            return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name} has no text to index")]
+        if not collection.chunk_max_tokens and len(text) <= self.settings.limits.max_text_chars:
+            spans, window = await self.embedder.document_tokens(collection.model, [text])
+            if len(spans[0]) > window:
+                message = (
+                    f"{source.name} has {len(spans[0])} tokens; model {collection.model!r} reads {window}: the rest "
+                    f"would not be searchable. Use chunking: ingest it into a collection created with "
+                    f"createCollection(..., chunking: {{maxTokens: 128, overlapTokens: 16}})"
+                )
+                return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, message)]
+        document = {
+            "id": doc_id,
+            "text": text,
+            "metadata": {"source": source.name, "contentType": source.content_type, "bytes": source.bytes, **extra, **metadata},
+        }
+        report = await self._ingest(job, [document])
+        errors = [JobError(ordinal, e.id, e.code, e.message) for e in report.errors]
+        return len(report.ids), report.failed, report.chunks, errors
+
+    async def _ingest(self, job: Job, documents: list[dict[str, Any]]) -> Any:
+        for attempt in range(RETRIES):
+            principal = await self.keys.principal_again(job.principal_kind, job.key_id)
+            if principal is None:
+                raise JobFailed("the API key that started this job was revoked")
+            try:
+                return await self.ingest.ingest(job.collection, documents, principal=principal)
+            except RETRYABLE as exc:
+                if attempt == RETRIES - 1:
+                    raise JobFailed(f"{exc.code}: {exc.message}") from exc
+                logger.info("job {}: batch not taken now ({}), trying again", job.id, exc.code)
+                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+            except CitadelError as exc:  # FORBIDDEN, NOT_FOUND...: the job cannot go on
+                raise JobFailed(f"{exc.code}: {exc.message}") from exc
+        raise AssertionError("unreachable")
+
+    async def _commit(
+        self, job: Job, cursor_source: int, cursor_offset: int, done: int, failed: int, chunks: int,
+        bytes_done: int, seconds: float, errors: list[JobError],
+    ) -> Job | None:
+        committed = await self.repo.commit_batch(
+            job.id, cursor_source=cursor_source, cursor_offset=cursor_offset, done=done, failed=failed,
+            chunks=chunks, bytes_done=bytes_done, seconds=seconds, errors=errors,
+            max_errors=self.settings.ingest.job_max_errors,
+        )  # fmt: skip
+        if committed is not None:
+            self._publish(committed)
+        return committed
+
+
+async def _changes(current: list[Job], events: AsyncIterator[Job], job_id: str | None) -> AsyncIterator[Job]:
+    """The current states, then the events newer than what was sent for each job (an event queued
+    before the current state was read is older than it and skipped); one job's stream ends with
+    its final state."""
+    last: dict[str, Job] = {}
+
+    def newer(job: Job) -> bool:
+        seen = last.get(job.id)
+        if seen is None:
+            return True
+        if seen.state.finished:
+            return False
+        return (job.updated_at, job.documents_seen) >= (seen.updated_at, seen.documents_seen) and job != seen
+
+    for job in current:
+        last[job.id] = job
+        yield job
+        if job_id is not None and job.state.finished:
+            return
+    async for job in events:
+        if not newer(job):
+            continue
+        last[job.id] = job
+        yield job
+        if job_id is not None and job.state.finished:
+            return
+
+
+def _started_by(job: Job, principal: Principal) -> bool:
+    return job.principal_kind == principal.kind and job.key_id == principal.key_id
+
+
+def _summary(job: Job) -> str:
+    return (
+        f"{job.documents_done} documents ingested ({job.chunks_done} vector points), {job.documents_failed} failed"
+    )
+
+
+def _file_name(given: Any, n: int) -> str:
+    name = given if isinstance(given, str) else ""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().replace("\x00", "")
+    return name[:MAX_ID_CHARS] if name else f"file-{n + 1}"
+
+
+def _line_document(raw: dict[str, Any], metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A JSON Lines line (a DocumentInput: id, text, metadata, vector or vectorBase64) as ingest
+    takes it, with the call's metadata under its own."""
+    own = raw.get("metadata")
+    if metadata and (own is None or isinstance(own, dict)):
+        own = {k: v for k, v in metadata.items() if k != "id"} | (own or {})
+    return {
+        "id": raw.get("id"),
+        "text": raw.get("text"),
+        "metadata": own,
+        "vector": raw.get("vector"),
+        "vector_base64": raw.get("vectorBase64", raw.get("vector_base64")),
+    }
+
+
+def _write_json_lines(directory: Path, documents: Sequence[Mapping[str, Any]]) -> JobSource:
+    directory.mkdir(parents=True)
+    path = directory / "00000"
+    with path.open("w", encoding="utf-8") as out:
+        for doc in documents:
+            line = {"id": doc.get("id"), "text": doc.get("text"), "metadata": doc.get("metadata")}
+            if doc.get("vector") is not None:
+                line["vector"] = doc["vector"]
+            if doc.get("vector_base64") is not None:
+                line["vectorBase64"] = doc["vector_base64"]
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return JobSource(path.name, "documents.jsonl", NDJSON, path.stat().st_size, len(documents))
+

@@ -1,0 +1,138 @@
+"""JobService on the real stack (PostgreSQL, Qdrant Edge or local mode, the bundled model, Redis):
+jobs and plain ingest writing the same ids at once leave PostgreSQL and the vector store agreeing;
+two replicas bridged by Redis see each other's job events, and a cancel made on one stops the job
+running on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from app.adapters.api_keys import ApiKeyRepo
+from app.adapters.job_events import JobEventBus
+from app.adapters.postgres_jobs import PostgresJobRepo
+from app.adapters.redis_events import RedisEventBridge
+from app.domain.access import INTERNAL
+from app.domain.jobs import Job, JobState
+from app.services.jobs import JobService
+from app.services.keys import KeyService
+from tests.integration.test_concurrent_writes import (
+    DelayedEmbedder,
+    assert_store_mirrors_postgres,
+    ingest_service,
+    settle,
+    text_of,
+)
+from tests.support.services import redis_url
+from tests.support.stack import STORE_KINDS, Stack, model_runtime, open_stack  # noqa: F401  (fixture)
+
+IDS = 30
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
+    async with open_stack(model_runtime, request.param, tmp_path, chunk_size=16) as opened:
+        yield opened
+
+
+@asynccontextmanager
+async def job_service(stack: Stack, replica: str, embedder: Any = None, channel: str | None = None) -> AsyncIterator[JobService]:
+    """A replica's JobService: its own data dir, the stack's database, events bridged by Redis
+    on `channel` when given."""
+    settings = stack.settings.model_copy(
+        update={
+            "replica_id": replica,
+            "data_dir": stack.settings.data_dir / replica,
+            "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8}),
+            "downloads": stack.settings.downloads.model_copy(update={"progress_interval_seconds": 0.0}),
+        }
+    )
+    bus = JobEventBus()
+    redis = Redis.from_url(redis_url())
+    bridge = RedisEventBridge(bus, redis, channel, decode=Job.from_json) if channel else None
+    if bridge is not None:
+        await bridge.start()
+    ingest = ingest_service(stack, embedder or stack.embedder)
+    service = JobService(
+        settings, PostgresJobRepo(stack.repo.pool), stack.repo, ingest, stack.embedder,
+        KeyService(settings, ApiKeyRepo(stack.repo.pool)), bus,
+    )  # fmt: skip
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.close()
+        if bridge is not None:
+            await bridge.close()
+        await bus.close()
+        await redis.aclose()
+
+
+async def final_state(service: JobService, job_id: str) -> Job:
+    async with service.progress(job_id, None, INTERNAL) as changes:
+        async for job in changes:
+            last = job
+    assert last.state.finished
+    return last
+
+
+def writes(writer: str, ids: list[str]) -> list[dict]:
+    return [{"id": i, "text": text_of(writer, 0, int(i[4:])), "metadata": {"writer": writer}} for i in ids]
+
+
+async def test_jobs_and_ingest_writing_the_same_ids_leave_postgres_and_the_store_agreeing(stack: Stack) -> None:
+    name = "job-race"
+    await stack.collections.create(name)
+    rng = random.Random(5)
+    ids = [f"doc-{i:03d}" for i in range(IDS)]
+    async with job_service(stack, "race", DelayedEmbedder(stack.embedder, rng)) as service:
+        first = await service.start_documents(name, writes("a", rng.sample(ids, IDS)), principal=INTERNAL)
+        second = await service.start_documents(name, writes("b", rng.sample(ids, IDS)), principal=INTERNAL)
+        plain = ingest_service(stack, DelayedEmbedder(stack.embedder, rng))
+        report, *ended = await asyncio.gather(
+            plain.ingest(name, writes("c", rng.sample(ids, IDS))), final_state(service, first.id), final_state(service, second.id)
+        )
+    assert report.failed == 0
+    for job in ended:
+        assert job.state is JobState.SUCCEEDED and (job.documents_done, job.documents_failed) == (IDS, 0), job
+    assert await stack.repo.count_documents(name) == IDS
+    await settle(stack, name)
+    await assert_store_mirrors_postgres(stack, name)
+
+
+async def test_job_events_and_cancels_travel_between_replicas(stack: Stack) -> None:
+    name = "job-replicas"
+    await stack.collections.create(name)
+    channel = f"citadel-test:{uuid.uuid4().hex}:job-events"
+    started = asyncio.Event()
+
+    async def slow_until_watched(texts: list[str]) -> None:
+        await started.wait()  # nothing is embedded until the other replica watches
+
+    slow = DelayedEmbedder(stack.embedder, random.Random(1), before=slow_until_watched)
+    async with job_service(stack, "replica-a", slow, channel) as a, job_service(stack, "replica-b", channel=channel) as b:
+        job = await a.start_documents(name, writes("a", [f"doc-{i:03d}" for i in range(200)]), principal=INTERNAL)
+        seen: list[Job] = []
+        async with b.progress(job.id, None, INTERNAL) as changes:
+            started.set()
+            async for change in changes:
+                seen.append(change)
+                if change.documents_done >= 16 and change.state is JobState.RUNNING:
+                    cancelled = await b.cancel(job.id, INTERNAL)  # on the replica that does not run it
+                    assert cancelled.state is JobState.CANCELLED
+        assert seen[-1].state is JobState.CANCELLED and seen[-1].replica == "replica-a"
+        assert any(s.documents_done >= 16 for s in seen), "replica b saw replica a's progress"
+        running = a._tasks.get(job.id)
+        if running is not None:
+            await asyncio.wait_for(running, 60)  # replica a's task stops (it ends quietly when cancelled)
+        stopped_at = (await a.get(job.id, INTERNAL)).documents_done
+        assert stopped_at < 200
+        assert not (a.jobs_dir / job.id).exists()
