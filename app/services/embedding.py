@@ -199,7 +199,9 @@ class EmbeddingService:
             part = texts[start : start + size]
             part_tokens = tokens.pick(range(start, start + len(part))) if tokens is not None else None
             try:
-                return await self.pool.encode(spec.name, part, normalize, part_tokens, share.fair_key, wait_for_room=waits)
+                return await self.pool.encode(
+                    spec.name, part, normalize, part_tokens, share.fair_key, wait_for_room=waits
+                )
             except BadInput as exc:
                 position = exc.extensions.get("index")
                 if not isinstance(position, int):

@@ -2,9 +2,10 @@
 `check_embedding_ctx_length=False`: Citadel takes strings, not token arrays) and LlamaIndex. Same
 EmbeddingService as GraphQL `embed` (catalog, pool, fair queue, cache, limits, metrics); only the
 wire format differs, and a request may carry up to limits.max_inputs_per_openai_request inputs
-(2,048, as OpenAI's), which the service embeds in slices the queue admits. Errors come back in OpenAI's shape:
-`{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI would use. The body
-is read after the key is checked, and only up to the server's body limit (413 past it).
+(2,048, as OpenAI's), which the service embeds in slices the queue admits. Errors come back in
+OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with the HTTP status OpenAI
+would use. The body is read after the key is checked, and only up to the server's body limit (413
+past it).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ TOKEN_ARRAYS = (
 
 
 def _is_token_array(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    """A non-empty list of ints: what OpenAI takes as one input already tokenized."""
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
 
 def _parse(body: dict[str, Any], most: int) -> tuple[list[str], str | None, str, int | None]:

@@ -193,7 +193,8 @@ def test_token_arrays_get_a_400_saying_to_send_strings_and_what_langchain_needs(
 
 
 @pytest.mark.parametrize(
-    ("items", "fragment"), [(["fine", 3], "item 1 is a number"), (["fine", None], "item 1 is null"), ([True], "item 0 is a boolean")]
+    ("items", "fragment"),
+    [(["fine", 3], "item 1 is a number"), (["fine", None], "item 1 is null"), ([True], "item 0 is a boolean")],
 )
 def test_a_list_that_is_neither_strings_nor_token_arrays_names_the_item(server, items, fragment):
     response = httpx.post(server.url + "/v1/embeddings", json={"model": BUNDLED, "input": items}, timeout=60)
