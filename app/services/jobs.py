@@ -156,6 +156,12 @@ class JobService:
         await self._admit(collection, principal)
         if not files:
             raise BadInput("files is empty: upload at least one file", field="files")
+        if not all(callable(getattr(getattr(f, "file", None), "read", None)) for f in files):
+            raise BadInput(
+                "files must be uploaded: send a multipart request (the GraphQL multipart request spec) with each "
+                "file mapped to its variable, not a value in the JSON body",
+                field="files",
+            )
         if metadata is not None and not isinstance(metadata, Mapping):
             raise BadInput("metadata must be a JSON object", field="metadata")
         if metadata is not None and "id" in metadata:
@@ -236,6 +242,7 @@ class JobService:
         return [j for j in jobs if self.may_read(j, principal)]
 
     async def cancel(self, job_id: str, principal: Principal) -> Job:
+        principal.require(Scope.WRITE)
         job = await self.get(job_id, principal)
         if job is None:
             raise NotFound(f"job {job_id!r} not found", id=job_id)

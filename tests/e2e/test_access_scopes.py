@@ -70,6 +70,12 @@ ROOT_FIELDS = [
     ("rerank", "READ", None, '{ rerank(query: "invoices", documents: ["due in thirty days"]) { hits { index } } }', {}),
     ("ingest", "WRITE", OTHER, 'mutation { ingest(collection: "%s", documents: [{id: "w1", text: "written", metadata: {tenant: "acme"}}]) { inserted unchanged } }' % OTHER, {}),
     ("deleteDocuments", "WRITE", OTHER, 'mutation { deleteDocuments(collection: "%s", ids: ["nope"]) }' % OTHER, {}),
+    ("job", "READ", None, '{ job(id: "00000000-0000-0000-0000-000000000000") { id } }', {}),
+    ("jobs", "READ", OTHER, '{ jobs(collection: "%s") { id } }' % OTHER, {}),
+    # A blank text: the job runs and fails that document, so nothing is written to the shared collection.
+    ("startIngestJob", "WRITE", OTHER, 'mutation { startIngestJob(collection: "%s", documents: [{id: "j1", text: " "}]) { id } }' % OTHER, {}),
+    ("ingestFiles", "WRITE", OTHER, 'mutation { ingestFiles(collection: "%s", files: []) { id } }' % OTHER, {}),
+    ("cancelJob", "WRITE", None, 'mutation { cancelJob(id: "00000000-0000-0000-0000-000000000000") { id } }', {}),
     ("createCollection", "ADMIN", "fresh", "mutation($n: String!) { createCollection(name: $n) { name } }", None),
     ("deleteCollection", "ADMIN", "fresh", "mutation($n: String!) { deleteCollection(name: $n) }", None),
     ("downloadModel", "ADMIN", None, 'mutation { downloadModel(name: "%s") { state } }' % BUNDLED, {}),

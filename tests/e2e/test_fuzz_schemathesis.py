@@ -49,6 +49,8 @@ json_values = st.recursive(
 schemathesis.graphql.scalar("JSON", json_values)
 schemathesis.graphql.scalar("Long", st.integers(min_value=-(2**70), max_value=2**70).map(nodes.Int))
 schemathesis.graphql.scalar("DateTime", st.datetimes().map(lambda d: nodes.String(d.isoformat())))
+# Files travel in multipart requests only; in a JSON body an Upload is whatever a client puts there.
+schemathesis.graphql.scalar("Upload", st.none().map(lambda _: nodes.Null) | st.text(max_size=20).map(nodes.String))
 
 schema = schemathesis.graphql.from_path(ROOT / "schema.graphql")  # the contract, as clients see it
 

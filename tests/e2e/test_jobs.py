@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,6 +273,9 @@ def test_uploads_need_a_preflight_header_and_fit_the_limit(jobs_server: LiveServ
     no_key = upload(jobs_server, name, [("a.txt", b"hello", "text/plain")], key="ctd_not-a-key")
     assert no_key.status_code == 401  # refused before the body is read
 
+    as_json = graphql(jobs_server, 'mutation { ingestFiles(collection: "%s", files: ["not a file"]) { id } }' % name)
+    assert codes(as_json) == ["BAD_INPUT"] and "multipart" in as_json["errors"][0]["message"]
+
     missing = upload(jobs_server, "no-such-collection", [("a.txt", b"hello", "text/plain")])
     assert codes(missing.json()) == ["NOT_FOUND"]
     assert data(jobs_server, f'{{ jobs(collection: "{name}") {{ id }} }}')["jobs"] == []
@@ -319,6 +324,10 @@ def test_a_cancelled_job_stops(jobs_server: LiveServer) -> None:
     create_collection(jobs_server, name)
     started = start_job(jobs_server, name, documents("cx", 3_000))["data"]["startIngestJob"]
     poll(lambda: job_of(jobs_server, started["id"])["documentsDone"] >= BATCH, "the job commits a batch")
+    # The model's fair queue serves an interactive call beside the job: answered while it still runs.
+    embedded = data(jobs_server, '{ embed(texts: ["is the model free for me?"]) { dimensions } }')
+    assert embedded["embed"]["dimensions"] == 384
+    assert job_of(jobs_server, started["id"])["state"] == "RUNNING"
     cancelled = data(jobs_server, f"mutation($id: ID!) {{ cancelJob(id: $id) {{ {JOB_FIELDS} }} }}", {"id": started["id"]})["cancelJob"]
     assert cancelled["state"] == "CANCELLED" and cancelled["finishedAt"] is not None and "cancelled by" in cancelled["message"]
     done_then = cancelled["documentsDone"]
@@ -428,3 +437,48 @@ def job_of_database(url: str, job_id: str) -> dict[str, Any]:
             await conn.close()
 
     return asyncio.run(read())
+
+
+# -- the README's example --------------------------------------------------------------------
+
+
+def test_the_readme_curl_upload_runs_as_written(jobs_server: LiveServer, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Files and jobs") :]
+    command = re.search(r"```bash\n(curl .*?)\n# ", section, flags=re.S).group(1)
+    command = command.replace("localhost:8000", jobs_server.url, 1)
+    command = command.replace("curl -s ", f"curl -s -H 'Authorization: Bearer {ADMIN_KEY}' ", 1)
+    (tmp_path / "espresso-manual.pdf").write_bytes(minimal_pdf([["Descale the espresso machine every month."]]))
+    (tmp_path / "faq.jsonl").write_bytes(lines("faq", 40))
+    if not data(jobs_server, '{ collection(name: "manuals") { name } }')["collection"]:
+        create_collection(jobs_server, "manuals", chunking=True)
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    started = json.loads(done.stdout)["data"]["ingestFiles"]
+    assert started["documentsTotal"] == 41
+    job = wait_for_end(jobs_server, started["id"])
+    assert (job["state"], job["documentsDone"], job["documentsFailed"]) == ("SUCCEEDED", 41, 0)
+    manual = data(jobs_server, '{ document(collection: "manuals", id: "espresso-manual.pdf") { metadata } }')["document"]
+    assert manual["metadata"]["team"] == "support" and manual["metadata"]["pages"] == 1
+
+
+# -- the dashboard ---------------------------------------------------------------------------
+
+
+async def test_the_dashboard_shows_a_running_job_to_its_end(jobs_server: LiveServer) -> None:
+    from tests.support.browser import launch_chromium, offline_page
+
+    name = f"dash-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    async with launch_chromium() as chromium, offline_page(chromium) as (page, watch):
+        await page.add_init_script(f"sessionStorage.setItem('citadel-api-key', {json.dumps(ADMIN_KEY)})")
+        await page.goto(jobs_server.url + "/dashboard")
+        await page.locator("#connection[data-state=connected]").wait_for(timeout=30_000)
+        started = start_job(jobs_server, name, documents("db", 200))["data"]["startIngestJob"]
+        card = page.locator(f'article.job[data-job="{started["id"]}"]')
+        await card.wait_for(timeout=30_000)  # the subscription brought it: it was not there at load
+        await page.locator(f'article.job[data-job="{started["id"]}"][data-state="SUCCEEDED"]').wait_for(timeout=120_000)
+        text = await card.inner_text()
+        assert name in text and "200 of 200 (100.0%)" in text and "jobs-a" in text
+        assert await card.get_by_role("progressbar").get_attribute("aria-valuenow") == "100"
+        assert watch.off_host() == [] and watch.errors == []

@@ -58,7 +58,7 @@
   }
 
   function createView(job) {
-    var card = element("article", "model job");
+    var card = element("article", "job");
     card.setAttribute("data-job", job.id);
     var header = element("header", "model-header");
     var title = element("h2", "model-name", job.collection);
@@ -72,6 +72,7 @@
     progress.setAttribute("role", "progressbar");
     progress.setAttribute("aria-valuemin", "0");
     progress.setAttribute("aria-valuemax", "100");
+    progress.setAttribute("aria-label", "Documents of job " + job.id + " on " + job.collection);
     var fill = element("div", "progress-fill");
     progress.appendChild(fill);
     var facts = element("dl", "facts");
