@@ -137,7 +137,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         except Exception as exc:  # no Redis: job events stay on this replica
             logger.warning("job events stay on this replica: Redis pub/sub unavailable ({})", exc)
         stack.push_async_callback(job_bridge.close)
-        jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus)
+        jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus, models)
         await jobs.start()
         stack.push_async_callback(jobs.close)
 

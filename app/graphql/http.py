@@ -183,6 +183,14 @@ NO_PREFLIGHT = (
 UPLOAD_SPOOL_BYTES = 64 * 1024  # an uploaded file past this goes to a file under <data dir>/uploads
 
 
+def _declares_multipart(scope: Scope) -> bool:
+    """Whether the raw headers say multipart/form-data (no header dict built: every request asks)."""
+    for name, value in scope.get("headers") or ():
+        if name == b"content-type":
+            return value[:19].lower() == b"multipart/form-data"
+    return False
+
+
 def is_multipart(headers: Mapping[str, str]) -> bool:
     return (headers.get("content-type") or "").split(";")[0].strip().lower() == "multipart/form-data"
 
@@ -232,14 +240,13 @@ class GraphQLHttpEdge:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)  # type: ignore[misc]
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
-        upload = is_multipart(headers) and scope.get("method") == "POST"
+        upload = scope.get("method") == "POST" and _declares_multipart(scope)
         limit = self.max_upload_bytes if upload else self.max_body_bytes
         request = Request(scope, capped_receive(receive, limit, upload))
         try:
             refuse_declared_over(scope, limit, upload)
             response = await self.refuse_before_body(request)
-            if response is None and upload and not any((headers.get(h) or "").strip() for h in PREFLIGHT_HEADERS):
+            if response is None and upload and not any((request.headers.get(h) or "").strip() for h in PREFLIGHT_HEADERS):
                 response = error_response(400, NO_PREFLIGHT, "BAD_INPUT", request.headers)
             if response is None:
                 try:

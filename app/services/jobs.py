@@ -59,7 +59,7 @@ from app.settings import Settings
 
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
 MAX_JOBS_LISTED = 1_000
-RETRIES = 8  # a batch the model or a dependency could not take now is tried again, then the job fails
+RETRY_SECONDS = 600.0  # a batch the model or a dependency could not take now is tried again this long, then the job fails
 RETRYABLE = (Overloaded, DependencyUnavailable, Conflict, ModelUnavailable)
 
 
@@ -79,6 +79,7 @@ class JobService:
         embedder: Any,  # for the token count of one-document files
         keys: Any,  # app.services.keys.KeyService: the key that started a job, as it stands now
         bus: Any,  # app.adapters.job_events.JobEventBus
+        models: Any,  # ready_spec(name, wait=True): a resumed job waits for its model to load
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -87,6 +88,7 @@ class JobService:
         self.embedder = embedder
         self.keys = keys
         self.bus = bus
+        self.models = models
         self.replica = settings.replica
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
@@ -371,6 +373,10 @@ class JobService:
         collection = await self.documents.get_collection(job.collection)
         if collection is None:
             raise JobFailed(f"collection {job.collection!r} no longer exists")
+        try:  # e.g. after a restart, while the model loads: wait rather than spend the retries
+            await self.models.ready_spec(collection.model, wait=True)
+        except CitadelError as exc:
+            raise JobFailed(f"{exc.code}: {exc.message}") from exc
         start_bytes = [sum(s.bytes for s in job.sources[:i]) for i in range(len(job.sources))]
         for index in range(job.cursor_source, len(job.sources)):
             source = job.sources[index]
@@ -452,20 +458,22 @@ class JobService:
         return len(report.ids), report.failed, report.chunks, errors
 
     async def _ingest(self, job: Job, documents: list[dict[str, Any]]) -> Any:
-        for attempt in range(RETRIES):
+        deadline = time.monotonic() + RETRY_SECONDS
+        attempt = 0
+        while True:
             principal = await self.keys.principal_again(job.principal_kind, job.key_id)
             if principal is None:
                 raise JobFailed("the API key that started this job was revoked")
             try:
                 return await self.ingest.ingest(job.collection, documents, principal=principal)
             except RETRYABLE as exc:
-                if attempt == RETRIES - 1:
+                if time.monotonic() >= deadline:
                     raise JobFailed(f"{exc.code}: {exc.message}") from exc
                 logger.info("job {}: batch not taken now ({}), trying again", job.id, exc.code)
                 await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                attempt += 1
             except CitadelError as exc:  # FORBIDDEN, NOT_FOUND...: the job cannot go on
                 raise JobFailed(f"{exc.code}: {exc.message}") from exc
-        raise AssertionError("unreachable")
 
     async def _commit(
         self, job: Job, cursor_source: int, cursor_offset: int, done: int, failed: int, chunks: int,

@@ -63,7 +63,7 @@ async def job_service(stack: Stack, replica: str, embedder: Any = None, channel:
     ingest = ingest_service(stack, embedder or stack.embedder)
     service = JobService(
         settings, PostgresJobRepo(stack.repo.pool), stack.repo, ingest, stack.embedder,
-        KeyService(settings, ApiKeyRepo(stack.repo.pool)), bus,
+        KeyService(settings, ApiKeyRepo(stack.repo.pool)), bus, stack.models,
     )  # fmt: skip
     await service.start()
     try:
