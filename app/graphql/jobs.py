@@ -160,7 +160,7 @@ async def jobs(
     info: Info,
     collection: Annotated[Optional[str], strawberry.argument(description="Only this collection's jobs")] = None,
     state: Annotated[Optional[JobState], strawberry.argument(description="Only jobs in this state")] = None,
-    first: Annotated[Optional[int], strawberry.argument(description="How many, newest first (at most 1000)")] = 20,
+    first: Annotated[Optional[int], strawberry.argument(description="How many, newest first (at most 100)")] = 20,
 ) -> list[Job]:
     found = await info.context.services.jobs.list(
         info.context.principal, collection=collection, state=state, first=20 if first is None else first

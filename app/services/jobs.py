@@ -58,7 +58,7 @@ from app.services.model_progress import ProgressThrottle
 from app.settings import Settings
 
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
-MAX_JOBS_LISTED = 1_000
+MAX_JOBS_LISTED = 100
 RETRY_SECONDS = 600.0  # a batch the model or a dependency could not take now is tried again this long, then the job fails
 RETRYABLE = (Overloaded, DependencyUnavailable, Conflict, ModelUnavailable)
 
