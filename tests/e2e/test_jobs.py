@@ -482,3 +482,34 @@ async def test_the_dashboard_shows_a_running_job_to_its_end(jobs_server: LiveSer
         assert name in text and "200 of 200 (100.0%)" in text and "jobs-a" in text
         assert await card.get_by_role("progressbar").get_attribute("aria-valuenow") == "100"
         assert watch.off_host() == [] and watch.errors == []
+
+
+def test_malformed_multipart_requests_get_coded_400s(jobs_server: LiveServer) -> None:
+    name = f"hostile-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    ops = json.dumps({
+        "query": "mutation($f: [Upload!]!) { ingestFiles(collection: \"%s\", files: $f) { id } }" % name,
+        "variables": {"f": [None]},
+    })  # fmt: skip
+    cases = {
+        "map is not JSON": {"operations": ops, "map": "{not json"},
+        "operations is not JSON": {"operations": "{nope", "map": '{"0": ["variables.f.0"]}'},
+        "map names a path that is not there": {"operations": ops, "map": '{"0": ["variables.nothing.here"]}'},
+        "a file without its map entry": {"operations": ops, "map": "{}"},
+    }
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}", **PREFLIGHT}
+    for case, fields in cases.items():
+        response = httpx.post(
+            jobs_server.url + "/graphql", data=fields, files=[("0", ("a.txt", b"hello", "text/plain"))], headers=headers, timeout=60
+        )
+        assert response.status_code in (200, 400), (case, response.status_code, response.text)
+        assert codes(response.json()) and "INTERNAL" not in codes(response.json()), (case, response.text)
+    garbage = httpx.post(
+        jobs_server.url + "/graphql",
+        content=b"--x\r\nnot a part at all",
+        headers={**headers, "content-type": "multipart/form-data; boundary=x"},
+        timeout=60,
+    )
+    assert garbage.status_code == 400 and codes(garbage.json()) == ["BAD_INPUT"], garbage.text
+    assert data(jobs_server, f'{{ jobs(collection: "{name}") {{ id }} }}')["jobs"] == []
+    assert "Traceback" not in jobs_server.log_path.read_text(errors="replace")
