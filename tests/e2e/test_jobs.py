@@ -513,3 +513,46 @@ def test_malformed_multipart_requests_get_coded_400s(jobs_server: LiveServer) ->
     assert garbage.status_code == 400 and codes(garbage.json()) == ["BAD_INPUT"], garbage.text
     assert data(jobs_server, f'{{ jobs(collection: "{name}") {{ id }} }}')["jobs"] == []
     assert "Traceback" not in jobs_server.log_path.read_text(errors="replace")
+
+
+def test_a_tenant_bound_key_writes_only_its_tenant_and_sees_only_its_jobs(jobs_server: LiveServer) -> None:
+    name = f"tenant-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    acme = data(
+        jobs_server,
+        "mutation($i: ApiKeyInput!) { createApiKey(input: $i) { secret } }",
+        {"i": {"name": "acme", "scopes": ["WRITE"], "collections": [name], "filter": {"tenant": {"eq": "acme"}}}},
+    )["createApiKey"]["secret"]
+    admins = start_job(jobs_server, name, [{"id": "g1", "text": "Globex plans", "metadata": {"tenant": "globex"}}])
+    admin_job = admins["data"]["startIngestJob"]["id"]
+    assert wait_for_end(jobs_server, admin_job)["documentsDone"] == 1
+
+    mixed = [
+        {"id": "a1", "text": "Acme invoices", "metadata": {"tenant": "acme"}},
+        {"id": "b1", "text": "Globex invoices", "metadata": {"tenant": "globex"}},
+        {"id": "g1", "text": "Acme takes over globex's document", "metadata": {"tenant": "acme"}},
+    ]
+    own = start_job(jobs_server, name, mixed, key=acme)["data"]["startIngestJob"]["id"]
+    job = wait_for_end(jobs_server, own)
+    assert (job["state"], job["documentsDone"], job["documentsFailed"]) == ("SUCCEEDED", 1, 2)
+    assert [(e["index"], e["id"], e["code"]) for e in job["errors"]] == [(1, "b1", "FORBIDDEN"), (2, "g1", "FORBIDDEN")]
+    files = upload(jobs_server, name, [("memo.txt", b"An acme memo.", "text/plain")], metadata={"tenant": "acme"}, key=acme)
+    assert wait_for_end(jobs_server, files.json()["data"]["ingestFiles"]["id"])["documentsDone"] == 1
+
+    seen = {j["id"] for j in data(jobs_server, f'{{ jobs(collection: "{name}") {{ id }} }}', key=acme)["jobs"]}
+    assert own in seen and admin_job not in seen
+    assert data(jobs_server, f'{{ job(id: "{admin_job}") {{ id }} }}', key=acme)["job"] is None
+    assert codes(graphql(jobs_server, f'mutation {{ cancelJob(id: "{admin_job}") {{ id }} }}', key=acme)) == ["NOT_FOUND"]
+    text = data(jobs_server, f'{{ document(collection: "{name}", id: "g1") {{ text }} }}')["document"]["text"]
+    assert text == "Globex plans"
+
+
+def test_metadata_id_names_the_document_of_one_file(jobs_server: LiveServer) -> None:
+    name = f"named-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    response = upload(jobs_server, name, [("report.md", b"# Q3\n\nSales rose.", "text/markdown")], metadata={"id": "q3-report"})
+    assert wait_for_end(jobs_server, response.json()["data"]["ingestFiles"]["id"])["documentsDone"] == 1
+    document = data(jobs_server, f'{{ document(collection: "{name}", id: "q3-report") {{ metadata }} }}')["document"]
+    assert document["metadata"]["source"] == "report.md" and "id" not in document["metadata"]
+    two = upload(jobs_server, name, [("a.txt", b"a", "text/plain"), ("b.txt", b"b", "text/plain")], metadata={"id": "x"})
+    assert codes(two.json()) == ["BAD_INPUT"] and "one file" in two.json()["errors"][0]["message"]
