@@ -556,3 +556,18 @@ def test_metadata_id_names_the_document_of_one_file(jobs_server: LiveServer) -> 
     assert document["metadata"]["source"] == "report.md" and "id" not in document["metadata"]
     two = upload(jobs_server, name, [("a.txt", b"a", "text/plain"), ("b.txt", b"b", "text/plain")], metadata={"id": "x"})
     assert codes(two.json()) == ["BAD_INPUT"] and "one file" in two.json()["errors"][0]["message"]
+
+
+def test_revoking_the_key_stops_its_jobs(jobs_server: LiveServer) -> None:
+    name = f"revoked-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    created = data(
+        jobs_server,
+        "mutation($i: ApiKeyInput!) { createApiKey(input: $i) { secret key { id } } }",
+        {"i": {"name": "soon-revoked", "scopes": ["WRITE"], "collections": [name]}},
+    )["createApiKey"]
+    started = start_job(jobs_server, name, documents("rv", 3_000), key=created["secret"])["data"]["startIngestJob"]
+    poll(lambda: job_of(jobs_server, started["id"])["documentsDone"] >= BATCH, "the job commits a batch")
+    assert data(jobs_server, f'mutation {{ revokeApiKey(id: "{created["key"]["id"]}") }}')["revokeApiKey"] is True
+    job = wait_for_end(jobs_server, started["id"])
+    assert job["state"] == "FAILED" and "revoked" in job["message"] and job["documentsDone"] < 3_000

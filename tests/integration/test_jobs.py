@@ -44,14 +44,16 @@ async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
 
 
 @asynccontextmanager
-async def job_service(stack: Stack, replica: str, embedder: Any = None, channel: str | None = None) -> AsyncIterator[JobService]:
+async def job_service(
+    stack: Stack, replica: str, embedder: Any = None, channel: str | None = None, at_once: int = 2
+) -> AsyncIterator[JobService]:
     """A replica's JobService: its own data dir, the stack's database, events bridged by Redis
     on `channel` when given."""
     settings = stack.settings.model_copy(
         update={
             "replica_id": replica,
             "data_dir": stack.settings.data_dir / replica,
-            "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8}),
+            "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8, "jobs_at_once": at_once}),
             "downloads": stack.settings.downloads.model_copy(update={"progress_interval_seconds": 0.0}),
         }
     )
@@ -136,3 +138,31 @@ async def test_job_events_and_cancels_travel_between_replicas(stack: Stack) -> N
         stopped_at = (await a.get(job.id, INTERNAL)).documents_done
         assert stopped_at < 200
         assert not (a.jobs_dir / job.id).exists()
+
+
+async def test_jobs_past_the_replicas_slots_wait_queued_and_a_queued_job_cancels_without_running(stack: Stack) -> None:
+    name = "job-queue"
+    await stack.collections.create(name)
+    release = asyncio.Event()
+
+    async def held(texts: list[str]) -> None:
+        await release.wait()
+
+    async with job_service(stack, "queue", DelayedEmbedder(stack.embedder, random.Random(2), before=held), at_once=1) as service:
+        first = await service.start_documents(name, writes("a", [f"doc-{i:03d}" for i in range(20)]), principal=INTERNAL)
+        second = await service.start_documents(name, writes("b", [f"doc-{i:03d}" for i in range(20, 30)]), principal=INTERNAL)
+        third = await service.start_documents(name, writes("c", [f"doc-{i:03d}" for i in range(30, 40)]), principal=INTERNAL)
+        async with service.progress(first.id, None, INTERNAL) as changes:
+            async for change in changes:
+                if change.state is JobState.RUNNING:
+                    break
+        assert (await service.get(second.id, INTERNAL)).state is JobState.QUEUED
+        cancelled = await service.cancel(third.id, INTERNAL)
+        assert cancelled.state is JobState.CANCELLED
+        release.set()
+        assert (await final_state(service, first.id)).documents_done == 20
+        assert (await final_state(service, second.id)).documents_done == 10
+        third_now = await service.get(third.id, INTERNAL)
+        assert third_now.state is JobState.CANCELLED and third_now.documents_done == 0
+        assert not (service.jobs_dir / third.id).exists()
+    assert await stack.repo.count_documents(name) == 30
