@@ -149,6 +149,7 @@ class PostgresJobRepo:
         self,
         job_id: str,
         *,
+        after: tuple[int, int],
         cursor_source: int,
         cursor_offset: int,
         done: int,
@@ -159,8 +160,10 @@ class PostgresJobRepo:
         errors: Sequence[JobError],
         max_errors: int,
     ) -> Job | None:
-        """Add one batch's counts and move the cursor past it, only while the job is RUNNING;
-        errors are appended up to `max_errors` in all. None: the job is no longer RUNNING."""
+        """Add one batch's counts and move the cursor past it, only while the job is RUNNING and its
+        cursor is still `after` (the batch's start: a second runner of the same job, or a commit
+        applied before, never counts a batch twice); errors are appended up to `max_errors` in all.
+        None: the job is no longer RUNNING, or its cursor has moved."""
         new_errors = [e.__dict__ for e in errors]
         async with self._connection() as conn:
             record = await conn.fetchrow(
@@ -174,11 +177,11 @@ class PostgresJobRepo:
                                    SELECT e FROM jsonb_array_elements(errors || $9::jsonb) WITH ORDINALITY AS x(e, n)
                                    ORDER BY n LIMIT $10) capped) END,
                     updated_at = now()
-                WHERE id = $1 AND state = 'RUNNING'
+                WHERE id = $1 AND state = 'RUNNING' AND cursor_source = $11 AND cursor_offset = $12
                 RETURNING {_COLUMNS}
                 """,
                 uuid.UUID(job_id), cursor_source, cursor_offset, done, failed, chunks, bytes_done, seconds,
-                new_errors, max_errors,
+                new_errors, max_errors, after[0], after[1],
             )  # fmt: skip
         return _job(record) if record else None
 

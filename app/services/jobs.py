@@ -23,10 +23,10 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from loguru import logger
 from prometheus_client import Counter
@@ -57,6 +57,7 @@ from app.services.job_sources import (
 from app.services.model_progress import ProgressThrottle
 from app.settings import Settings
 
+T = TypeVar("T")
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
 MAX_JOBS_LISTED = 100
 RETRY_SECONDS = 600.0  # a batch the model or a dependency could not take now is tried again this long, then the job fails
@@ -324,21 +325,17 @@ class JobService:
         ended = False
         try:
             async with self._slots:
-                job = await self.repo.start(job_id)
-                if job is None:  # cancelled while queued
-                    ended = True
-                    return
-                self._publish(job, final=True)
-                finished = await self._ingest_all(job)
-                if finished is None:  # cancelled
-                    ended = True
-                    return
-                done = await self.repo.finish(job_id, JobState.SUCCEEDED, _summary(finished))
-                ended = True
-                if done is not None:
-                    JOBS_FINISHED.labels(JobState.SUCCEEDED.value).inc()
-                    logger.info("job {} succeeded: {}", job_id, done.message)
-                    self._publish(done, final=True)
+                pause = 1.0
+                while True:
+                    try:
+                        ended = await self._run_once(job_id)
+                        return
+                    except DependencyUnavailable as exc:
+                        # PostgreSQL out of reach between batches: go on from the last committed
+                        # batch once it answers, exactly as a restarted replica would.
+                        logger.warning("job {} paused ({}); resuming from its last committed batch in {:.0f} s", job_id, exc.message, pause)
+                        await asyncio.sleep(pause)
+                        pause = min(30.0, pause * 2)
         except asyncio.CancelledError:
             if job_id in self._cancelled:  # cancelJob: the job is CANCELLED already
                 ended = True
@@ -346,7 +343,7 @@ class JobService:
             raise  # shutting down: the job stays RUNNING and resumes at the next start
         except JobFailed as exc:
             ended = await self._fail(job_id, exc.message)
-        except Exception as exc:  # a bug, or PostgreSQL gone mid-job
+        except Exception as exc:  # a bug
             logger.exception("job {} failed", job_id)
             reason = exc.message if isinstance(exc, CitadelError) else type(exc).__name__
             ended = await self._fail(job_id, f"the job stopped: {reason}")
@@ -354,6 +351,27 @@ class JobService:
             self._cancelled.discard(job_id)
             if ended:
                 await asyncio.to_thread(shutil.rmtree, self.jobs_dir / job_id, True)
+
+    async def _run_once(self, job_id: str) -> bool:
+        """Run the job from its last committed batch; whether it ended (its files can go): False
+        when another runner of the same job moved its cursor first (it goes on there)."""
+        job = await self.repo.start(job_id)
+        if job is None:  # cancelled while queued, or ended meanwhile
+            return True
+        self._publish(job, final=True)
+        finished = await self._ingest_all(job)
+        if finished is None:
+            now = await self.repo.get(job_id)
+            if now is not None and not now.state.finished:
+                logger.warning("job {}: another runner committed its batch first; leaving the job to it", job_id)
+                return False
+            return True  # cancelled
+        done = await self.repo.finish(job_id, JobState.SUCCEEDED, _summary(finished))
+        if done is not None:
+            JOBS_FINISHED.labels(JobState.SUCCEEDED.value).inc()
+            logger.info("job {} succeeded: {}", job_id, done.message)
+            self._publish(done, final=True)
+        return True
 
     async def _fail(self, job_id: str, message: str) -> bool:
         try:
@@ -440,7 +458,7 @@ class JobService:
         if not text.strip():
             return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name} has no text to index")]
         if not collection.chunk_max_tokens and len(text) <= self.settings.limits.max_text_chars:
-            spans, window = await self.embedder.document_tokens(collection.model, [text])
+            spans, window = await self._retrying(job, lambda: self.embedder.document_tokens(collection.model, [text]))
             if len(spans[0]) > window:
                 message = (
                     f"{source.name} has {len(spans[0])} tokens; model {collection.model!r} reads {window}: the rest "
@@ -458,14 +476,22 @@ class JobService:
         return len(report.ids), report.failed, report.chunks, errors
 
     async def _ingest(self, job: Job, documents: list[dict[str, Any]]) -> Any:
-        deadline = time.monotonic() + RETRY_SECONDS
-        attempt = 0
-        while True:
+        async def ingest() -> Any:
             principal = await self.keys.principal_again(job.principal_kind, job.key_id)
             if principal is None:
                 raise JobFailed("the API key that started this job was revoked")
+            return await self.ingest.ingest(job.collection, documents, principal=principal)
+
+        return await self._retrying(job, ingest)
+
+    async def _retrying(self, job: Job, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, again while the model or a dependency cannot take it now (for up to
+        RETRY_SECONDS); JobFailed for any other refusal."""
+        deadline = time.monotonic() + RETRY_SECONDS
+        attempt = 0
+        while True:
             try:
-                return await self.ingest.ingest(job.collection, documents, principal=principal)
+                return await call()
             except RETRYABLE as exc:
                 if time.monotonic() >= deadline:
                     raise JobFailed(f"{exc.code}: {exc.message}") from exc
@@ -480,7 +506,7 @@ class JobService:
         bytes_done: int, seconds: float, errors: list[JobError],
     ) -> Job | None:
         committed = await self.repo.commit_batch(
-            job.id, cursor_source=cursor_source, cursor_offset=cursor_offset, done=done, failed=failed,
+            job.id, after=(job.cursor_source, job.cursor_offset), cursor_source=cursor_source, cursor_offset=cursor_offset, done=done, failed=failed,
             chunks=chunks, bytes_done=bytes_done, seconds=seconds, errors=errors,
             max_errors=self.settings.ingest.job_max_errors,
         )  # fmt: skip

@@ -166,3 +166,37 @@ async def test_jobs_past_the_replicas_slots_wait_queued_and_a_queued_job_cancels
         assert third_now.state is JobState.CANCELLED and third_now.documents_done == 0
         assert not (service.jobs_dir / third.id).exists()
     assert await stack.repo.count_documents(name) == 30
+
+
+async def test_two_runners_of_one_job_count_each_batch_once(stack: Stack) -> None:
+    """Two processes with the same replica id resume the same job at once: a batch's commit holds
+    only while the job's cursor is where that batch began, so the slower runner's batch is not
+    counted again (and it leaves the job to the other)."""
+    name = "job-twice"
+    await stack.collections.create(name)
+    release = asyncio.Event()
+
+    async def held(texts: list[str]) -> None:
+        await release.wait()
+
+    ids = [f"doc-{i:03d}" for i in range(40)]
+    async with job_service(stack, "same", DelayedEmbedder(stack.embedder, random.Random(3), before=held)) as first:
+        job = await first.start_documents(name, writes("a", ids), principal=INTERNAL)
+        async with first.progress(job.id, None, INTERNAL) as changes:
+            async for change in changes:
+                if change.state is JobState.RUNNING:
+                    break  # its first batch is held in the model
+        slow = DelayedEmbedder(stack.embedder, random.Random(4))  # a little slower: the first runner's batch lands meanwhile
+        async with job_service(stack, "same", slow) as second:  # resumes the RUNNING job of replica "same"
+            async with second.progress(job.id, None, INTERNAL) as changes:
+                async for change in changes:
+                    if change.documents_done >= 8:
+                        release.set()  # the first runner's batch goes on while the second runs
+                    ended = change
+            slower = first._tasks.get(job.id)
+            if slower is not None:
+                await asyncio.wait_for(slower, 60)
+    assert ended.state is JobState.SUCCEEDED
+    again = await PostgresJobRepo(stack.repo.pool).get(job.id)
+    assert (again.state, again.documents_done, again.documents_failed) == (JobState.SUCCEEDED, 40, 0)
+    assert await stack.repo.count_documents(name) == 40
