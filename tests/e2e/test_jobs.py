@@ -415,6 +415,13 @@ def test_a_job_resumes_after_kill_9_and_stores_each_document_once(tmp_path: Path
             assert list((tmp_path / "data" / "jobs" / job_id).iterdir())  # its file waits for the restart
 
             server.start()
+            resumed_from = before["documents_done"]
+            poll(lambda: job_of(server, job_id)["documentsDone"] >= resumed_from + 2 * BATCH, "the resumed job goes on")
+            assert server.stop() == 0  # Ctrl-C mid-job: a clean stop, the job left RUNNING to resume
+            assert job_of_database(url, job_id)["state"] == "RUNNING"
+            assert "Traceback" not in server.log_path.read_text(errors="replace")
+
+            server.start()
             job = wait_for_end(server, job_id)
             assert job["state"] == "SUCCEEDED", job
             assert (job["documentsDone"], job["documentsFailed"], job["documentsTotal"]) == (total, 0, total)
