@@ -62,6 +62,9 @@ class Principal:
     last_used_at: datetime | None = None
     reason: str = ""
     tenant: FilterNode | None = field(default=None, compare=False)
+    # Whose share of the model its work takes, when not its key's: a background job is a caller
+    # of its own, so the key's interactive requests are served fairly beside it.
+    fair_key: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.filter is not None and self.tenant is None:

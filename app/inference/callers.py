@@ -34,7 +34,10 @@ class Share:
 
 
 def fair_key_of(principal: Principal) -> str:
-    """Whose share of the model a call uses: its key, else its client's address."""
+    """Whose share of the model a call uses: its own when it has one (a job), else its key, else
+    its client's address."""
+    if principal.fair_key:
+        return principal.fair_key
     if principal.key_id:
         return f"key:{principal.key_id}"
     if principal.kind == "env":

@@ -19,6 +19,7 @@ background on the replica that took them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import time
@@ -43,7 +44,6 @@ from app.domain.jobs import (
     JobState,
 )
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, ModelUnavailable, NotFound, Overloaded
-from app.inference.callers import CLIENT_ADDRESS
 from app.services.ingest import MAX_ID_CHARS
 from app.services.job_sources import (
     SourceProblem,
@@ -319,9 +319,6 @@ class JobService:
             self._throttle.forget((job.id, ""))
 
     async def _run(self, job_id: str) -> None:
-        # Anonymous callers share the model by client address: a job is a caller of its own, so
-        # the fair queue serves interactive requests beside it.
-        CLIENT_ADDRESS.set(f"job:{job_id}")
         ended = False
         try:
             async with self._slots:
@@ -480,7 +477,9 @@ class JobService:
             principal = await self.keys.principal_again(job.principal_kind, job.key_id)
             if principal is None:
                 raise JobFailed("the API key that started this job was revoked")
-            return await self.ingest.ingest(job.collection, documents, principal=principal)
+            # The job's own share of the model: the key's interactive calls are served beside it.
+            as_job = dataclasses.replace(principal, fair_key=f"job:{job.id}")
+            return await self.ingest.ingest(job.collection, documents, principal=as_job)
 
         return await self._retrying(job, ingest)
 

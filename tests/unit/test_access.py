@@ -193,3 +193,16 @@ def test_a_document_a_tenant_may_write_is_in_no_other_tenants_view(metadata, wri
                 if other != writer:
                     assert not key("READ", filter={path: {"eq": other}}).owns(metadata)
                     assert not key("READ", filter={path: {"in": [other, "nobody"]}}).owns(metadata)
+
+
+def test_a_principal_may_carry_a_share_of_its_own() -> None:
+    """A background job's calls take the job's share of the model, not its key's (fair_key_of)."""
+    from dataclasses import replace
+
+    from app.inference.callers import fair_key_of
+
+    key = Principal(kind="key", key_id="k1", scopes=frozenset({Scope.WRITE}), filter={"tenant": {"eq": "acme"}})
+    job = replace(key, fair_key="job:42")
+    assert fair_key_of(key) == "key:k1" and fair_key_of(job) == "job:42"
+    assert job.tenant is not None and job.may_write({"tenant": "acme"}) and not job.may_write({"tenant": "globex"})
+    assert job == key  # the same caller for every access check
