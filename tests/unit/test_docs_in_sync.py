@@ -38,6 +38,19 @@ def test_api_contract_names_are_present():
         "deleteDocuments(collection: String!, ids: [ID!]!): Int!",
         "bytesDone: Long!",
         "documentCount: Long!",
+        # Jobs (issue 24): the names and types its contract fixes.
+        "enum JobKind { INGEST REINDEX }",
+        "enum JobState { QUEUED RUNNING SUCCEEDED FAILED CANCELLED }",
+        "type Job { id: ID! kind: JobKind! collection: String! state: JobState! documentsTotal: Long documentsDone: Long! "
+        "documentsFailed: Long! chunksDone: Long! bytesTotal: Long bytesDone: Long! percent: Float documentsPerSecond: Float "
+        "message: String replica: String! createdAt: DateTime! updatedAt: DateTime! finishedAt: DateTime errors(first: Int = 20): [IngestError!]! }",
+        "ingestFiles(collection: String! files: [Upload!]! metadata: JSON = null): Job!",
+        "startIngestJob(collection: String! documents: [DocumentInput!]!): Job!",
+        "cancelJob(id: ID!): Job!",
+        "job(id: ID!): Job",
+        "jobs(collection: String = null state: JobState = null first: Int = 20): [Job!]!",
+        "jobProgress(id: ID = null collection: String = null): Job!",
+        "scalar Upload",
     ):
         assert signatures(name) in sdl, name
 
