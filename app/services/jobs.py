@@ -211,7 +211,9 @@ class JobService:
         job = await self.repo.create(
             job_id, JobKind.INGEST, collection, self.replica, principal.kind, principal.key_id, sources, metadata
         )
-        logger.info("job {} on {}: {} documents in {} files, by {}", job_id, collection, job.documents_total, len(sources), principal.label)
+        logger.info(
+            "job {} on {}: {} documents in {} files, by {}", job_id, collection, job.documents_total, len(sources), principal.label
+        )
         self._publish(job, final=True)
         self._launch(job.id)
         return job
@@ -330,7 +332,9 @@ class JobService:
                     except DependencyUnavailable as exc:
                         # PostgreSQL out of reach between batches: go on from the last committed
                         # batch once it answers, exactly as a restarted replica would.
-                        logger.warning("job {} paused ({}); resuming from its last committed batch in {:.0f} s", job_id, exc.message, pause)
+                        logger.warning(
+                            "job {} paused ({}); resuming from its last committed batch in {:.0f} s", job_id, exc.message, pause
+                        )
                         await asyncio.sleep(pause)
                         pause = min(30.0, pause * 2)
         except asyncio.CancelledError:
@@ -413,7 +417,8 @@ class JobService:
                         if isinstance(item, SourceProblem):
                             errors.append(JobError(ordinal, None, BadInput.code, f"{source.name} line: {item}"))
                         elif not isinstance(item, dict):
-                            errors.append(JobError(ordinal, None, BadInput.code, f"{source.name}: a line must be a JSON object (a DocumentInput)"))
+                            message = f"{source.name}: a line must be a JSON object (a DocumentInput)"
+                            errors.append(JobError(ordinal, None, BadInput.code, message))
                         else:
                             documents.append(_line_document(item, job.metadata))
                             positions.append(ordinal)
@@ -505,8 +510,9 @@ class JobService:
         bytes_done: int, seconds: float, errors: list[JobError],
     ) -> Job | None:
         committed = await self.repo.commit_batch(
-            job.id, after=(job.cursor_source, job.cursor_offset), cursor_source=cursor_source, cursor_offset=cursor_offset, done=done, failed=failed,
-            chunks=chunks, bytes_done=bytes_done, seconds=seconds, errors=errors,
+            job.id, after=(job.cursor_source, job.cursor_offset), cursor_source=cursor_source,
+            cursor_offset=cursor_offset, done=done, failed=failed, chunks=chunks, bytes_done=bytes_done,
+            seconds=seconds, errors=errors,
             max_errors=self.settings.ingest.job_max_errors,
         )  # fmt: skip
         if committed is not None:
