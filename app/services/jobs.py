@@ -96,6 +96,7 @@ class JobService:
         self._slots = asyncio.Semaphore(settings.ingest.jobs_at_once)
         self._throttle = ProgressThrottle(settings.downloads.progress_interval_seconds)
         self._closing = False
+        self._resumer: asyncio.Task[None] | None = None
         bus.observe(self._on_event)
 
     @property
@@ -109,25 +110,39 @@ class JobService:
     # -- life ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume this replica's unfinished jobs and remove the files of jobs that ended."""
+        """Resume this replica's unfinished jobs, and remove the files of jobs that ended, in the
+        background: a start never waits for PostgreSQL (while it is out of reach, this retries)."""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            active = await self.repo.active_ids()
-            mine = await self.repo.active_on(self.replica)
-        except CitadelError as exc:
-            logger.warning("jobs not resumed now ({}): they resume when this replica next starts", exc.message)
-            return
-        for leftover in self.jobs_dir.iterdir():
+        # Only what an earlier process left is swept: a job this one creates meanwhile has its
+        # directory before its row, and must keep it.
+        left = [d for d in self.jobs_dir.iterdir()]
+        self._resumer = asyncio.create_task(self._resume(left), name="citadel-jobs-resume")
+
+    async def _resume(self, left: list[Path]) -> None:
+        pause = 1.0
+        while True:
+            try:
+                active = await self.repo.active_ids()
+                mine = await self.repo.active_on(self.replica)
+                break
+            except CitadelError as exc:
+                log = logger.warning if pause == 1.0 else logger.debug
+                log("jobs of this replica not resumed yet ({}): trying again until PostgreSQL answers", exc.message)
+                await asyncio.sleep(pause)
+                pause = min(30.0, pause * 2)
+        for leftover in left:
             if leftover.name not in active:
                 await asyncio.to_thread(shutil.rmtree, leftover, True)
         for job in mine:
+            if job.id in self._tasks:  # started by this process meanwhile
+                continue
             logger.info("resuming job {} ({} of {} documents done)", job.id, job.documents_seen, job.documents_total)
             self._launch(job.id)
 
     async def close(self) -> None:
         """Stop the tasks; their jobs stay RUNNING in PostgreSQL and resume at the next start."""
         self._closing = True
-        tasks = list(self._tasks.values())
+        tasks = [t for t in (self._resumer, *self._tasks.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
