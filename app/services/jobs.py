@@ -5,11 +5,15 @@ background on the replica that took them.
   of startIngestJob written there as JSON Lines), removed when the job ends.
 - Batches of `CITADEL_INGEST__JOB_BATCH_DOCUMENTS` go through IngestService.ingest, the path of the
   `ingest` mutation (grants, tenant filters, versioned writes, the fair queue), as the key that
-  started the job, re-read before every batch (a revoked key stops its jobs). Each batch's counts,
-  errors and the cursor past it are one UPDATE that holds only while the job is RUNNING.
-- A replica resumes its own QUEUED and RUNNING jobs when it starts, from the cursor: a batch cut
-  short by a crash is ingested again, which writes nothing new (same ids, same content) and is
-  counted once, with the commit that moves the cursor.
+  started the job, re-read before every batch (a revoked key stops its jobs), with a share of the
+  model of the job's own (Principal.fair_key), so the key's interactive calls are served beside
+  it. Each batch's counts, errors and the cursor past it are one UPDATE that holds only while the
+  job is RUNNING and its cursor is still where the batch began (a second runner never counts a
+  batch twice).
+- A replica resumes its own QUEUED and RUNNING jobs when it starts (in the background, once
+  PostgreSQL answers), from the cursor: a batch cut short by a crash is ingested again, which
+  writes nothing new (same ids, same content) and is counted once, with the commit that moves the
+  cursor. PostgreSQL out of reach mid-job pauses it the same way.
 - cancelJob marks the job CANCELLED in PostgreSQL and publishes it; the replica running it (this
   one, or another through Redis) cancels its task at once.
 - Every change is published as the job's whole state (app/adapters/job_events.py), throttled like

@@ -152,3 +152,28 @@ def test_a_job_travels_as_json_unchanged() -> None:
     job = _job(finished_at=dt.datetime.now(dt.timezone.utc), state=JobState.CANCELLED)
     back = Job.from_json(job.to_json())
     assert back == job
+
+
+def test_job_events_are_throttled_like_download_progress_and_state_changes_always_pass() -> None:
+    from app.services.jobs import JobService
+    from app.settings import DownloadSettings, Settings
+
+    class Bus:
+        def __init__(self) -> None:
+            self.published: list[Job] = []
+
+        def observe(self, listener) -> None:
+            pass
+
+        def publish(self, job: Job) -> Job:
+            self.published.append(job)
+            return job
+
+    bus = Bus()
+    settings = Settings(_env_file=None, downloads=DownloadSettings(progress_interval_seconds=3600))  # type: ignore[call-arg]
+    service = JobService(settings, None, None, None, None, None, bus, None)
+    service._publish(_job(state=JobState.RUNNING), final=True)  # started: a state change
+    for done in range(4, 9):
+        service._publish(_job(documents_done=done))  # progress within the interval: held back
+    service._publish(_job(state=JobState.SUCCEEDED, documents_done=10))
+    assert [(j.state, j.documents_done) for j in bus.published] == [(JobState.RUNNING, 3), (JobState.SUCCEEDED, 10)]
