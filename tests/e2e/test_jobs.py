@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -578,3 +579,41 @@ def test_revoking_the_key_stops_its_jobs(jobs_server: LiveServer) -> None:
     assert data(jobs_server, f'mutation {{ revokeApiKey(id: "{created["key"]["id"]}") }}')["revokeApiKey"] is True
     job = wait_for_end(jobs_server, started["id"])
     assert job["state"] == "FAILED" and "revoked" in job["message"] and job["documentsDone"] < 3_000
+
+
+def test_the_readme_apollo_upload_client_snippet_runs_in_node(jobs_server: LiveServer, tmp_path: Path) -> None:
+    """The README's Apollo Client snippet, as written but for the address, the key and the files
+    (a browser's <input> becomes File objects), with the npm packages it names, in Node."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js/npm are not installed: the JavaScript client cannot run here")
+    installed = subprocess.run(
+        ["npm", "install", "--silent", "--no-audit", "--no-fund", "@apollo/client@4", "graphql@16", "rxjs@7", "apollo-upload-client@20"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        pytest.skip(f"npm could not install the client (no registry?): {installed.stderr[-500:]}")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Files and jobs") :]
+    snippet = re.search(r"```js\n(.*?)```", section, flags=re.S).group(1)
+    replaced = {
+        "http://127.0.0.1:8000/graphql": jobs_server.url + "/graphql",
+        "Bearer ctd_...": f"Bearer {ADMIN_KEY}",
+        '[...document.querySelector("input[type=file]").files]': (
+            '[new File(["# Grinder\\n\\nClean the burrs of the GR-2210 grinder weekly."], "grinder.md", { type: "text/markdown" }),'
+            f" new File([{json.dumps(lines('apollo', 5).decode())}], \"more.jsonl\", {{ type: \"application/x-ndjson\" }})]"
+        ),
+    }
+    for old, new in replaced.items():
+        assert old in snippet, old
+        snippet = snippet.replace(old, new)
+    (tmp_path / "snippet.mjs").write_text(snippet + "\nconsole.log(JSON.stringify({ data, progress }));\n")
+    if not data(jobs_server, '{ collection(name: "manuals") { name } }')["collection"]:
+        create_collection(jobs_server, "manuals", chunking=True)
+    done = subprocess.run(["node", "snippet.mjs"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["data"]["ingestFiles"]["documentsTotal"] == 6
+    assert out["progress"]["job"]["state"] in ("QUEUED", "RUNNING", "SUCCEEDED")
+    job = wait_for_end(jobs_server, out["data"]["ingestFiles"]["id"])
+    assert (job["state"], job["documentsDone"], job["documentsFailed"]) == ("SUCCEEDED", 6, 0)
+    assert hits(jobs_server, "manuals", "GR-2210", "KEYWORD")[:1] == ["grinder.md"]
