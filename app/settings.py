@@ -99,6 +99,7 @@ class LimitSettings(BaseModel):
     max_rerank_documents: int = Field(1_000, ge=1, description="Most documents in one rerank call (`rerank`, /v1/rerank, /rerank) and most `candidates` of `search(rerank:)`")
     max_scan_points: int = Field(100_000, ge=0, description="Most points or rows one request may read by scanning where no index answers (facets of fields outside indexedFields, a tenant-bound key's document counts and pages): facets and counts over it are BAD_INPUT before the scan, pages stop early with a cursor (0: no limit)")
     max_upload_bytes: int = Field(1 << 30, ge=1, description="Largest multipart request to /graphql (ingestFiles: every file and the operation together); it is streamed to disk under the data dir, never held in memory, and a larger one is HTTP 413 (BAD_INPUT) before it is read when its Content-Length says so, else as soon as it passes the limit")
+    max_file_chars: int = Field(2_000_000, ge=1, description="Longest text of one uploaded text, Markdown, HTML or PDF file (ingestFiles: one document each, chunked by its collection's chunking); other documents keep max_text_chars")
 
 
 class InferenceSettings(BaseModel):

@@ -71,10 +71,11 @@ class ValidDocument:
 
 
 def validate_documents(
-    settings: Settings, documents: Sequence[Any], dimensions: int | None = None
+    settings: Settings, documents: Sequence[Any], dimensions: int | None = None, max_text_chars: int | None = None
 ) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
     """Split a call's documents into valid ones and per-document errors; BadInput for the call.
-    dimensions: the collection's, which a document's own vector must have."""
+    dimensions: the collection's, which a document's own vector must have; max_text_chars: the
+    longest text, when not CITADEL_LIMITS__MAX_TEXT_CHARS (a job's one-document files)."""
     limit = settings.limits.max_documents_per_ingest
     if not isinstance(documents, (list, tuple)):
         raise BadInput("documents must be a list")
@@ -86,7 +87,7 @@ def validate_documents(
     for index, raw in enumerate(documents):
         given_id = raw.get("id") if isinstance(raw, Mapping) else None
         try:
-            doc = _validate_one(settings, index, raw, dimensions)
+            doc = _validate_one(settings, index, raw, dimensions, max_text_chars)
         except BadInput as exc:
             errors.append(IngestErrorItem(index, _printable_id(given_id), exc.code, exc.message))
             continue
@@ -105,13 +106,15 @@ def validate_documents(
     return valid, errors
 
 
-def _validate_one(settings: Settings, index: int, raw: Any, dimensions: int | None = None) -> ValidDocument:
+def _validate_one(
+    settings: Settings, index: int, raw: Any, dimensions: int | None = None, max_text_chars: int | None = None
+) -> ValidDocument:
     if not isinstance(raw, Mapping):
         raise BadInput("a document must be an object with text, and optionally id and metadata")
     text = raw.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadInput("text is missing or blank")
-    max_chars = settings.limits.max_text_chars
+    max_chars = max_text_chars or settings.limits.max_text_chars
     if len(text) > max_chars:
         raise BadInput(f"text has {len(text)} characters; at most {max_chars}")
     _check_storable(text, "text")
@@ -221,11 +224,13 @@ class IngestService:
         self.models = models
 
     async def ingest(
-        self, collection: str, documents: Sequence[Any], *, principal: Principal = INTERNAL
+        self, collection: str, documents: Sequence[Any], *, principal: Principal = INTERNAL, max_text_chars: int | None = None
     ) -> IngestReport:
+        """max_text_chars: the longest text, when not CITADEL_LIMITS__MAX_TEXT_CHARS (the files of a
+        job: CITADEL_LIMITS__MAX_FILE_CHARS)."""
         principal.require(Scope.WRITE, collection)
         row = await self.repo.require_collection(collection)
-        valid, errors = validate_documents(self.settings, documents, int(row.dimensions))
+        valid, errors = validate_documents(self.settings, documents, int(row.dimensions), max_text_chars)
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
         if principal.tenant is not None:

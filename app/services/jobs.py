@@ -478,7 +478,7 @@ class JobService:
             return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name}: {exc}")]
         if not text.strip():
             return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name} has no text to index")]
-        if not collection.chunk_max_tokens and len(text) <= self.settings.limits.max_text_chars:
+        if not collection.chunk_max_tokens and len(text) <= self.settings.limits.max_file_chars:
             spans, window = await self._retrying(job, lambda: self.embedder.document_tokens(collection.model, [text]))
             if len(spans[0]) > window:
                 message = (
@@ -492,18 +492,18 @@ class JobService:
             "text": text,
             "metadata": {"source": source.name, "contentType": source.content_type, "bytes": source.bytes, **extra, **metadata},
         }
-        report = await self._ingest(job, [document])
+        report = await self._ingest(job, [document], max_text_chars=self.settings.limits.max_file_chars)
         errors = [JobError(ordinal, e.id, e.code, e.message) for e in report.errors]
         return len(report.ids), report.failed, report.chunks, errors
 
-    async def _ingest(self, job: Job, documents: list[dict[str, Any]]) -> Any:
+    async def _ingest(self, job: Job, documents: list[dict[str, Any]], max_text_chars: int | None = None) -> Any:
         async def ingest() -> Any:
             principal = await self.keys.principal_again(job.principal_kind, job.key_id)
             if principal is None:
                 raise JobFailed("the API key that started this job was revoked")
             # The job's own share of the model: the key's interactive calls are served beside it.
             as_job = dataclasses.replace(principal, fair_key=f"job:{job.id}")
-            return await self.ingest.ingest(job.collection, documents, principal=as_job)
+            return await self.ingest.ingest(job.collection, documents, principal=as_job, max_text_chars=max_text_chars)
 
         return await self._retrying(job, ingest)
 

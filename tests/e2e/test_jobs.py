@@ -617,3 +617,19 @@ def test_the_readme_apollo_upload_client_snippet_runs_in_node(jobs_server: LiveS
     job = wait_for_end(jobs_server, out["data"]["ingestFiles"]["id"])
     assert (job["state"], job["documentsDone"], job["documentsFailed"]) == ("SUCCEEDED", 6, 0)
     assert hits(jobs_server, "manuals", "GR-2210", "KEYWORD")[:1] == ["grinder.md"]
+
+
+def test_a_long_file_is_chunked_whole_past_the_text_limit_of_one_document(jobs_server: LiveServer) -> None:
+    name = f"long-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name, chunking=True)
+    paragraphs = [f"Section {i}. The maintenance log records routine checks of pump {i} and its seals." for i in range(700)]
+    paragraphs.append("Appendix. The last page names the spare part KW-9931-Z for the outlet valve.")
+    text = "\n\n".join(paragraphs).encode()
+    assert len(text) > 2 * 20_000  # past CITADEL_LIMITS__MAX_TEXT_CHARS, the limit of one ingested document
+    response = upload(jobs_server, name, [("log.txt", text, "text/plain")])
+    job = wait_for_end(jobs_server, response.json()["data"]["ingestFiles"]["id"])
+    assert (job["state"], job["documentsDone"], job["documentsFailed"]) == ("SUCCEEDED", 1, 0), job
+    assert job["chunksDone"] > 50  # one vector point per chunk of 96 tokens
+    assert hits(jobs_server, name, "KW-9931-Z", "KEYWORD") == ["log.txt"]  # its last chunk was indexed
+    stored = data(jobs_server, f'{{ document(collection: "{name}", id: "log.txt") {{ text }} }}')["document"]["text"]
+    assert stored == text.decode()
