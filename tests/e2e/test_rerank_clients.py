@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import bundled_server
-from tests.e2e.test_langchain_llamaindex import NoInternet
+from tests.support.no_internet import NoInternet
 from tests.support.cross_encoders import (  # noqa: F401  (a session fixture; cross_encoder_dir: conftest)
     DOCUMENTS,
     QUERY,
