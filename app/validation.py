@@ -1,4 +1,4 @@
-"""What every client string must be before it reaches PostgreSQL, Redis or Qdrant.
+"""What every client string (and vector) must be before it reaches PostgreSQL, Redis or Qdrant.
 
 PostgreSQL `text`/`jsonb` refuse NUL and cannot encode an unpaired surrogate; the cache hashes
 UTF-8 bytes. One definition here, used by the GraphQL edge and by services that take lists item
@@ -8,8 +8,11 @@ BAD_INPUT naming the argument.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from app.errors import BadInput
 
@@ -62,3 +65,25 @@ def check_value(
                     stack.append((child, f"{path}.{key}", depth + 1))
             else:
                 stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+
+
+def check_vector(values: Any, dimensions: int | None, what: str = "vector") -> np.ndarray:
+    """A client's vector (a document's own embedding, or a search's query vector) as float32: a list
+    of finite numbers, or an array already decoded, with exactly `dimensions` entries (None: any),
+    not all zero (it has no direction: cosine cannot use it, and no model embeds text as zeros)."""
+    if isinstance(values, np.ndarray):
+        array = values.astype("<f4", copy=False)
+    elif isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        array = np.asarray(values, dtype="<f4")
+    else:
+        raise BadInput(f"{what} must be a list of numbers")
+    if dimensions is not None and array.shape != (dimensions,):
+        raise BadInput(f"{what} has {array.size} dimensions; the collection's model has {dimensions}")
+    # The norm in float32, as the store normalises: values that overflow it have no usable direction either.
+    with np.errstate(over="ignore"):
+        norm = float(np.sqrt(np.square(array).sum(dtype=np.float32)))
+    if not np.isfinite(array).all() or not math.isfinite(norm):
+        raise BadInput(f"{what} must hold finite numbers only (no NaN, infinity or values too large)")
+    if not array.any():
+        raise BadInput(f"{what} is all zeros: it has no direction to store or search by")
+    return array

@@ -6,14 +6,10 @@ writes are checked with it (app.domain.access); the contract tests check the ada
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
 
-from app.domain.filters import And, Eq, Exists, FilterNode, In, Not, Or, Range, Scalar
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+from app.domain.filters import And, Eq, Exists, FilterNode, In, Not, Or, Range, Scalar, as_utc
 
 
 
@@ -191,7 +187,7 @@ def parse_payload_datetime(value: str) -> datetime | None:
     text = _LONG_FRACTION.sub(r"\1", value.lstrip())
     for fmt in _PAYLOAD_DATETIME_FORMATS:
         try:
-            return _utc(datetime.strptime(text, fmt))
+            return as_utc(datetime.strptime(text, fmt))
         except ValueError:
             continue
     return None

@@ -233,12 +233,12 @@ def _bound(value: Any, at: str) -> Bound:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise BadInput(f"{at}: {value[:64]!r} is not a number or an ISO-8601 datetime") from None
-        return _utc(parsed)
+        return as_utc(parsed)
     raise BadInput(f"{at}: expected a number or an ISO-8601 datetime, got {_json_type(value)}")
 
 
-def _utc(dt: datetime) -> datetime:
-    # Qdrant reads a datetime without a zone as UTC; so do we.
+def as_utc(dt: datetime) -> datetime:
+    """Qdrant reads a datetime without a zone as UTC; so do the filters and their matcher."""
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 

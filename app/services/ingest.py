@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 import base64
 import binascii
-import math
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from app.services.collections import bound_model
 from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
 from app.services.indexing import IndexOutcome, ToIndex, index_documents, remove_points
 from app.settings import Settings
-from app.validation import MAX_NAME_CHARS, string_problem
+from app.validation import MAX_NAME_CHARS, check_vector, string_problem
 
 MAX_ID_CHARS = MAX_NAME_CHARS
 TRUNCATED = "TRUNCATED"  # warning code: a text longer than the model's window, embedded from its start
@@ -166,20 +165,8 @@ def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | Non
             raw = b""
         if not raw or len(raw) % 4:
             raise BadInput("vectorBase64 is not base64 of little-endian float32 values")
-        array = np.frombuffer(raw, dtype="<f4")
-    else:
-        if not isinstance(values, (list, tuple)) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
-        ):
-            raise BadInput("vector must be a list of numbers")
-        array = np.asarray(values, dtype="<f4")
-    if dimensions is not None and array.shape != (dimensions,):
-        raise BadInput(f"vector has {array.size} dimensions; the collection's model has {dimensions}")
-    if not np.isfinite(array).all():
-        raise BadInput("vector contains NaN or infinity")
-    if not math.isfinite(float(np.linalg.norm(array.astype(np.float64)))) or not array.any():
-        raise BadInput("vector is all zeros or too large")  # no direction: cosine search could not use it
-    return array.tobytes()
+        return check_vector(np.frombuffer(raw, dtype="<f4"), dimensions, "vectorBase64").tobytes()
+    return check_vector(values, dimensions).tobytes()
 
 
 def _check_storable(value: str, what: str) -> None:

@@ -45,6 +45,7 @@ from app.domain.vectors import (
 from app.errors import BadInput, ModelUnavailable, NotFound
 from app.services.collections import bound_model
 from app.settings import Settings
+from app.validation import check_vector
 
 SEARCH_SECONDS = Histogram(
     "citadel_search_duration_seconds",
@@ -504,12 +505,10 @@ class SearchService:
 
     @staticmethod
     def _check_vector(vector: Sequence[float], dimensions: int) -> list[float]:
-        values = list(vector)
-        if len(values) != dimensions:
-            raise BadInput(f"vector has {len(values)} dimensions; the collection has {dimensions}", field="vector")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-            raise BadInput("vector must hold finite numbers only", field="vector")
-        return [float(v) for v in values]
+        try:
+            return check_vector(list(vector), dimensions).tolist()
+        except BadInput as exc:
+            raise BadInput(exc.message, field="vector") from None
 
     def _check_query(self, query: Any) -> None:
         if not isinstance(query, str) or not query.strip():

@@ -37,7 +37,11 @@ def test_scopes_are_levels(held, needed, allowed):
 
 
 def test_highest_of_several_scopes_counts():
-    key("READ", "ADMIN").require(Scope.WRITE)
+    both = key("READ", "ADMIN")
+    assert both.level == Scope.ADMIN.level and both.is_admin
+    both.require(Scope.WRITE)  # no Forbidden: ADMIN covers WRITE
+    with pytest.raises(Forbidden):
+        key("READ").require(Scope.WRITE)
 
 
 def test_collection_grants():

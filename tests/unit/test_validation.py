@@ -91,3 +91,37 @@ def test_limits_past_the_body_limit_are_said_at_startup():
         assert [m for m in messages if "MAX_BODY_BYTES" in m and "413" in m]
     finally:
         logger.remove(sink)
+
+
+@pytest.mark.parametrize(
+    "values,problem",
+    [
+        ([0.0, 0.0, 0.0], "all zeros"),
+        ([1.0, float("nan"), 0.0], "finite"),
+        ([1.0, float("inf"), 0.0], "finite"),
+        ([3e38, 3e38, 3e38], "finite"),  # each fits float32, the norm does not
+        ([1.0, 2.0], "2 dimensions"),
+        ([1.0, True, 0.0], "list of numbers"),
+        ("1,2,3", "list of numbers"),
+    ],
+)
+def test_one_vector_rule_for_documents_and_queries(values, problem):
+    from app.services.ingest import own_vector
+    from app.services.search import SearchService
+    from app.validation import check_vector
+
+    messages = []
+    for check in (lambda: check_vector(values, 3), lambda: own_vector(values, None, 3), lambda: SearchService._check_vector(values, 3)):
+        with pytest.raises(BadInput) as caught:
+            check()
+        messages.append(caught.value.message)
+    assert problem in messages[0]
+    assert len(set(messages)) == 1, messages  # ingest and search refuse it the same way
+
+
+def test_a_good_vector_passes_as_float32():
+    from app.services.search import SearchService
+    from app.validation import check_vector
+
+    assert check_vector([1, 0.5, -2], 3).dtype == "<f4"
+    assert SearchService._check_vector([1, 0.5, -2], 3) == [1.0, 0.5, -2.0]
