@@ -192,7 +192,7 @@ async def test_search_returns_the_top_limit_of_its_candidates_by_cross_encoder(
     page = await service.search(stack.search, "manuals", QUERY, RerankRequest(RERANKER, candidates), limit=2, offset=1)
     assert [h.id for h in page.outcome.hits] == best[1:3]
     with pytest.raises(BadInput, match="text query"):
-        await service.search(stack.search, "manuals", None, RerankRequest(), vector=[0.0] * 384)
+        await service.search(stack.search, "manuals", None, RerankRequest(), vector=[0.1] * 384)
     with pytest.raises(BadInput, match="candidates"):
         await service.search(stack.search, "manuals", QUERY, RerankRequest(RERANKER, 0))
 

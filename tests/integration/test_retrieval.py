@@ -68,7 +68,7 @@ async def test_keyword_modes_are_refused_clearly(stack):
         await stack.search.search("plain", query="cat", mode="KEYWORD")
     assert (await stack.search.search("plain", query="cat")).hits  # SEMANTIC still works
     with pytest.raises(BadInput, match="text query"):
-        await stack.search.search("plain", vector=[0.0] * 384, mode="HYBRID")
+        await stack.search.search("plain", vector=[0.1] * 384, mode="HYBRID")
     with pytest.raises(BadInput, match="unknown mode"):
         await stack.search.search("plain", query="cat", mode="FUZZY")
     with pytest.raises(BadInput, match="unknown fusion"):
