@@ -175,17 +175,16 @@ async def test_dashboard_shows_a_failed_models_error_once_and_no_attempts_for_a_
               "file": None, "bytesDone": 0, "bytesTotal": None, "percent": None, "bytesPerSecond": None,
               "message": error, "at": "2026-12-06T07:00:00+00:00"}  # fmt: skip
     async with offline_page(browser) as (page, watch):
-        subscriptions: list[str] = []
-        sockets = []
+        subscriptions: list[tuple[object, str]] = []  # (socket, id) of the model progress subscription
 
         def proxy(ws) -> None:
             server = ws.connect_to_server()
-            sockets.append(ws)
 
             def from_page(message) -> None:
                 frame = json.loads(message)
-                if frame.get("type") == "subscribe":
-                    subscriptions.append(frame["id"])
+                # The dashboard also subscribes to jobProgress (over its own socket): only the models' stream counts.
+                if frame.get("type") == "subscribe" and "modelDownloadProgress" in frame["payload"].get("query", ""):
+                    subscriptions.append((ws, frame["id"]))
                 server.send(message)
 
             ws.on_message(from_page)
@@ -199,9 +198,10 @@ async def test_dashboard_shows_a_failed_models_error_once_and_no_attempts_for_a_
         assert await bundled.locator(".fact-attempt").is_hidden()
         assert "Attempt" not in await bundled.inner_text()
 
-        await wait_until(lambda: bool(subscriptions), "the dashboard subscribed over its WebSocket")
-        sockets[-1].send(json.dumps({"id": subscriptions[-1], "type": "next",
-                                     "payload": {"data": {"modelDownloadProgress": failed}}}))  # fmt: skip
+        await wait_until(lambda: bool(subscriptions), "the dashboard subscribed to model progress over its WebSocket")
+        socket, subscription = subscriptions[-1]
+        socket.send(json.dumps({"id": subscription, "type": "next",
+                                "payload": {"data": {"modelDownloadProgress": failed}}}))  # fmt: skip
         card = page.locator('article.model[data-model="example/broken"][data-state="FAILED"]')
         await card.wait_for(timeout=10_000)
         text = await card.inner_text()
