@@ -15,6 +15,7 @@ from prometheus_client import Counter
 
 from app.adapters.events import EventBus
 from app.domain.models import DownloadEvent
+from app.tasks import cancel_and_wait
 
 REDIS_BRIDGE_ERRORS = Counter("citadel_download_events_redis_errors_total", "Redis pub/sub bridge errors", ["op"])
 
@@ -110,17 +111,7 @@ class RedisEventBridge:
             except TimeoutError:
                 pass
         tasks, self._tasks = self._tasks, []
-        await _cancel_and_wait(*tasks)
-
-
-async def _cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
+        await cancel_and_wait(*tasks, ignore_errors=True)
 
 
 async def _close_quietly(pubsub: Any) -> None:

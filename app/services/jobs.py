@@ -60,6 +60,7 @@ from app.services.job_sources import (
 )
 from app.services.model_progress import ProgressThrottle
 from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 T = TypeVar("T")
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
@@ -146,14 +147,7 @@ class JobService:
     async def close(self) -> None:
         """Stop the tasks; their jobs stay RUNNING in PostgreSQL and resume at the next start."""
         self._closing = True
-        tasks = [t for t in (self._resumer, *self._tasks.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._resumer, *self._tasks.values(), ignore_errors=True)
 
     # -- creating -----------------------------------------------------------------------------
 

@@ -206,7 +206,7 @@ class ModelManager:
         tasks = [t for t in self._tasks.values() if not t.done()]
         self._tasks.clear()
         # A download's own failure was already reported as FAILED; closing only needs them gone.
-        await asyncio.gather(cancel_and_wait(*tasks), return_exceptions=True)
+        await cancel_and_wait(*tasks, ignore_errors=True)
         await self.hub.aclose()
         await self._persister.close()
 

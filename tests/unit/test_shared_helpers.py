@@ -41,6 +41,22 @@ async def test_cancel_and_wait_reraises_what_a_task_raised_instead_of_stopping()
         await cancel_and_wait(task)
 
 
+async def test_cancel_and_wait_ignores_what_tasks_raised_when_told_to():
+    ready = asyncio.Event()
+
+    async def refuses() -> None:
+        try:
+            ready.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("cleanup failed") from None
+
+    failing = asyncio.create_task(refuses())
+    await ready.wait()
+    await cancel_and_wait(failing, None, ignore_errors=True)  # shutdown paths: the task logs its own failure
+    assert isinstance(failing.exception(), RuntimeError)
+
+
 async def test_cancel_and_wait_lets_the_callers_own_cancellation_through():
     release = asyncio.Event()
 
