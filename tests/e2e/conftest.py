@@ -3,10 +3,12 @@ Hugging Face mirror (tests/support/fake_hub.py) so models really download over H
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,44 @@ def bundled_server(data_dir: Path, database_url: str, log_name: str, **env: str)
         },
         log_path=log,
     )
+
+
+@contextlib.asynccontextmanager
+async def reranker_server(tmp_dir: Path, name: str, cross_encoder_dir: Path, admin: str) -> AsyncIterator[LiveServer]:
+    """A started server with keys required (`admin` the admin key), the test cross-encoder as the
+    default reranker (at most 20 documents a call), loaded through downloadModel; its database is
+    dropped afterwards."""
+    import httpx
+
+    from tests.support.polling import poll
+
+    database = await create_database(f"citadel_{name}")
+    live = bundled_server(
+        tmp_dir,
+        database,
+        f"{name}-server.log",
+        CITADEL_MODELS=json.dumps(reranker_catalog(cross_encoder_dir)),
+        CITADEL_DEFAULT_RERANKER=RERANKER,
+        CITADEL_LIMITS__MAX_RERANK_DOCUMENTS="20",
+        CITADEL_AUTH__REQUIRED="true",
+        CITADEL_AUTH__ADMIN_KEY=admin,
+    )
+    live.start()
+    try:
+        headers = {"authorization": f"Bearer {admin}"}
+
+        def graphql(query: str, variables: dict) -> dict:
+            return httpx.post(live.url + "/graphql", json={"query": query, "variables": variables},
+                              headers=headers, timeout=120).json()  # fmt: skip
+
+        started = graphql("mutation($n: String!) { downloadModel(name: $n) { state } }", {"n": RERANKER})
+        assert "errors" not in started, started
+        state = "query($n: String!) { model(name: $n) { state lastError } }"
+        poll(lambda: graphql(state, {"n": RERANKER})["data"]["model"]["state"] == "READY", "the reranker loads")
+        yield live
+    finally:
+        live.stop()
+        await drop_database(database)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,23 +4,19 @@ coded errors; and the same keys, scopes and rate limits as /v1/embeddings (keys 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import bundled_server
+from tests.e2e.conftest import reranker_server
 from tests.support.cross_encoders import (  # noqa: F401  (a session fixture; cross_encoder_dir: conftest)
     DOCUMENTS,
     QUERY,
     RERANKER,
     reference_cross_encoder,
-    reranker_catalog,
 )
-from tests.support.databases import create_database, drop_database
-from tests.support.polling import poll
 
 TOLERANCE = 1e-4
 ADMIN = "ctd_rerank-e2e-admin-secret"
@@ -31,27 +27,8 @@ RERANK = """query($q: String!, $d: [String!]!, $n: Int, $t: Boolean, $r: Boolean
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory, cross_encoder_dir: Path):
-    database = await create_database("citadel_rerank_e2e")
-    live = bundled_server(
-        tmp_path_factory.mktemp("citadel-rerank"),
-        database,
-        "rerank-e2e-server.log",
-        CITADEL_MODELS=json.dumps(reranker_catalog(cross_encoder_dir)),
-        CITADEL_DEFAULT_RERANKER=RERANKER,
-        CITADEL_LIMITS__MAX_RERANK_DOCUMENTS="20",
-        CITADEL_AUTH__REQUIRED="true",
-        CITADEL_AUTH__ADMIN_KEY=ADMIN,
-    )
-    live.start()
-    try:
-        started = graphql(live, "mutation($n: String!) { downloadModel(name: $n) { state } }", {"n": RERANKER})
-        assert "errors" not in started, started
-        state = 'query($n: String!) { model(name: $n) { state lastError } }'
-        poll(lambda: graphql(live, state, {"n": RERANKER})["data"]["model"]["state"] == "READY", "the reranker loads")
+    async with reranker_server(tmp_path_factory.mktemp("citadel-rerank"), "rerank_e2e", cross_encoder_dir, ADMIN) as live:
         yield live
-    finally:
-        live.stop()
-        await drop_database(database)
 
 
 def post(server, path: str, body: object, key: str | None = ADMIN) -> httpx.Response:

@@ -7,7 +7,6 @@ Citadel's `id`, `meta`, `results[].document` and its coded errors."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,14 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import bundled_server
+from tests.e2e.conftest import reranker_server
 from tests.support.no_internet import NoInternet
 from tests.support.cross_encoders import (  # noqa: F401  (a session fixture; cross_encoder_dir: conftest)
     DOCUMENTS,
     QUERY,
     RERANKER,
     reference_cross_encoder,
-    reranker_catalog,
 )
-from tests.support.databases import create_database, drop_database
-from tests.support.polling import poll
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_URL = "http://127.0.0.1:8000"
@@ -66,33 +62,8 @@ def paths(monkeypatch) -> list[str]:
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory, cross_encoder_dir: Path):
-    database = await create_database("citadel_rerank_clients_e2e")
-    live = bundled_server(
-        tmp_path_factory.mktemp("citadel-rerank-clients"),
-        database,
-        "rerank-clients-e2e-server.log",
-        CITADEL_MODELS=json.dumps(reranker_catalog(cross_encoder_dir)),
-        CITADEL_DEFAULT_RERANKER=RERANKER,
-        CITADEL_LIMITS__MAX_RERANK_DOCUMENTS="20",
-        CITADEL_AUTH__REQUIRED="true",
-        CITADEL_AUTH__ADMIN_KEY=ADMIN,
-    )
-    live.start()
-    try:
-        headers = {"authorization": f"Bearer {ADMIN}"}
-
-        def graphql(query: str, variables: dict) -> dict:
-            return httpx.post(live.url + "/graphql", json={"query": query, "variables": variables},
-                              headers=headers, timeout=120).json()
-
-        started = graphql("mutation($n: String!) { downloadModel(name: $n) { state } }", {"n": RERANKER})
-        assert "errors" not in started, started
-        state = "query($n: String!) { model(name: $n) { state lastError } }"
-        poll(lambda: graphql(state, {"n": RERANKER})["data"]["model"]["state"] == "READY", "the reranker loads")
+    async with reranker_server(tmp_path_factory.mktemp("citadel-rerank-clients"), "rerank_clients_e2e", cross_encoder_dir, ADMIN) as live:
         yield live
-    finally:
-        live.stop()
-        await drop_database(database)
 
 
 def readme_example(marker: str) -> str:
