@@ -22,6 +22,7 @@ from app.adapters.postgres_jobs import PostgresJobRepo
 from app.adapters.redis_events import RedisEventBridge
 from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobState
+from app.errors import BadInput
 from app.services.jobs import JobService
 from app.services.keys import KeyService
 from tests.integration.test_concurrent_writes import (
@@ -45,7 +46,7 @@ async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
 
 @asynccontextmanager
 async def job_service(
-    stack: Stack, replica: str, embedder: Any = None, channel: str | None = None, at_once: int = 2
+    stack: Stack, replica: str, embedder: Any = None, channel: str | None = None, at_once: int = 2, max_errors: int = 1_000
 ) -> AsyncIterator[JobService]:
     """A replica's JobService: its own data dir, the stack's database, events bridged by Redis
     on `channel` when given."""
@@ -53,7 +54,7 @@ async def job_service(
         update={
             "replica_id": replica,
             "data_dir": stack.settings.data_dir / replica,
-            "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8, "jobs_at_once": at_once}),
+            "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8, "jobs_at_once": at_once, "job_max_errors": max_errors}),
             "downloads": stack.settings.downloads.model_copy(update={"progress_interval_seconds": 0.0}),
         }
     )
@@ -200,3 +201,23 @@ async def test_two_runners_of_one_job_count_each_batch_once(stack: Stack) -> Non
     again = await PostgresJobRepo(stack.repo.pool).get(job.id)
     assert (again.state, again.documents_done, again.documents_failed) == (JobState.SUCCEEDED, 40, 0)
     assert await stack.repo.count_documents(name) == 40
+
+
+async def test_a_job_keeps_at_most_job_max_errors_and_counts_every_failure(stack: Stack) -> None:
+    name = "job-errors"
+    await stack.collections.create(name)
+    good = writes("a", [f"doc-{i:03d}" for i in range(5)])
+    bad = [{"id": f"bad-{i}", "text": "   "} for i in range(12)]  # blank: refused one by one
+    async with job_service(stack, "errors", max_errors=3) as service:
+        job = await service.start_documents(name, [*bad[:6], *good, *bad[6:]], principal=INTERNAL)
+        ended = await final_state(service, job.id)
+        assert ended.state is JobState.SUCCEEDED
+        assert (ended.documents_done, ended.documents_failed) == (5, 12)
+        assert [e.index for e in ended.errors] == [0, 1, 2]  # the first ones, capped
+        assert all(e.code == "BAD_INPUT" for e in ended.errors)
+        with pytest.raises(BadInput, match="first must be 0 to 100"):
+            await service.list(INTERNAL, first=101)
+        with pytest.raises(BadInput, match="first must be 0 to 100"):
+            await service.list(INTERNAL, first=-1)
+        assert [j.id for j in await service.list(INTERNAL, collection=name, first=100)] == [job.id]
+    assert await stack.repo.count_documents(name) == 5
