@@ -28,6 +28,7 @@ from app.graphql.context import Context
 from app.graphql.http import GraphQLHttpEdge, error_response
 from app.graphql.websockets import KeySockets, LegacyWSHandler, OperationQuota, TransportWSHandler
 from app.graphql.schema import build_schema
+from app.grpc.server import serving_grpc  # CITADEL_GRPC__ENABLED: gRPC beside HTTP, same loop
 from app.inference.callers import CallerEdge
 from app.lifespan import open_services
 from app.metrics import register_process_metrics, render_metrics
@@ -157,7 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            async with graphql.key_sockets.watching(services.keys, settings.auth.key_cache_seconds):
+            async with graphql.key_sockets.watching(services.keys, settings.auth.key_cache_seconds), serving_grpc(services):
                 # Everything loaded so far (models, libraries) lives as long as the process: keep
                 # it out of the collector's generations so collections under load stay cheap.
                 gc.collect()

@@ -163,6 +163,14 @@ class VectorSettings(BaseModel):
     exact_below_points: int = Field(20_000, ge=0, description="Qdrant Edge: a collection with fewer points is searched exactly and gets no graph; larger ones get one built in the background")
 
 
+class GrpcSettings(BaseModel):
+    """The gRPC transport (citadel.v1.Citadel, docs/grpc.md), served beside HTTP by the same process."""
+
+    enabled: bool = Field(False, description="Serve gRPC (app/grpc/citadel/v1/citadel.proto) beside HTTP, in the same process and event loop")
+    host: str | None = Field(None, description="gRPC bind address (unset: CITADEL_SERVER__HOST)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: any free port, logged at startup)")
+
+
 def _default_data_dir() -> Path:
     return Path(user_data_dir("citadel", appauthor=False))
 
@@ -199,6 +207,7 @@ class Settings(BaseSettings):
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     vectors: VectorSettings = Field(default_factory=VectorSettings)
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
 
     # Standard variables of the ecosystem, honoured as they are (no prefix).
     hf_endpoint: str = Field(default_factory=lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"))

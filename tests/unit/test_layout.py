@@ -1,5 +1,5 @@
 """The README's "Where things are" stays true: every path it names exists, and imports run the
-one way it says (graphql -> services -> inference, adapters, downloads -> domain)."""
+one way it says (graphql, grpc -> services -> inference, adapters, downloads -> domain)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # A package may import what is to its right, never what is to its left.
-LAYERS = ["app.graphql", "app.services", ("app.inference", "app.adapters", "app.downloads"), "app.domain"]
+# The transports (GraphQL, gRPC) sit side by side at the top.
+LAYERS = [("app.graphql", "app.grpc"), "app.services", ("app.inference", "app.adapters", "app.downloads"), "app.domain"]
 
 
 def _section() -> str:
@@ -55,3 +56,31 @@ def test_imports_run_one_way() -> None:
             if theirs is not None and theirs < own:
                 upward.append(f"{module} imports {imported}")
     assert not upward, upward
+
+
+# What the gRPC transport may import from the app: services (through app.services.container's
+# Services), the domain, errors, validation, the HTTP edge's key resolution, and the caller's
+# address for fair shares. Never a repository, a store, the model pool or the GraphQL layer.
+GRPC_MAY_IMPORT = (
+    "app.grpc", "app.services", "app.domain", "app.errors", "app.validation", "app.web.auth", "app.web.json_codec",
+    "app.inference.callers",
+)  # fmt: skip
+
+
+def test_the_grpc_transport_reaches_only_services() -> None:
+    strays = []
+    for path in sorted((ROOT / "app" / "grpc").rglob("*.py")):
+        for imported in _imports(path):
+            if imported.startswith("app.") and not imported.startswith(GRPC_MAY_IMPORT):
+                strays.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert not strays, strays
+
+
+def test_only_the_app_starts_the_grpc_transport() -> None:
+    """The lifespan (app/main.py) serves it; no layer below a transport knows it exists."""
+    users = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "app").rglob("*.py")
+        if "grpc" not in path.relative_to(ROOT).parts[:2] and any(m.startswith("app.grpc") for m in _imports(path))
+    )
+    assert users == ["app/main.py"], users

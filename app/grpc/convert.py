@@ -1,0 +1,130 @@
+"""Messages in, service arguments out (checked at the edge as GraphQL checks its arguments:
+app/validation.py), and service outcomes back into messages. No service is called here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.domain.embedding import EmbedKind
+from app.domain.models import DownloadEvent
+from app.domain.vectors import SearchMode
+from app.errors import BadInput
+from app.grpc.citadel.v1 import citadel_pb2 as pb
+from app.validation import MAX_NAME_CHARS, check_string, check_value
+from app.web.json_codec import dumps_str, loads
+
+_EMBED_KINDS = {pb.EMBED_KIND_UNSPECIFIED: EmbedKind.DOCUMENT, pb.EMBED_KIND_DOCUMENT: EmbedKind.DOCUMENT, pb.EMBED_KIND_QUERY: EmbedKind.QUERY}
+_SEARCH_MODES = {
+    pb.SEARCH_MODE_UNSPECIFIED: SearchMode.SEMANTIC,
+    pb.SEARCH_MODE_SEMANTIC: SearchMode.SEMANTIC,
+    pb.SEARCH_MODE_KEYWORD: SearchMode.KEYWORD,
+    pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+}
+
+
+def name(value: str, argument: str) -> str:
+    """An identifier (collection, model): as short and storable as GraphQL's IDENTIFIER_ARGUMENTS."""
+    return check_string(value, argument, MAX_NAME_CHARS)
+
+
+def optional_name(message: Any, field: str) -> str | None:
+    return name(getattr(message, field), field) if message.HasField(field) else None
+
+
+def json_argument(text: str, argument: str, max_chars: int) -> Any:
+    """JSON text (GraphQL's JSON scalar, as a string): empty is none; malformed is BAD_INPUT."""
+    if not text:
+        return None
+    try:
+        value = loads(text)
+    except ValueError as exc:  # orjson's error is a ValueError; it also refuses nesting past 1024
+        raise BadInput(f"{argument} is not JSON: {exc}", argument=argument) from None
+    check_value(value, argument, max_chars)
+    return value
+
+
+def embed_kind(value: int) -> EmbedKind:
+    try:
+        return _EMBED_KINDS[value]
+    except KeyError:
+        raise BadInput(f"kind {value} is not an EmbedKind", argument="kind") from None
+
+
+def search_mode(value: int) -> SearchMode:
+    try:
+        return _SEARCH_MODES[value]
+    except KeyError:
+        raise BadInput(f"mode {value} is not a SearchMode", argument="mode") from None
+
+
+def documents(request: pb.IngestRequest, max_chars: int) -> list[dict[str, Any]]:
+    """The payload GraphQL `ingest` passes on; the service checks each document (text, id,
+    metadata size) and reports the bad ones one by one."""
+    return [
+        {
+            "id": doc.id if doc.HasField("id") else None,
+            "text": doc.text,
+            "metadata": json_argument(doc.metadata_json, f"documents[{i}].metadata_json", max_chars),
+            "vector": None,
+            "vector_base64": None,
+        }
+        for i, doc in enumerate(request.documents)
+    ]
+
+
+def embed_response(outcome: Any) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        model=outcome.model,
+        dimensions=outcome.dimensions,
+        embeddings=[pb.Embedding(values=row.tolist(), cached=cached) for row, cached in zip(outcome.vectors, outcome.cached)],
+    )
+
+
+def search_response(outcome: Any) -> pb.SearchResponse:
+    hits = [
+        pb.SearchHit(id=hit.id, score=hit.score, text=hit.text or "", metadata_json=dumps_str(hit.metadata or {}))
+        for hit in outcome.hits
+    ]
+    return pb.SearchResponse(collection=outcome.collection, model=outcome.model, hits=hits, took_ms=outcome.took_ms)
+
+
+def _ingest_error(item: Any) -> pb.IngestError:
+    return pb.IngestError(index=item.index, id=item.id, code=item.code, message=item.message)
+
+
+def ingest_response(report: Any) -> pb.IngestResponse:
+    return pb.IngestResponse(
+        ids=report.ids,
+        inserted=report.inserted,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        failed=report.failed,
+        errors=[_ingest_error(e) for e in report.errors],
+        chunks=report.chunks,
+        warnings=[_ingest_error(w) for w in report.warnings],
+    )
+
+
+def rerank_response(outcome: Any, return_text: bool) -> pb.RerankResponse:
+    hits = [pb.RerankHit(index=h.index, score=h.score, text=h.text if return_text else None) for h in outcome.hits]
+    return pb.RerankResponse(model=outcome.model, hits=hits, took_ms=outcome.took_ms)
+
+
+def download_event(event: DownloadEvent) -> pb.DownloadEvent:
+    return pb.DownloadEvent(
+        model=event.model,
+        replica=event.replica,
+        state=pb.ModelState.Value(f"MODEL_STATE_{event.state.value}"),
+        attempt=event.attempt,
+        max_attempts=event.max_attempts,
+        file=event.file,
+        bytes_done=event.bytes_done,
+        bytes_total=event.bytes_total,
+        percent=event.percent,
+        bytes_per_second=event.bytes_per_second,
+        message=event.message,
+        at=event.at.isoformat(),
+        kind=event.kind,
+        model_bytes_done=event.model_bytes_done,
+        model_bytes_total=event.model_bytes_total,
+    )

@@ -1,0 +1,55 @@
+"""The grpc.aio server beside uvicorn: same process, same event loop, same Services; started and
+stopped by the app's lifespan (app/main.py) while CITADEL_GRPC__ENABLED is true."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+from loguru import logger
+
+from app.grpc.citadel.v1 import citadel_pb2 as pb
+from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
+from app.grpc.service import CitadelService
+
+if TYPE_CHECKING:
+    from app.services.container import Services
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Citadel"].full_name  # citadel.v1.Citadel
+# Unary calls in flight get this long to finish at shutdown (streams are ended at once).
+STOP_GRACE_SECONDS = 5.0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@asynccontextmanager
+async def serving_grpc(services: Services) -> AsyncIterator[int | None]:
+    """Serves citadel.v1.Citadel (and server reflection) while the block runs; yields the bound
+    port, or None where gRPC is off."""
+    settings = services.settings
+    if not settings.grpc.enabled:
+        yield None
+        return
+    # Messages as large as the largest HTTP body (an ingest at its limits), not gRPC's 4 MiB.
+    most = settings.request_body_limit
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", most), ("grpc.max_send_message_length", most)]
+    )
+    citadel = CitadelService(services)
+    pb_grpc.add_CitadelServicer_to_server(citadel, server)
+    reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
+    host = settings.grpc.host or settings.server.host
+    port = server.add_insecure_port(_address(host, settings.grpc.port))  # raises when it cannot bind
+    await server.start()
+    logger.info("gRPC ({}) on {}", SERVICE_NAME, _address(host, port))
+    try:
+        yield port
+    finally:
+        citadel.cancel_streams()
+        await server.stop(STOP_GRACE_SECONDS)
+        logger.info("gRPC stopped")
