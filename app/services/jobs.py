@@ -7,7 +7,8 @@ background on the replica that took them.
   `ingest` mutation (grants, tenant filters, versioned writes, the fair queue), as the key that
   started the job, re-read before every batch (a revoked key stops its jobs), with a share of the
   model of the job's own (Principal.fair_key), so the key's interactive calls are served beside
-  it. Each batch's counts, errors and the cursor past it are one UPDATE that holds only while the
+  it. Two batches of a JSON Lines source are in flight at once (one embeds while the one before
+  it is stored; see _ingest_lines), committed in file order. Each batch's counts, errors and the cursor past it are one UPDATE that holds only while the
   job is RUNNING and its cursor is still where the batch began (a second runner never counts a
   batch twice).
 - A replica resumes its own QUEUED and RUNNING jobs when it starts (in the background, once
@@ -28,6 +29,7 @@ import json
 import shutil
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,6 +68,7 @@ T = TypeVar("T")
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
 MAX_JOBS_LISTED = 100
 RETRY_SECONDS = 600.0  # a batch the model or a dependency could not take now is tried again this long, then the job fails
+BATCHES_IN_FLIGHT = 2  # one batch embedding while the one before it is stored
 RETRYABLE = (Overloaded, DependencyUnavailable, Conflict, ModelUnavailable)
 
 
@@ -416,39 +419,10 @@ class JobService:
             if source.content_type != INVALID and not path.exists():
                 raise JobFailed(f"the job's file {source.name!r} is missing from the data dir of replica {self.replica}")
             if source.content_type == NDJSON:
-                offset = job.cursor_offset if index == job.cursor_source else 0
-                while True:
-                    began = time.monotonic()
-                    max_line = 4 * (self.settings.limits.max_text_chars + self.settings.limits.max_metadata_bytes) + (1 << 20)
-                    items, after = await asyncio.to_thread(read_json_lines, path, offset, self.batch_size, max_line)
-                    at_end = after >= source.bytes
-                    documents: list[dict[str, Any]] = []
-                    positions: list[int] = []
-                    errors: list[JobError] = []
-                    for k, item in enumerate(items):
-                        ordinal = job.documents_seen + k
-                        if isinstance(item, SourceProblem):
-                            errors.append(JobError(ordinal, None, BadInput.code, f"{source.name} line: {item}"))
-                        elif not isinstance(item, dict):
-                            message = f"{source.name}: a line must be a JSON object (a DocumentInput)"
-                            errors.append(JobError(ordinal, None, BadInput.code, message))
-                        else:
-                            documents.append(_line_document(item, job.metadata))
-                            positions.append(ordinal)
-                    done, failed, chunks = 0, len(errors), 0
-                    if documents:
-                        report = await self._ingest(job, documents)
-                        done, failed, chunks = len(report.ids), failed + report.failed, report.chunks
-                        errors += [JobError(positions[e.index], e.id, e.code, e.message) for e in report.errors]
-                    committed = await self._commit(
-                        job, index + 1 if at_end else index, 0 if at_end else after, done, failed, chunks,
-                        start_bytes[index] + min(after, source.bytes), time.monotonic() - began, errors,
-                    )
-                    if committed is None:
-                        return None
-                    job, offset = committed, after
-                    if at_end or not items:
-                        break
+                committed = await self._ingest_lines(job, index, source, path, start_bytes[index])
+                if committed is None:
+                    return None
+                job = committed
             else:
                 began = time.monotonic()
                 done, failed, chunks, errors = await self._one_file(job, collection, source, path)
@@ -459,6 +433,58 @@ class JobService:
                     return None
                 job = committed
         return job
+
+    async def _ingest_lines(self, job: Job, index: int, source: JobSource, path: Path, base_bytes: int) -> Job | None:
+        """A JSON Lines source from the job's cursor on, BATCHES_IN_FLIGHT batches at a time (one
+        is embedded while the one before it is stored, and the model's two passes both have work),
+        committed strictly in file order: the cursor never passes a batch that is not stored, so a
+        crash re-ingests at most the batches in flight. The job as last committed; None when it
+        was cancelled or another runner moved its cursor first."""
+        offset = job.cursor_offset if index == job.cursor_source else 0
+        seen = job.documents_seen  # the ordinal of the next line read
+        max_line = 4 * (self.settings.limits.max_text_chars + self.settings.limits.max_metadata_bytes) + (1 << 20)
+        in_flight: deque[tuple[_LineBatch, asyncio.Task[tuple[int, int, int, list[JobError]]]]] = deque()
+        read_all = False
+        mark = time.monotonic()
+        try:
+            while True:
+                while not read_all and len(in_flight) < BATCHES_IN_FLIGHT:
+                    items, after = await asyncio.to_thread(read_json_lines, path, offset, self.batch_size, max_line)
+                    batch = _line_batch(items, seen, after, after >= source.bytes or not items, source.name, job.metadata)
+                    # A line rewriting an id of a batch still in flight waits for it: the later line wins.
+                    before = next((t for b, t in reversed(in_flight) if b.ids & batch.ids), None)
+                    in_flight.append((batch, asyncio.create_task(self._ingest_batch(job, batch, before))))
+                    offset, seen, read_all = after, seen + len(items), batch.at_end
+                if not in_flight:
+                    return job
+                batch, task = in_flight[0]
+                done, failed, chunks, errors = await task
+                in_flight.popleft()
+                now = time.monotonic()
+                committed = await self._commit(
+                    job, index + 1 if batch.at_end else index, 0 if batch.at_end else batch.after, done, failed,
+                    chunks, base_bytes + min(batch.after, source.bytes), now - mark, errors,
+                )  # fmt: skip
+                if committed is None:
+                    return None
+                job, mark = committed, now
+        finally:
+            await cancel_and_wait(*(task for _, task in in_flight), ignore_errors=True)
+
+    async def _ingest_batch(
+        self, job: Job, batch: _LineBatch, before: asyncio.Task[Any] | None
+    ) -> tuple[int, int, int, list[JobError]]:
+        """(done, failed, chunks, errors) of one batch of lines; `before`: the batch in flight it
+        shares ids with, which must land first."""
+        if before is not None:
+            await asyncio.wait([before])
+        errors = list(batch.errors)
+        if not batch.documents:
+            return 0, len(errors), 0, errors
+        report = await self._ingest(job, batch.documents)
+        errors += [JobError(batch.positions[e.index], e.id, e.code, e.message) for e in report.errors]
+        errors.sort(key=lambda e: e.index)
+        return len(report.ids), len(batch.errors) + report.failed, report.chunks, errors
 
     async def _one_file(self, job: Job, collection: Any, source: JobSource, path: Path) -> tuple[int, int, int, list[JobError]]:
         ordinal = job.documents_seen
@@ -605,3 +631,34 @@ def _write_json_lines(directory: Path, documents: Sequence[Mapping[str, Any]]) -
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
     return JobSource(path.name, "documents.jsonl", NDJSON, path.stat().st_size, len(documents))
 
+
+
+@dataclasses.dataclass(frozen=True)
+class _LineBatch:
+    """One batch of a JSON Lines source: its documents (as ingest takes them) with their ordinals
+    in the job, the lines that were no document, and where the next batch starts."""
+
+    documents: list[dict[str, Any]]
+    positions: list[int]
+    errors: list[JobError]
+    ids: frozenset[str]
+    after: int
+    at_end: bool
+
+
+def _line_batch(
+    items: list[Any], first: int, after: int, at_end: bool, name: str, metadata: dict[str, Any] | None
+) -> _LineBatch:
+    documents: list[dict[str, Any]] = []
+    positions: list[int] = []
+    errors: list[JobError] = []
+    for k, item in enumerate(items):
+        if isinstance(item, SourceProblem):
+            errors.append(JobError(first + k, None, BadInput.code, f"{name} line: {item}"))
+        elif not isinstance(item, dict):
+            errors.append(JobError(first + k, None, BadInput.code, f"{name}: a line must be a JSON object (a DocumentInput)"))
+        else:
+            documents.append(_line_document(item, metadata))
+            positions.append(first + k)
+    ids = frozenset(str(d["id"]) for d in documents if isinstance(d["id"], (str, int)) and not isinstance(d["id"], bool))
+    return _LineBatch(documents, positions, errors, ids, after, at_end)

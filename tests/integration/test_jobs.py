@@ -221,3 +221,48 @@ async def test_a_job_keeps_at_most_job_max_errors_and_counts_every_failure(stack
             await service.list(INTERNAL, first=-1)
         assert [j.id for j in await service.list(INTERNAL, collection=name, first=100)] == [job.id]
     assert await stack.repo.count_documents(name) == 5
+
+
+
+class HeldFirstBatch:
+    """The job's ingest, with writer a's batch held until writer b's batch has landed (or 3 s
+    passed): without the wait for a batch in flight that shares ids, a's older lines would be
+    written after b's newer ones."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.b_landed = asyncio.Event()
+
+    async def ingest(self, collection: str, documents: list[dict], **kwargs: Any) -> Any:
+        writers = {(d["metadata"] or {}).get("writer") for d in documents}
+        if writers == {"a"}:
+            try:
+                await asyncio.wait_for(self.b_landed.wait(), 3.0)  # it never lands first: the timeout is the pass
+            except TimeoutError:
+                pass
+        report = await self.inner.ingest(collection, documents, **kwargs)
+        if "b" in writers:
+            self.b_landed.set()
+        return report
+
+
+async def test_batches_in_flight_commit_in_order_and_a_later_line_of_an_id_wins(stack: Stack) -> None:
+    """Two batches are ingested at once (one embeds while the other is stored): a line rewriting
+    an id of the batch before it waits for that batch, so the later line is what stays, and the
+    errors of every batch keep their ordinals in the file."""
+    name = "job-pipeline"
+    await stack.collections.create(name)
+    ids = [f"doc-{i:03d}" for i in range(8)]
+    first, later = writes("a", ids), writes("b", ids[::-1])  # batch 1, then batch 2 rewriting every id
+    lines = [*first, *later, {"id": "blank", "text": "  "}, *writes("c", ["doc-100"])]
+    async with job_service(stack, "pipeline") as service:
+        service.ingest = HeldFirstBatch(service.ingest)
+        job = await service.start_documents(name, lines, principal=INTERNAL)
+        ended = await final_state(service, job.id)
+    assert ended.state is JobState.SUCCEEDED, ended
+    assert (ended.documents_done, ended.documents_failed) == (17, 1)
+    assert [e.index for e in ended.errors] == [16]
+    stored = {d.id: d.text for d in await stack.repo.get_documents(name, [*ids, "doc-100"])}
+    assert stored == {d["id"]: d["text"] for d in [*later, *writes("c", ["doc-100"])]}  # the last line of each id
+    await settle(stack, name)
+    await assert_store_mirrors_postgres(stack, name)
