@@ -158,7 +158,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            async with graphql.key_sockets.watching(services.keys, settings.auth.key_cache_seconds), serving_grpc(services):
+            async with (
+                graphql.key_sockets.watching(services.keys, settings.auth.key_cache_seconds),
+                serving_grpc(services, graphql.operation_quota),  # off unless CITADEL_GRPC__ENABLED
+            ):
                 # Everything loaded so far (models, libraries) lives as long as the process: keep
                 # it out of the collector's generations so collections under load stay cheap.
                 gc.collect()

@@ -13,7 +13,7 @@ from loguru import logger
 
 from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
-from app.grpc.service import CitadelService
+from app.grpc.service import CitadelService, StreamQuota
 
 if TYPE_CHECKING:
     from app.services.container import Services
@@ -28,9 +28,10 @@ def _address(host: str, port: int) -> str:
 
 
 @asynccontextmanager
-async def serving_grpc(services: Services) -> AsyncIterator[int | None]:
+async def serving_grpc(services: Services, quota: StreamQuota) -> AsyncIterator[int | None]:
     """Serves citadel.v1.Citadel (and server reflection) while the block runs; yields the bound
-    port, or None where gRPC is off."""
+    port, or None where gRPC is off. `quota`: the streams each caller may hold open, shared with
+    GraphQL's subscriptions."""
     settings = services.settings
     if not settings.grpc.enabled:
         yield None
@@ -40,7 +41,7 @@ async def serving_grpc(services: Services) -> AsyncIterator[int | None]:
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", most), ("grpc.max_send_message_length", most)]
     )
-    citadel = CitadelService(services)
+    citadel = CitadelService(services, quota)
     pb_grpc.add_CitadelServicer_to_server(citadel, server)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)
     host = settings.grpc.host or settings.server.host
@@ -50,6 +51,6 @@ async def serving_grpc(services: Services) -> AsyncIterator[int | None]:
     try:
         yield port
     finally:
-        citadel.cancel_streams()
+        citadel.close()  # open streams end with UNAVAILABLE
         await server.stop(STOP_GRACE_SECONDS)
         logger.info("gRPC stopped")

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from grpc.aio import ServicerContext
 from loguru import logger
 
-from app.errors import CitadelError, Internal
+from app.errors import CitadelError, DependencyUnavailable, Internal
 from app.grpc import convert
 from app.grpc.caller import admit, client_address
 from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
 from app.grpc.status import abort
+from app.inference.callers import fair_key_of
 from app.validation import check_string
 
 if TYPE_CHECKING:
@@ -24,13 +25,28 @@ if TYPE_CHECKING:
     from app.services.container import Services
 
 Reply = TypeVar("Reply")
+Item = TypeVar("Item")
+
+
+class StreamQuota(Protocol):
+    """Streams one caller may hold open at once: the GraphQL subscriptions' own quota
+    (CITADEL_SERVER__MAX_SUBSCRIPTIONS_PER_KEY), so a key's limit holds over both transports."""
+
+    def try_take(self, caller: str) -> bool: ...
+
+    def give_back(self, caller: str) -> None: ...
+
+
+class StreamLimitReached(CitadelError):
+    code = "RATE_LIMITED"  # as GraphQL refuses a subscription past the quota
 
 
 class CitadelService(pb_grpc.CitadelServicer):
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, quota: StreamQuota) -> None:
         self.services = services
+        self.quota = quota
         self.limits = services.settings.limits
-        self.streams: set[asyncio.Task[object]] = set()  # cancelled at shutdown: they never end by themselves
+        self.closing = asyncio.Event()  # set at shutdown: streams never end by themselves
 
     async def _unary(
         self, name: str, context: ServicerContext, call: Callable[[Principal], Awaitable[Reply]]
@@ -103,29 +119,49 @@ class CitadelService(pb_grpc.CitadelServicer):
     async def WatchModelProgress(
         self, request: pb.WatchModelProgressRequest, context: ServicerContext
     ) -> AsyncIterator[pb.DownloadEvent]:
-        task = asyncio.current_task()
-        assert task is not None
-        self.streams.add(task)
-        try:
-            with client_address(context):
+        with client_address(context):
+            try:
+                principal = await admit(self.services, context)
+                model = convert.optional_name(request, "model")
+                caller = fair_key_of(principal)  # the key, else the client's address
+                if not self.quota.try_take(caller):
+                    raise StreamLimitReached("Subscription limit reached for this API key: close one of its running streams first")
                 try:
-                    principal = await admit(self.services, context)
-                    model = convert.optional_name(request, "model")
                     async with self.services.catalog.progress(model, principal) as (snapshot, events):
                         for event in snapshot:  # the current state on every live replica first
                             yield convert.download_event(event)
-                        async for event in events:
+                        async for event in self._until_closing(events):
                             yield convert.download_event(event)
-                    return
-                except CitadelError as exc:
-                    error: CitadelError = exc
-                except Exception:  # noqa: BLE001
-                    logger.exception("gRPC WatchModelProgress failed")
-                    error = Internal("Internal server error.")
-            await abort(context, error)
-        finally:
-            self.streams.discard(task)
+                finally:
+                    self.quota.give_back(caller)
+                return
+            except CitadelError as exc:
+                error: CitadelError = exc
+            except Exception:  # noqa: BLE001
+                logger.exception("gRPC WatchModelProgress failed")
+                error = Internal("Internal server error.")
+        await abort(context, error)
 
-    def cancel_streams(self) -> None:
-        for task in list(self.streams):
-            task.cancel()
+    async def _until_closing(self, events: AsyncIterator[Item]) -> AsyncIterator[Item]:
+        """The events until shutdown, which then ends the stream with UNAVAILABLE (clients retry
+        elsewhere): a status, so the server's stop need not wait out its grace for it."""
+        closing = asyncio.ensure_future(self.closing.wait())
+        following: asyncio.Future[Item] | None = None
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(events))
+                await asyncio.wait((following, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    raise DependencyUnavailable("the server is shutting down: subscribe again (to another replica)")
+                try:
+                    yield following.result()
+                except StopAsyncIteration:
+                    return
+        finally:  # also when the client leaves (this task cancelled): nothing waits on `events` after it
+            closing.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                await asyncio.wait((following,))
+
+    def close(self) -> None:
+        self.closing.set()
