@@ -16,7 +16,8 @@ short text:
 Rounds alternate: in each round every (phase, clients) row runs once per transport, the
 transports' order reversed every round, so a machine that speeds up or slows down mid-run skews
 both alike. The table adds the rounds up per row: requests/s, p50/p99 latency, the server's CPU
-per request (the steadiest figure on a shared machine) and the ratio gRPC / GraphQL of each.
+per request (the steadiest figure on a shared machine) and the ratio gRPC / GraphQL of each, and
+what the clients in this process spent per request (they share the machine with the server).
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ async def main() -> None:
         "gRPC p50 ms", "GraphQL p50 ms", "ratio p50",
         "gRPC p99 ms", "GraphQL p99 ms", "ratio p99",
         "gRPC server CPU ms/req", "GraphQL server CPU ms/req", "ratio CPU/req",
+        "gRPC client CPU ms/req", "GraphQL client CPU ms/req",
         "errors (gRPC / GraphQL)",
     ]  # fmt: skip
     rows = []
@@ -168,6 +170,7 @@ async def main() -> None:
                 fmt(g.latency_ms(99), 2), fmt(h.latency_ms(99), 2), ratio(g.latency_ms(99), h.latency_ms(99)),
                 fmt(g.server_cpu_ms_per_request, 2), fmt(h.server_cpu_ms_per_request, 2),
                 ratio(g.server_cpu_ms_per_request, h.server_cpu_ms_per_request),
+                fmt(g.loadgen_cpu_ms_per_request, 2), fmt(h.loadgen_cpu_ms_per_request, 2),
                 f"{g.error_summary} / {h.error_summary}",
             ])  # fmt: skip
     print()
