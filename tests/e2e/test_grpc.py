@@ -18,7 +18,7 @@ from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
 from tests.e2e.access_support import ADMIN_KEY, BUNDLED, AccessServer, create_key, serving
 from tests.support.databases import temporary_database
-from tests.support.server import free_port
+from tests.support.server import ROOT, free_port
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -211,6 +211,7 @@ def test_bad_input_and_unknown_names(server, keys, stub):
         (stub.Embed, pb.EmbedRequest(texts=["nul \x00 inside"]), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Embed, pb.EmbedRequest(texts=["hi"], model="no/such-model"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
         (stub.Search, pb.SearchRequest(collection=f"missing-{TAG}", query="x"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+        (stub.Search, pb.SearchRequest(collection=SHARED), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),  # no query
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", filter_json="{nope"), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", limit=0), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", mode=99), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
@@ -282,3 +283,15 @@ async def test_concurrent_writers_leave_postgres_and_search_agreeing(server, key
             assert found.hits[0].score > 0.999
         everything = await stub.Search(pb.SearchRequest(collection=collection, query="note", limit=100), metadata=auth(ADMIN_KEY))
     assert sorted(h.id for h in everything.hits) == sorted(ids)  # one point per id in the store
+
+
+def test_the_python_example_of_docs_grpc_md_runs(server, target, capsys):
+    docs = (ROOT / "docs" / "grpc.md").read_text()
+    example = docs.split("## Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    body = server.graphql('mutation { createCollection(name: "docs") { name } }', ADMIN_KEY)
+    assert "errors" not in body, body
+    exec(compile(example.replace("localhost:50051", target).replace("YOUR-KEY", ADMIN_KEY), "docs/grpc.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("d1 ") and "'tenant': 'acme'" in printed[0], printed
+    assert printed[1] == "StatusCode.INVALID_ARGUMENT BAD_INPUT texts must not be empty", printed
+    assert printed[2].startswith("MODEL_STATE_READY"), printed
