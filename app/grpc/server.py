@@ -36,11 +36,9 @@ async def serving_grpc(services: Services, quota: StreamQuota) -> AsyncIterator[
     if not settings.grpc.enabled:
         yield None
         return
-    # Messages as large as the largest HTTP body (an ingest at its limits), not gRPC's 4 MiB.
-    most = settings.request_body_limit
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", most), ("grpc.max_send_message_length", most)]
-    )
+    # Requests as large as the largest HTTP body (an ingest at its limits), not gRPC's 4 MiB;
+    # replies stay unlimited, as HTTP's are.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.request_body_limit)])
     citadel = CitadelService(services, quota)
     pb_grpc.add_CitadelServicer_to_server(citadel, server)
     reflection.enable_server_reflection((SERVICE_NAME, reflection.SERVICE_NAME), server)

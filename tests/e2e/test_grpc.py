@@ -217,6 +217,8 @@ def test_bad_input_and_unknown_names(server, keys, stub):
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", mode=99), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Ingest, pb.IngestRequest(collection=f"missing-{TAG}", documents=[pb.DocumentInput(text="t")]), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
         (stub.Ingest, pb.IngestRequest(collection=SHARED, documents=[pb.DocumentInput(text="t", metadata_json="[")]), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Rerank, pb.RerankRequest(query="q", documents=[]), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Rerank, pb.RerankRequest(query="q", documents=["d"], model="no/such-reranker"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     ]  # fmt: skip
     for call, request, status, code in cases:
         got_status, got_code, details = refusal(call, request, metadata=key, timeout=60)

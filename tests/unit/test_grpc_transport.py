@@ -89,6 +89,12 @@ class FakeEmbedder:
         return SimpleNamespace(model="m", dimensions=3, vectors=vectors, cached=[False] * len(texts))
 
 
+class FakeReranker:
+    async def rerank(self, query: str, documents: list[str], **kwargs: Any) -> Any:
+        hits = [SimpleNamespace(index=i, score=1.0 / (i + 1), text=d) for i, d in enumerate(documents)][: kwargs["top_n"]]
+        return SimpleNamespace(model="r", hits=hits, took_ms=1.0)
+
+
 class FakeCatalog:
     def __init__(self) -> None:
         self.open = 0
@@ -116,7 +122,8 @@ class FakeLimiter:
 def fake_services() -> Any:
     settings = Settings(grpc={"enabled": True, "port": 0, "host": "127.0.0.1"}, auth={"required": True})
     return SimpleNamespace(
-        settings=settings, keys=FakeKeys(), limiter=FakeLimiter(), embedder=FakeEmbedder(), catalog=FakeCatalog()
+        settings=settings, keys=FakeKeys(), limiter=FakeLimiter(), embedder=FakeEmbedder(), catalog=FakeCatalog(),
+        reranker=FakeReranker(),
     )
 
 
@@ -141,6 +148,18 @@ async def test_calls_reach_the_service_as_the_callers_key_from_their_address() -
         assert texts == ["a", "b"] and kwargs["principal"] is CALLER and kwargs["kind"].value == "QUERY"
         assert kwargs["normalize"] is True and kwargs["model"] is None
         assert address == "127.0.0.1"
+
+
+async def test_rerank_hits_carry_text_only_when_asked() -> None:
+    services = fake_services()
+    async with serving_grpc(services, OperationQuota(5)) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.CitadelStub(channel)
+        request = pb.RerankRequest(query="q", documents=["a", "b", "c"], top_n=2)
+        bare = await stub.Rerank(request, metadata=auth(KEY))
+        assert [(h.index, h.HasField("text")) for h in bare.hits] == [(0, False), (1, False)]
+        request.return_text = True
+        texts = await stub.Rerank(request, metadata=auth(KEY))
+        assert [h.text for h in texts.hits] == ["a", "b"] and texts.model == "r"
 
 
 async def test_refusals_carry_their_status_and_code() -> None:
