@@ -14,6 +14,8 @@ from loguru import logger
 from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
 from app.grpc.service import CitadelService, StreamQuota
+from app.settings import Settings, is_loopback
+from app.startup_checks import StartupRefused
 
 if TYPE_CHECKING:
     from app.services.container import Services
@@ -27,6 +29,26 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def check_exposure(settings: Settings) -> None:
+    """Keys are required by default only where HTTP binds beyond loopback: gRPC bound beyond
+    loopback while HTTP is not would open every RPC to the network without a key. Refused unless
+    CITADEL_AUTH__REQUIRED says which is meant; an explicit false is only warned about, as for HTTP."""
+    host = settings.grpc.host or settings.server.host
+    if is_loopback(host) or settings.auth_required:
+        return
+    if settings.auth.required is None:
+        raise StartupRefused(
+            f"refusing to start: CITADEL_GRPC__HOST={host} serves gRPC beyond loopback, but API keys are not "
+            f"required (CITADEL_SERVER__HOST={settings.server.host} is loopback). Set CITADEL_AUTH__REQUIRED=true, "
+            "or CITADEL_AUTH__REQUIRED=false to serve without keys knowingly."
+        )
+    logger.warning(
+        "UNSAFE: serving gRPC on {} with CITADEL_AUTH__REQUIRED=false: anyone who can reach the port can "
+        "read, write and delete everything",
+        host,
+    )
+
+
 @asynccontextmanager
 async def serving_grpc(services: Services, quota: StreamQuota) -> AsyncIterator[int | None]:
     """Serves citadel.v1.Citadel (and server reflection) while the block runs; yields the bound
@@ -36,6 +58,7 @@ async def serving_grpc(services: Services, quota: StreamQuota) -> AsyncIterator[
     if not settings.grpc.enabled:
         yield None
         return
+    check_exposure(settings)
     # Requests as large as the largest HTTP body (an ingest at its limits), not gRPC's 4 MiB;
     # replies stay unlimited, as HTTP's are.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", settings.request_body_limit)])

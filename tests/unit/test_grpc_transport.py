@@ -23,11 +23,12 @@ from app.grpc import convert
 from app.grpc.caller import peer_address
 from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
-from app.grpc.server import serving_grpc
+from app.grpc.server import check_exposure, serving_grpc
 from app.grpc.service import StreamLimitReached
 from app.grpc.status import STATUS
 from app.inference.callers import CLIENT_ADDRESS
 from app.settings import Settings
+from app.startup_checks import StartupRefused
 
 EXPECTED = {
     "BAD_INPUT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -224,3 +225,12 @@ async def test_off_by_default() -> None:
     services = SimpleNamespace(settings=Settings())
     async with serving_grpc(services, OperationQuota(1)) as port:
         assert port is None
+
+
+def test_grpc_beyond_loopback_needs_keys_or_an_explicit_choice() -> None:
+    check_exposure(Settings(grpc={"enabled": True}))  # loopback, as HTTP
+    check_exposure(Settings(grpc={"enabled": True, "host": "0.0.0.0"}, auth={"required": True}))
+    check_exposure(Settings(grpc={"enabled": True, "host": "0.0.0.0"}, auth={"required": False}))  # warned, not refused
+    check_exposure(Settings(grpc={"enabled": True}, server={"host": "0.0.0.0"}))  # keys required by default there
+    with pytest.raises(StartupRefused, match="CITADEL_AUTH__REQUIRED"):
+        check_exposure(Settings(grpc={"enabled": True, "host": "0.0.0.0"}))

@@ -59,11 +59,12 @@ def test_imports_run_one_way() -> None:
 
 
 # What the gRPC transport may import from the app: services (through app.services.container's
-# Services), the domain, errors, validation, the HTTP edge's key resolution, and the caller's
-# address for fair shares. Never a repository, a store, the model pool or the GraphQL layer.
+# Services), the domain, errors, validation, the HTTP edge's key resolution, the caller's address
+# for fair shares, settings and the startup refusal. Never a repository, a store, the model pool
+# or the GraphQL layer.
 GRPC_MAY_IMPORT = (
     "app.grpc", "app.services", "app.domain", "app.errors", "app.validation", "app.web.auth", "app.web.json_codec",
-    "app.inference.callers",
+    "app.inference.callers", "app.settings", "app.startup_checks",
 )  # fmt: skip
 
 
