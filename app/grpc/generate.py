@@ -19,9 +19,8 @@ GENERATED = ("citadel_pb2.py", "citadel_pb2.pyi", "citadel_pb2_grpc.py")
 
 def generate(out: Path = ROOT) -> list[Path]:
     """Writes the modules under `out`/app/grpc/citadel/v1/ and returns their paths."""
-    from grpc_tools import protoc  # imported here: the server itself never needs it
-
-    import grpc_tools
+    import grpc_tools  # imported here: the server itself never needs grpcio-tools
+    from grpc_tools import protoc
 
     includes = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     out.mkdir(parents=True, exist_ok=True)
