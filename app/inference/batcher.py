@@ -34,7 +34,8 @@ Ideas from TEI (core/src/queue.rs, infer.rs) and Infinity (inference/batch_handl
   (`backend.passes_at_once`: 1 on a GPU; on a CPU two single-threaded passes by default, see
   app/inference/cpu_share.py): the event loop never blocks, and while one pass's callers are
   answered and send their next texts the other pass keeps the cores busy; where the pool hands
-  over token ids (TokenIdBackend), a pass encodes those instead of tokenizing the texts again.
+  over token ids (TokenIdBackend, or a cross-encoder's pairs), a pass encodes those instead of
+  tokenizing the texts again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from collections import deque
 from collections.abc import Callable, KeysView, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from loguru import logger
@@ -68,7 +70,7 @@ class _Item:
     normalize: bool
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
-    ids: Sequence[int] | None = None  # the token ids counted at admission, when the backend takes them
+    ids: Any = None  # the token ids counted at admission (a pair's: ids and type ids), when the backend takes them
     key: str = INTERNAL_FAIR_KEY  # whose share of the model it uses; FairQueue sets key, tag and seq
     tag: float = 0.0
     seq: int = 0
@@ -124,7 +126,7 @@ class DynamicBatcher:
         self._last_pass_end = 0.0
         self.max_queue = max(1, max_queue)
         self.model_name = model_name or backend.model_name
-        self.takes_ids = isinstance(backend, TokenIdBackend)  # a capability, checked once
+        self.takes_ids = isinstance(backend, TokenIdBackend)  # the pool hands it texts' ids: checked once
         self._queue: FairQueue[_Item] = FairQueue()
         self.on_release: Callable[[], None] | None = None  # a queued text left the queue (answered, failed, dropped)
         self._ready: deque[list[_Item]] = deque()  # passes cut from the last window, not yet started
@@ -163,11 +165,12 @@ class DynamicBatcher:
         texts: Sequence[str],
         token_counts: Sequence[int],
         normalize: bool,
-        token_ids: Sequence[Sequence[int]] | None = None,
+        token_ids: Sequence[Any] | None = None,
         fair_key: str = INTERNAL_FAIR_KEY,
     ) -> np.ndarray:
         """Embed texts (already validated) as part of whatever batches form; rows in input order.
-        token_ids: the texts' ids (TokenIdBackend.token_ids), so passes need not tokenize.
+        token_ids: the texts' ids (TokenIdBackend.token_ids, or a cross-encoder's pair_token_ids),
+        so passes need not tokenize: given, they go to backend.encode_ids instead of the texts.
         fair_key: whose share of the model they use (callers.fair_key_of)."""
         if self._closed:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
@@ -176,7 +179,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         cap = self.backend.max_seq_length
-        ids: Sequence[Sequence[int] | None] = token_ids if token_ids is not None else [None] * len(texts)
+        ids: Sequence[Any] = token_ids if token_ids is not None else [None] * len(texts)
         items = [
             _Item(text, min(tokens, cap), normalize, loop.create_future(), now, item_ids)
             for text, tokens, item_ids in zip(texts, token_counts, ids, strict=True)
@@ -316,7 +319,8 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         try:
             # Normalised below per text: one pass can then serve callers asking either way.
-            if self.takes_ids and all(item.ids is not None for item in batch):
+            # Ids come only from the backend's own tokenizer (token_ids, pair_token_ids): it encodes them.
+            if all(item.ids is not None for item in batch):
                 ids = [item.ids for item in batch]
                 vectors = await loop.run_in_executor(self._executor, self.backend.encode_ids, ids, False)  # type: ignore[attr-defined]
             else:

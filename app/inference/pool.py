@@ -178,18 +178,19 @@ class ModelPool:
         """A cross-encoder's scores of (query, document) pairs, float32 (len(pairs), labels): what
         CrossEncoder.predict gives (the model's activation), or its logits where `raw`. Pairs go
         through the same admission, fair queue, batcher and token budget as texts (a pair costs
-        its tokens after truncation)."""
+        its tokens after truncation). Each pair is tokenized once: its ids go to the pass."""
         loaded = await self._acquire(name)
         try:
             backend = loaded.replicas[0].backend
-            pair_tokens = getattr(backend, "pair_tokens", None)
-            if pair_tokens is None:
+            pair_token_ids = getattr(backend, "pair_token_ids", None)
+            if pair_token_ids is None:
                 raise BadInput(f"model {name!r} is an embedding model, not a reranker", model=name)
             inline = sum(len(q) + len(d) for q, d in pairs) <= _INLINE_TOKENIZE_CHARS
-            counts = pair_tokens(pairs) if inline else await asyncio.to_thread(pair_tokens, pairs)
+            ids = pair_token_ids(pairs) if inline else await asyncio.to_thread(pair_token_ids, pairs)
+            counts = [len(token_ids) for token_ids, _ in ids]
             self._admit(loaded, len(pairs), fair_key)
             replica = self._least_loaded(loaded)
-            logits = await replica.batcher.submit(list(pairs), counts, False, None, fair_key)  # type: ignore[arg-type]
+            logits = await replica.batcher.submit(list(pairs), counts, False, ids, fair_key)  # type: ignore[arg-type]
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()

@@ -2,13 +2,18 @@
 
 A cross-encoder reads a (query, document) pair and gives one logit per label; the pool batches
 pairs like texts (same batcher, fair queue and token budget; a pair costs its tokens after
-truncation). encode() takes pairs and returns the raw logits, (pairs, labels); activate() applies
-the model's own activation (CrossEncoder.activation_fn: sigmoid for one label), so a score equals
-CrossEncoder.predict for the same pair, and rawScores can have the logits of the same pass.
+truncation). activate() applies the model's own activation (CrossEncoder.activation_fn: sigmoid
+for one label), so a score equals CrossEncoder.predict for the same pair, and rawScores can have
+the logits of the same pass.
 
-Tokenizing goes through CrossEncoder.preprocess, exactly as predict does (truncation of the
-longest side first, token types for BERT pairs); the tokenizer is not thread-safe, so that step
-holds a lock, while the forward passes of the pool's threads run side by side.
+Each pair is tokenized once, at admission (pair_token_ids: the fast tokenizer with
+CrossEncoder.preprocess's truncation, longest side first, giving the same ids and token types);
+the batcher hands those to encode_ids, which returns the raw logits, (pairs, labels). Where the
+model is a BERT sequence classifier unpadded_bert reproduces, that pass computes no padding and
+runs as one scripted graph without the GIL (setting CITADEL_INFERENCE__UNPADDED, on by default);
+otherwise the ids are padded for the model's own forward. encode() takes the pairs themselves
+(through CrossEncoder.preprocess, under a lock: that tokenizer is not thread-safe) for callers
+without ids.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from loguru import logger
 from app.domain.models import ModelSpec
 from app.errors import ModelUnavailable
 from app.inference import cpu_share
+from app.inference.backends import unpadded_bert
 from app.settings import InferenceSettings
 
 Pair = tuple[str, str]
+PairIds = tuple[list[int], list[int]]  # a pair's token ids and token type ids, after truncation
 
 
 class CrossEncoderBackend:
@@ -66,18 +73,57 @@ class CrossEncoderBackend:
         counter.enable_truncation(self.max_seq_length, strategy="longest_first")
         self._counter = counter
         self._counter_lock = threading.Lock()
-        logger.info("loaded {} (cross-encoder, {} label(s)) on {} from {}", spec.name, self.dimensions, device, model_dir)
+        self._pad_id = int(self._model.tokenizer.pad_token_id or 0)
+        self._wants_token_types = "token_type_ids" in getattr(self._model.tokenizer, "model_input_names", ())
+        self._unpadded = (
+            unpadded_bert.UnpaddedCrossEncoder(self._model)
+            if settings.unpadded and unpadded_bert.supports_cross_encoder(self._model)
+            else None
+        )
+        scripted = self._unpadded is not None and self._unpadded.scripted
+        self.forward_kind = "padded" if self._unpadded is None else "unpadded" if scripted else "unpadded (eager)"
+        logger.info(
+            "loaded {} (cross-encoder, {} label(s)) on {} from {}; forward: {}",
+            spec.name, self.dimensions, device, model_dir, self.forward_kind,
+        )  # fmt: skip
 
-    def pair_tokens(self, pairs: Sequence[Pair]) -> list[int]:
-        """Tokens of each pair as the model reads it (special tokens included, after truncation)."""
+    def pair_token_ids(self, pairs: Sequence[Pair]) -> list[PairIds]:
+        """Each pair's (ids, token type ids) as the model reads it: special tokens included, after
+        truncation (what CrossEncoder.preprocess gives the model, without the padding)."""
         with self._counter_lock:
-            return [len(e.ids) for e in self._counter.encode_batch([tuple(p) for p in pairs])]
+            return [(e.ids, e.type_ids) for e in self._counter.encode_batch([tuple(p) for p in pairs])]
 
     def token_counts(self, texts: Sequence[Pair]) -> list[int]:  # type: ignore[override]
-        return self.pair_tokens(texts)
+        return [len(ids) for ids, _ in self.pair_token_ids(texts)]
 
     def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
         raise ModelUnavailable(f"model {self.model_name!r} is a reranker: it does not chunk or embed text")
+
+    def encode_ids(self, ids: Sequence[PairIds], normalize: bool) -> np.ndarray:
+        """encode() of the pairs these (ids, type ids) came from, without tokenizing them again."""
+        torch = self._torch
+        if self._unpadded is not None:
+            with torch.inference_mode():
+                logits = self._unpadded.scores([row for row, _ in ids], [types for _, types in ids])
+                return logits.float().cpu().numpy()
+        width = max(len(row) for row, _ in ids)
+        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
+        type_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for index, (row, types) in enumerate(ids):
+            input_ids[index, : len(row)] = row
+            type_ids[index, : len(row)] = types
+            mask[index, : len(row)] = 1
+        features = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+            "modality": "text",
+        }
+        if self._wants_token_types:
+            features["token_type_ids"] = torch.from_numpy(type_ids).to(self.device)
+        with torch.inference_mode():
+            scores = self._model(features)["scores"]
+        return scores.float().cpu().numpy().reshape(len(ids), -1)
 
     def encode(self, texts: Sequence[Pair], normalize: bool) -> np.ndarray:
         """Raw logits, float32 (len(pairs), labels), rows in input order (`normalize` is ignored)."""
@@ -101,5 +147,6 @@ class CrossEncoderBackend:
 
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
+        self._unpadded = None
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()

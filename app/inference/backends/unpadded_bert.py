@@ -10,15 +10,19 @@ into one matrix once); the output equals the padded forward's within float round
 tests/integration/test_backends.py checks against sentence-transformers' own encode.
 
 Only a pipeline this module understands is taken: a BertModel with absolute position
-embeddings, then mean or CLS pooling, then an optional Normalize. Anything else (`supports`
-says no) keeps the padded forward.
+embeddings, then mean or CLS pooling, then an optional Normalize (`supports`); or a cross-encoder
+whose one module is a BertForSequenceClassification (`supports_cross_encoder`: pairs carry token
+type ids, and BERT's pooler and the classifier run inside the same scripted pass, so the whole
+pass stays one GIL-free graph; its output equals CrossEncoder.predict's logits within float
+rounding, which tests/integration/test_cross_encoder_unpadded.py checks). Anything else keeps the
+padded forward.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from loguru import logger
@@ -55,8 +59,30 @@ def _pooling_mode(pooling: Any) -> str | None:
     return chosen[0] if len(chosen) == 1 and len(others) == 1 else None
 
 
-class UnpaddedBertEncoder:
-    """Sentence embeddings of token-id rows (already truncated) without computing padding.
+def supports_cross_encoder(model: Any) -> bool:
+    """Whether `model` (a sentence-transformers CrossEncoder) is a BERT sequence classifier whose
+    logits this forward reproduces exactly."""
+    from transformers.models.bert.modeling_bert import BertForSequenceClassification
+
+    try:
+        modules = list(model)
+    except TypeError:  # an older CrossEncoder, not a module list
+        return False
+    if len(modules) != 1 or getattr(modules[0], "transformer_task", None) != "sequence-classification":
+        return False
+    classifier = getattr(modules[0], "auto_model", None)
+    if type(classifier) is not BertForSequenceClassification or classifier.bert.pooler is None:
+        return False
+    if type(classifier.classifier) is not torch.nn.Linear:  # e.g. keep_in_fp32_modules swaps its class
+        return False
+    config = classifier.config
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    return getattr(config, "hidden_act", None) == "gelu" and config.problem_type in (None, "regression")
+
+
+class _PackedBert:
+    """A BertModel's weights in packed_forward's order, and packed_forward scripted.
 
     The forward is one TorchScript function when torch can script it: a scripted graph runs
     without the GIL, so a pass does not stall at every op while the event loop (or the other
@@ -65,12 +91,8 @@ class UnpaddedBertEncoder:
     Python thread busy 30% of the time did 0.85x the texts per second of two scripted ones.
     Where scripting is unavailable the same function runs eagerly, with the same vectors."""
 
-    def __init__(self, model: Any) -> None:
-        modules = list(model)
-        bert = modules[0].auto_model
+    def __init__(self, bert: Any) -> None:
         config = bert.config
-        self._mean = _pooling_mode(modules[1]) == "mean"
-        self._normalize = len(modules) == 3
         self._heads = int(config.num_attention_heads)
         self._eps = float(config.layer_norm_eps)
         embeddings = bert.embeddings
@@ -79,7 +101,7 @@ class UnpaddedBertEncoder:
             for tensor in (
                 embeddings.word_embeddings.weight,
                 embeddings.position_embeddings.weight,
-                embeddings.token_type_embeddings.weight[0],
+                embeddings.token_type_embeddings.weight,
                 embeddings.LayerNorm.weight,
                 embeddings.LayerNorm.bias,
             )
@@ -88,25 +110,65 @@ class UnpaddedBertEncoder:
         self._forward = _scripted(packed_forward)
         self.scripted = self._forward is not packed_forward
 
-    def encode(self, rows: Sequence[Sequence[int]]) -> Any:
-        """[len(rows), hidden] float tensor: the pipeline's sentence embeddings."""
+    def _run(
+        self,
+        rows: Sequence[Sequence[int]],
+        types: Sequence[Sequence[int]] | None,
+        mean: bool,
+        normalize: bool,
+        head: list[Tensor],
+    ) -> Any:
         device = self._embedding_weights[0].device
         flat = torch.tensor([token for row in rows for token in row], dtype=torch.long, device=device)
+        flat_types = (
+            None if types is None else torch.tensor([t for row in types for t in row], dtype=torch.long, device=device)
+        )
         lengths = torch.tensor([len(row) for row in rows], dtype=torch.long, device=device)
         # optimized_execution(False): shapes change with every pass, so the profiling executor's
         # shape specialisation would only re-plan; the plain interpreter runs each pass as is.
         with torch.inference_mode(), torch.jit.optimized_execution(False):
             return self._forward(
                 flat,
+                flat_types,
                 lengths,
                 max(len(row) for row in rows),
                 self._embedding_weights,
                 self._layer_weights,
                 self._heads,
                 self._eps,
-                self._mean,
-                self._normalize,
+                mean,
+                normalize,
+                head,
             )
+
+
+class UnpaddedBertEncoder(_PackedBert):
+    """Sentence embeddings of token-id rows (already truncated) without computing padding."""
+
+    def __init__(self, model: Any) -> None:
+        modules = list(model)
+        super().__init__(modules[0].auto_model)
+        self._mean = _pooling_mode(modules[1]) == "mean"
+        self._normalize = len(modules) == 3
+
+    def encode(self, rows: Sequence[Sequence[int]]) -> Any:
+        """[len(rows), hidden] float tensor: the pipeline's sentence embeddings."""
+        return self._run(rows, None, self._mean, self._normalize, [])
+
+
+class UnpaddedCrossEncoder(_PackedBert):
+    """A BERT cross-encoder's logits of token-id pairs (already truncated) without computing padding."""
+
+    def __init__(self, model: Any) -> None:
+        classifier = list(model)[0].auto_model
+        super().__init__(classifier.bert)
+        pooler = classifier.bert.pooler.dense
+        linear = classifier.classifier
+        self._head = [t.detach() for t in (pooler.weight, pooler.bias, linear.weight, linear.bias)]
+
+    def scores(self, rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]]) -> Any:
+        """[len(rows), labels] tensor: the classifier's logits (`types`: each row's token type ids)."""
+        return self._run(rows, types, False, False, self._head)
 
 
 def _layer_weights(layer: Any) -> list[Any]:
@@ -147,6 +209,7 @@ def _scripted(function: Any) -> Any:
 
 def packed_forward(
     flat: Tensor,
+    types: Optional[Tensor],
     lengths: Tensor,
     longest: int,
     embedding: list[Tensor],
@@ -155,9 +218,13 @@ def packed_forward(
     eps: float,
     mean: bool,
     normalize: bool,
+    head: list[Tensor],
 ) -> Tensor:
     """The BERT pipeline over packed tokens (`flat`: every row's ids, one after another;
-    `lengths`: each row's token count). Written in the subset of Python TorchScript compiles."""
+    `lengths`: each row's token count). `types`: the token type ids beside `flat` (pairs), or
+    None for single texts (type 0 throughout). `head`: empty, or the pooler's and classifier's
+    weight and bias (a sequence classifier's logits from the CLS token). Written in the subset of
+    Python TorchScript compiles."""
     batch = lengths.shape[0]
     device = flat.device
     starts = lengths.cumsum(0) - lengths  # where each text begins in the packed tokens
@@ -167,7 +234,8 @@ def packed_forward(
     key_mask = torch.arange(longest, device=device)[None, :] < lengths[:, None]
     key_mask = key_mask[:, None, None, :]  # [batch, 1, 1, longest]: True where a key is real
 
-    hidden = embedding[0][flat] + embedding[1][positions] + embedding[2]
+    hidden = embedding[0][flat] + embedding[1][positions]
+    hidden = hidden + (embedding[2][0] if types is None else embedding[2][types])
     width = hidden.shape[1]
     size = width // heads
     hidden = functional.layer_norm(hidden, [width], embedding[3], embedding[4], eps)
@@ -191,6 +259,8 @@ def packed_forward(
         sentences = sums / lengths.to(hidden.dtype)[:, None]
     else:
         sentences = hidden[starts]
+    if len(head) == 4:
+        sentences = functional.linear(torch.tanh(functional.linear(sentences, head[0], head[1])), head[2], head[3])
     if normalize:
         sentences = functional.normalize(sentences, p=2.0, dim=1)
     return sentences
