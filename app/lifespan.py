@@ -33,6 +33,7 @@ from app.services.embedding import EmbeddingService
 from app.services.health import HealthService
 from app.services.ingest import IngestService
 from app.services.jobs import JobService
+from app.services.reindex import Reindexer
 from app.services.key_revocations import RevocationListener, revocation_channel
 from app.services.keys import KeyService
 from app.domain.jobs import Job
@@ -137,7 +138,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         except Exception as exc:  # no Redis: job events stay on this replica
             logger.warning("job events stay on this replica: Redis pub/sub unavailable ({})", exc)
         stack.push_async_callback(job_bridge.close)
-        jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus, models)
+        reindexer = Reindexer(settings, repo, store, embedder, models)
+        jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus, models, reindexer)
         await jobs.start()
         stack.push_async_callback(jobs.close)
 

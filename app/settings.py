@@ -145,6 +145,7 @@ class IngestSettings(BaseModel):
     job_batch_documents: int = Field(64, ge=1, description="Documents a job (startIngestJob, ingestFiles) ingests and commits at a time (at most max_documents_per_ingest): a restarted job resumes after its last committed batch")
     jobs_at_once: int = Field(2, ge=1, description="Jobs one replica runs at once; the others wait QUEUED")
     job_max_errors: int = Field(1_000, ge=1, description="Per-document errors a job keeps (the counts go on past it)")
+    reindex_retire_seconds: float = Field(30.0, ge=0, description="After reindexCollection switches a collection to its new version, how long the previous version's vectors stay (searches that began just before the switch finish on them), then they are removed")
 
 
 class VectorSettings(BaseModel):

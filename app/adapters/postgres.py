@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, get_args
 
@@ -18,7 +18,7 @@ import asyncpg
 
 from app.errors import BadInput, Conflict, NotFound
 from app.adapters.postgres_pool import connection, dumps_json
-from app.adapters.postgres_rows import CollectionRow, DocumentRow, DocumentStatus, DocumentWrite, UpsertOutcome
+from app.adapters.postgres_rows import CollectionRow, DocumentRow, DocumentStatus, DocumentWrite, NextVersion, UpsertOutcome
 
 # -- the repository -----------------------------------------------------------------------------
 
@@ -41,6 +41,17 @@ def _collection(record: asyncpg.Record) -> CollectionRow:
         keyword_cursor=record["keyword_cursor"],
         chunk_max_tokens=record["chunk_max_tokens"],
         chunk_overlap_tokens=record["chunk_overlap_tokens"],
+        vectors=record["vectors"],
+        next=None
+        if record["next_model"] is None
+        else NextVersion(
+            model=record["next_model"],
+            model_revision=record["next_model_revision"],
+            dimensions=record["next_dimensions"],
+            vectors=record["next_vectors"],
+            chunk_max_tokens=record["next_chunk_max_tokens"],
+            chunk_overlap_tokens=record["next_chunk_overlap_tokens"],
+        ),
     )
 
 
@@ -177,6 +188,82 @@ class PostgresRepo:
         """Delete the collection and (cascade) its documents; False when it did not exist."""
         async with self._connection() as conn:
             return _affected(await conn.execute("DELETE FROM collections WHERE name = $1", name)) > 0
+
+    # -- reindex: the next version of a collection ----------------------------------------------
+
+    async def begin_reindex(self, name: str, version: NextVersion) -> CollectionRow | None:
+        """Record the version a REINDEX job builds (writes reach it from now on); None when the
+        collection is gone or already has a next version."""
+        async with self._connection() as conn:
+            record = await conn.fetchrow(
+                """
+                UPDATE collections SET next_vectors = $2, next_model = $3, next_model_revision = $4,
+                    next_dimensions = $5, next_chunk_max_tokens = $6, next_chunk_overlap_tokens = $7
+                WHERE name = $1 AND next_model IS NULL RETURNING *
+                """,
+                name, version.vectors, version.model, version.model_revision, version.dimensions,
+                version.chunk_max_tokens, version.chunk_overlap_tokens,
+            )  # fmt: skip
+        return _collection(record) if record else None
+
+    async def reindex_backlog(self, name: str, limit: int) -> list[str]:
+        """Documents a writer indexed without the next version's points, in id order."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                "SELECT id FROM reindex_backlog WHERE collection = $1 ORDER BY id LIMIT $2", name, limit
+            )
+        return [r["id"] for r in records]
+
+    async def drop_from_backlog(self, name: str, ids: Sequence[str]) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM reindex_backlog WHERE collection = $1 AND id = ANY($2::text[])", name, list(ids))
+
+    async def switch_version(self, name: str, vectors: str) -> str | None:
+        """Make the next version (held in store collection `vectors`) the current one, in one
+        UPDATE; returns the store collection of the version it replaced, None when the backlog
+        is not empty yet (index it, then try again). The collection row is locked FOR UPDATE:
+        every write_if_current and purge_if_deleting in flight (FOR KEY SHARE) ends first, and
+        any that starts after sees the new version. BadInput when the collection has no such
+        next version (deleted, or its reindex abandoned)."""
+
+        async def switch(conn: asyncpg.Connection) -> str | None:
+            record = await conn.fetchrow("SELECT * FROM collections WHERE name = $1 FOR UPDATE", name)
+            if record is None or record["next_vectors"] != vectors:
+                raise BadInput(f"collection {name!r} is not being reindexed into {vectors!r}", collection=name)
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM reindex_backlog WHERE collection = $1)", name):
+                return None
+            await conn.execute(
+                """
+                UPDATE collections SET model = next_model, model_revision = next_model_revision,
+                    dimensions = next_dimensions, chunk_max_tokens = next_chunk_max_tokens,
+                    chunk_overlap_tokens = next_chunk_overlap_tokens, vectors = next_vectors,
+                    next_vectors = NULL, next_model = NULL, next_model_revision = NULL, next_dimensions = NULL,
+                    next_chunk_max_tokens = NULL, next_chunk_overlap_tokens = 0
+                WHERE name = $1
+                """,
+                name,
+            )
+            return record["vectors"] or record["name"]
+
+        return await self._transaction(switch)
+
+    async def abandon_reindex(self, name: str, vectors: str) -> bool:
+        """Forget the next version held in `vectors` (a failed or cancelled reindex): writes stop
+        reaching it. False when it was not the collection's next version."""
+
+        async def abandon(conn: asyncpg.Connection) -> bool:
+            status = await conn.execute(
+                """
+                UPDATE collections SET next_vectors = NULL, next_model = NULL, next_model_revision = NULL,
+                    next_dimensions = NULL, next_chunk_max_tokens = NULL, next_chunk_overlap_tokens = 0
+                WHERE name = $1 AND next_vectors = $2
+                """,
+                name, vectors,
+            )  # fmt: skip
+            await conn.execute("DELETE FROM reindex_backlog WHERE collection = $1", name)
+            return _affected(status) > 0
+
+        return await self._transaction(abandon)
 
     async def collections_building_keywords(self) -> list[CollectionRow]:
         async with self._connection() as conn:
@@ -347,14 +434,15 @@ class PostgresRepo:
         self,
         collection: str,
         expected: Mapping[str, str],
-        write: Callable[[list[str]], Awaitable[None]],
+        write: Callable[[list[str], CollectionRow], Awaitable[Collection[str] | None]],
         *,
-        status: DocumentStatus = "pending",
+        status: DocumentStatus | tuple[DocumentStatus, ...] = "pending",
         mark_indexed: bool = True,
+        clear_backlog: bool = False,
     ) -> list[str]:
-        """Call `write(ids)` with the ids whose row still has `status` and the content hash in
-        `expected` ({id: content_hash}), while those rows are locked; then (mark_indexed) mark
-        them indexed in the same transaction. Returns those ids.
+        """Call `write(ids, collection_row)` with the ids whose row still has `status` and the
+        content hash in `expected` ({id: content_hash}), while those rows are locked; then
+        (mark_indexed) mark them indexed in the same transaction. Returns those ids.
 
         This is where the vector store stays a projection of PostgreSQL under concurrency: a
         point is written only while its row is locked and still holds exactly the version the
@@ -363,24 +451,47 @@ class PostgresRepo:
         point is always made from the row's latest version. A version overtaken meanwhile
         writes nothing (whoever wrote the newer row indexes it). `write` must not use this
         repository: it runs on this transaction's connection's time, with the locks held.
+
+        The collection row is read under the same transaction (FOR KEY SHARE: a reindex's switch
+        waits for it, see switch_version), so `write` learns which versions are live now and
+        returns the store collections among them it had no points for: the current one's rows
+        stay pending (the reconciler indexes them), the next one's go to its reindex_backlog.
         """
-        if status not in ("pending", "indexed"):
+        statuses = (status,) if isinstance(status, str) else tuple(status)
+        if any(s not in ("pending", "indexed") for s in statuses):
             raise BadInput(f"cannot write points of {status!r} rows", field="status")
 
         async def locked(conn: asyncpg.Connection) -> list[str]:
             records = await conn.fetch(
                 """
                 SELECT id, content_hash FROM documents
-                WHERE collection = $1 AND id = ANY($2::text[]) AND status = $3
+                WHERE collection = $1 AND id = ANY($2::text[]) AND status = ANY($3::text[])
                 ORDER BY id FOR UPDATE
                 """,
-                collection, sorted(expected), status,
+                collection, sorted(expected), list(statuses),
             )  # fmt: skip
             current = [r["id"] for r in records if expected.get(r["id"]) == r["content_hash"]]
-            if current:
-                await write(current)
-                if mark_indexed and status == "pending":
-                    await _set_status(conn, collection, current, "indexed")
+            if not current:
+                return current
+            record = await conn.fetchrow("SELECT * FROM collections WHERE name = $1 FOR KEY SHARE", collection)
+            if record is None:  # deleted meanwhile: its rows go with it
+                return []
+            live = _collection(record)
+            missing = set(await write(current, live) or ())
+            if live.next is not None and live.next.vectors in missing:
+                await conn.execute(
+                    """
+                    INSERT INTO reindex_backlog (collection, id) SELECT $1, unnest($2::text[])
+                    ON CONFLICT DO NOTHING
+                    """,
+                    collection, current,
+                )  # fmt: skip
+            elif clear_backlog:  # a reindex wrote the next version of these rows as they are now
+                await conn.execute(
+                    "DELETE FROM reindex_backlog WHERE collection = $1 AND id = ANY($2::text[])", collection, current
+                )
+            if mark_indexed and "pending" in statuses and live.store_name not in missing:
+                await _set_status(conn, collection, current, "indexed")
             return current
 
         if not expected:
@@ -388,11 +499,12 @@ class PostgresRepo:
         return await self._transaction(locked)
 
     async def purge_if_deleting(
-        self, collection: str, ids: Sequence[str], remove: Callable[[list[str]], Awaitable[None]]
+        self, collection: str, ids: Sequence[str], remove: Callable[[list[str], CollectionRow], Awaitable[None]]
     ) -> int:
-        """Call `remove(ids)` with the ids whose row is still 'deleting', while those rows are
-        locked, then delete the rows in the same transaction; returns how many. A row that was
-        re-ingested meanwhile is 'pending' again: its points and row are kept."""
+        """Call `remove(ids, collection_row)` with the ids whose row is still 'deleting', while
+        those rows are locked (and the collection row read in the same transaction: every live
+        version loses their points), then delete the rows in the same transaction; returns how
+        many. A row that was re-ingested meanwhile is 'pending' again: its points and row are kept."""
 
         async def locked(conn: asyncpg.Connection) -> int:
             records = await conn.fetch(
@@ -404,7 +516,9 @@ class PostgresRepo:
             )  # fmt: skip
             doomed = [r["id"] for r in records]
             if doomed:
-                await remove(doomed)
+                record = await conn.fetchrow("SELECT * FROM collections WHERE name = $1 FOR KEY SHARE", collection)
+                if record is not None:
+                    await remove(doomed, _collection(record))
                 await conn.execute(
                     "DELETE FROM documents WHERE collection = $1 AND id = ANY($2::text[])", collection, doomed
                 )

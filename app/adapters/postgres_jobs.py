@@ -1,4 +1,4 @@
-"""Jobs in PostgreSQL (table jobs, migration 0007): created QUEUED, moved to RUNNING by the replica
+"""Jobs in PostgreSQL (table jobs, migrations 0007 and 0008): created QUEUED, moved to RUNNING by the replica
 that took them, advanced one committed batch at a time (counts, cursor and errors in one UPDATE
 that holds only while the job is RUNNING, so a cancelled job never advances), and finished once."""
 
@@ -15,7 +15,7 @@ from app.adapters.postgres_pool import connection
 from app.domain.jobs import Job, JobError, JobKind, JobSource, JobState
 
 _COLUMNS = """id, kind, collection, state, replica, principal_kind, key_id, sources, metadata, documents_total,
-    documents_done, documents_failed, chunks_done, bytes_total, bytes_done, cursor_source, cursor_offset, errors,
+    documents_done, documents_failed, chunks_done, bytes_total, bytes_done, cursor_source, cursor_offset, cursor_id, errors,
     message, run_seconds, created_at, updated_at, finished_at"""
 
 
@@ -38,6 +38,7 @@ def _job(record: asyncpg.Record) -> Job:
         bytes_done=record["bytes_done"],
         cursor_source=record["cursor_source"],
         cursor_offset=record["cursor_offset"],
+        cursor_id=record["cursor_id"],
         errors=tuple(JobError(**e) for e in record["errors"]),
         message=record["message"],
         run_seconds=record["run_seconds"],
@@ -71,8 +72,10 @@ class PostgresJobRepo:
         key_id: str | None,
         sources: Sequence[JobSource],
         metadata: dict[str, Any] | None,
+        documents_total: int | None = None,
     ) -> Job:
-        total = sum(s.documents for s in sources)
+        """documents_total: when not the sources' (a REINDEX: the collection's documents)."""
+        total = sum(s.documents for s in sources) if documents_total is None else documents_total
         size = sum(s.bytes for s in sources)
         async with self._connection() as conn:
             record = await conn.fetchrow(
@@ -159,6 +162,7 @@ class PostgresJobRepo:
         seconds: float,
         errors: Sequence[JobError],
         max_errors: int,
+        cursor_id: str | None = None,
     ) -> Job | None:
         """Add one batch's counts and move the cursor past it, only while the job is RUNNING and its
         cursor is still `after` (the batch's start: a second runner of the same job, or a commit
@@ -169,7 +173,7 @@ class PostgresJobRepo:
             record = await conn.fetchrow(
                 f"""
                 UPDATE jobs SET
-                    cursor_source = $2, cursor_offset = $3,
+                    cursor_source = $2, cursor_offset = $3, cursor_id = COALESCE($13, cursor_id),
                     documents_done = documents_done + $4, documents_failed = documents_failed + $5,
                     chunks_done = chunks_done + $6, bytes_done = $7, run_seconds = run_seconds + $8,
                     errors = CASE WHEN jsonb_array_length(errors) >= $10 THEN errors
@@ -181,7 +185,7 @@ class PostgresJobRepo:
                 RETURNING {_COLUMNS}
                 """,
                 uuid.UUID(job_id), cursor_source, cursor_offset, done, failed, chunks, bytes_done, seconds,
-                new_errors, max_errors, after[0], after[1],
+                new_errors, max_errors, after[0], after[1], cursor_id,
             )  # fmt: skip
         return _job(record) if record else None
 

@@ -91,6 +91,7 @@ class Job:
     bytes_done: int
     cursor_source: int
     cursor_offset: int
+    cursor_id: str | None  # a REINDEX job's place: the last document id it rebuilt
     errors: tuple[JobError, ...]
     message: str | None
     run_seconds: float

@@ -10,6 +10,7 @@ from typing import Annotated, AsyncGenerator, Optional
 import strawberry
 from strawberry.file_uploads import Upload
 
+from app.domain.chunking import Chunking
 from app.domain.jobs import Job as DomainJob
 from app.domain.jobs import JobKind as DomainJobKind
 from app.domain.jobs import JobState as DomainJobState
@@ -27,7 +28,7 @@ JobKind = described_enum(
     description="What a job does",
     values={
         "INGEST": "Stores and indexes documents (startIngestJob, ingestFiles)",
-        "REINDEX": "Re-embeds a collection's documents (reserved: no mutation starts one yet)",
+        "REINDEX": "Builds a collection anew with another model (and chunking) and switches to it (reindexCollection)",
     },
 )
 JobState = described_enum(
@@ -143,6 +144,20 @@ async def start_ingest_job(
     ],
 ) -> Job:
     job = await info.context.services.jobs.start_documents(collection, _payload(documents), principal=info.context.principal)
+    return job_to_gql(job)
+
+
+async def reindex_collection(
+    info: Info,
+    name: Annotated[str, strawberry.argument(description="The collection (ADMIN)")],
+    model: Annotated[str, strawberry.argument(description="The embedding model of the catalog to move it to")],
+    chunking: Annotated[
+        Optional[t.ChunkingInput],
+        strawberry.argument(description="The new version's chunking (in the new model's tokens); null: one vector per document"),
+    ] = None,
+) -> Job:
+    wanted = None if chunking is None else Chunking(chunking.max_tokens, chunking.overlap_tokens or 0)
+    job = await info.context.services.jobs.start_reindex(name, model, wanted, principal=info.context.principal)
     return job_to_gql(job)
 
 

@@ -113,6 +113,12 @@ class Mutation:
         description="Ingest any number of documents in a background job (WRITE), batch by batch through the same path "
         "as `ingest`; follow it with `job` or `jobProgress`.",
     )
+    reindex_collection = strawberry.mutation(
+        resolver=job_fields.reindex_collection,
+        description="Move a collection to another embedding model (and chunking) with zero downtime (ADMIN): a REINDEX job "
+        "builds the new version from the stored documents while searches read the current one and writes reach both, "
+        "then switches atomically; `Collection.model` names the new model after it and the previous version is removed.",
+    )
     cancel_job = strawberry.mutation(
         resolver=job_fields.cancel_job,
         description="Stop a QUEUED or RUNNING job within seconds (WRITE on its collection; the key that started it, or "

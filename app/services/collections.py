@@ -1,4 +1,5 @@
-"""Collections: a PostgreSQL row (the truth) plus a vector-store collection of the same name.
+"""Collections: a PostgreSQL row (the truth) plus a vector-store collection of the same name
+(after a reindexCollection, the store collection its row names: app/services/reindex.py).
 
 A collection is bound at creation to one model name and revision; its vectors have that
 model's dimensions and the chosen distance.
@@ -195,7 +196,7 @@ class CollectionService:
 
     async def vector_index(self, row: Any) -> VectorIndexStatus:
         """The collection's ANN index: its points, how many the index serves, whether a pass runs."""
-        return await self.store.vector_index(row.name)
+        return await self.store.vector_index(row.store_name)
 
     async def document_count(self, name: str) -> int:
         """For the server itself; clients count through DocumentService (grants and tenants)."""
@@ -204,15 +205,16 @@ class CollectionService:
 
     async def delete(self, name: str, *, principal: Principal = INTERNAL) -> bool:
         principal.require(Scope.ADMIN, name)
-        await self.get(name)
+        row = await self.get(name)
         # PostgreSQL first: once the row is gone nothing can read or write the collection, and a
         # vector collection left behind by a store failure is replaced when the name is reused.
         if not await self.repo.delete_collection(name):
             raise NotFound(f"collection {name!r} not found", collection=name)
-        try:
-            await self.store.delete_collection(name)
-        except Exception:
-            logger.exception("collection {} deleted; its vector collection could not be removed yet", name)
+        for store_name in sorted(row.live_stores()):  # a reindex's next version too
+            try:
+                await self.store.delete_collection(store_name)
+            except Exception:
+                logger.exception("collection {} deleted; its vector collection {} could not be removed yet", name, store_name)
         logger.info("deleted collection {}", name)
         audit(principal, "deleted collection", name)
         return True

@@ -13,12 +13,13 @@ compares with the row to find and repair a point that disagrees.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from app.adapters.bm25 import bm25
+from app.adapters.postgres_rows import DocumentStatus
 from app.domain.access import INTERNAL, Principal
 from app.domain.chunking import TextChunk, chunk_text
 from app.domain.embedding import EmbedKind
@@ -96,49 +97,95 @@ async def index_documents(
     docs: Sequence[ToIndex],
     settings: Settings,
     principal: Principal = INTERNAL,
+    *,
+    versions: Sequence[Any] | None = None,
+    status: DocumentStatus | tuple[DocumentStatus, ...] = "pending",
+    clear_backlog: bool = False,
 ) -> IndexOutcome:
     """Embed, then write and mark indexed, batch by batch, so finished batches stay finished.
-    A document whose row changed (or went) since `docs` were read is skipped: the writer of
-    the newer version indexes it. The model work is the principal's share of the model, and
-    waits for room rather than failing: the documents are already stored."""
+    Every version of the collection gets its points (`versions`, default collection.versions():
+    the next one too while a reindex builds it, each with its own model and chunking). A
+    document whose row changed (or went) since `docs` were read is skipped: the writer of the
+    newer version indexes it. The model work is the principal's share of the model, and
+    waits for room rather than failing: the documents are already stored. `status`: the rows
+    written (a reindex rebuilds indexed and pending rows alike, and marks nothing; with
+    `clear_backlog` the rows it wrote leave the reindex backlog). A document's own vector goes
+    into the current version only: a version built by a reindex embeds its text with its model."""
     outcome = IndexOutcome()
+    targets = list(versions) if versions is not None else collection.versions()
     per_call = embed_batch_size(settings)
     for batch in batches(docs, per_call, settings.limits.max_request_chars):
-        spans, window = await embedder.document_tokens(collection.model, [d.text for d in batch])
-        pieces: list[_Piece] = []
-        for doc, doc_spans in zip(batch, spans):
-            if doc.vector is not None:  # its own embedding: one point, whatever the chunking
-                pieces.append(_Piece(doc, None))
-            elif collection.chunk_max_tokens:
-                budget = min(collection.chunk_max_tokens, window)
-                pieces.extend(_Piece(doc, c) for c in chunk_text(doc.text, doc_spans, budget, collection.chunk_overlap_tokens))
-            else:
-                if len(doc_spans) > window:
-                    outcome.truncated.append(Truncated(doc, len(doc_spans), window))
-                pieces.append(_Piece(doc, None))
-
-        points: list[VectorPoint] = []
-        for group in batches(pieces, per_call, settings.limits.max_request_chars, lambda p: len(p.text)):
-            points.extend(await _points(embedder, collection, group, principal))
-        written = await write_points(store, repo, collection, {d.id: d.content_hash for d in batch}, points)
+        prepared: dict[str, tuple[Any, list[VectorPoint]]] = {}
+        for target in targets:
+            own = target.store_name == collection.store_name
+            pieces, truncated = await _pieces(embedder, target, batch if own else [replace(d, vector=None) for d in batch])
+            if target is targets[0]:
+                outcome.truncated.extend(truncated)
+            points: list[VectorPoint] = []
+            for group in batches(pieces, per_call, settings.limits.max_request_chars, lambda p: len(p.text)):
+                points.extend(await _points(embedder, target, group, principal))
+            prepared[target.store_name] = (target, points)
+        versions_read = {d.id: d.content_hash for d in batch}
+        written = await write_points(
+            store, repo, collection.name, versions_read, prepared, status=status, clear_backlog=clear_backlog
+        )
         outcome.documents += len(written)
-        outcome.points += sum(1 for p in points if p.payload[DOC_ID_KEY] in written)
+        outcome.points += sum(1 for p in prepared[targets[0].store_name][1] if p.payload[DOC_ID_KEY] in written)
     return outcome
 
 
+async def _pieces(embedder: Any, collection: Any, batch: Sequence[ToIndex]) -> tuple[list[_Piece], list[Truncated]]:
+    """The points-to-be of each document in this version of the collection: its chunks (in the
+    version's model's tokens), or the whole document."""
+    spans, window = await embedder.document_tokens(collection.model, [d.text for d in batch])
+    pieces: list[_Piece] = []
+    truncated: list[Truncated] = []
+    for doc, doc_spans in zip(batch, spans):
+        if doc.vector is not None:  # its own embedding: one point, whatever the chunking
+            pieces.append(_Piece(doc, None))
+        elif collection.chunk_max_tokens:
+            budget = min(collection.chunk_max_tokens, window)
+            pieces.extend(_Piece(doc, c) for c in chunk_text(doc.text, doc_spans, budget, collection.chunk_overlap_tokens))
+        else:
+            if len(doc_spans) > window:
+                truncated.append(Truncated(doc, len(doc_spans), window))
+            pieces.append(_Piece(doc, None))
+    return pieces, truncated
+
+
 async def write_points(
-    store: Any, repo: Any, collection: Any, versions: dict[str, str], points: Sequence[VectorPoint]
+    store: Any,
+    repo: Any,
+    collection: str,
+    versions: dict[str, str],
+    prepared: dict[str, tuple[Any, Sequence[VectorPoint]]],
+    *,
+    status: DocumentStatus | tuple[DocumentStatus, ...] = "pending",
+    clear_backlog: bool = False,
 ) -> set[str]:
-    """Write the points of documents whose rows still hold `versions` ({id: content_hash}) and
-    mark those rows indexed, under their row locks; returns the ids written."""
+    """Write the points of documents whose rows still hold `versions` ({id: content_hash}) into
+    every version of the collection that is live when the rows are locked and that `prepared`
+    ({store collection: (version, points)}) has points for, and mark those rows indexed, under
+    their row locks; returns the ids written. A live version without prepared points (a reindex
+    began or switched since the collection was read) is reported back to write_if_current."""
 
-    async def write(current: list[str]) -> None:
+    async def write(current: list[str], live: Any) -> set[str]:
         keep = set(current)
-        if collection.chunk_max_tokens:
-            await store.delete_documents(collection.name, current)
-        await store.upsert(collection.name, [p for p in points if p.payload[DOC_ID_KEY] in keep])
+        for target in live.versions():
+            entry = prepared.get(target.store_name)
+            if entry is None:
+                continue
+            version, points = entry
+            if version.chunk_max_tokens:
+                await store.delete_documents(target.store_name, current)
+            await store.upsert(target.store_name, [p for p in points if p.payload[DOC_ID_KEY] in keep])
+        return set(live.live_stores()) - prepared.keys()
 
-    return set(await repo.write_if_current(collection.name, versions, write))
+    # Only ingest's and the reconciler's writes of pending rows mark them; a reindex marks nothing.
+    written = await repo.write_if_current(
+        collection, versions, write, status=status, mark_indexed=status == "pending", clear_backlog=clear_backlog
+    )
+    return set(written)
 
 
 async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece], principal: Principal) -> list[VectorPoint]:
@@ -183,8 +230,10 @@ async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece], prin
 
 
 async def remove_points(store: Any, collection: Any, doc_ids: Sequence[str]) -> None:
-    """Remove every point of these documents: one per document, or all their chunks."""
-    if collection.chunk_max_tokens:
-        await store.delete_documents(collection.name, doc_ids)
-    else:
-        await store.delete(collection.name, [point_id(collection.name, i) for i in doc_ids])
+    """Remove every point of these documents from every live version of the collection: one
+    point per document, or all their chunks."""
+    for version in collection.versions():
+        if version.chunk_max_tokens:
+            await store.delete_documents(version.store_name, doc_ids)
+        else:
+            await store.delete(version.store_name, [point_id(collection.name, i) for i in doc_ids])

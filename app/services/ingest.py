@@ -310,7 +310,7 @@ class IngestService:
         may_replace = principal.may_write if principal.tenant is not None else None
         marked = await self.repo.mark_deleting(row.name, unique, may_replace)
         try:
-            return await self.repo.purge_if_deleting(row.name, marked, lambda doomed: remove_points(self.store, row, doomed))
+            return await self.repo.purge_if_deleting(row.name, marked, lambda doomed, live: remove_points(self.store, live, doomed))
         except Exception as exc:
             if isinstance(exc, CitadelError) and not isinstance(exc, DependencyUnavailable):
                 raise  # e.g. a CONFLICT: an answer, not an outage

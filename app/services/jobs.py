@@ -61,6 +61,7 @@ from app.services.job_sources import (
     sniff,
 )
 from app.services.model_progress import ProgressThrottle
+from app.services.reindex import ReindexTarget
 from app.settings import Settings
 from app.tasks import cancel_and_wait
 
@@ -89,6 +90,7 @@ class JobService:
         keys: Any,  # app.services.keys.KeyService: the key that started a job, as it stands now
         bus: Any,  # app.adapters.job_events.JobEventBus
         models: Any,  # ready_spec(name, wait=True): a resumed job waits for its model to load
+        reindexer: Any = None,  # app.services.reindex.Reindexer: REINDEX jobs (reindexCollection)
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -98,6 +100,7 @@ class JobService:
         self.keys = keys
         self.bus = bus
         self.models = models
+        self.reindexer = reindexer
         self.replica = settings.replica
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
@@ -105,6 +108,7 @@ class JobService:
         self._throttle = ProgressThrottle(settings.downloads.progress_interval_seconds)
         self._closing = False
         self._resumer: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()  # previous versions of reindexed collections
         bus.observe(self._on_event)
 
     @property
@@ -150,7 +154,7 @@ class JobService:
     async def close(self) -> None:
         """Stop the tasks; their jobs stay RUNNING in PostgreSQL and resume at the next start."""
         self._closing = True
-        await cancel_and_wait(self._resumer, *self._tasks.values(), ignore_errors=True)
+        await cancel_and_wait(self._resumer, *self._tasks.values(), *self._retiring, ignore_errors=True)
 
     # -- creating -----------------------------------------------------------------------------
 
@@ -199,6 +203,26 @@ class JobService:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
+
+    async def start_reindex(self, name: str, model: str, chunking: Any, *, principal: Principal) -> Job:
+        """A REINDEX job moving collection `name` to `model` (and `chunking`), see app/services/reindex.py."""
+        principal.require(Scope.ADMIN, name)
+        if self.reindexer is None:
+            raise DependencyUnavailable("reindexing is not available on this server")
+        row, target = await self.reindexer.plan(name, model, chunking, principal)
+        for state in ACTIVE:
+            running = await self.repo.list(collections=None, collection=name, state=state, key_id=None, limit=MAX_JOBS_LISTED)
+            if any(j.kind is JobKind.REINDEX for j in running):
+                raise Conflict(f"collection {name!r} has a reindex job {state.value} already", collection=name)
+        total = await self.documents.count_documents(name)
+        job = await self.repo.create(
+            str(uuid.uuid4()), JobKind.REINDEX, name, self.replica, principal.kind, principal.key_id, [],
+            target.to_json(), documents_total=total,
+        )  # fmt: skip
+        logger.info("job {}: reindex {} ({} documents) to {} by {}", job.id, name, total, target.model, principal.label)
+        self._publish(job, final=True)
+        self._launch(job.id)
+        return job
 
     def _store_files(self, directory: Path, files: Sequence[Any]) -> list[JobSource]:
         directory.mkdir(parents=True)
@@ -376,7 +400,7 @@ class JobService:
         if job is None:  # cancelled while queued, or ended meanwhile
             return True
         self._publish(job, final=True)
-        finished = await self._ingest_all(job)
+        finished = await (self._reindex(job) if job.kind is JobKind.REINDEX else self._ingest_all(job))
         if finished is None:
             now = await self.repo.get(job_id)
             if now is not None and not now.state.finished:
@@ -401,6 +425,43 @@ class JobService:
             logger.warning("job {} failed: {}", job_id, message)
             self._publish(failed, final=True)
         return True
+
+    async def _reindex(self, job: Job) -> Job | None:
+        """Build the next version page by page from the job's cursor, then switch; the job as last
+        committed, None when it was cancelled. A failed or cancelled reindex abandons the next
+        version; a shutdown leaves it for the resumed job."""
+        target = ReindexTarget.from_json(job.metadata or {})
+        try:
+            row = await self._retrying(job, lambda: self.reindexer.begin(job.collection, target))
+            if row.next is None:  # switched before a restart: only the end was not recorded
+                return job
+            after, mark = job.cursor_id, time.monotonic()
+            while True:
+                principal = await self._principal(job)
+                page = await self._retrying(job, lambda: self.reindexer.rebuild(row, after, self.batch_size, principal))
+                if page.last_id is None:
+                    break
+                now = time.monotonic()
+                committed = await self._commit(
+                    job, 0, job.cursor_offset + page.documents, page.documents, 0, page.points, 0, now - mark, [],
+                    cursor_id=page.last_id,
+                )  # fmt: skip
+                if committed is None:
+                    return None
+                job, after, mark = committed, page.last_id, now
+            principal = await self._principal(job)
+            previous = await self._retrying(job, lambda: self.reindexer.switch(row, principal))
+        except JobFailed:
+            await self.reindexer.abandon(job.collection, target)
+            raise
+        except asyncio.CancelledError:
+            if job.id in self._cancelled:
+                await asyncio.shield(self.reindexer.abandon(job.collection, target))
+            raise
+        retiring = asyncio.create_task(self.reindexer.retire(previous), name=f"citadel-retire-{previous}")
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
+        return job
 
     async def _ingest_all(self, job: Job) -> Job | None:
         """Every source from the cursor on; the job as last committed, None when it was cancelled."""
@@ -518,14 +579,18 @@ class JobService:
 
     async def _ingest(self, job: Job, documents: list[dict[str, Any]], max_text_chars: int | None = None) -> Any:
         async def ingest() -> Any:
-            principal = await self.keys.principal_again(job.principal_kind, job.key_id)
-            if principal is None:
-                raise JobFailed("the API key that started this job was revoked")
-            # The job's own share of the model: the key's interactive calls are served beside it.
-            as_job = dataclasses.replace(principal, fair_key=f"job:{job.id}")
-            return await self.ingest.ingest(job.collection, documents, principal=as_job, max_text_chars=max_text_chars)
+            principal = await self._principal(job)
+            return await self.ingest.ingest(job.collection, documents, principal=principal, max_text_chars=max_text_chars)
 
         return await self._retrying(job, ingest)
+
+    async def _principal(self, job: Job) -> Principal:
+        """The key that started the job as it stands now, with the job's own share of the model
+        (the key's interactive calls are served beside it)."""
+        principal = await self.keys.principal_again(job.principal_kind, job.key_id)
+        if principal is None:
+            raise JobFailed("the API key that started this job was revoked")
+        return dataclasses.replace(principal, fair_key=f"job:{job.id}")
 
     async def _retrying(self, job: Job, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, again while the model or a dependency cannot take it now (for up to
@@ -546,13 +611,13 @@ class JobService:
 
     async def _commit(
         self, job: Job, cursor_source: int, cursor_offset: int, done: int, failed: int, chunks: int,
-        bytes_done: int, seconds: float, errors: list[JobError],
+        bytes_done: int, seconds: float, errors: list[JobError], cursor_id: str | None = None,
     ) -> Job | None:
         committed = await self.repo.commit_batch(
             job.id, after=(job.cursor_source, job.cursor_offset), cursor_source=cursor_source,
             cursor_offset=cursor_offset, done=done, failed=failed, chunks=chunks, bytes_done=bytes_done,
             seconds=seconds, errors=errors,
-            max_errors=self.settings.ingest.job_max_errors,
+            max_errors=self.settings.ingest.job_max_errors, cursor_id=cursor_id,
         )  # fmt: skip
         if committed is not None:
             self._publish(committed)
@@ -592,6 +657,9 @@ def _started_by(job: Job, principal: Principal) -> bool:
 
 
 def _summary(job: Job) -> str:
+    if job.kind is JobKind.REINDEX:
+        model = (job.metadata or {}).get("model")
+        return f"{job.documents_done} documents rebuilt with {model} ({job.chunks_done} vector points); the collection uses it now"
     return (
         f"{job.documents_done} documents ingested ({job.chunks_done} vector points), {job.documents_failed} failed"
     )

@@ -131,16 +131,16 @@ class Reconciler:
     async def _backfill_collection(self, collection: Any) -> int:
         """Sparse vectors for every indexed document of a collection built before keyword indexes
         (never chunked: chunking came with them). New writes already carry theirs."""
-        await self.store.add_keyword_index(collection.name)
+        await self.store.add_keyword_index(collection.store_name)
         cursor, done = collection.keyword_cursor, 0
         for _ in range(MAX_ROUNDS):
             rows = await self.repo.list_documents(collection.name, cursor, BACKFILL_PAGE)
             indexed = [r for r in rows if r.status == "indexed"]  # pending rows get theirs when indexed
             vectors = dict(zip((r.id for r in indexed), await bm25().documents([r.text for r in indexed])))
 
-            async def write(current: list[str], name: str = collection.name) -> None:
+            async def write(current: list[str], live: Any, name: str = collection.name) -> None:
                 # Only rows unchanged since they were read: a newer version brings its own.
-                await self.store.set_sparse_vectors(name, [(point_id(name, i), vectors[i]) for i in current])
+                await self.store.set_sparse_vectors(live.store_name, [(point_id(name, i), vectors[i]) for i in current])
 
             versions = {r.id: r.content_hash for r in indexed}
             written = await self.repo.write_if_current(collection.name, versions, write, status="indexed", mark_indexed=False)
@@ -203,20 +203,21 @@ class Reconciler:
         live = set()
         for collection in await self.repo.list_collections():
             name = collection.name
-            live.add(name)
+            live.add(collection.store_name)
             try:
-                removed += await self._sweep_collection(name)
+                removed += await self._sweep_collection(name, collection.store_name)
             except Exception as exc:  # the next round tries again, from the same place
                 self._note_problem(name, "sweep", f"orphan sweep failed: {exc!r}")
         for gone in set(self._sweep_from) - live:
             del self._sweep_from[gone]
         return removed
 
-    async def _sweep_collection(self, name: str) -> int:
+    async def _sweep_collection(self, name: str, store_name: str) -> int:
+        """`store_name`: the store collection of the collection's current version."""
         removed, seen = 0, 0
-        after = self._sweep_from.get(name)
+        after = self._sweep_from.get(store_name)
         while seen < SWEEP_POINTS_PER_ROUND:
-            points, following = await self.store.document_points(name, after, SWEEP_PAGE)
+            points, following = await self.store.document_points(store_name, after, SWEEP_PAGE)
             seen += len(points)
             if points:
                 rows = await self.repo.content_versions(name, [p.doc_id for p in points])
@@ -227,7 +228,7 @@ class Reconciler:
                     if p.doc_id in rows and rows[p.doc_id][1] == "indexed" and p.version != rows[p.doc_id][0]
                 }
                 if orphans:
-                    await self.store.delete(name, orphans)
+                    await self.store.delete(store_name, orphans)
                     removed += len(orphans)
                     RECONCILED.labels("orphan").inc(len(orphans))
                     orphan_docs = {p.doc_id for p in points if p.doc_id not in rows}
@@ -239,7 +240,7 @@ class Reconciler:
             after = following
             if after is None:
                 break
-        self._sweep_from[name] = after  # None: the next round starts at the beginning
+        self._sweep_from[store_name] = after  # None: the next round starts at the beginning
         return removed
 
     async def _purge(self, name: str, rows: list[Any]) -> int:
@@ -247,7 +248,7 @@ class Reconciler:
         collection = await self.repo.get_collection(name)
         if collection is None:  # deleted meanwhile: its rows and vectors went with it
             return 0
-        purged = await self.repo.purge_if_deleting(name, ids, lambda doomed: remove_points(self.store, collection, doomed))
+        purged = await self.repo.purge_if_deleting(name, ids, lambda doomed, live: remove_points(self.store, live, doomed))
         RECONCILED.labels("purged").inc(purged)
         return purged
 

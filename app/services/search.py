@@ -323,7 +323,7 @@ class SearchService:
             )
 
         return await self.store.facet(
-            row.name, payload_key(field), self.store_filter(filter, principal), limit, before_scan=before_scan
+            row.store_name, payload_key(field), self.store_filter(filter, principal), limit, before_scan=before_scan
         )
 
     # -- internals ------------------------------------------------------------------------------
@@ -370,7 +370,7 @@ class SearchService:
         if not all(ids) or len(ids) > MAX_STORED_QUERY_DOCUMENTS:
             raise BadInput(f"{field} takes 1 to {MAX_STORED_QUERY_DOCUMENTS} non-empty document ids", field=field)
         rows = await self.repo.get_documents(row.name, ids)
-        vectors = await self.store.document_vectors(row.name, ids)
+        vectors = await self.store.document_vectors(row.store_name, ids)
         by_id: dict[str, Any] = {}
         for doc_id, doc_row in zip(ids, rows):
             if doc_row is None or not principal.owns(doc_row.metadata):
@@ -417,7 +417,7 @@ class SearchService:
         candidates, _ = await top(min(MAX_CANDIDATES, max(MMR_MIN_CANDIDATES, MMR_CANDIDATE_FACTOR * wanted)))
         if not candidates:
             return []
-        stored = await self.store.document_vectors(row.name, [h.id for h in candidates])
+        stored = await self.store.document_vectors(row.store_name, [h.id for h in candidates])
         kept = [h for h in candidates if stored.get(h.id)]
         order = mmr_order([h.score for h in kept], [document_vector(stored[h.id]) for h in kept], diversity, wanted)
         return [kept[i] for i in order]
@@ -439,14 +439,14 @@ class SearchService:
         """Store hits, one per document: chunk points are grouped to each document's best."""
         if not row.chunk_max_tokens:
             return await self.store.search(
-                row.name, None, limit=limit, offset=offset, filter=filter, score_threshold=score_threshold, query=query
+                row.store_name, None, limit=limit, offset=offset, filter=filter, score_threshold=score_threshold, query=query
             )
         wanted = offset + limit
         fetch = min(MAX_CHUNK_FETCH, wanted * CHUNK_FETCH_FACTOR)
         while True:
             wide = dataclasses.replace(query, prefetch=max(query.prefetch, fetch))
             found = await self.store.search(
-                row.name, None, limit=fetch, filter=filter, score_threshold=score_threshold, query=wide
+                row.store_name, None, limit=fetch, filter=filter, score_threshold=score_threshold, query=wide
             )
             best: dict[str, VectorHit] = {}
             for hit in found:  # best first: the first chunk seen of a document is its best
@@ -471,7 +471,7 @@ class SearchService:
         if sparse is None or not sparse.indices:
             return 0.0, None
         top = await self.store.search(
-            row.name, None, limit=1, filter=filter, query=StoreQuery(SearchMode.KEYWORD, sparse=sparse)
+            row.store_name, None, limit=1, filter=filter, query=StoreQuery(SearchMode.KEYWORD, sparse=sparse)
         )
         if not top:
             return 0.0, None

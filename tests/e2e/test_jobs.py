@@ -634,3 +634,30 @@ def test_a_long_file_is_chunked_whole_past_the_text_limit_of_one_document(jobs_s
     assert hits(jobs_server, name, "KW-9931-Z", "KEYWORD") == ["log.txt"]  # its last chunk was indexed
     stored = data(jobs_server, f'{{ document(collection: "{name}", id: "log.txt") {{ text }} }}')["document"]["text"]
     assert stored == text.decode()
+
+
+def test_reindex_collection_moves_a_collection_to_a_new_chunking_and_needs_admin(jobs_server: LiveServer) -> None:
+    """reindexCollection over GraphQL: the bundled model again, now chunked; a WRITE key is refused."""
+    name = f"reindex-{uuid.uuid4().hex[:6]}"
+    create_collection(jobs_server, name)
+    ingested = wait_for_end(jobs_server, start_job(jobs_server, name, documents("rx", 60))["data"]["startIngestJob"]["id"])
+    assert ingested["state"] == "SUCCEEDED"
+    model = data(jobs_server, f'{{ collection(name: "{name}") {{ model }} }}')["collection"]["model"]
+    before = hits(jobs_server, name, "crate 7 sits in aisle 7", "SEMANTIC")
+    writer = data(
+        jobs_server,
+        "mutation($i: ApiKeyInput!) { createApiKey(input: $i) { secret } }",
+        {"i": {"name": "reindex-writer", "scopes": ["WRITE"], "collections": [name]}},
+    )["createApiKey"]["secret"]
+    mutation = "mutation($n: String!, $m: String!, $c: ChunkingInput) { reindexCollection(name: $n, model: $m, chunking: $c) { id kind state documentsTotal } }"
+    variables = {"n": name, "m": model, "c": {"maxTokens": 16, "overlapTokens": 4}}
+    assert codes(graphql(jobs_server, mutation, variables, key=writer)) == ["FORBIDDEN"]
+    assert codes(graphql(jobs_server, mutation, {**variables, "m": "no/such-model"})) == ["NOT_FOUND"]
+    started = data(jobs_server, mutation, variables)["reindexCollection"]
+    assert started["kind"] == "REINDEX" and started["documentsTotal"] == 60
+    assert codes(graphql(jobs_server, mutation, variables)) == ["CONFLICT"]  # one reindex of a collection at a time
+    ended = wait_for_end(jobs_server, started["id"])
+    assert ended["state"] == "SUCCEEDED" and ended["documentsDone"] == 60 and ended["chunksDone"] > 60, ended
+    after = data(jobs_server, f'{{ collection(name: "{name}") {{ model chunking {{ maxTokens overlapTokens }} }} }}')["collection"]
+    assert after == {"model": model, "chunking": {"maxTokens": 16, "overlapTokens": 4}}
+    assert before[0] == "rx-7" and "rx-7" in hits(jobs_server, name, "crate 7 sits in aisle 7", "SEMANTIC")

@@ -90,8 +90,10 @@ async def store_points(stack: Stack, name: str) -> dict[str, list[Any]]:
     """doc_id -> the points the store holds for it."""
     by_doc: dict[str, list[Any]] = {}
     after = None
+    row = await stack.repo.get_collection(name)
+    store_name = row.store_name if row is not None else name  # a reindexed collection's vectors live elsewhere
     while True:
-        page, after = await stack.store.document_points(name, after, 500)
+        page, after = await stack.store.document_points(store_name, after, 500)
         for ref in page:
             by_doc.setdefault(ref.doc_id, []).append(ref)
         if after is None:

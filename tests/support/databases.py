@@ -87,7 +87,8 @@ async def alembic_revision(url: str) -> str | None:
 EXPECTED_SCHEMA = {
     "collections": {
         "name", "model", "model_revision", "dimensions", "distance", "indexed_fields", "created_at",
-        "keyword_index", "keyword_cursor", "chunk_max_tokens", "chunk_overlap_tokens",
+        "keyword_index", "keyword_cursor", "chunk_max_tokens", "chunk_overlap_tokens", "vectors", "next_vectors",
+        "next_model", "next_model_revision", "next_dimensions", "next_chunk_max_tokens", "next_chunk_overlap_tokens",
     },
     "documents": {
         "collection", "id", "text", "metadata", "content_hash", "point_id", "status", "created_at", "updated_at",
@@ -106,7 +107,9 @@ EXPECTED_SCHEMA = {
     "jobs": {
         "id", "kind", "collection", "state", "replica", "principal_kind", "key_id", "sources", "metadata",
         "documents_total", "documents_done", "documents_failed", "chunks_done", "bytes_total", "bytes_done",
-        "cursor_source", "cursor_offset", "errors", "message", "run_seconds", "created_at", "updated_at", "finished_at",
+        "cursor_source", "cursor_offset", "cursor_id", "errors", "message", "run_seconds", "created_at", "updated_at",
+        "finished_at",
     },
+    "reindex_backlog": {"collection", "id"},
     "alembic_version": {"version_num"},
 }  # fmt: skip

@@ -133,7 +133,7 @@ def _job(**changes) -> Job:
         id="00000000-0000-0000-0000-000000000001", kind=JobKind.INGEST, collection="c", state=JobState.RUNNING,
         replica="r", principal_kind="key", key_id="k", sources=(JobSource("00000", "a.jsonl", NDJSON, 100, 10),),
         metadata={"team": "x"}, documents_total=10, documents_done=3, documents_failed=1, chunks_done=6,
-        bytes_total=100, bytes_done=40, cursor_source=0, cursor_offset=40,
+        bytes_total=100, bytes_done=40, cursor_source=0, cursor_offset=40, cursor_id=None,
         errors=(JobError(2, "d2", "BAD_INPUT", "text is missing or blank"),), message=None, run_seconds=2.0,
         created_at=now, updated_at=now, finished_at=None,
     )  # fmt: skip
