@@ -28,7 +28,7 @@ from strawberry.extensions.query_depth_limiter import create_validator as max_de
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionResult
 
-from app.errors import BadInput, Forbidden, Unauthenticated
+from app.errors import BadInput, Forbidden
 from app.graphql.access import introspects
 from app.graphql.arguments import check_document
 from app.graphql.errors import public_error
@@ -36,6 +36,7 @@ from app.graphql.limits import count_costly_items
 from app.graphql.persisted import DocumentSource, PersistedQueries, TrustedDocuments
 from app.graphql.walk import OperationWalk
 from app.settings import LimitSettings
+from app.web.auth import require_key
 
 # Frontends send the same few documents over and over: parsing and validating each once saves
 # most of a cached request's CPU (validation alone was ~58% of it).
@@ -106,10 +107,7 @@ class OperationRules:
         if context.ws_secret is not None and principal.kind != "rejected":
             # Same key, checked again per operation (a cache hit, unless it was revoked).
             principal = context.principal = await context.services.keys.authenticate(context.ws_secret)
-        if context.auth_error is not None:
-            raise context.auth_error
-        if principal.kind == "rejected":
-            raise Unauthenticated(principal.reason or "a valid API key is required")
+        require_key(principal, context.auth_error)
         services = context.services
         if not services.settings.server.introspection and not principal.is_admin and document is not None:
             if introspects(document):

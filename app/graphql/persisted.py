@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 from loguru import logger
 
-from app.errors import BadInput, CitadelError, Forbidden, NotFound, Unauthenticated
+from app.errors import BadInput, CitadelError, Forbidden, NotFound
+from app.web.auth import require_key
 
 APQ_VERSION = 1
 NOT_FOUND_MESSAGE = "PersistedQueryNotFound"  # the message (and code below) Apollo's clients look for
@@ -160,10 +161,7 @@ class DocumentSource:
         principal = getattr(context, "principal", None)
         if principal is None:
             return False
-        if getattr(context, "auth_error", None) is not None:
-            raise context.auth_error
-        if principal.kind == "rejected":
-            raise Unauthenticated(principal.reason or "a valid API key is required")
+        require_key(principal, getattr(context, "auth_error", None))
         return self.require_trusted and not principal.is_admin
 
     async def resolve(self, context: Any, query: str | None, extensions: dict[str, Any] | None) -> str:

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from grpc.aio import ServicerContext
 
 from app.domain.access import Principal
-from app.errors import Unauthenticated
 from app.inference.callers import CLIENT_ADDRESS
-from app.web.auth import bearer, resolve_principal
+from app.web.auth import admit as admit_secret
+from app.web.auth import bearer
 
 if TYPE_CHECKING:
     from app.services.container import Services
@@ -29,13 +29,7 @@ def authorization(context: ServicerContext) -> str | None:
 
 
 async def admit(services: Services, context: ServicerContext) -> Principal:
-    principal, error = await resolve_principal(services, bearer(authorization(context)))
-    if error is not None:
-        raise error
-    if principal.kind == "rejected":
-        raise Unauthenticated(principal.reason or "a valid API key is required")
-    await services.limiter.check(principal)
-    return principal
+    return await admit_secret(services, bearer(authorization(context)))
 
 
 def peer_address(peer: str | None) -> str | None:

@@ -84,16 +84,33 @@ async def resolve_principal(services: Services, secret: str | None) -> tuple[Pri
         return rejected("the key could not be checked"), exc
 
 
-async def authorize_http(request: Request, services: Services) -> Principal:
-    """The caller of a plain HTTP endpoint (/v1/embeddings), as OperationRules.admit decides for GraphQL:
-    a refused key is UNAUTHENTICATED, and the key's rate limit applies. OpenAI clients always send
-    some key: where keys are not required, one that is not a Citadel key is ignored."""
-    principal, error = await resolve_principal(services, http_secret(request))
-    if not services.settings.auth_required and (error is not None or principal.kind == "rejected"):
-        return ANONYMOUS
+def require_key(principal: Principal, error: CitadelError | None) -> Principal:
+    """The access gate, for every transport: a key that could not be checked now is its error,
+    a refused key is UNAUTHENTICATED; anyone else goes on to the services' grants."""
     if error is not None:
         raise error
     if principal.kind == "rejected":
         raise Unauthenticated(principal.reason or "a valid API key is required")
+    return principal
+
+
+async def admit(services: Services, secret: str | None) -> Principal:
+    """A caller of a plain HTTP or gRPC operation: resolved, through the gate, within its rate limit
+    (GraphQL: OperationRules.admit, which adds its per-operation rules)."""
+    principal = require_key(*await resolve_principal(services, secret))
     await services.limiter.check(principal)
     return principal
+
+
+async def authorize_http(request: Request, services: Services) -> Principal:
+    """The caller of a plain HTTP endpoint (/v1/embeddings, /v1/rerank, /rerank). OpenAI and Cohere
+    clients always send some key: where keys are not required, one that is not a Citadel key is
+    ignored."""
+    secret = http_secret(request)
+    if not services.settings.auth_required:
+        principal, error = await resolve_principal(services, secret)
+        if error is not None or principal.kind == "rejected":
+            return ANONYMOUS
+        await services.limiter.check(principal)
+        return principal
+    return await admit(services, secret)
