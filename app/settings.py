@@ -105,6 +105,7 @@ class LimitSettings(BaseModel):
 class InferenceSettings(BaseModel):
     devices: str = Field("auto", description="`auto` (every visible GPU, else CPU), `cpu`, or a list like `cuda:0,cuda:1`")
     max_batch_size: int = Field(64, description="Most texts in one forward pass")
+    bulk_pass_texts: int = Field(16, ge=1, description="Most texts in a forward pass of bulk work only (ingest, jobs, the reconciler: stored texts that wait for room), so an interactive request arriving while every pass slot is busy with bulk work waits for a short pass at most")
     max_batch_tokens: int = Field(16_384, description="Token budget of one forward pass on a GPU")
     max_batch_tokens_cpu: int = Field(2_048, ge=1, description="Token budget of one forward pass on a CPU: small enough that a pass takes a fraction of a second, so a text that arrives behind a long queue waits little for the next pass")
     pass_overhead_tokens: int = Field(256, ge=0, description="What one more forward pass costs, in padded tokens: texts of mixed lengths are split into passes by length where that saves more padding (0: split whenever padding shrinks)")

@@ -71,6 +71,7 @@ class _Item:
     future: asyncio.Future[np.ndarray]
     enqueued_at: float
     ids: Any = None  # the token ids counted at admission (a pair's: ids and type ids), when the backend takes them
+    bulk: bool = False  # stored work that waits for room (ingest, jobs, the reconciler), not a caller waiting
     key: str = INTERNAL_FAIR_KEY  # whose share of the model it uses; FairQueue sets key, tag and seq
     tag: float = 0.0
     seq: int = 0
@@ -115,11 +116,15 @@ class DynamicBatcher:
         max_queue: int,
         pass_overhead_tokens: int,
         model_name: str | None = None,
+        bulk_pass_texts: int | None = None,
     ) -> None:
         self.backend = backend
         self.max_batch_size = max(1, max_batch_size)
         self.max_batch_tokens = max(1, max_batch_tokens)
         self.pass_overhead_tokens = max(0, pass_overhead_tokens)
+        # A pass of bulk texts only holds at most this many: with every slot busy on long bulk
+        # passes an interactive text would wait for one of them to end.
+        self.bulk_pass_texts = max(1, min(bulk_pass_texts or self.max_batch_size, self.max_batch_size))
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_gather = max(self.max_wait, max_gather_ms / 1000.0)
         self._last_arrival = 0.0
@@ -167,11 +172,13 @@ class DynamicBatcher:
         normalize: bool,
         token_ids: Sequence[Any] | None = None,
         fair_key: str = INTERNAL_FAIR_KEY,
+        bulk: bool = False,
     ) -> np.ndarray:
         """Embed texts (already validated) as part of whatever batches form; rows in input order.
         token_ids: the texts' ids (TokenIdBackend.token_ids, or a cross-encoder's pair_token_ids),
         so passes need not tokenize: given, they go to backend.encode_ids instead of the texts.
-        fair_key: whose share of the model they use (callers.fair_key_of)."""
+        fair_key: whose share of the model they use (callers.fair_key_of). bulk: stored work
+        (ingest, jobs): its passes stay short while another pass runs (bulk_pass_texts)."""
         if self._closed:
             raise ModelUnavailable(f"model {self.model_name!r} was unloaded", model=self.model_name)
         if not texts:
@@ -181,7 +188,7 @@ class DynamicBatcher:
         cap = self.backend.max_seq_length
         ids: Sequence[Any] = token_ids if token_ids is not None else [None] * len(texts)
         items = [
-            _Item(text, min(tokens, cap), normalize, loop.create_future(), now, item_ids)
+            _Item(text, min(tokens, cap), normalize, loop.create_future(), now, item_ids, bulk=bulk)
             for text, tokens, item_ids in zip(texts, token_counts, ids, strict=True)
         ]
         self._last_arrival = now
@@ -296,9 +303,8 @@ class DynamicBatcher:
             return []
         self._ready_last = order(window[-1])
         window.sort(key=lambda item: item.tokens)
-        ends = cut_by_padding(
-            [item.tokens for item in window], self.max_batch_size, self.max_batch_tokens, self.pass_overhead_tokens
-        )
+        most = self.bulk_pass_texts if all(item.bulk for item in window) else self.max_batch_size
+        ends = cut_by_padding([item.tokens for item in window], most, self.max_batch_tokens, self.pass_overhead_tokens)
         passes = [window[begin:end] for begin, end in zip([0, *ends], ends)]
         passes.sort(key=lambda batch: min(map(order, batch)))
         return passes

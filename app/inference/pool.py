@@ -163,7 +163,7 @@ class ModelPool:
                         raise  # an interactive caller, or more than the whole queue ever holds
                     await loaded.room()
             replica = self._least_loaded(loaded)
-            return await replica.batcher.submit(texts, counts, normalize, tokens.ids, fair_key)
+            return await replica.batcher.submit(texts, counts, normalize, tokens.ids, fair_key, bulk=wait_for_room)
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()
@@ -263,6 +263,7 @@ class ModelPool:
                     max_gather_ms=inference.max_gather_ms,
                     max_queue=inference.max_queue,  # admission is _admit's; the batcher only bounds leftovers
                     model_name=name,
+                    bulk_pass_texts=inference.bulk_pass_texts,
                 )
                 replicas.append(_Replica(backend, batcher))
         except BaseException:

@@ -307,3 +307,18 @@ async def test_a_free_slot_beside_a_running_pass_starts_without_gathering():
     assert len((await full)) == 4
     np.testing.assert_array_equal((await lone)[0], backend.vector("lone"))
     await batcher.close()
+
+
+async def test_bulk_work_runs_in_short_passes_and_mixed_passes_stay_whole():
+    # Two slots busy with long bulk passes would keep an interactive text waiting for one to end.
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=16, bulk_pass_texts=4, max_wait_ms=0)
+    bulk = [f"stored {i}" for i in range(16)]
+    rows = await batcher.submit(bulk, backend.token_counts(bulk), False, bulk=True)
+    assert [len(p) for p in backend.passes] == [4, 4, 4, 4]
+    np.testing.assert_array_equal(rows, np.stack([backend.vector(t) for t in bulk]))
+    backend.passes.clear()
+    asked = [f"asked {i}" for i in range(16)]
+    await submit(batcher, backend, asked)
+    assert [len(p) for p in backend.passes] == [16]
+    await batcher.close()
