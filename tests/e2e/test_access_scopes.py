@@ -75,6 +75,8 @@ ROOT_FIELDS = [
     # A blank text: the job runs and fails that document, so nothing is written to the shared collection.
     ("startIngestJob", "WRITE", OTHER, 'mutation { startIngestJob(collection: "%s", documents: [{id: "j1", text: " "}]) { id } }' % OTHER, {}),
     ("ingestFiles", "WRITE", OTHER, 'mutation { ingestFiles(collection: "%s", files: []) { id } }' % OTHER, {}),
+    # A model outside the catalog: allowed keys get NOT_FOUND, so no reindex runs on the shared collection.
+    ("reindexCollection", "ADMIN", OTHER, 'mutation { reindexCollection(name: "%s", model: "no/such-model") { id } }' % OTHER, {}),
     ("cancelJob", "WRITE", None, 'mutation { cancelJob(id: "00000000-0000-0000-0000-000000000000") { id } }', {}),
     ("createCollection", "ADMIN", "fresh", "mutation($n: String!) { createCollection(name: $n) { name } }", None),
     ("deleteCollection", "ADMIN", "fresh", "mutation($n: String!) { deleteCollection(name: $n) }", None),
