@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import strawberry
@@ -58,73 +60,35 @@ def ingest_error_to_gql(e: Any) -> t.IngestError:
     return t.IngestError(index=e.index, id=None if e.id is None else strawberry.ID(e.id), code=e.code, message=e.message)
 
 
+def same_named(source: Any, target: Any, **given: Any) -> Any:
+    """A `target` (a Strawberry type) from `source`'s attributes of the same names, and `given`
+    for the fields that differ: a projection is written once, by its fields' names."""
+    values = {f.name: given[f.name] if f.name in given else getattr(source, f.name) for f in dataclasses.fields(target) if f.init}
+    return target(**values)
+
+
 def model_to_gql(status: ModelStatus, default_name: str | None, replicas: list[ModelStatus]) -> t.Model:
     """`status` is this replica's truth; `replicas` the cluster's view (this one included)."""
-    return t.Model(
-        name=status.name,
-        backend=status.backend,
-        dimensions=status.dimensions,
-        state=status.state,
-        attempts=status.attempts,
-        max_attempts=status.max_attempts,
-        bytes_done=status.bytes_done,
-        bytes_total=status.bytes_total,
-        device=status.device,
-        fallback_for=status.fallback_for,
-        last_error=status.last_error,
-        updated_at=status.updated_at,
-        is_default=status.name == default_name,
-        replica=status.replica,
-        replicas=[replica_to_gql(r) for r in replicas],
+    return same_named(
+        status, t.Model, is_default=status.name == default_name, replicas=[replica_to_gql(r) for r in replicas]
     )
 
 
 def replica_to_gql(status: ModelStatus) -> t.ModelReplica:
-    return t.ModelReplica(
-        replica=status.replica,
-        state=status.state,
-        attempts=status.attempts,
-        max_attempts=status.max_attempts,
-        bytes_done=status.bytes_done,
-        bytes_total=status.bytes_total,
-        device=status.device,
-        last_error=status.last_error,
-        updated_at=status.updated_at,
-    )
+    return same_named(status, t.ModelReplica)
 
 
 def event_to_gql(event: DownloadEvent) -> t.DownloadEvent:
-    return t.DownloadEvent(
-        model=event.model,
-        replica=event.replica,
-        state=event.state,
-        attempt=event.attempt,
-        max_attempts=event.max_attempts,
-        file=event.file,
-        bytes_done=event.bytes_done,
-        bytes_total=event.bytes_total,
-        percent=event.percent,
-        bytes_per_second=event.bytes_per_second,
-        message=event.message,
-        at=event.at,
-        kind=event.kind,
-        model_bytes_done=event.model_bytes_done,
-        model_bytes_total=event.model_bytes_total,
-    )
+    return same_named(event, t.DownloadEvent)
 
 
 def api_key_to_gql(row: Any) -> t.ApiKey:
-    return t.ApiKey(
+    return same_named(
+        row,
+        t.ApiKey,
         id=strawberry.ID(row.id),
-        name=row.name,
-        prefix=row.prefix,
         scopes=[t.Scope(s) for s in row.scopes],
         collections=None if row.collections is None else list(row.collections),
-        filter=row.filter,
-        rate_per_second=row.rate_per_second,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked=row.revoked,
     )
 
 

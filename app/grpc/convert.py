@@ -110,21 +110,14 @@ def rerank_response(outcome: Any, return_text: bool) -> pb.RerankResponse:
     return pb.RerankResponse(model=outcome.model, hits=hits, took_ms=outcome.took_ms)
 
 
+def same_named(source: Any, message: Any, **given: Any) -> Any:
+    """A `message` (a protobuf class) from `source`'s attributes of the same names, and `given` for
+    the fields that differ (app/graphql/convert.same_named is the same for GraphQL types)."""
+    values = {f.name: given[f.name] if f.name in given else getattr(source, f.name) for f in message.DESCRIPTOR.fields}
+    return message(**values)
+
+
 def download_event(event: DownloadEvent) -> pb.DownloadEvent:
-    return pb.DownloadEvent(
-        model=event.model,
-        replica=event.replica,
-        state=pb.ModelState.Value(f"MODEL_STATE_{event.state.value}"),
-        attempt=event.attempt,
-        max_attempts=event.max_attempts,
-        file=event.file,
-        bytes_done=event.bytes_done,
-        bytes_total=event.bytes_total,
-        percent=event.percent,
-        bytes_per_second=event.bytes_per_second,
-        message=event.message,
-        at=event.at.isoformat(),
-        kind=event.kind,
-        model_bytes_done=event.model_bytes_done,
-        model_bytes_total=event.model_bytes_total,
+    return same_named(
+        event, pb.DownloadEvent, state=pb.ModelState.Value(f"MODEL_STATE_{event.state.value}"), at=event.at.isoformat()
     )
