@@ -345,7 +345,7 @@ async def test_search_never_returns_a_hit_whose_row_is_gone(indexed: Indexed) ->
     # Remove rows behind the store's back (as a crash between the two deletes would).
     target = docs[4]
     await stack.repo.mark_deleting(name, [target["id"]])
-    async def keep_vectors(ids: list[str]) -> None:  # the row goes, its vector stays: an orphan
+    async def keep_vectors(ids: list[str], live: object) -> None:  # the row goes, its vector stays: an orphan
         pass
 
     await stack.repo.purge_if_deleting(name, [target["id"]], keep_vectors)

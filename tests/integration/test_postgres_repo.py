@@ -85,7 +85,7 @@ async def new_collection(repo: PostgresRepo, indexed_fields: tuple[str, ...] = (
 
 
 async def test_migrations_create_the_schema_and_rerun_as_no_op(db_url: str) -> None:
-    assert await alembic_revision(db_url) == head_revision() == "0007"
+    assert await alembic_revision(db_url) == head_revision() == "0008"
     assert await schema_columns(db_url) == EXPECTED_SCHEMA
     await upgrade_async(db_url)  # at head already: nothing to do, nothing fails
     assert await alembic_revision(db_url) == head_revision()
@@ -427,5 +427,5 @@ async def test_repo_recovers_after_its_connection_is_killed(db_url: str) -> None
         await pool.close()
 
 
-async def _nothing_to_remove(ids: list[str]) -> None:
+async def _nothing_to_remove(ids: list[str], live: object) -> None:
     """The vector side of a purge, for tests of the rows alone."""

@@ -11,7 +11,7 @@
   "use strict";
 
   var FIELDS =
-    "id collection state documentsTotal documentsDone documentsFailed chunksDone bytesTotal bytesDone " +
+    "id kind collection state documentsTotal documentsDone documentsFailed chunksDone bytesTotal bytesDone " +
     "percent documentsPerSecond message replica updatedAt finishedAt";
   var JOBS_QUERY = "query DashboardJobs { jobs(first: 20) { " + FIELDS + " } }";
   var JOBS_SUBSCRIPTION = "subscription DashboardJobProgress { jobProgress { " + FIELDS + " } }";
@@ -61,7 +61,7 @@
     var card = element("article", "job");
     card.setAttribute("data-job", job.id);
     var header = element("header", "model-header");
-    var title = element("h2", "model-name", job.collection);
+    var title = element("h2", "model-name", job.kind === "REINDEX" ? job.collection + " (reindex)" : job.collection);
     var id = element("span", "replica", job.id.slice(0, 8));
     id.title = job.id;
     var state = element("span", "state");
