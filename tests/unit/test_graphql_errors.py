@@ -1,4 +1,4 @@
-"""What clients see of errors: codes from API.md, never internals."""
+"""What clients see of errors: codes from schema.graphql and README "Errors", never internals."""
 
 import asyncpg
 import pytest
