@@ -57,14 +57,14 @@ class Spy:
         for replica in self.pool._loaded[MODEL].replicas:
             submit = replica.batcher.submit
 
-            async def spy_submit(texts, counts, normalize, ids, fair_key, _submit=submit):
+            async def spy_submit(texts, counts, normalize, ids, fair_key, _submit=submit, **options):
                 if fair_key == "key:heavy":
                     self.heavy_peak = max(self.heavy_peak, pending_of(self.pool, fair_key) + len(texts))
                     self.heavy_queued.set()
                     self.heavy_submits += 1
                     if self.heavy_submits > 1:
                         self.later_slice_queued.set()
-                return await _submit(texts, counts, normalize, ids, fair_key)
+                return await _submit(texts, counts, normalize, ids, fair_key, **options)
 
             replica.batcher.submit = spy_submit  # type: ignore[method-assign]
 
