@@ -91,7 +91,11 @@ class CrossEncoderBackend:
         """Each pair's (ids, token type ids) as the model reads it: special tokens included, after
         truncation (what CrossEncoder.preprocess gives the model, without the padding)."""
         with self._counter_lock:
-            return [(e.ids, e.type_ids) for e in self._counter.encode_batch([tuple(p) for p in pairs])]
+            # One pair at a time, on the calling thread: encode_batch hands the work to the
+            # tokenizer's own thread pool, which waits for cores the forward passes hold (16 pairs
+            # beside two busy passes: 2.5-4.5 ms against 1.9 ms in turn; idle 1.0 against 1.7).
+            encoded = [self._counter.encode(query, document) for query, document in pairs]
+        return [(e.ids, e.type_ids) for e in encoded]
 
     def token_counts(self, texts: Sequence[Pair]) -> list[int]:  # type: ignore[override]
         return [len(ids) for ids, _ in self.pair_token_ids(texts)]
