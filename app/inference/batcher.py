@@ -303,9 +303,13 @@ class DynamicBatcher:
             return []
         self._ready_last = order(window[-1])
         window.sort(key=lambda item: item.tokens)
-        most = self.bulk_pass_texts if all(item.bulk for item in window) else self.max_batch_size
-        ends = cut_by_padding([item.tokens for item in window], most, self.max_batch_tokens, self.pass_overhead_tokens)
-        passes = [window[begin:end] for begin, end in zip([0, *ends], ends)]
+        passes: list[list[_Item]] = []
+        # Callers' texts and bulk texts go in passes of their own: a caller's text never waits in
+        # a long pass of stored work, and bulk passes stay short (bulk_pass_texts).
+        for bulk, most in ((False, self.max_batch_size), (True, self.bulk_pass_texts)):
+            group = [item for item in window if item.bulk is bulk]
+            ends = cut_by_padding([item.tokens for item in group], most, self.max_batch_tokens, self.pass_overhead_tokens)
+            passes += [group[begin:end] for begin, end in zip([0, *ends], ends)]
         passes.sort(key=lambda batch: min(map(order, batch)))
         return passes
 

@@ -7,8 +7,8 @@ background on the replica that took them.
   `ingest` mutation (grants, tenant filters, versioned writes, the fair queue), as the key that
   started the job, re-read before every batch (a revoked key stops its jobs), with a share of the
   model of the job's own (Principal.fair_key), so the key's interactive calls are served beside
-  it. Two batches of a JSON Lines source are in flight at once (one embeds while the one before
-  it is stored; see _ingest_lines), committed in file order. Each batch's counts, errors and the cursor past it are one UPDATE that holds only while the
+  it. Three batches of a JSON Lines source are in flight at once (they embed while the ones
+  before them are stored; see _ingest_lines), committed in file order. Each batch's counts, errors and the cursor past it are one UPDATE that holds only while the
   job is RUNNING and its cursor is still where the batch began (a second runner never counts a
   batch twice).
 - A replica resumes its own QUEUED and RUNNING jobs when it starts (in the background, once
@@ -69,7 +69,7 @@ T = TypeVar("T")
 JOBS_FINISHED = Counter("citadel_jobs_finished_total", "Jobs that ended, by final state", ["state"])
 MAX_JOBS_LISTED = 100
 RETRY_SECONDS = 600.0  # a batch the model or a dependency could not take now is tried again this long, then the job fails
-BATCHES_IN_FLIGHT = 2  # one batch embedding while the one before it is stored
+BATCHES_IN_FLIGHT = 3  # batches embedding while the ones before them are stored: the model never waits for storage
 RETRYABLE = (Overloaded, DependencyUnavailable, Conflict, ModelUnavailable)
 
 
@@ -496,8 +496,8 @@ class JobService:
         return job
 
     async def _ingest_lines(self, job: Job, index: int, source: JobSource, path: Path, base_bytes: int) -> Job | None:
-        """A JSON Lines source from the job's cursor on, BATCHES_IN_FLIGHT batches at a time (one
-        is embedded while the one before it is stored, and the model's two passes both have work),
+        """A JSON Lines source from the job's cursor on, BATCHES_IN_FLIGHT batches at a time (some
+        are embedded while the ones before them are stored, and the model's passes all have work),
         committed strictly in file order: the cursor never passes a batch that is not stored, so a
         crash re-ingests at most the batches in flight. The job as last committed; None when it
         was cancelled or another runner moved its cursor first."""

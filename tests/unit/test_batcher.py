@@ -309,7 +309,7 @@ async def test_a_free_slot_beside_a_running_pass_starts_without_gathering():
     await batcher.close()
 
 
-async def test_bulk_work_runs_in_short_passes_and_mixed_passes_stay_whole():
+async def test_bulk_work_runs_in_short_passes_of_its_own():
     # Two slots busy with long bulk passes would keep an interactive text waiting for one to end.
     backend = FakeBackend()
     batcher = make(backend, max_batch_size=16, bulk_pass_texts=4, max_wait_ms=0)
@@ -321,4 +321,14 @@ async def test_bulk_work_runs_in_short_passes_and_mixed_passes_stay_whole():
     asked = [f"asked {i}" for i in range(16)]
     await submit(batcher, backend, asked)
     assert [len(p) for p in backend.passes] == [16]
+    backend.passes.clear()
+    backend.gate.clear()  # both kinds queue together: a caller's texts get passes of their own
+    stored = asyncio.create_task(batcher.submit(bulk[:8], backend.token_counts(bulk[:8]), False, bulk=True))
+    waiting = asyncio.create_task(submit(batcher, backend, asked[:2]))
+    await wait_until(lambda: batcher.pending == 10, "both queued")
+    backend.gate.set()
+    await asyncio.gather(stored, waiting)
+    kinds = [{text.split()[0] for text in p} for p in backend.passes]
+    assert {"asked"} in kinds and all(len(k) == 1 for k in kinds), backend.passes
+    assert max(len(p) for p in backend.passes if p[0].startswith("stored")) <= 4
     await batcher.close()
