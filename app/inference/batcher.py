@@ -143,6 +143,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         passes = max(1, backend.passes_at_once)
+        self.passes_at_once = passes
         self._free_passes = asyncio.Semaphore(passes)
         self._executor = ThreadPoolExecutor(max_workers=passes, thread_name_prefix=f"encode-{backend.device}")
         self._closed = False
@@ -310,6 +311,12 @@ class DynamicBatcher:
             group = [item for item in window if item.bulk is bulk]
             ends = cut_by_padding([item.tokens for item in group], most, self.max_batch_tokens, self.pass_overhead_tokens)
             passes += [group[begin:end] for begin, end in zip([0, *ends], ends)]
+        if len(passes) == 1 and not self._running and self.passes_at_once > 1 and 1 < len(passes[0]) < self.max_batch_size:
+            # A lone request on an idle model (nothing running, the window short of a pass): its
+            # texts go in one pass per slot, so every core works on it; one single-threaded pass
+            # left the other core idle (a lone rerank of 16 pairs: 0.7x Infinity's requests/s).
+            whole, parts = passes[0], min(self.passes_at_once, len(passes[0]))
+            passes = [whole[k * len(whole) // parts : (k + 1) * len(whole) // parts] for k in range(parts)]
         passes.sort(key=lambda batch: min(map(order, batch)))
         return passes
 

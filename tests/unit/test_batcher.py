@@ -332,3 +332,18 @@ async def test_bulk_work_runs_in_short_passes_of_its_own():
     assert {"asked"} in kinds and all(len(k) == 1 for k in kinds), backend.passes
     assert max(len(p) for p in backend.passes if p[0].startswith("stored")) <= 4
     await batcher.close()
+
+
+async def test_a_lone_request_on_an_idle_model_is_split_over_every_pass_slot():
+    # One single-threaded pass would leave the other core idle while the caller waits.
+    backend = CountingBackend(2)
+    batcher = make(backend, max_batch_size=16, max_wait_ms=0)
+    backend.gate.clear()
+    texts = [f"pair {i}" for i in range(6)]
+    request = asyncio.create_task(submit(batcher, backend, texts))
+    await wait_until(lambda: backend.running == 2, "both slots working on the one request")
+    backend.gate.set()
+    rows = await request
+    np.testing.assert_array_equal(rows, np.stack([backend.vector(t) for t in texts]))
+    assert sorted(len(p) for p in backend.passes) == [3, 3]
+    await batcher.close()
