@@ -29,6 +29,7 @@ from app.domain.models import ModelSpec
 from app.errors import ModelUnavailable
 from app.inference import cpu_share
 from app.inference.backends import unpadded_bert
+from app.inference.backends.tokens import padded_features
 from app.settings import InferenceSettings
 
 Pair = tuple[str, str]
@@ -110,21 +111,9 @@ class CrossEncoderBackend:
             with torch.inference_mode():
                 logits = self._unpadded.scores([row for row, _ in ids], [types for _, types in ids])
                 return logits.float().cpu().numpy()
-        width = max(len(row) for row, _ in ids)
-        input_ids = np.full((len(ids), width), self._pad_id, dtype=np.int64)
-        type_ids = np.zeros((len(ids), width), dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for index, (row, types) in enumerate(ids):
-            input_ids[index, : len(row)] = row
-            type_ids[index, : len(row)] = types
-            mask[index, : len(row)] = 1
-        features = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
-            "modality": "text",
-        }
-        if self._wants_token_types:
-            features["token_type_ids"] = torch.from_numpy(type_ids).to(self.device)
+        features = padded_features(
+            [row for row, _ in ids], self._pad_id, self.device, [types for _, types in ids], self._wants_token_types
+        )
         with torch.inference_mode():
             scores = self._model(features)["scores"]
         return scores.float().cpu().numpy().reshape(len(ids), -1)

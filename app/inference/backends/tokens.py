@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer
 
 
@@ -52,3 +53,30 @@ class TokenCounter:
     def count(self, texts: Sequence[str]) -> list[int]:
         # Special tokens included: they occupy positions of the model's max_seq_length too.
         return [len(ids) for ids in self.ids(texts)]
+
+
+def padded_features(
+    rows: Sequence[Sequence[int]], pad_id: int, device: str, types: Sequence[Sequence[int]] | None, wants_types: bool
+) -> dict[str, object]:
+    """A sentence-transformers feature dict for token id rows of mixed lengths: the ids padded
+    with `pad_id`, the attention mask, and (where the model reads them) the token types, zero
+    where `types` is None. For a model's own padded forward from ids tokenized earlier."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = row
+        mask[index, : len(row)] = 1
+        if types is not None:
+            type_ids[index, : len(row)] = types[index]
+    features: dict[str, object] = {
+        "input_ids": torch.from_numpy(input_ids).to(device),
+        "attention_mask": torch.from_numpy(mask).to(device),
+        "modality": "text",
+    }
+    if wants_types:
+        features["token_type_ids"] = torch.from_numpy(type_ids).to(device)
+    return features

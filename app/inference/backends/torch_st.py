@@ -18,7 +18,7 @@ from loguru import logger
 from app.errors import ModelUnavailable
 from app.inference import cpu_share
 from app.inference.backends import unpadded_bert
-from app.inference.backends.tokens import TokenCounter
+from app.inference.backends.tokens import TokenCounter, padded_features
 from app.domain.models import ModelSpec
 from app.settings import InferenceSettings
 
@@ -95,19 +95,7 @@ class TorchSentenceTransformerBackend:
                 if normalize:
                     vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
                 return vectors.float().cpu().numpy()
-        width = max(len(row) for row in rows)
-        input_ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for index, row in enumerate(rows):
-            input_ids[index, : len(row)] = row
-            mask[index, : len(row)] = 1
-        features = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device),
-            "attention_mask": torch.from_numpy(mask).to(self.device),
-            "modality": "text",
-        }
-        if self._wants_token_types:
-            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        features = padded_features(rows, self._pad_id, self.device, None, self._wants_token_types)
         with torch.inference_mode():
             vectors = self._model.forward(features)["sentence_embedding"]
             if normalize:
