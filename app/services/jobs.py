@@ -209,7 +209,7 @@ class JobService:
         principal.require(Scope.ADMIN, name)
         if self.reindexer is None:
             raise DependencyUnavailable("reindexing is not available on this server")
-        row, target = await self.reindexer.plan(name, model, chunking, principal)
+        target = await self.reindexer.plan(name, model, chunking)
         for state in ACTIVE:
             running = await self.repo.list(collections=None, collection=name, state=state, key_id=None, limit=MAX_JOBS_LISTED)
             if any(j.kind is JobKind.REINDEX for j in running):

@@ -32,7 +32,7 @@ from typing import Any
 from loguru import logger
 
 from app.adapters.postgres_rows import CollectionRow, NextVersion
-from app.domain.access import INTERNAL, Principal
+from app.domain.access import Principal
 from app.domain.chunking import check_chunking
 from app.errors import BadInput, Conflict, ModelUnavailable, NotFound
 from app.services.embedding import model_revision
@@ -66,9 +66,8 @@ class ReindexTarget:
 
 @dataclass(frozen=True)
 class Rebuilt:
-    documents: int  # rows read in this page
-    written: int  # rows whose next-version points were written (others changed meanwhile: their writer wrote them)
-    points: int
+    documents: int  # rows read in this page (a row changed meanwhile is written by its writer, to both versions)
+    points: int  # next-version points written
     last_id: str | None  # the page's last id: where the next page starts; None at the end
 
 
@@ -80,9 +79,10 @@ class Reindexer:
         self.embedder = embedder
         self.models = models
 
-    async def plan(self, name: str, model: str, chunking: Any, principal: Principal) -> tuple[CollectionRow, ReindexTarget]:
+    async def plan(self, name: str, model: str, chunking: Any) -> ReindexTarget:
         """Check a reindexCollection call before its job exists: the collection, no reindex of it
-        running, an embedding model that is READY (or loads now), a chunking that fits it."""
+        running, an embedding model of the catalog (the job waits for it to load), a chunking
+        that fits its window; what the job will build."""
         row = await self.repo.get_collection(name)
         if row is None:
             raise NotFound(f"collection {name!r} not found", collection=name)
@@ -97,7 +97,7 @@ class Reindexer:
         if chunking is not None:
             checked = check_chunking(chunking.max_tokens, chunking.overlap_tokens, spec.max_seq_length)
             max_tokens, overlap = checked.max_tokens, checked.overlap_tokens
-        return row, ReindexTarget(spec.name, max_tokens, overlap, f"{name}.{uuid.uuid4().hex[:12]}")
+        return ReindexTarget(spec.name, max_tokens, overlap, f"{name}.{uuid.uuid4().hex[:12]}")
 
     async def begin(self, name: str, target: ReindexTarget) -> CollectionRow:
         """The collection with `target` as its next version: created now, or found (a resumed job)."""
@@ -131,9 +131,9 @@ class Reindexer:
         """One page of documents from id `after` written into the next version."""
         rows = await self.repo.list_documents(row.name, after, limit)
         if not rows:
-            return Rebuilt(0, 0, 0, None)
+            return Rebuilt(0, 0, None)
         outcome = await self._write_next(row, rows, principal, clear_backlog=False)
-        return Rebuilt(len(rows), outcome.documents, outcome.points, rows[-1].id)
+        return Rebuilt(len(rows), outcome.points, rows[-1].id)
 
     async def drain_backlog(self, row: CollectionRow, limit: int, principal: Principal) -> int:
         """Index the backlog's documents into the next version; how many entries it held."""
@@ -182,6 +182,6 @@ class Reindexer:
     async def _write_next(self, row: CollectionRow, rows: list[Any], principal: Principal, *, clear_backlog: bool) -> Any:
         docs = [ToIndex(d.id, d.text, d.metadata, d.content_hash) for d in rows]
         return await index_documents(
-            self.embedder, self.store, self.repo, row, docs, self.settings, principal or INTERNAL,
+            self.embedder, self.store, self.repo, row, docs, self.settings, principal,
             versions=[row.next_version()], status=LIVE, clear_backlog=clear_backlog,
         )  # fmt: skip

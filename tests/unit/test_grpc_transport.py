@@ -29,6 +29,7 @@ from app.grpc.status import STATUS
 from app.inference.callers import CLIENT_ADDRESS
 from app.settings import Settings
 from app.startup_checks import StartupRefused
+from tests.support.polling import wait_until
 
 EXPECTED = {
     "BAD_INPUT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -216,9 +217,8 @@ async def test_a_client_leaving_a_stream_gives_its_slot_back() -> None:
             stream = stub.WatchModelProgress(pb.WatchModelProgressRequest(), metadata=auth(KEY))
             assert (await stream.read()).state == pb.MODEL_STATE_READY
             stream.cancel()
-            async with asyncio.timeout(5):  # the server sees the hang-up a moment later; nothing to await
-                while quota.running or services.catalog.open:
-                    await asyncio.sleep(0.01)
+            # The server sees the hang-up a moment later; nothing to await but the condition.
+            await wait_until(lambda: not quota.running and not services.catalog.open, "the stream's slot given back", attempts=1_000)
 
 
 async def test_off_by_default() -> None:
