@@ -29,7 +29,11 @@ from app.domain.models import ModelSpec
 from app.settings import Settings
 
 models_app = typer.Typer(help="The model catalog and cache: list, pull, verify, purge.", no_args_is_help=True)
-console = Console()
+
+
+def _console() -> Console:
+    """A console sized when the command runs (the terminal, or COLUMNS, then), not at import."""
+    return Console()
 
 
 def _settings() -> Settings:
@@ -42,7 +46,7 @@ def _spec(settings: Settings, name: str) -> ModelSpec:
     try:
         return settings.model(name)
     except NotFound as error:
-        console.print(f"[red]{error.message}[/red]")
+        _console().print(f"[red]{error.message}[/red]")
         raise typer.Exit(2) from None
 
 
@@ -70,7 +74,8 @@ def list_models() -> None:
     settings = _settings()
     cache = ModelCache(settings.model_cache_dir)
     table = Table(title=f"Models (cache: {cache.root})")
-    for column in ("name", "backend", "dims", "source", "cache", "role"):
+    table.add_column("name", no_wrap=True)  # an identifier to copy: never folded, the other columns give way
+    for column in ("backend", "dims", "source", "cache", "role"):
         table.add_column(column, overflow="fold")
     fallbacks = {s.fallback for s in settings.models.values() if s.fallback}
     for spec in settings.models.values():
@@ -85,7 +90,7 @@ def list_models() -> None:
         )
         dims = "-" if spec.is_reranker else str(spec.dimensions)
         table.add_row(spec.name, spec.backend, dims, _source(spec), _cache_state(cache, spec), role)
-    console.print(table)
+    _console().print(table)
 
 
 async def _files_present(spec: ModelSpec, directory: Path) -> None:
@@ -132,7 +137,7 @@ async def _pull(settings: Settings, spec: ModelSpec) -> bool:
         TimeRemainingColumn(),
     )
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=_console(), transient=False) as progress:
             bars = _Bars(progress, spec.name)
             async with bus.subscribe(spec.name) as events:
                 job = asyncio.create_task(manager.ensure(spec.name))
@@ -151,9 +156,9 @@ async def _pull(settings: Settings, spec: ModelSpec) -> bool:
         await bus.close()
     if status.state is ModelState.READY:
         where = manager.cache.model_dir(spec) if spec.repo_id else "its package"
-        console.print(f"[green]{spec.name} is ready[/green] in {where}")
+        _console().print(f"[green]{spec.name} is ready[/green] in {where}")
         return True
-    console.print(f"[red]{spec.name} FAILED after {status.attempts} attempt(s):[/red] {status.last_error}")
+    _console().print(f"[red]{spec.name} FAILED after {status.attempts} attempt(s):[/red] {status.last_error}")
     return False
 
 
@@ -176,23 +181,23 @@ def verify(name: str | None = typer.Argument(None, help="One model; all cached h
         else [s for s in settings.models.values() if s.repo_id and cache.bytes_on_disk(s)]
     )
     if not specs:
-        console.print(f"no downloaded models in {cache.root}")
+        _console().print(f"no downloaded models in {cache.root}")
         return
     broken = 0
     for spec in specs:
         if not spec.repo_id:
-            console.print(f"{spec.name}: {_cache_state(cache, spec)}, nothing to verify")
+            _console().print(f"{spec.name}: {_cache_state(cache, spec)}, nothing to verify")
             continue
         problems = cache.verify(spec, full=True)
         if problems:
             broken += 1
-            console.print(f"[red]{spec.name}: {len(problems)} problem(s)[/red]")
+            _console().print(f"[red]{spec.name}: {len(problems)} problem(s)[/red]")
             for problem in problems:
-                console.print(f"  - {problem}")
+                _console().print(f"  - {problem}")
         else:
-            console.print(f"[green]{spec.name}: OK[/green] ({cache.model_dir(spec)})")
+            _console().print(f"[green]{spec.name}: OK[/green] ({cache.model_dir(spec)})")
     if broken:
-        console.print("repair with `citadel models purge NAME` then `citadel models pull NAME`")
+        _console().print("repair with `citadel models purge NAME` then `citadel models pull NAME`")
         raise typer.Exit(1)
 
 
@@ -202,11 +207,11 @@ def purge(name: str = typer.Argument(..., help="Catalog name of the model to rem
     settings = _settings()
     spec = _spec(settings, name)
     if not spec.repo_id:
-        console.print(f"{spec.name} is not downloaded ({_source(spec)}); nothing to purge")
+        _console().print(f"{spec.name} is not downloaded ({_source(spec)}); nothing to purge")
         return
     cache = ModelCache(settings.model_cache_dir)
     directory = cache.model_dir(spec)
     if cache.purge(spec):
-        console.print(f"removed {directory}")
+        _console().print(f"removed {directory}")
     else:
-        console.print(f"{spec.name} is not in the cache ({directory})")
+        _console().print(f"{spec.name} is not in the cache ({directory})")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from loguru import logger
 
@@ -26,6 +26,7 @@ from app.settings import Settings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 MAX_INDEXED_FIELDS = 32
+T = TypeVar("T")
 
 
 def validate_name(name: str) -> str:
@@ -58,6 +59,21 @@ def validate_indexed_fields(fields: Sequence[str] | None) -> list[str]:
     if len(unique) > MAX_INDEXED_FIELDS:
         raise BadInput(f"at most {MAX_INDEXED_FIELDS} indexed fields", field="indexedFields")
     return list(unique.values())
+
+
+async def on_current_version(repo: Any, name: str, read: Callable[[Any], Awaitable[T]]) -> T:
+    """`read` on the collection's current version. A reindex's switch retires the version a read
+    began on (after CITADEL_INGEST__REINDEX_RETIRE_SECONDS); a read that outlives that finds its
+    store collection gone (NOT_FOUND) and runs once more on the version that replaced it."""
+    row = await repo.require_collection(name)
+    try:
+        return await read(row)
+    except NotFound:
+        fresh = await repo.get_collection(name)
+        if fresh is None or fresh.store_name == row.store_name:
+            raise
+        logger.info("a read of {} began on version {}, retired since: read again on {}", name, row.store_name, fresh.store_name)
+        return await read(fresh)
 
 
 async def bound_model(models: Any, collection: Any) -> ModelSpec:

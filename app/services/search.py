@@ -43,7 +43,7 @@ from app.domain.vectors import (
     payload_key,
 )
 from app.errors import BadInput, ModelUnavailable, NotFound
-from app.services.collections import bound_model
+from app.services.collections import bound_model, on_current_version
 from app.settings import Settings
 from app.validation import check_vector
 
@@ -154,9 +154,38 @@ class SearchService:
         """`budget`: the request's scan budget, charged with the candidates that groupBy,
         diversity, similarTo and recommend read beyond the page (without one:
         CITADEL_LIMITS__MAX_SCAN_POINTS for this call)."""
-        started = time.perf_counter()
         principal.require(Scope.READ, collection)
-        row = await self.repo.require_collection(collection)
+        return await on_current_version(
+            self.repo,
+            collection,
+            lambda row: self._search_on(
+                row, query, vector, limit, offset, filter, score_threshold, mode, fusion,
+                similar_to=similar_to, recommend=recommend, group_by=group_by, diversity=diversity,
+                autocut=autocut, principal=principal, budget=budget,
+            ),
+        )  # fmt: skip
+
+    async def _search_on(
+        self,
+        row: Any,
+        query: str | None,
+        vector: Sequence[float] | None,
+        limit: int,
+        offset: int,
+        filter: Any | None,
+        score_threshold: float | None,
+        mode: SearchMode | str,
+        fusion: Fusion | str,
+        *,
+        similar_to: str | None,
+        recommend: Recommend | None,
+        group_by: GroupBy | None,
+        diversity: float | None,
+        autocut: int | None,
+        principal: Principal,
+        budget: ScanBudget | None,
+    ) -> SearchOutcome:
+        started = time.perf_counter()
         self._check_paging(limit, offset, score_threshold)
         self._check_extras(limit, offset, group_by, diversity, autocut)
         mode, fusion = _choice(SearchMode, mode, "mode"), _choice(Fusion, fusion, "fusion")
@@ -307,7 +336,11 @@ class SearchService:
         request's; without one, CITADEL_LIMITS__MAX_SCAN_POINTS for this call) before it starts.
         """
         principal.require(Scope.READ, collection)
-        row = await self.repo.require_collection(collection)
+        return await on_current_version(self.repo, collection, lambda row: self._facets_on(row, field, filter, limit, principal, budget))
+
+    async def _facets_on(
+        self, row: Any, field: str, filter: Any | None, limit: int, principal: Principal, budget: ScanBudget | None
+    ) -> list[FacetValue]:
         check_field(field, "field")
         max_limit = self.settings.limits.max_search_limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:

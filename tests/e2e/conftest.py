@@ -16,10 +16,9 @@ import pytest
 from tests.support.cross_encoders import RERANKER, cross_encoder_dir, reranker_catalog  # noqa: F401  (fixture)
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, FakeHub
-from tests.support.server import LiveServer
+from tests.support.server import ARTIFACTS, LiveServer
 from tests.support.services import redis_url, redis_url_in_use
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 BUNDLED = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -41,7 +40,7 @@ def shared_redis_env() -> dict[str, str]:
 def bundled_server(data_dir: Path, database_url: str, log_name: str, **env: str) -> LiveServer:
     """A server (not started) on the bundled model, the tests' Redis, a database of its own, and a
     fresh log in test-artifacts/."""
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / log_name
     log.unlink(missing_ok=True)
     return LiveServer(
@@ -171,7 +170,7 @@ class DownloadingServer(LiveServer):
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir, cross_encoder_dir):
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env = hub_env(
         fake_hub.url,
         onnx_dir,

@@ -18,7 +18,7 @@ from pathlib import Path
 import graphql
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import nodes
 
@@ -97,20 +97,29 @@ def post(live: LiveServer, query: str, variables: dict | None = None, headers: d
     return response.json()
 
 
-@schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,  # the same requests every run: a failure here reproduces
-)
-def test_every_generated_operation_gets_a_coded_answer(case, fuzz_server):
-    response = case.call(base_url=fuzz_server.url + "/graphql", headers=fuzz_server.admin, timeout=60)
-    assert response.status_code < 500, (case.body, response.status_code, response.text[:500])
-    body = response.json()
-    for error in body.get("errors") or []:
-        code = (error.get("extensions") or {}).get("code")
-        assert code is not None and code != "INTERNAL", (case.body, error)
+# One test per root field, named after it (schemathesis' own schema.parametrize() names every
+# case alike, and pytest-xdist, which schedules by test id, would run one of them only).
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+def test_every_generated_operation_gets_a_coded_answer(operation, fuzz_server):
+    @given(case=st.one_of(*(operation.as_strategy(mode) for mode in schema.config.generation.modes)))  # positive and negative
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,  # the same requests every run: a failure here reproduces
+    )
+    def every_case(case) -> None:
+        response = case.call(base_url=fuzz_server.url + "/graphql", headers=fuzz_server.admin, timeout=60)
+        assert response.status_code < 500, (case.body, response.status_code, response.text[:500])
+        body = response.json()
+        for error in body.get("errors") or []:
+            code = (error.get("extensions") or {}).get("code")
+            assert code is not None and code != "INTERNAL", (case.body, error)
+
+    every_case()
 
 
 def test_the_fuzzed_server_kept_its_data_and_logged_no_traceback(fuzz_server):

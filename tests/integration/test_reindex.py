@@ -21,6 +21,7 @@ from app.adapters.postgres import DocumentWrite
 from app.adapters.redis_cache import EmbeddingCache
 from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobKind, JobState
+from app.errors import NotFound
 from app.services.collections import CollectionService
 from app.services.embedding import EmbeddingService, LocalModels
 from app.services.ids import point_id
@@ -216,3 +217,45 @@ async def test_a_cancelled_reindex_leaves_the_collection_as_it_was_and_a_shutdow
     assert row.model == ONNX_MODEL and row.next is None
     await settle(stack, name)
     await assert_store_mirrors_postgres(stack, name)
+
+
+class _ReadBeforeTheSwitch:
+    """The real repository, except that the next read of the collection returns the row as it was
+    before a reindex switched it: a search that began just before the switch."""
+
+    def __init__(self, repo: Any, stale: Any) -> None:
+        self.repo, self.stale = repo, stale
+
+    async def require_collection(self, name: str) -> Any:
+        row, self.stale = self.stale, None
+        return row if row is not None else await self.repo.require_collection(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.repo, attr)
+
+
+async def test_a_search_that_read_the_collection_before_the_switch_answers_from_the_new_version(stack: Stack) -> None:
+    name = "switched"
+    await stack.collections.create(name, indexed_fields=["writer"])
+    await seed(stack, name, 24)
+    stale = await stack.repo.get_collection(name)
+    before = {q: await top_ids(stack, name, q) for q in QUERIES}
+    async with job_service(stack) as service:
+        job = await service.start_reindex(name, ONNX_MODEL, None, principal=INTERNAL)
+        assert (await final_state(service, job.id)).state is JobState.SUCCEEDED
+        await asyncio.gather(*service._retiring)
+    assert not await stack.store.collection_exists(stale.store_name), "the previous version is removed"
+
+    for q in QUERIES:
+        late = SearchService(stack.settings, _ReadBeforeTheSwitch(stack.repo, stale), stack.store, stack.embedder, stack.models)
+        outcome = await late.search(name, query=q, limit=5, filter={"writer": {"eq": "seed"}})
+        assert [h.id for h in outcome.hits] == before[q], q
+    late = SearchService(stack.settings, _ReadBeforeTheSwitch(stack.repo, stale), stack.store, stack.embedder, stack.models)
+    facets = await late.facets(name, "writer")
+    assert [(f.value, f.count) for f in facets] == [("seed", 24)]
+
+    # A collection that is gone is still NOT_FOUND, after one look at its row.
+    await stack.collections.delete(name)
+    late = SearchService(stack.settings, _ReadBeforeTheSwitch(stack.repo, stale), stack.store, stack.embedder, stack.models)
+    with pytest.raises(NotFound):
+        await late.search(name, query=QUERIES[0], limit=5)

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.server import ARTIFACTS
+
 if TYPE_CHECKING:  # imported lazily at run time so a missing playwright is a skip, not an error
     from playwright.async_api import Browser, Page
 
@@ -30,7 +32,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

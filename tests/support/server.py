@@ -16,6 +16,8 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
+# Server logs and screenshots, one folder per pytest-xdist worker (their servers share names).
+ARTIFACTS = ROOT / "test-artifacts" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def free_port() -> int:
