@@ -16,8 +16,9 @@ subset, the graph otherwise).
 One background scheduler per shard does both jobs: folding new points into the graph, and
 reclaiming the space of replaced and deleted points (every such point stays in its segment until
 the shard is optimized, so a steady stream of updates would grow the data dir without bound).
-A pass is due once the points changed since the last pass are a share of the shard (or the
-collection just crossed exact_below). qdrant-edge-py holds the GIL through optimize(), which
+A pass is due once the points replaced or deleted since the last pass are a share of the shard,
+once the points outside the graph are enough to fold in, or when the collection just crossed
+exact_below. qdrant-edge-py holds the GIL through optimize(), which
 would stop the event loop for the whole build (minutes at 1M points), so a pass runs beside the
 live shard: the shard is flushed and copied (writes wait for the copy), a child process loads the
 copy and optimizes it, the writes made meanwhile are kept in a journal and replayed into the
@@ -122,7 +123,8 @@ class _Shard:
     path: Path
     graph: bool = False  # the live shard's segments were built with an HNSW graph (m > 0)
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: int = 0  # points upserted or deleted since the last pass
+    changed: int = 0  # points upserted or deleted since the last pass (outside the graph, if one)
+    replaced: int = 0  # of those, points replaced or deleted: space a pass reclaims (new points take none)
     points: int = 0  # as of the last write or pass
     optimizing: asyncio.Task[None] | None = None
     journal: list[qe.UpdateOperation] | None = None  # writes made while a pass runs on a copy
@@ -451,16 +453,20 @@ class QdrantEdgeStore:
             return int(entry.shard.info().points_count)
 
         async with entry.write_lock:
-            entry.points = await _call(apply)
+            before, entry.points = entry.points, await _call(apply)
             if entry.journal is not None:  # a pass works on a copy: it gets this write at the swap
                 entry.journal.append(operation)
         entry.changed += changed
+        entry.replaced += changed - max(0, entry.points - before)
         self._schedule(name, entry)
 
     def _schedule(self, name: str, entry: _Shard) -> None:
-        """Start a pass when one is due: the collection needs its first graph, or the points
-        changed since the last pass (new ones searched exactly, dead ones taking space) are a
-        share of it. One pass per shard at a time; a pass checks again when it ends."""
+        """Start a pass when one is due: the collection needs its first graph, the points outside
+        its graph (searched exactly) are enough to fold in, or the points replaced or deleted since
+        the last pass (dead ones taking space) are a share of it. New points alone never make a
+        compaction due: below exact_below they are searched exactly either way, and a bulk load
+        would otherwise copy and rebuild the shard every few thousand points, taking the model's
+        CPU. One pass per shard at a time; a pass checks again when it ends."""
         if entry.busy or self._closing or self._shards.get(name) is not entry:
             return
         wants_graph = self.index.m > 0 and entry.points >= self.index.exact_below
@@ -468,7 +474,7 @@ class QdrantEdgeStore:
         # New points outside the graph are searched exactly: fold them in once they cost about
         # as much as an exact search of a quarter of the threshold.
         fold_in = max(self.optimize_min_changes, min(due, self.index.exact_below / 4))
-        if (wants_graph and (not entry.graph or entry.changed >= fold_in)) or entry.changed >= due:
+        if (wants_graph and (not entry.graph or entry.changed >= fold_in)) or entry.replaced >= due:
             entry.optimizing = asyncio.create_task(self._optimize(name, entry), name=f"edge-optimize-{name}")
             # Writes made during the pass may make another one due.
             entry.optimizing.add_done_callback(lambda _: self._schedule(name, entry))
@@ -476,7 +482,7 @@ class QdrantEdgeStore:
     async def _optimize(self, name: str, entry: _Shard) -> None:
         building = self.base_dir / f".build-{name}"
         graph = self.index.m > 0 and entry.points >= self.index.exact_below
-        changed = 0
+        changed = replaced = 0
         clock = [time.perf_counter()]
         try:
             async with entry.write_lock:  # writes wait for the copy; searches do not
@@ -485,7 +491,7 @@ class QdrantEdgeStore:
                 await asyncio.to_thread(entry.shard.flush)
                 await asyncio.to_thread(_fresh_copy, entry.path, building)
                 entry.journal = []
-                changed, entry.changed = entry.changed, 0
+                (changed, entry.changed), (replaced, entry.replaced) = (entry.changed, 0), (entry.replaced, 0)
             clock.append(time.perf_counter())
             await asyncio.to_thread(_plan_pass, building, self.index if graph else None)
             entry.child = await asyncio.create_subprocess_exec(
@@ -506,6 +512,7 @@ class QdrantEdgeStore:
                 raise
         except Exception as exc:  # the next writes try again
             entry.changed += changed
+            entry.replaced += replaced
             if self._shards.get(name) is entry:
                 logger.warning("edge collection {}: optimization failed: {!r}", name, exc)
             return

@@ -76,3 +76,29 @@ async def test_searches_run_while_a_shard_is_optimized(tmp_path: Path) -> None:
     await store.wait_for_maintenance()
     assert store.optimizations == 1
     await store.close()
+
+
+async def test_a_bulk_load_of_new_points_makes_no_pass_due_until_points_are_replaced(tmp_path: Path) -> None:
+    """Below the graph's threshold new points are searched exactly whether or not a pass ran, so
+    a growing collection is not copied and rebuilt every few thousand points (that took the
+    model's CPU during bulk loads); replaced ones take space, and a fifth of them make a pass due."""
+    store = QdrantEdgeStore(tmp_path, optimize_changed_share=0.2, optimize_min_changes=100)
+    try:
+        await store.create_collection("growing", DIMS, "cosine")
+        batch = points(np.random.default_rng(2), 0)
+        for start in range(0, SIZE, 250):
+            await store.upsert("growing", batch[start : start + 250])
+        await store.wait_for_maintenance()
+        assert (store.optimizations, await store.count("growing")) == (0, SIZE)
+
+        replaced = [VectorPoint(id=p.id, vector=p.vector[::-1].copy(), payload=p.payload) for p in batch[: SIZE // 5]]
+        await store.upsert("growing", replaced[: SIZE // 5 - 1])
+        await store.wait_for_maintenance()
+        assert store.optimizations == 0, "fewer than a fifth replaced: nothing to reclaim yet"
+        await store.upsert("growing", replaced[-1:])
+        await store.wait_for_maintenance()
+        assert (store.optimizations, await store.count("growing")) == (1, SIZE)
+        hits = await store.search("growing", replaced[0].vector, limit=1)
+        assert hits[0].id == replaced[0].id and abs(hits[0].score - 1.0) < 1e-4
+    finally:
+        await store.close()
