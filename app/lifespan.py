@@ -141,6 +141,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         reindexer = Reindexer(settings, repo, store, embedder, models)
         jobs = JobService(settings, PostgresJobRepo(pg_pool), repo, ingest, embedder, keys, job_bus, models, reindexer)
         await jobs.start()
+        jobs.watch_orphans(cluster.ttl_seconds)  # a replica silent this long is gone: its jobs go on here
         stack.push_async_callback(jobs.close)
 
         health = HealthService(

@@ -133,6 +133,34 @@ class PostgresJobRepo:
             )
         return [_job(r) for r in records]
 
+    async def orphaned(self, replica: str, silent_seconds: float) -> list[Job]:
+        """Unfinished jobs of other replicas that have not heart-beat (replica_heartbeats) for
+        `silent_seconds`, oldest first: a replica killed, or scaled away, for good."""
+        async with self._connection() as conn:
+            records = await conn.fetch(
+                f"""
+                SELECT {_COLUMNS} FROM jobs j
+                WHERE state IN ('QUEUED', 'RUNNING') AND replica <> $1
+                  AND NOT EXISTS (
+                      SELECT 1 FROM replica_heartbeats h
+                      WHERE h.replica = j.replica AND h.seen_at > now() - make_interval(secs => $2)
+                  )
+                ORDER BY created_at, id
+                """,
+                replica, silent_seconds,
+            )  # fmt: skip
+        return [_job(r) for r in records]
+
+    async def adopt(self, job_id: str, gone: str, replica: str) -> bool:
+        """Move an unfinished job of replica `gone` to `replica`; False when it moved or ended meanwhile."""
+        async with self._connection() as conn:
+            moved = await conn.fetchval(
+                """UPDATE jobs SET replica = $3, updated_at = now()
+                   WHERE id = $1 AND replica = $2 AND state IN ('QUEUED', 'RUNNING') RETURNING id""",
+                uuid.UUID(job_id), gone, replica,
+            )  # fmt: skip
+        return moved is not None
+
     async def active_ids(self) -> set[str]:
         async with self._connection() as conn:
             records = await conn.fetch("SELECT id FROM jobs WHERE state IN ('QUEUED', 'RUNNING')")

@@ -369,5 +369,5 @@ def _search_hit(info: Info, hit: Any, collection: str = "") -> t.SearchHit:
     collection = getattr(hit, "collection", "") or collection
     # Prime the loader: the rows were already read to drop deleted documents.
     if getattr(hit, "row", None) is not None:
-        info.context.document_loader.prime((collection, hit.id), document_to_gql(hit.row))
+        info.context.document_loader.prime((collection, hit.id), hit.row)
     return hit_to_gql(hit, collection)

@@ -217,7 +217,9 @@ class SearchHit:
 
     @strawberry.field(description="The whole stored document (batched: one read for every hit)")
     async def document(self, info: strawberry.Info["Context", None]) -> Document:
-        return await info.context.document_loader.load((self.collection_name, str(self.id)))
+        from app.graphql.convert import document_to_gql  # convert imports this module
+
+        return document_to_gql(await info.context.document_loader.load((self.collection_name, str(self.id))))
 
     @strawberry.field(description="The collection this hit was found in (searchCollections mixes several)")
     def collection(self) -> str:

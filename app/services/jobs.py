@@ -15,6 +15,8 @@ background on the replica that took them.
   PostgreSQL answers), from the cursor: a batch cut short by a crash is ingested again, which
   writes nothing new (same ids, same content) and is counted once, with the commit that moves the
   cursor. PostgreSQL out of reach mid-job pauses it the same way.
+- A replica silent for three heartbeats (killed, or scaled away) has its jobs taken over by
+  another (adopt_orphans): REINDEX jobs, and ingest jobs whose files the other can read.
 - cancelJob marks the job CANCELLED in PostgreSQL and publishes it; the replica running it (this
   one, or another through Redis) cancels its task at once.
 - Every change is published as the job's whole state (app/adapters/job_events.py), throttled like
@@ -108,6 +110,7 @@ class JobService:
         self._throttle = ProgressThrottle(settings.downloads.progress_interval_seconds)
         self._closing = False
         self._resumer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None  # watch_orphans
         self._retiring: set[asyncio.Task[None]] = set()  # previous versions of reindexed collections
         bus.observe(self._on_event)
 
@@ -151,10 +154,44 @@ class JobService:
             logger.info("resuming job {} ({} of {} documents done)", job.id, job.documents_seen, job.documents_total)
             self._launch(job.id)
 
+    def watch_orphans(self, silent_seconds: float) -> None:
+        """Every `silent_seconds`, take over the jobs of replicas silent that long (adopt_orphans)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(silent_seconds)
+                try:
+                    await self.adopt_orphans(silent_seconds)
+                except CitadelError as exc:  # PostgreSQL out of reach: the next round tries again
+                    logger.debug("jobs of silent replicas not checked ({})", exc.message)
+
+        self._watcher = asyncio.create_task(watch(), name="citadel-jobs-orphans")
+
+    async def adopt_orphans(self, silent_seconds: float) -> list[str]:
+        """Take over the unfinished jobs of replicas that have not heart-beat for `silent_seconds`
+        (killed, or scaled away, without coming back under the same id): REINDEX jobs (all they
+        need is in PostgreSQL), and ingest jobs whose files this replica can read (a data dir the
+        replicas share); an ingest job whose files only its replica holds waits for that replica.
+        Should the silent replica still run a job, the cursor's compare-and-set leaves it to one
+        runner. The ids taken."""
+        adopted: list[str] = []
+        for job in await self.repo.orphaned(self.replica, silent_seconds):
+            if self._closing or job.id in self._tasks:
+                continue
+            if job.kind is not JobKind.REINDEX and not await asyncio.to_thread((self.jobs_dir / job.id).is_dir):
+                continue
+            if await self.repo.adopt(job.id, job.replica, self.replica):
+                logger.warning(
+                    "job {} of replica {} (silent for over {:g} s) taken over by {}", job.id, job.replica, silent_seconds, self.replica
+                )
+                self._launch(job.id)
+                adopted.append(job.id)
+        return adopted
+
     async def close(self) -> None:
         """Stop the tasks; their jobs stay RUNNING in PostgreSQL and resume at the next start."""
         self._closing = True
-        await cancel_and_wait(self._resumer, *self._tasks.values(), *self._retiring, ignore_errors=True)
+        await cancel_and_wait(self._resumer, self._watcher, *self._tasks.values(), *self._retiring, ignore_errors=True)
 
     # -- creating -----------------------------------------------------------------------------
 

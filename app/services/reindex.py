@@ -169,12 +169,16 @@ class Reindexer:
             logger.exception("the previous version {} could not be removed", store_name)
 
     async def abandon(self, name: str, target: ReindexTarget) -> None:
-        """Forget the next version (failed or cancelled) and remove its store collection."""
+        """Forget the next version (failed or cancelled) and remove its store collection, unless
+        the collection has switched to it (another runner of the same job finished it)."""
         try:
             await self.repo.abandon_reindex(name, target.vectors)
         finally:
             try:
-                if await self.store.collection_exists(target.vectors):
+                row = await self.repo.get_collection(name)
+                if row is not None and row.store_name == target.vectors:
+                    logger.info("reindex of {}: {} is the current version already; kept", name, target.vectors)
+                elif await self.store.collection_exists(target.vectors):
                     await self.store.delete_collection(target.vectors)
             except Exception:
                 logger.exception("the abandoned version {} could not be removed", target.vectors)

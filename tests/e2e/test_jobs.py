@@ -437,6 +437,45 @@ def test_a_job_resumes_after_kill_9_and_stores_each_document_once(tmp_path: Path
             server.stop()
 
 
+
+def test_a_replica_that_takes_the_place_of_a_killed_one_takes_over_its_job(tmp_path: Path) -> None:
+    """Replica "first" is killed mid-job and never comes back; "second" starts on the same data
+    dir (a rescheduled pod on the same volume: the job's file is there) and database under a new
+    replica id: once "first" has been silent for three heartbeats, "second" takes the job over
+    and finishes it, each document once."""
+    total = 300
+    with temporary_database_sync("citadel_jobs_adopt") as url:
+
+        def replica(name: str) -> LiveServer:
+            return bundled_server(
+                tmp_path / "data", url, f"e2e-jobs-{name}.log",
+                CITADEL_REPLICA_ID=name, CITADEL_REPLICA_HEARTBEAT_SECONDS="0.5",
+                CITADEL_AUTH__REQUIRED="true", CITADEL_AUTH__ADMIN_KEY=ADMIN_KEY,
+                CITADEL_INGEST__JOB_BATCH_DOCUMENTS=str(BATCH),
+            )  # fmt: skip
+
+        first = replica("first").start()
+        try:
+            create_collection(first, "adopted")
+            response = upload(first, "adopted", [("bulk.jsonl", lines("ad", total), "application/x-ndjson")])
+            assert response.status_code == 200, response.text
+            job_id = response.json()["data"]["ingestFiles"]["id"]
+            poll(lambda: job_of(first, job_id)["documentsDone"] >= 2 * BATCH, "the job is under way")
+            first.process.kill()  # SIGKILL: its heartbeat just stops
+            first.process.wait()
+            assert job_of_database(url, job_id)["state"] == "RUNNING"
+        finally:
+            first.stop()
+        second = replica("second").start()
+        try:
+            job = wait_for_end(second, job_id)
+            assert (job["state"], job["replica"]) == ("SUCCEEDED", "second"), job
+            assert (job["documentsDone"], job["documentsFailed"]) == (total, 0)
+            assert asyncio.run(count_rows(url, "adopted")) == (total, total)
+            assert "taken over by second" in second.log_path.read_text(errors="replace")
+        finally:
+            second.stop()
+
 def job_of_database(url: str, job_id: str) -> dict[str, Any]:
     async def read() -> dict[str, Any]:
         conn = await asyncpg.connect(url)

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from app.adapters.api_keys import ApiKeyRepo
 from app.adapters.job_events import JobEventBus
 from app.adapters.postgres_jobs import PostgresJobRepo
+from app.adapters.postgres_replicas import PostgresReplicaStore
 from app.adapters.redis_events import RedisEventBridge
 from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobState
@@ -46,14 +47,15 @@ async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
 
 @asynccontextmanager
 async def job_service(
-    stack: Stack, replica: str, embedder: Any = None, channel: str | None = None, at_once: int = 2, max_errors: int = 1_000
+    stack: Stack, replica: str, embedder: Any = None, channel: str | None = None, at_once: int = 2, max_errors: int = 1_000,
+    data_dir: str | None = None,
 ) -> AsyncIterator[JobService]:
-    """A replica's JobService: its own data dir, the stack's database, events bridged by Redis
-    on `channel` when given."""
+    """A replica's JobService: its own data dir (or replica `data_dir`'s), the stack's database,
+    events bridged by Redis on `channel` when given."""
     settings = stack.settings.model_copy(
         update={
             "replica_id": replica,
-            "data_dir": stack.settings.data_dir / replica,
+            "data_dir": stack.settings.data_dir / (data_dir or replica),
             "ingest": stack.settings.ingest.model_copy(update={"job_batch_documents": 8, "jobs_at_once": at_once, "job_max_errors": max_errors}),
             "downloads": stack.settings.downloads.model_copy(update={"progress_interval_seconds": 0.0}),
         }
@@ -169,11 +171,12 @@ async def test_jobs_past_the_replicas_slots_wait_queued_and_a_queued_job_cancels
     assert await stack.repo.count_documents(name) == 30
 
 
-async def test_two_runners_of_one_job_count_each_batch_once(stack: Stack) -> None:
-    """Two processes with the same replica id resume the same job at once: a batch's commit holds
-    only while the job's cursor is where that batch began, so the slower runner's batch is not
-    counted again (and it leaves the job to the other)."""
-    name = "job-twice"
+@asynccontextmanager
+async def a_job_held_in_the_model(
+    stack: Stack, replica: str, name: str, seed: int
+) -> AsyncIterator[tuple[JobService, Job, asyncio.Event]]:
+    """Replica `replica` running a 40-document job into a new collection `name`, its first batch
+    held in the model until the event is set; the service stops (the job RUNNING) on exit."""
     await stack.collections.create(name)
     release = asyncio.Event()
 
@@ -181,12 +184,21 @@ async def test_two_runners_of_one_job_count_each_batch_once(stack: Stack) -> Non
         await release.wait()
 
     ids = [f"doc-{i:03d}" for i in range(40)]
-    async with job_service(stack, "same", DelayedEmbedder(stack.embedder, random.Random(3), before=held)) as first:
-        job = await first.start_documents(name, writes("a", ids), principal=INTERNAL)
-        async with first.progress(job.id, None, INTERNAL) as changes:
+    async with job_service(stack, replica, DelayedEmbedder(stack.embedder, random.Random(seed), before=held)) as service:
+        job = await service.start_documents(name, writes("a", ids), principal=INTERNAL)
+        async with service.progress(job.id, None, INTERNAL) as changes:
             async for change in changes:
                 if change.state is JobState.RUNNING:
-                    break  # its first batch is held in the model
+                    break
+        yield service, job, release
+
+
+async def test_two_runners_of_one_job_count_each_batch_once(stack: Stack) -> None:
+    """Two processes with the same replica id resume the same job at once: a batch's commit holds
+    only while the job's cursor is where that batch began, so the slower runner's batch is not
+    counted again (and it leaves the job to the other)."""
+    name = "job-twice"
+    async with a_job_held_in_the_model(stack, "same", name, seed=3) as (first, job, release):
         slow = DelayedEmbedder(stack.embedder, random.Random(4))  # a little slower: the first runner's batch lands meanwhile
         async with job_service(stack, "same", slow) as second:  # resumes the RUNNING job of replica "same"
             async with second.progress(job.id, None, INTERNAL) as changes:
@@ -264,5 +276,32 @@ async def test_batches_in_flight_commit_in_order_and_a_later_line_of_an_id_wins(
     assert [e.index for e in ended.errors] == [16]
     stored = {d.id: d.text for d in await stack.repo.get_documents(name, [*ids, "doc-100"])}
     assert stored == {d["id"]: d["text"] for d in [*later, *writes("c", ["doc-100"])]}  # the last line of each id
+    await settle(stack, name)
+    await assert_store_mirrors_postgres(stack, name)
+
+
+async def test_a_silent_replicas_job_is_taken_over_where_its_files_can_be_read(stack: Stack) -> None:
+    """Replica "gone" stops with its job RUNNING and never heart-beats again: a replica with its own
+    data dir cannot read the job's files and leaves it; one sharing the data dir takes it over
+    once the silent replica's heartbeat is older than the limit, and finishes it (each document
+    once); a replica that heart-beats keeps its jobs."""
+    name = "orphaned"
+    async with a_job_held_in_the_model(stack, "gone", name, seed=5) as (_, job, _release):
+        pass  # stopped mid-way
+    jobs = PostgresJobRepo(stack.repo.pool)
+    assert (await jobs.get(job.id)).state is JobState.RUNNING
+    heartbeats = PostgresReplicaStore(stack.repo.pool)
+
+    async with job_service(stack, "elsewhere") as elsewhere:  # its own data dir: not the job's files
+        assert await elsewhere.adopt_orphans(60.0) == []
+    async with job_service(stack, "beside", data_dir="gone") as beside:
+        await heartbeats.heartbeat("gone")
+        assert await beside.adopt_orphans(60.0) == [], "a replica that heart-beats keeps its jobs"
+        await heartbeats.forget_replica("gone")
+        assert await beside.adopt_orphans(60.0) == [job.id]
+        assert await beside.adopt_orphans(60.0) == [], "taken once"
+        ended = await final_state(beside, job.id)
+    assert (ended.state, ended.replica, ended.documents_done, ended.documents_failed) == (JobState.SUCCEEDED, "beside", 40, 0)
+    assert await stack.repo.count_documents(name) == 40
     await settle(stack, name)
     await assert_store_mirrors_postgres(stack, name)

@@ -28,7 +28,7 @@ from app.services.ids import point_id
 from app.services.indexing import ToIndex, index_documents
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler
-from app.services.reindex import Reindexer
+from app.services.reindex import Reindexer, ReindexTarget
 from app.services.search import SearchService
 from tests.integration.test_concurrent_writes import assert_store_mirrors_postgres, settle
 from tests.integration.test_jobs import final_state
@@ -74,8 +74,8 @@ async def stack(request, model_runtime, tmp_path: Path, minilm_onnx_dir: Path) -
 
 
 @asynccontextmanager
-async def job_service(stack: Stack) -> AsyncIterator[Any]:
-    async with ingest_jobs(stack, "reindex") as service:
+async def job_service(stack: Stack, replica: str = "reindex") -> AsyncIterator[Any]:
+    async with ingest_jobs(stack, replica) as service:
         service.reindexer = Reindexer(stack.settings, stack.repo, stack.store, stack.embedder, stack.models)
         service.settings = service.settings.model_copy(update={"ingest": stack.settings.ingest})
         yield service
@@ -215,6 +215,35 @@ async def test_a_cancelled_reindex_leaves_the_collection_as_it_was_and_a_shutdow
     assert ended.state is JobState.SUCCEEDED and ended.documents_done >= 64, ended
     row = await stack.repo.get_collection(name)
     assert row.model == ONNX_MODEL and row.next is None
+    await settle(stack, name)
+    await assert_store_mirrors_postgres(stack, name)
+
+
+async def test_a_silent_replicas_reindex_is_taken_over_by_another_replica(stack: Stack) -> None:
+    """A REINDEX job needs no files: any replica takes it over once the one running it is silent
+    (here: stopped after a page, never heart-beating again), and finishes it from its cursor."""
+    name = "adopted"
+    await stack.collections.create(name)
+    await seed(stack, name, 48)
+    async with job_service(stack, "stopped") as stopped:
+        job = await stopped.start_reindex(name, ONNX_MODEL, None, principal=INTERNAL)
+        async with stopped.progress(job.id, None, INTERNAL) as changes:
+            async for change in changes:
+                if change.documents_done >= 8:
+                    break
+    assert (await stack.repo.get_collection(name)).next is not None, "stopped mid-way"
+    async with job_service(stack, "other") as other:
+        assert await other.adopt_orphans(60.0) == [job.id]
+        ended = await final_state(other, job.id)
+        await asyncio.gather(*other._retiring)
+    assert (ended.state, ended.replica) == (JobState.SUCCEEDED, "other"), ended
+    row = await stack.repo.get_collection(name)
+    assert row.model == ONNX_MODEL and row.next is None
+    # A slower runner of the same job failing after the switch abandons its target: the version
+    # the collection now reads is kept.
+    reindexer = Reindexer(stack.settings, stack.repo, stack.store, stack.embedder, stack.models)
+    await reindexer.abandon(name, ReindexTarget.from_json(ended.metadata))
+    assert await stack.store.collection_exists(row.store_name)
     await settle(stack, name)
     await assert_store_mirrors_postgres(stack, name)
 

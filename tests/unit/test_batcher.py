@@ -177,10 +177,12 @@ class SlowBackend(FakeBackend):
 async def test_closed_loop_callers_fill_whole_passes_instead_of_taking_turns_in_halves():
     # As in a server: the answers of one pass go out one at a time (the event loop writes each
     # response and reads the next request, here 2 ms a caller), so the next texts trickle in over
-    # longer than max_wait. Gathering only until max_wait after the oldest text would start a pass
-    # with the first few, and the callers would settle into groups that take turns.
+    # longer than max_wait (64 ms against 30). Gathering only until max_wait after the oldest text
+    # would start a pass with the first half or less, and the callers would settle into groups that
+    # take turns. (30 ms rather than the default 5: a loaded machine stalls this loop for 10 ms
+    # and more between two 2 ms steps, and a gap that long ends any gathering.)
     backend = SlowBackend()
-    batcher = make(backend, max_batch_size=32, max_wait_ms=10.0, max_gather_ms=500.0)
+    batcher = make(backend, max_batch_size=32, max_wait_ms=30.0, max_gather_ms=500.0)
     event_loop_work = asyncio.Lock()
 
     async def caller(n: int) -> None:
