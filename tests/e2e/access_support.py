@@ -86,7 +86,6 @@ def serving(data_dir: str, database_url: str, log_name: str, wait_ready: bool = 
     afterwards. Servers on the same database are replicas of one cluster (one Redis namespace)."""
     from tests.e2e.conftest import ARTIFACTS, shared_redis_env
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / log_name
     log.unlink(missing_ok=True)
     server = AccessServer(env=access_env(data_dir, database_url, shared_redis_env(), **extra), log_path=log)

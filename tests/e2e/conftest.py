@@ -40,7 +40,6 @@ def shared_redis_env() -> dict[str, str]:
 def bundled_server(data_dir: Path, database_url: str, log_name: str, **env: str) -> LiveServer:
     """A server (not started) on the bundled model, the tests' Redis, a database of its own, and a
     fresh log in test-artifacts/."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / log_name
     log.unlink(missing_ok=True)
     return LiveServer(
@@ -170,7 +169,6 @@ class DownloadingServer(LiveServer):
 
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory, e2e_database, fake_hub, onnx_dir, cross_encoder_dir):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env = hub_env(
         fake_hub.url,
         onnx_dir,

@@ -18,7 +18,8 @@ import pytest
 
 from app.domain.models import BUILTIN_DEFAULT_MODEL
 from tests.e2e.conftest import BUNDLED
-from tests.support.browser import artifact_path, launch_chromium, offline_page, png_size
+from tests.support.browser import launch_chromium, offline_page, png_size
+from tests.support.server import artifact_path
 from tests.support.polling import wait_until
 
 pytestmark = [pytest.mark.timeout(300)]

@@ -51,7 +51,6 @@ async def test_postgres_outage_under_load_is_dependency_unavailable_then_recover
     database = EmbeddedPostgres(tmp_path / "external-pg")
     url = database.start()
     log = ARTIFACTS / "database-outage-under-load.log"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log.unlink(missing_ok=True)
     server = LiveServer(
         env={

@@ -19,7 +19,6 @@ def test_catalog_names_the_repo_as_the_hub_lists_it():
 
 
 def test_default_model_downloads_through_a_mirror_that_knows_only_canonical_names(tmp_path, onnx_dir, e2e_database):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     repo_id = builtin_catalog()[DEFAULT].repo_id
     # The mirror holds the bundled model's ONNX export under the default model's repo name, and
     # answers 404 to any other spelling of it.

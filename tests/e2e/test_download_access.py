@@ -27,7 +27,6 @@ def hub() -> Iterator[FakeHub]:
 
 async def keyed_server(tmp_path_factory, hub: FakeHub, name: str, **extra: str) -> AsyncIterator[AccessServer]:
     """A server with keys required, its own database, and the hub's model in its catalog."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log = ARTIFACTS / f"e2e-{name}-server.log"
     log.unlink(missing_ok=True)
     async with temporary_database(f"citadel_{name.replace('-', '_')}") as url:

@@ -83,7 +83,6 @@ async def cluster_database():
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory, cluster_database, fake_hub):
     """Two gateway processes sharing PostgreSQL and Redis, each with its own model cache."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shared = {
         "CITADEL_DATABASE_URL": cluster_database,
         **shared_redis_env(),

@@ -79,7 +79,6 @@ def stop_and_check_nothing_is_left(server: LiveServer, *paths: Path) -> None:
 
 
 def test_readme_serve_command_on_a_fresh_copy_installs_runtime_only_and_serves(tmp_path):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     checkout = fresh_copy(tmp_path / "citadel")
     data_dir = tmp_path / "data"
     server = LiveServer(
@@ -100,7 +99,6 @@ def test_readme_serve_command_on_a_fresh_copy_installs_runtime_only_and_serves(t
 
 
 def test_wheel_in_a_fresh_venv_serves_from_an_unrelated_directory(tmp_path):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     checkout = fresh_copy(tmp_path / "src")
     dist, venv, elsewhere, data_dir = (tmp_path / d for d in ("dist", "venv", "elsewhere", "data"))
     elsewhere.mkdir()

@@ -37,7 +37,6 @@ def clean_hub(fake_hub: FakeHub) -> Iterator[None]:
 @contextmanager
 def cluster(fake_hub: FakeHub, database: str, tmp_path: Path, names: list[str], **extra: str) -> Iterator[list[LiveServer]]:
     """Replicas named `names` on one database and the machine's Redis, each with its own data dir."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     servers = [
         LiveServer(
             env=hub_env(

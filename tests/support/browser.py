@@ -17,8 +17,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.server import ARTIFACTS
-
 if TYPE_CHECKING:  # imported lazily at run time so a missing playwright is a skip, not an error
     from playwright.async_api import Browser, Page
 
@@ -115,6 +113,3 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def artifact_path(name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS / name

@@ -20,6 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
+def artifact_path(name: str) -> Path:
+    """A file in ARTIFACTS (a screenshot), the folder created."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -49,6 +55,7 @@ class LiveServer:
 
     def start(self, wait_ready: bool = True, timeout: float = 180.0) -> "LiveServer":
         env = {**os.environ, **self.env, "CITADEL_SERVER__PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)  # test-artifacts/<worker>/ on its first server
         self._log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command,
