@@ -164,6 +164,8 @@ class JobService:
                     await self.adopt_orphans(silent_seconds)
                 except CitadelError as exc:  # PostgreSQL out of reach: the next round tries again
                     logger.debug("jobs of silent replicas not checked ({})", exc.message)
+                except Exception:  # a bug must not end the watch for the replica's lifetime
+                    logger.exception("jobs of silent replicas not checked")
 
         self._watcher = asyncio.create_task(watch(), name="citadel-jobs-orphans")
 
