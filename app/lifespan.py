@@ -117,7 +117,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         collections = CollectionService(settings, repo, store, models)
         ingest = IngestService(settings, repo, store, embedder, models)
         reranker = RerankService(settings, pool, models, embedder)
-        search = SearchService(settings, repo, store, embedder, models)
+        search = SearchService(settings, repo, store, embedder, models, reranker)
 
         reconciler = Reconciler(
             repo, store, embedder, settings.ingest.reconcile_interval_seconds, settings=settings, models=models

@@ -1,15 +1,17 @@
-"""What every client string (and vector) must be before it reaches PostgreSQL, Redis or Qdrant.
+"""What every client string (and vector) must be before it reaches PostgreSQL, Redis or Qdrant:
+one validator per concept (a storable string, a text, a list of texts, a name, a JSON value, a
+vector).
 
 PostgreSQL `text`/`jsonb` refuse NUL and cannot encode an unpaired surrogate; the cache hashes
-UTF-8 bytes. One definition here, used by the GraphQL edge and by services that take lists item
-by item (ingest documents, embed texts), so every entry point refuses the same things with
-BAD_INPUT naming the argument.
+UTF-8 bytes. Used by the typed requests (app/requests.py) and by the GraphQL edge's check of
+every other string argument, so every entry point refuses the same things with BAD_INPUT naming
+the argument.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,15 +36,69 @@ def string_problem(value: str) -> str | None:
     return None
 
 
-def check_string(value: str, what: str, max_chars: int | None = None, argument: str | None = None) -> str:
-    """`what` names the value in the message (`texts[3]`); `argument` is the argument it is part of."""
+def check_string(
+    value: str, what: str, max_chars: int | None = None, argument: str | None = None, **extensions: Any
+) -> str:
+    """`what` names the value in the message (`texts[3]`); `argument` is the argument it is part of;
+    `extensions` go into the error as they are (`index`, `param`)."""
     argument = argument or what
     problem = string_problem(value)
     if problem is not None:
-        raise BadInput(f"{what} {problem}", argument=argument)
+        raise BadInput(f"{what} {problem}", argument=argument, **extensions)
     if max_chars is not None and len(value) > max_chars:
-        raise BadInput(f"{what} has {len(value)} characters; at most {max_chars}", argument=argument, limit=max_chars)
+        raise BadInput(
+            f"{what} has {len(value)} characters; at most {max_chars} are allowed",
+            argument=argument, limit=max_chars, **extensions,
+        )  # fmt: skip
     return value
+
+
+def check_text(value: Any, what: str, max_chars: int, argument: str | None = None, blank: bool = False, **extensions: Any) -> str:
+    """A text to embed, search for, score or store: a string, storable, at most `max_chars`, and
+    not blank unless `blank` (a rerank candidate may be empty; a query or a document may not)."""
+    argument = argument or what
+    if not isinstance(value, str):
+        raise BadInput(f"{what} is not a string", argument=argument, **extensions)
+    if not blank and not value.strip():
+        raise BadInput(f"{what} is blank (empty or only whitespace)", argument=argument, **extensions)
+    return check_string(value, what, max_chars, argument, **extensions)
+
+
+def check_texts(
+    values: Any, argument: str, item: str, most: int, max_chars: int, max_total: int, blank: bool = False,
+    already: int = 0, most_setting: str | None = None, **extensions: Any,
+) -> tuple[str, ...]:
+    """A request's list of texts (embed's texts, rerank's documents): 1 to `most` of them (the
+    setting `most_setting`, named in the error), each a text (check_text, its error naming its
+    index), at most `max_total` characters in all (`already`: characters the request holds
+    besides, such as rerank's query)."""
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise BadInput(f"{argument} must be a list of strings", argument=argument, **extensions)
+    if not values:
+        raise BadInput(f"{argument} must not be empty", argument=argument, **extensions)
+    if len(values) > most:
+        setting = f" ({most_setting}): send the rest in another request" if most_setting else ""
+        raise BadInput(
+            f"{len(values)} {argument} in one request; at most {most} are allowed{setting}",
+            argument=argument, limit=most, **extensions,
+        )  # fmt: skip
+    total = already
+    for index, value in enumerate(values):
+        check_text(value, f"{item} {index}", max_chars, argument, blank, index=index, **extensions)
+        total += len(value)
+        if total > max_total:
+            raise BadInput(
+                f"the request exceeds {max_total} characters in total at {item} {index}",
+                argument=argument, index=index, limit=max_total, **extensions,
+            )  # fmt: skip
+    return tuple(values)
+
+
+def check_name(value: Any, what: str) -> str:
+    """An identifier a client names (a collection, a model, a document id): a short storable string."""
+    if not isinstance(value, str):
+        raise BadInput(f"{what} must be a string", argument=what)
+    return check_string(value, what, MAX_NAME_CHARS)
 
 
 def check_value(
@@ -77,8 +133,10 @@ def check_vector(values: Any, dimensions: int | None, what: str = "vector") -> n
         array = np.asarray(values, dtype="<f4")
     else:
         raise BadInput(f"{what} must be a list of numbers")
-    if dimensions is not None and array.shape != (dimensions,):
-        raise BadInput(f"{what} has {array.size} dimensions; the collection's model has {dimensions}")
+    if array.ndim != 1:
+        raise BadInput(f"{what} must be a list of numbers")
+    if dimensions is not None:
+        check_dimensions(array, dimensions, what)
     # The norm in float32, as the store normalises: values that overflow it have no usable direction either.
     with np.errstate(over="ignore"):
         norm = float(np.sqrt(np.square(array).sum(dtype=np.float32)))
@@ -87,3 +145,9 @@ def check_vector(values: Any, dimensions: int | None, what: str = "vector") -> n
     if not array.any():
         raise BadInput(f"{what} is all zeros: it has no direction to store or search by")
     return array
+
+
+def check_dimensions(vector: Sequence[float] | np.ndarray, dimensions: int, what: str = "vector", **extensions: Any) -> None:
+    """A checked vector (check_vector) against the collection it is for."""
+    if len(vector) != dimensions:
+        raise BadInput(f"{what} has {len(vector)} dimensions; the collection's model has {dimensions}", **extensions)

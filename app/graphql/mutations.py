@@ -11,6 +11,7 @@ from app.graphql import types as t
 from app.graphql.context import Context
 from app.domain.chunking import Chunking
 from app.graphql.convert import api_key_to_gql, collection_to_gql, ingest_error_to_gql, model_to_gql
+from app.requests import IngestBatch
 from app.services.keys import KeyRequest
 
 Info = strawberry.Info[Context, None]
@@ -91,7 +92,9 @@ class Mutation:
             }
             for d in documents
         ]
-        report = await info.context.services.ingest.ingest(collection, payload, principal=info.context.principal)
+        services = info.context.services
+        batch = IngestBatch.parse(collection, payload, services.settings.limits)
+        report = await services.ingest.run(batch, principal=info.context.principal)
         return t.IngestResult(
             ids=[strawberry.ID(i) for i in report.ids],
             inserted=report.inserted,

@@ -1,8 +1,7 @@
-"""Query resolvers: thin, they validate shapes and call services."""
+"""Query resolvers: thin, each builds its operation's typed request (app/requests.py) and runs it."""
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, Optional
 
 import strawberry
@@ -14,9 +13,9 @@ from app.graphql.context import Context
 from app.graphql.convert import aggregate_to_gql, sort_keys
 from app.graphql.convert import api_key_to_gql, collection_to_gql, document_to_gql, hit_to_gql, model_to_gql
 from app.graphql.describe import FILTER_DESCRIPTION
-from app.graphql.rerank import RerankInput, rerank, rerank_request
+from app.graphql.rerank import RerankInput, rerank, search_rerank
 from app.graphql.scalars import JSON
-from app.services.search import GroupBy, Recommend
+from app.requests import CollectionsSearchRequest, EmbedRequest, GroupBy, Recommend, SearchRequest
 
 Info = strawberry.Info[Context, None]
 
@@ -49,14 +48,9 @@ class Query:
         ] = False,
     ) -> t.EmbedResult:
         kind = kind or t.EmbedKind.DOCUMENT  # an explicit null means the default, as schema.graphql documents
-        outcome = await info.context.services.embedder.embed(
-            texts,
-            model=model,
-            kind=kind,
-            normalize=normalize is not False,
-            wait=wait,
-            principal=info.context.principal,
-        )
+        services, limits = info.context.services, info.context.services.settings.limits
+        request = EmbedRequest.parse(texts, limits, model=model, kind=kind, normalize=normalize is not False, wait=wait)
+        outcome = await services.embedder.run(request, principal=info.context.principal)
         return t.EmbedResult(
             model=outcome.model,
             dimensions=outcome.dimensions,
@@ -133,11 +127,9 @@ class Query:
         ] = None,
     ) -> t.SearchResult:
         services = info.context.services
-        run = services.search.search
-        if rerank is not None:  # the search finds the candidates, the reranker orders them
-            run = functools.partial(services.reranker.search, services.search, rerank=rerank_request(rerank))
-        outcome = await run(
+        request = SearchRequest.parse(
             collection,
+            services.settings.limits,
             query=query,
             vector=vector,
             limit=10 if limit is None else limit,
@@ -151,14 +143,11 @@ class Query:
             group_by=_group_by(group_by),
             diversity=diversity,
             autocut=autocut,
-            principal=info.context.principal,
-            budget=info.context.scan_budget,
+            rerank=None if rerank is None else search_rerank(rerank),
         )
-        rerank_scores = None
-        if rerank is not None:
-            outcome, rerank_scores = outcome.outcome, outcome.scores
+        outcome = await services.search.run(request, principal=info.context.principal, budget=info.context.scan_budget)
         hits = [_search_hit(info, hit, collection) for hit in outcome.hits]
-        for hit, rerank_score in zip(hits, rerank_scores or ()):
+        for hit, rerank_score in zip(hits, outcome.rerank_scores or ()):
             hit.rerank_score = rerank_score
         groups = None
         if outcome.groups is not None:
@@ -182,15 +171,16 @@ class Query:
         filter: Annotated[Optional[JSON], strawberry.argument(description=FILTER_DESCRIPTION)] = None,
         mode: Annotated[Optional[t.SearchMode], strawberry.argument(description="How each collection ranks")] = t.SearchMode.SEMANTIC,
     ) -> t.CollectionsSearchResult:
-        outcome = await info.context.services.search.search_collections(
+        services = info.context.services
+        request = CollectionsSearchRequest.parse(
             query,
-            collections,
+            services.settings.limits,
+            collections=collections,
             limit=10 if limit is None else limit,
             filter=filter,
             mode=mode or t.SearchMode.SEMANTIC,
-            principal=info.context.principal,
-            budget=info.context.scan_budget,
         )
+        outcome = await services.search.run_collections(request, principal=info.context.principal, budget=info.context.scan_budget)
         return t.CollectionsSearchResult(hits=[_search_hit(info, hit) for hit in outcome.hits], took_ms=outcome.took_ms)
 
     @strawberry.field(description="Documents per value of a metadata field under the filter, most frequent first.")
@@ -355,7 +345,7 @@ class Query:
 def _recommend(given: Optional[t.RecommendInput]) -> Optional[Recommend]:
     if given is None:
         return None
-    return Recommend([str(i) for i in given.positive], [str(i) for i in given.negative or ()])
+    return Recommend(tuple(str(i) for i in given.positive), tuple(str(i) for i in given.negative or ()))
 
 
 def _group_by(given: Optional[t.GroupByInput]) -> Optional[GroupBy]:

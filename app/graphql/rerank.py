@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import strawberry
 
 from app.graphql.context import Context
-from app.services.rerank import RerankRequest
+from app.requests import DEFAULT_RERANK_CANDIDATES, RerankRequest, SearchRerank
 
 Info = strawberry.Info[Context, None]
 
@@ -36,14 +36,14 @@ class RerankInput:
         default=None, description="A catalog reranker (task: rerank); null: CITADEL_DEFAULT_RERANKER"
     )
     candidates: Optional[int] = strawberry.field(
-        default=50,
+        default=DEFAULT_RERANK_CANDIDATES,
         description="How many of the search's own top hits the reranker reorders (at least offset + limit are; at "
         "most CITADEL_LIMITS__MAX_RERANK_DOCUMENTS); more finds more, each costs one cross-encoder pair",
     )
 
 
-def rerank_request(value: RerankInput) -> RerankRequest:
-    return RerankRequest(model=value.model, candidates=50 if value.candidates is None else value.candidates)
+def search_rerank(value: RerankInput) -> SearchRerank:
+    return SearchRerank(model=value.model, candidates=DEFAULT_RERANK_CANDIDATES if value.candidates is None else value.candidates)
 
 
 async def rerank(
@@ -67,8 +67,8 @@ async def rerank(
         Optional[bool], strawberry.argument(description="Scores as the model's raw logits, without its activation (sigmoid)")
     ] = False,
 ) -> RerankResult:
-    outcome = await info.context.services.reranker.rerank(
-        query, documents, model=model, top_n=top_n, raw_scores=bool(raw_scores), principal=info.context.principal
-    )
+    services = info.context.services
+    request = RerankRequest.parse(query, documents, services.settings.limits, model=model, top_n=top_n, raw_scores=bool(raw_scores))
+    outcome = await services.reranker.run(request, principal=info.context.principal)
     hits = [RerankHit(index=h.index, score=h.score, text=h.text if return_text else None) for h in outcome.hits]
     return RerankResult(model=outcome.model, hits=hits, took_ms=outcome.took_ms)

@@ -1,5 +1,6 @@
-"""Messages in, service arguments out (checked at the edge as GraphQL checks its arguments:
-app/validation.py), and service outcomes back into messages. No service is called here."""
+"""What is gRPC's own in a message (enums, JSON text, optional fields) into the arguments of a
+typed request (app/requests.py checks them), and service outcomes back into messages. No service
+is called here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from app.domain.models import DownloadEvent
 from app.domain.vectors import SearchMode
 from app.errors import BadInput
 from app.grpc.citadel.v1 import citadel_pb2 as pb
-from app.validation import MAX_NAME_CHARS, check_string, check_value
+from app.validation import check_name, check_value
 from app.web.json_codec import dumps_str, loads
 
 _EMBED_KINDS = {pb.EMBED_KIND_UNSPECIFIED: EmbedKind.DOCUMENT, pb.EMBED_KIND_DOCUMENT: EmbedKind.DOCUMENT, pb.EMBED_KIND_QUERY: EmbedKind.QUERY}
@@ -22,13 +23,13 @@ _SEARCH_MODES = {
 }
 
 
-def name(value: str, argument: str) -> str:
-    """An identifier (collection, model): as short and storable as GraphQL's IDENTIFIER_ARGUMENTS."""
-    return check_string(value, argument, MAX_NAME_CHARS)
+def optional(message: Any, field: str) -> Any:
+    """A proto3 `optional` field's value, None where the message leaves it out."""
+    return getattr(message, field) if message.HasField(field) else None
 
 
 def optional_name(message: Any, field: str) -> str | None:
-    return name(getattr(message, field), field) if message.HasField(field) else None
+    return None if (value := optional(message, field)) is None else check_name(value, field)
 
 
 def json_argument(text: str, argument: str, max_chars: int) -> Any:

@@ -1,6 +1,7 @@
-"""citadel.v1.Citadel: each RPC admits its caller once (app/grpc/caller.py), checks its message
-(app/grpc/convert.py) and calls the same service GraphQL calls; failures leave through one table
-(app/grpc/status.py). No repository or store is touched here."""
+"""citadel.v1.Citadel: each RPC admits its caller once (app/grpc/caller.py), builds its
+operation's typed request from the message (app/requests.py; app/grpc/convert.py for what is
+gRPC's own: enums, JSON text, optional fields) and runs it on the same service GraphQL runs it
+on; failures leave through one table (app/grpc/status.py). No repository or store is touched here."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
 from app.grpc.status import abort
 from app.inference.callers import fair_key_of
-from app.validation import check_string
+from app.requests import EmbedRequest, IngestBatch, RerankRequest, SearchRequest
 
 if TYPE_CHECKING:
     from app.domain.access import Principal
@@ -64,55 +65,52 @@ class CitadelService(pb_grpc.CitadelServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: ServicerContext) -> pb.EmbedResponse:
         async def run(principal: Principal) -> pb.EmbedResponse:
-            outcome = await self.services.embedder.embed(
-                list(request.texts),
-                model=convert.optional_name(request, "model"),
+            embed = EmbedRequest.parse(
+                tuple(request.texts),
+                self.limits,
+                model=convert.optional(request, "model"),
                 kind=convert.embed_kind(request.kind),
                 normalize=request.normalize if request.HasField("normalize") else True,
                 wait=request.wait,
-                principal=principal,
             )
-            return convert.embed_response(outcome)
+            return convert.embed_response(await self.services.embedder.run(embed, principal=principal))
 
         return await self._unary("Embed", context, run)
 
     async def Search(self, request: pb.SearchRequest, context: ServicerContext) -> pb.SearchResponse:
         async def run(principal: Principal) -> pb.SearchResponse:
-            collection = convert.name(request.collection, "collection")
-            outcome = await self.services.search.search(
-                collection,
-                query=check_string(request.query, "query", self.limits.max_text_chars),
+            search = SearchRequest.parse(
+                request.collection,
+                self.limits,
+                query=request.query,
                 limit=request.limit if request.HasField("limit") else 10,
                 offset=request.offset,
                 filter=convert.json_argument(request.filter_json, "filter_json", self.limits.max_text_chars),
                 score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
                 mode=convert.search_mode(request.mode),
-                principal=principal,
             )
-            return convert.search_response(outcome)
+            return convert.search_response(await self.services.search.run(search, principal=principal))
 
         return await self._unary("Search", context, run)
 
     async def Ingest(self, request: pb.IngestRequest, context: ServicerContext) -> pb.IngestResponse:
         async def run(principal: Principal) -> pb.IngestResponse:
-            collection = convert.name(request.collection, "collection")
-            payload = convert.documents(request, self.limits.max_text_chars)
-            report = await self.services.ingest.ingest(collection, payload, principal=principal)
-            return convert.ingest_response(report)
+            batch = IngestBatch.parse(request.collection, convert.documents(request, self.limits.max_text_chars), self.limits)
+            return convert.ingest_response(await self.services.ingest.run(batch, principal=principal))
 
         return await self._unary("Ingest", context, run)
 
     async def Rerank(self, request: pb.RerankRequest, context: ServicerContext) -> pb.RerankResponse:
         async def run(principal: Principal) -> pb.RerankResponse:
-            outcome = await self.services.reranker.rerank(
+            rerank = RerankRequest.parse(
                 request.query,
-                list(request.documents),
-                model=convert.optional_name(request, "model"),
+                tuple(request.documents),
+                self.limits,
+                model=convert.optional(request, "model"),
                 top_n=request.top_n if request.HasField("top_n") else None,
                 raw_scores=request.raw_scores,
-                principal=principal,
             )
-            return convert.rerank_response(outcome, request.return_text)
+            return convert.rerank_response(await self.services.reranker.run(rerank, principal=principal), request.return_text)
 
         return await self._unary("Rerank", context, run)
 

@@ -25,8 +25,8 @@ from app.inference.callers import Share, fair_key_of
 from app.inference.pool import ModelPool
 from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
+from app.requests import EmbedRequest
 from app.settings import Settings
-from app.validation import string_problem
 
 
 @dataclass
@@ -90,26 +90,35 @@ class EmbeddingService:
         wait_for_room: bool = False,
         max_texts: int | None = None,
     ) -> EmbedOutcome:
-        """wait_for_room: bulk work (ingest, the reconciler) waits while the model's queue or the
-        caller's share of it is full, instead of OVERLOADED (ModelPool.encode).
-        max_texts: most texts this call may carry (default limits.max_texts_per_request; POST
-        /v1/embeddings allows limits.max_inputs_per_openai_request). More texts than one slice
-        (slice_size) go to the model slice by slice: the first is admitted as any call is, the
-        rest wait for room in the caller's share of the queue, so a big request is never refused
-        for its own texts and never holds more of the queue than any caller may."""
+        """run() of these arguments, checked (EmbedRequest.parse): for callers inside the server."""
+        request = EmbedRequest.parse(
+            texts, self.settings.limits, model=model, kind=kind, normalize=normalize, wait=wait,
+            count_tokens=count_tokens, max_texts=max_texts,
+        )  # fmt: skip
+        return await self.run(request, principal=principal, use_cache=use_cache, wait_for_room=wait_for_room)
+
+    async def run(
+        self, request: EmbedRequest, *, principal: Principal = INTERNAL, use_cache: bool = True, wait_for_room: bool = False
+    ) -> EmbedOutcome:
+        """The embed operation. wait_for_room: bulk work (ingest, the reconciler) waits while the
+        model's queue or the caller's share of it is full, instead of OVERLOADED (ModelPool.encode).
+        More texts than one slice (slice_size) go to the model slice by slice: the first is
+        admitted as any call is, the rest wait for room in the caller's share of the queue, so a
+        big request is never refused for its own texts and never holds more of the queue than any
+        caller may."""
         principal.require(Scope.READ)
         started = time.perf_counter()
+        model = request.model
         # Label by catalog name only: a client-chosen string must not mint new time series.
         label = model or self.settings.default_model
         label = label if label in self.settings.models else "unknown"
         outcome = "ok"
         try:
-            self._validate(texts, max_texts)
             if self.settings.model(model).is_reranker:
                 raise BadInput(f"model {model!r} is a reranker: use rerank, not embed", argument="model", param="model")
-            spec = await self.models.ready_spec(model, wait=wait, may_download=self.may_download(principal))
+            spec = await self.models.ready_spec(model, wait=request.wait, may_download=self.may_download(principal))
             share = Share(fair_key_of(principal), waits=wait_for_room)
-            return await self._embed(spec, list(texts), kind, normalize, use_cache, count_tokens, share)
+            return await self._embed(spec, request, use_cache, share)
         except CitadelError as exc:
             outcome = exc.code
             raise
@@ -137,17 +146,18 @@ class EmbeddingService:
         prompt_tokens = len(spans.pop()) if prompt else 0
         return spans, max(1, max_length - specials - prompt_tokens)
 
-    async def _embed(
-        self, spec: ModelSpec, texts: list[str], kind: EmbedKind, normalize: bool, use_cache: bool, count_tokens: bool,
-        share: Share = Share(),
-    ) -> EmbedOutcome:
+    async def _embed(self, spec: ModelSpec, request: EmbedRequest, use_cache: bool, share: Share = Share()) -> EmbedOutcome:
+        texts, normalize = request.texts, request.normalize
         dims = spec.dimensions
-        prompt = spec.query_prompt if kind is EmbedKind.QUERY else spec.document_prompt
+        prompt = spec.query_prompt if request.kind is EmbedKind.QUERY else spec.document_prompt
         vectors = np.empty((len(texts), dims), dtype=np.float32)
         cached = [False] * len(texts)
-        # Counted once here when the caller wants usage; the pool then reuses the misses' counts.
-        tokenized = await self.pool.tokenize(spec.name, [prompt + text for text in texts]) if count_tokens else None
-        counts = tokenized.counts if tokenized is not None else None
+        # Counted once: where the caller brought the tokens, or here when it wants usage; the pool
+        # then reuses the misses' tokens.
+        tokenized = request.tokens
+        if tokenized is None and request.count_tokens:
+            tokenized = await self.pool.tokenize(spec.name, [prompt + text for text in texts])
+        counts = tokenized.counts if tokenized is not None and request.count_tokens else None
 
         cache = self.cache if (use_cache and self.cache is not None and self.settings.cache.enabled) else None
         keys: list[str] = []
@@ -227,37 +237,6 @@ class EmbeddingService:
                     task.exception()  # retrieved: the first error is the one raised
             raise
         return np.concatenate([first, *parts])
-
-    def _validate(self, texts: Sequence[str], max_texts: int | None = None) -> None:
-        limits = self.settings.limits
-        most = limits.max_texts_per_request if max_texts is None else max_texts
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise BadInput("texts must be a list of strings")
-        if not texts:
-            raise BadInput("texts must not be empty")
-        if len(texts) > most:
-            raise BadInput(f"{len(texts)} texts in one request; at most {most} are allowed", limit=most)
-        total = 0
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise BadInput(f"text {index} is not a string", index=index)
-            if not text.strip():
-                raise BadInput(f"text {index} is empty or only whitespace", index=index)
-            if (problem := string_problem(text)) is not None:  # the cache key hashes UTF-8 bytes
-                raise BadInput(f"text {index} {problem}", index=index, argument="texts")
-            if len(text) > limits.max_text_chars:
-                raise BadInput(
-                    f"text {index} has {len(text)} characters; at most {limits.max_text_chars} are allowed",
-                    index=index,
-                    limit=limits.max_text_chars,
-                )
-            total += len(text)
-            if total > limits.max_request_chars:
-                raise BadInput(
-                    f"the request exceeds {limits.max_request_chars} characters in total at text {index}",
-                    index=index,
-                    limit=limits.max_request_chars,
-                )
 
 
 def slice_size(settings: Settings) -> int:

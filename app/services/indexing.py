@@ -25,7 +25,7 @@ from app.domain.chunking import TextChunk, chunk_text
 from app.domain.embedding import EmbedKind
 from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VERSION_KEY, VectorPoint
 from app.errors import ModelUnavailable
-from app.services.ids import chunk_point_id, point_id
+from app.domain.ids import chunk_point_id, point_id
 from app.settings import Settings
 
 T = TypeVar("T")

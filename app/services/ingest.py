@@ -6,10 +6,8 @@ finishes; the call that failed says so with DEPENDENCY_UNAVAILABLE.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-import base64
-import binascii
 from typing import Any
 
 import numpy as np
@@ -20,12 +18,12 @@ from app.adapters.postgres import DocumentWrite
 from app.domain.access import INTERNAL, Principal, Scope
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, Overloaded
 from app.services.collections import bound_model
-from app.services.ids import canonical_json, content_hash, derived_document_id, point_id
+from app.domain.ids import point_id
 from app.services.indexing import IndexOutcome, ToIndex, index_documents, remove_points
 from app.settings import Settings
-from app.validation import MAX_NAME_CHARS, check_vector, string_problem
+from app.requests import IngestBatch, IngestErrorItem, ValidDocument
+from app.validation import check_dimensions
 
-MAX_ID_CHARS = MAX_NAME_CHARS
 TRUNCATED = "TRUNCATED"  # warning code: a text longer than the model's window, embedded from its start
 
 INGESTED = Counter(
@@ -34,14 +32,6 @@ INGESTED = Counter(
 INDEX_FAILURES = Counter(
     "citadel_ingest_index_failures_total", "Ingest calls whose vectors could not be written after PostgreSQL"
 )
-
-
-@dataclass(frozen=True)
-class IngestErrorItem:
-    index: int
-    id: str | None
-    code: str
-    message: str
 
 
 @dataclass
@@ -56,131 +46,22 @@ class IngestReport:
     warnings: list[IngestErrorItem] = field(default_factory=list)  # stored, but e.g. TRUNCATED
 
 
-@dataclass(frozen=True)
-class ValidDocument:
-    index: int
-    id: str
-    text: str
-    metadata: dict[str, Any]
-    content_hash: str
-    vector: bytes | None = None  # little-endian float32: the client's own embedding
-
-
-# -- validation (pure) ------------------------------------------------------------------------
-
-
-def validate_documents(
-    settings: Settings, documents: Sequence[Any], dimensions: int | None = None, max_text_chars: int | None = None
-) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
-    """Split a call's documents into valid ones and per-document errors; BadInput for the call.
-    dimensions: the collection's, which a document's own vector must have; max_text_chars: the
-    longest text, when not CITADEL_LIMITS__MAX_TEXT_CHARS (a job's one-document files)."""
-    limit = settings.limits.max_documents_per_ingest
-    if not isinstance(documents, (list, tuple)):
-        raise BadInput("documents must be a list")
-    if len(documents) > limit:
-        raise BadInput(f"{len(documents)} documents in one call; at most {limit}", field="documents")
-    valid: list[ValidDocument] = []
-    errors: list[IngestErrorItem] = []
-    first_index: dict[str, int] = {}
-    for index, raw in enumerate(documents):
-        given_id = raw.get("id") if isinstance(raw, Mapping) else None
-        try:
-            doc = _validate_one(settings, index, raw, dimensions, max_text_chars)
-        except BadInput as exc:
-            errors.append(IngestErrorItem(index, _printable_id(given_id), exc.code, exc.message))
-            continue
-        if doc.id in first_index:
-            errors.append(
-                IngestErrorItem(
-                    index,
-                    doc.id,
-                    BadInput.code,
-                    f"id {doc.id!r} is also used by document {first_index[doc.id]} of this call",
-                )
-            )
-            continue
-        first_index[doc.id] = index
-        valid.append(doc)
-    return valid, errors
-
-
-def _validate_one(
-    settings: Settings, index: int, raw: Any, dimensions: int | None = None, max_text_chars: int | None = None
-) -> ValidDocument:
-    if not isinstance(raw, Mapping):
-        raise BadInput("a document must be an object with text, and optionally id and metadata")
-    text = raw.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise BadInput("text is missing or blank")
-    max_chars = max_text_chars or settings.limits.max_text_chars
-    if len(text) > max_chars:
-        raise BadInput(f"text has {len(text)} characters; at most {max_chars}")
-    _check_storable(text, "text")
-
-    metadata = raw.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, Mapping):
-        raise BadInput("metadata must be a JSON object")
-    try:
-        encoded = canonical_json(metadata)
-    except (TypeError, ValueError) as exc:
-        raise BadInput(f"metadata is not plain JSON: {exc}") from None
-    _check_storable(encoded, "metadata")
-    if "\\u0000" in encoded:
-        raise BadInput("metadata contains a NUL character")
-    size = len(encoded.encode("utf-8"))
-    if size > settings.limits.max_metadata_bytes:
-        raise BadInput(f"metadata is {size} bytes as JSON; at most {settings.limits.max_metadata_bytes}")
-    metadata = dict(metadata)
-
-    doc_id = raw.get("id")
-    if doc_id is None:
-        doc_id = derived_document_id(text, metadata)
-    else:
-        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            raise BadInput("id must be a string")
-        doc_id = str(doc_id)
-        if not doc_id.strip():
-            raise BadInput("id is blank")
-        if len(doc_id) > MAX_ID_CHARS:
-            raise BadInput(f"id has {len(doc_id)} characters; at most {MAX_ID_CHARS}")
-        _check_storable(doc_id, "id")
-    vector = own_vector(raw.get("vector"), raw.get("vector_base64"), dimensions)
-    return ValidDocument(index, doc_id, text, metadata, content_hash(text, metadata, vector), vector)
-
-
-def own_vector(values: Any, encoded: Any, dimensions: int | None) -> bytes | None:
-    """A document's own embedding (a list of floats, or little-endian float32 in base64) as
-    float32 bytes; None when it brings none."""
-    if values is None and encoded is None:
-        return None
-    if values is not None and encoded is not None:
-        raise BadInput("give vector or vectorBase64, not both")
-    if encoded is not None:
-        try:
-            raw = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else b""
-        except (binascii.Error, ValueError):
-            raw = b""
-        if not raw or len(raw) % 4:
-            raise BadInput("vectorBase64 is not base64 of little-endian float32 values")
-        return check_vector(np.frombuffer(raw, dtype="<f4"), dimensions, "vectorBase64").tobytes()
-    return check_vector(values, dimensions).tobytes()
-
-
-def _check_storable(value: str, what: str) -> None:
-    # Refused per document: one bad document must not fail the whole transaction.
-    problem = string_problem(value)
-    if problem is not None:
-        raise BadInput(f"{what} {problem}")
-
-
-def _printable_id(value: Any) -> str | None:
-    return value[:MAX_ID_CHARS] if isinstance(value, str) else None
-
-
 NOT_YOURS = "this id belongs to a document outside this key's filter"
+
+
+def _fitting_vectors(valid: list[ValidDocument], dimensions: int) -> tuple[list[ValidDocument], list[IngestErrorItem]]:
+    """The documents whose own vector (if any) has the collection's dimensions, and an error per other one."""
+    kept: list[ValidDocument] = []
+    refused: list[IngestErrorItem] = []
+    for doc in valid:
+        try:
+            if doc.vector is not None:
+                check_dimensions(np.frombuffer(doc.vector, dtype="<f4"), dimensions)
+        except BadInput as exc:
+            refused.append(IngestErrorItem(doc.index, doc.id, exc.code, exc.message))
+            continue
+        kept.append(doc)
+    return kept, refused
 
 
 def _tenant_documents(
@@ -213,11 +94,18 @@ class IngestService:
     async def ingest(
         self, collection: str, documents: Sequence[Any], *, principal: Principal = INTERNAL, max_text_chars: int | None = None
     ) -> IngestReport:
-        """max_text_chars: the longest text, when not CITADEL_LIMITS__MAX_TEXT_CHARS (the files of a
+        """run() of these documents, checked (IngestBatch.parse): for callers inside the server.
+        max_text_chars: the longest text, when not CITADEL_LIMITS__MAX_TEXT_CHARS (the files of a
         job: CITADEL_LIMITS__MAX_FILE_CHARS)."""
-        principal.require(Scope.WRITE, collection)
-        row = await self.repo.require_collection(collection)
-        valid, errors = validate_documents(self.settings, documents, int(row.dimensions), max_text_chars)
+        batch = IngestBatch.parse(collection, documents, self.settings.limits, max_text_chars=max_text_chars)
+        return await self.run(batch, principal=principal)
+
+    async def run(self, batch: IngestBatch, *, principal: Principal = INTERNAL) -> IngestReport:
+        """The ingest operation: the valid documents stored and indexed, an error per other one."""
+        principal.require(Scope.WRITE, batch.collection)
+        row = await self.repo.require_collection(batch.collection)
+        valid, errors = _fitting_vectors(list(batch.documents), int(row.dimensions))
+        errors = sorted([*batch.errors, *errors], key=lambda e: e.index)
         # Refuse before writing anything: a collection never switches to another model.
         await bound_model(self.models, row)
         if principal.tenant is not None:

@@ -52,7 +52,7 @@ from app.domain.jobs import (
     JobState,
 )
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, ModelUnavailable, NotFound, Overloaded
-from app.services.ingest import MAX_ID_CHARS
+from app.validation import MAX_NAME_CHARS as MAX_ID_CHARS
 from app.services.job_sources import (
     SourceProblem,
     copy_stream,

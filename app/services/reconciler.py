@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from app.adapters.bm25 import bm25
 from app.errors import CitadelError, DependencyUnavailable, ModelUnavailable
 from app.services.collections import bound_model
-from app.services.ids import point_id
+from app.domain.ids import point_id
 from app.services.indexing import ToIndex, index_documents, remove_points
 from app.settings import Settings
 from app.tasks import cancel_and_wait

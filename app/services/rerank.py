@@ -22,8 +22,8 @@ from app.domain.access import INTERNAL, Principal, Scope
 from app.domain.models import ModelSpec
 from app.errors import BadInput, CitadelError
 from app.inference.callers import fair_key_of
+from app.requests import RerankRequest, SearchRequest
 from app.settings import Settings
-from app.validation import string_problem
 
 RERANK_REQUESTS = Counter(
     "citadel_rerank_requests_total", "rerank() calls by outcome (ok or an error code)", ["model", "outcome"]
@@ -49,20 +49,6 @@ class RerankOutcome:
     model: str
     hits: list[RerankHit]  # best first (ties: the earlier document first)
     took_ms: float
-
-
-@dataclass(frozen=True)
-class RerankRequest:
-    """search(rerank:): the top `candidates` by the search's own ranking, reordered by a reranker."""
-
-    model: str | None = None  # None: CITADEL_DEFAULT_RERANKER
-    candidates: int = 50
-
-
-@dataclass(frozen=True)
-class RerankedSearch:
-    outcome: Any  # app.services.search.SearchOutcome, its hits reordered by the reranker, best first
-    scores: list[float]  # each hit's reranker score (rerankScore), in the order of outcome.hits
 
 
 class RerankService:
@@ -108,18 +94,26 @@ class RerankService:
         principal: Principal = INTERNAL,
         wait: bool = False,
     ) -> RerankOutcome:
+        """run() of these arguments, checked (RerankRequest.parse): for callers inside the server."""
+        request = RerankRequest.parse(
+            query, documents, self.settings.limits, model=model, top_n=top_n, raw_scores=raw_scores, wait=wait
+        )
+        return await self.run(request, principal=principal)
+
+    async def run(self, request: RerankRequest, *, principal: Principal = INTERNAL) -> RerankOutcome:
+        """The rerank operation: every document scored against the query, best first."""
         principal.require(Scope.READ)
         started = time.perf_counter()
-        label = model or self.settings.default_reranker
+        label = request.model or self.settings.default_reranker
         label = label if label in self.settings.models else "unknown"
         outcome = "ok"
+        documents = request.documents
         try:
-            self._validate(query, documents, top_n)
-            spec = await self.ready(model, principal, wait=wait)
-            scores = await self.score(spec.name, query, documents, principal=principal, raw_scores=raw_scores)
+            spec = await self.ready(request.model, principal, wait=request.wait)
+            scores = await self.score(spec.name, request.query, documents, principal=principal, raw_scores=request.raw_scores)
             order = sorted(range(len(documents)), key=lambda i: (-scores[i], i))
-            if top_n is not None:
-                order = order[:top_n]
+            if request.top_n is not None:
+                order = order[: request.top_n]
             hits = [RerankHit(index=i, score=scores[i], text=documents[i]) for i in order]
             took = round((time.perf_counter() - started) * 1000, 3)
             return RerankOutcome(model=spec.name, hits=hits, took_ms=took)
@@ -152,79 +146,22 @@ class RerankService:
         return [float(row[0]) for row in rows]
 
     async def search(
-        self,
-        searcher: Any,
-        collection: str,
-        query: str | None,
-        rerank: RerankRequest,
-        *,
-        limit: int = 10,
-        offset: int = 0,
-        principal: Principal = INTERNAL,
-        **options: Any,
-    ) -> RerankedSearch:
-        """search(rerank:): `searcher` (the SearchService) finds the top `candidates` documents by its
-        own mode and filter (at least offset + limit of them), the reranker scores each against the
-        query (a chunked collection's hit by its best chunk), and the page offset..offset+limit of
-        that order is returned. Each hit's `score` stays its retrieval score."""
+        self, searcher: Any, request: SearchRequest, *, principal: Principal = INTERNAL, budget: Any = None
+    ) -> Any:
+        """search(rerank:) (SearchService.run hands it here): `searcher` finds the top `candidates`
+        documents by its own mode and filter (at least offset + limit of them), the reranker scores
+        each against the query (a chunked collection's hit by its best chunk), and the page
+        offset..offset+limit of that order is returned, with each hit's reranker score in
+        `rerank_scores`. Each hit's `score` stays its retrieval score."""
         started = time.perf_counter()
-        most = self.settings.limits.max_rerank_documents
-        wanted = rerank.candidates
-        if options.get("vector") is not None or query is None:
-            raise BadInput("rerank needs a text query: a cross-encoder reads the query's text", field="rerank")
-        if isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= most:
-            raise BadInput(f"rerank.candidates must be between 1 and {most}, got {wanted!r}", field="rerank.candidates")
-        if isinstance(limit, int) and isinstance(offset, int) and offset + limit > most:
-            raise BadInput(f"a reranked search reaches at most {most} hits (offset + limit)", field="limit")
+        rerank, query, offset, limit = request.rerank, request.query, request.offset, request.limit
+        assert rerank is not None and query is not None  # SearchRequest.parse: a reranked search has a text query
         spec = await self.ready(rerank.model, principal)  # checked before the search does any work
-        found = await searcher.search(
-            collection, query=query, limit=max(wanted, offset + limit), offset=0, principal=principal, **options
-        )
+        candidates = dataclasses.replace(request, rerank=None, limit=max(rerank.candidates, offset + limit), offset=0)
+        found = await searcher.run(candidates, principal=principal, budget=budget)
         hits = found.hits
         texts = [hit.chunk.text if hit.chunk is not None else hit.text for hit in hits]
         scores = await self.score(spec.name, query, texts, principal=principal)
         order = sorted(range(len(hits)), key=lambda i: (-scores[i], i))[offset : offset + limit]
         took = round((time.perf_counter() - started) * 1000, 3)
-        outcome = dataclasses.replace(found, hits=[hits[i] for i in order], took_ms=took)
-        return RerankedSearch(outcome=outcome, scores=[scores[i] for i in order])
-
-    def _validate(self, query: Any, documents: Any, top_n: Any) -> None:
-        limits = self.settings.limits
-        if not isinstance(query, str) or not query.strip():
-            raise BadInput("query must be a non-blank string", argument="query", param="query")
-        if (problem := string_problem(query)) is not None:
-            raise BadInput(f"query {problem}", argument="query", param="query")
-        if len(query) > limits.max_text_chars:
-            raise BadInput(
-                f"query has {len(query)} characters; at most {limits.max_text_chars} are allowed",
-                argument="query", param="query", limit=limits.max_text_chars,
-            )
-        if isinstance(documents, str) or not isinstance(documents, Sequence):
-            raise BadInput("documents must be a list of strings", argument="documents", param="documents")
-        if not documents:
-            raise BadInput("documents must not be empty", argument="documents", param="documents")
-        if len(documents) > limits.max_rerank_documents:
-            raise BadInput(
-                f"{len(documents)} documents in one rerank; at most {limits.max_rerank_documents} are allowed "
-                "(CITADEL_LIMITS__MAX_RERANK_DOCUMENTS)",
-                argument="documents", param="documents", limit=limits.max_rerank_documents,
-            )
-        total = len(query)
-        for index, document in enumerate(documents):
-            if not isinstance(document, str):
-                raise BadInput(f"document {index} is not a string", index=index, param="documents")
-            if (problem := string_problem(document)) is not None:
-                raise BadInput(f"document {index} {problem}", index=index, argument="documents", param="documents")
-            if len(document) > limits.max_text_chars:
-                raise BadInput(
-                    f"document {index} has {len(document)} characters; at most {limits.max_text_chars} are allowed",
-                    index=index, param="documents", limit=limits.max_text_chars,
-                )
-            total += len(document)
-            if total > limits.max_request_chars:
-                raise BadInput(
-                    f"the request exceeds {limits.max_request_chars} characters in total at document {index}",
-                    index=index, param="documents", limit=limits.max_request_chars,
-                )
-        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-            raise BadInput(f"topN must be a positive integer, got {top_n!r}", argument="topN", param="top_n")
+        return dataclasses.replace(found, hits=[hits[i] for i in order], took_ms=took, rerank_scores=[scores[i] for i in order])

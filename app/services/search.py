@@ -45,7 +45,15 @@ from app.domain.vectors import (
 from app.errors import BadInput, ModelUnavailable, NotFound
 from app.services.collections import bound_model, on_current_version
 from app.settings import Settings
-from app.validation import check_vector
+from app.requests import (
+    CollectionsSearchRequest,
+    GroupBy,
+    Recommend,
+    SearchRequest,
+    SearchRerank,
+    check_collection_count,
+)
+from app.validation import check_dimensions
 
 SEARCH_SECONDS = Histogram(
     "citadel_search_duration_seconds",
@@ -62,8 +70,6 @@ KEYWORD_SCORE_SHARE = 0.75
 MMR_CANDIDATE_FACTOR = 4  # diversity reranks this many times the wanted hits (at least MMR_MIN_CANDIDATES)
 MMR_MIN_CANDIDATES = 40
 MAX_CANDIDATES = 10_000  # most documents any rerank or grouping reads
-MAX_STORED_QUERY_DOCUMENTS = 64  # similarTo / recommend: documents whose vectors make the query
-MAX_COLLECTIONS_PER_SEARCH = 32  # searchCollections
 
 
 @dataclass(frozen=True)
@@ -87,22 +93,6 @@ class Hit:
 
 
 @dataclass(frozen=True)
-class GroupBy:
-    """Hits grouped by a metadata field's value: at most `groups` groups (best group first, by its
-    best hit) of at most `hits_per_group` hits."""
-
-    field: str
-    groups: int = 10
-    hits_per_group: int = 1
-
-
-@dataclass(frozen=True)
-class Recommend:
-    positive: Sequence[str]
-    negative: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
 class HitGroup:
     value: Any
     hits: list[Hit]
@@ -115,6 +105,7 @@ class SearchOutcome:
     hits: list[Hit]
     took_ms: float
     groups: list[HitGroup] | None = None  # set when grouped
+    rerank_scores: list[float] | None = None  # search(rerank:): each hit's reranker score, in hit order
 
 
 @dataclass(frozen=True)
@@ -124,12 +115,15 @@ class CollectionsOutcome:
 
 
 class SearchService:
-    def __init__(self, settings: Settings, repo: Any, store: Any, embedder: Any, models: Any) -> None:
+    def __init__(
+        self, settings: Settings, repo: Any, store: Any, embedder: Any, models: Any, reranker: Any = None
+    ) -> None:
         self.settings = settings
         self.repo = repo
         self.store = store
         self.embedder = embedder
         self.models = models
+        self.reranker = reranker  # RerankService, for search(rerank:)
 
     async def search(
         self,
@@ -148,68 +142,56 @@ class SearchService:
         group_by: GroupBy | None = None,
         diversity: float | None = None,
         autocut: int | None = None,
+        rerank: SearchRerank | None = None,
         principal: Principal = INTERNAL,
         budget: ScanBudget | None = None,
     ) -> SearchOutcome:
-        """`budget`: the request's scan budget, charged with the candidates that groupBy,
-        diversity, similarTo and recommend read beyond the page (without one:
-        CITADEL_LIMITS__MAX_SCAN_POINTS for this call)."""
-        principal.require(Scope.READ, collection)
-        return await on_current_version(
-            self.repo,
-            collection,
-            lambda row: self._search_on(
-                row, query, vector, limit, offset, filter, score_threshold, mode, fusion,
-                similar_to=similar_to, recommend=recommend, group_by=group_by, diversity=diversity,
-                autocut=autocut, principal=principal, budget=budget,
-            ),
+        """run() of these arguments, checked (SearchRequest.parse): for callers inside the server."""
+        request = SearchRequest.parse(
+            collection, self.settings.limits, query=query, vector=vector, limit=limit, offset=offset, filter=filter,
+            score_threshold=score_threshold, mode=mode, fusion=fusion, similar_to=similar_to, recommend=recommend,
+            group_by=group_by, diversity=diversity, autocut=autocut, rerank=rerank,
         )  # fmt: skip
+        return await self.run(request, principal=principal, budget=budget)
+
+    async def run(
+        self, request: SearchRequest, *, principal: Principal = INTERNAL, budget: ScanBudget | None = None
+    ) -> SearchOutcome:
+        """The search operation. `budget`: the request's scan budget, charged with the candidates
+        that groupBy, diversity, similarTo and recommend read beyond the page (without one:
+        CITADEL_LIMITS__MAX_SCAN_POINTS for this call)."""
+        principal.require(Scope.READ, request.collection)
+        if request.rerank is not None:
+            if self.reranker is None:
+                raise ModelUnavailable("this server has no reranker service", field="rerank")
+            return await self.reranker.search(self, request, principal=principal, budget=budget)
+        return await on_current_version(
+            self.repo, request.collection, lambda row: self._search_on(row, request, principal, budget)
+        )
 
     async def _search_on(
-        self,
-        row: Any,
-        query: str | None,
-        vector: Sequence[float] | None,
-        limit: int,
-        offset: int,
-        filter: Any | None,
-        score_threshold: float | None,
-        mode: SearchMode | str,
-        fusion: Fusion | str,
-        *,
-        similar_to: str | None,
-        recommend: Recommend | None,
-        group_by: GroupBy | None,
-        diversity: float | None,
-        autocut: int | None,
-        principal: Principal,
-        budget: ScanBudget | None,
+        self, row: Any, request: SearchRequest, principal: Principal, budget: ScanBudget | None
     ) -> SearchOutcome:
         started = time.perf_counter()
-        self._check_paging(limit, offset, score_threshold)
-        self._check_extras(limit, offset, group_by, diversity, autocut)
-        mode, fusion = _choice(SearchMode, mode, "mode"), _choice(Fusion, fusion, "fusion")
-        if sum(given is not None for given in (query, vector, similar_to, recommend)) != 1:
-            raise BadInput("give exactly one of query, vector, similarTo or recommend")
+        query, vector, limit, offset = request.query, request.vector, request.limit, request.offset
+        mode, fusion, score_threshold = request.mode, request.fusion, request.score_threshold
+        similar_to, recommend, group_by = request.similar_to, request.recommend, request.group_by
+        diversity, autocut = request.diversity, request.autocut
         if mode is not SearchMode.SEMANTIC:
-            if vector is not None:
-                raise BadInput(f"{mode.value} search needs a text query, not a vector", field="vector")
-            if query is None:
-                field = "similarTo" if similar_to is not None else "recommend"
-                raise BadInput(f"{mode.value} search needs a text query; {field} ranks by vectors (SEMANTIC)", field=field)
             self._check_keyword_index(row)
         # A tenant-bound key's filter is ANDed in: the request can narrow it, never widen it.
-        parsed_filter = self.store_filter(filter, principal)
+        parsed_filter = principal.read_filter(request.filter)
 
         excluded: set[str] = set()
         if similar_to is not None or recommend is not None:
-            dense, excluded = await self._stored_query(row, similar_to, recommend, principal)
+            dense, excluded = await self._stored_query(row, request, principal)
             sparse = None
         elif vector is not None:
-            dense = self._check_vector(vector, row.dimensions)
+            check_dimensions(vector, int(row.dimensions), field="vector")
+            dense = list(vector)
             sparse = None
         else:
-            self._check_query(query)
+            assert query is not None  # SearchRequest.parse: exactly one of query, vector, similarTo, recommend
             dense = await self._embed_query(row, query, principal) if mode is not SearchMode.KEYWORD else None
             sparse = bm25().query(query) if mode is not SearchMode.SEMANTIC else None
             if sparse is not None and not sparse.indices:  # only stop words: nothing to match by keyword
@@ -274,42 +256,37 @@ class SearchService:
         principal: Principal = INTERNAL,
         budget: ScanBudget | None = None,
     ) -> CollectionsOutcome:
-        """One ranking over several collections, each searched with its own model: their rankings
-        (top `limit` each) are fused by reciprocal rank fusion (k=60; raw scores of different
-        models are never compared), ties to the collection named first. Without `collections`:
-        every collection the caller may read (for KEYWORD/HYBRID, those with a ready keyword index)."""
+        """run_collections() of these arguments, checked (CollectionsSearchRequest.parse)."""
+        request = CollectionsSearchRequest.parse(
+            query, self.settings.limits, collections=collections, limit=limit, filter=filter, mode=mode
+        )
+        return await self.run_collections(request, principal=principal, budget=budget)
+
+    async def run_collections(
+        self, request: CollectionsSearchRequest, *, principal: Principal = INTERNAL, budget: ScanBudget | None = None
+    ) -> CollectionsOutcome:
+        """The searchCollections operation: one ranking over several collections, each searched
+        with its own model: their rankings (top `limit` each) are fused by reciprocal rank fusion
+        (k=60; raw scores of different models are never compared), ties to the collection named
+        first. Without `collections`: every collection the caller may read (for KEYWORD/HYBRID,
+        those with a ready keyword index)."""
         started = time.perf_counter()
         principal.require(Scope.READ)
-        self._check_paging(limit, 0, None)
-        self._check_query(query)
-        mode = _choice(SearchMode, mode, "mode")
-        if collections is None:
+        if request.collections is None:
             rows = [row for row in await self.repo.list_collections() if principal.may_see(row.name)]
-            if mode is not SearchMode.SEMANTIC:
+            if request.mode is not SearchMode.SEMANTIC:
                 rows = [row for row in rows if row.keyword_index == "ready"]
             names = sorted(row.name for row in rows)
+            check_collection_count(len(names))
         else:
-            if isinstance(collections, str) or not all(isinstance(c, str) and c for c in collections):
-                raise BadInput("collections must be a list of collection names", field="collections")
-            names = list(dict.fromkeys(collections))
-            if not names:
-                raise BadInput("collections is empty: name at least one, or leave it out for all", field="collections")
-        if len(names) > MAX_COLLECTIONS_PER_SEARCH:
-            raise BadInput(
-                f"searchCollections reads at most {MAX_COLLECTIONS_PER_SEARCH} collections, got {len(names)}; name fewer",
-                field="collections",
-            )
+            names = list(request.collections)
         results = await asyncio.gather(
-            *(
-                self.search(name, query=query, limit=limit, filter=filter, mode=mode, principal=principal, budget=budget)
-                for name in names
-            ),
-            return_exceptions=True,
+            *(self.run(request.on(name), principal=principal, budget=budget) for name in names), return_exceptions=True
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        fused = rrf([outcome.hits for outcome in results], key=lambda h: (h.collection, h.id))[:limit]  # type: ignore[union-attr]
+        fused = rrf([outcome.hits for outcome in results], key=lambda h: (h.collection, h.id))[: request.limit]  # type: ignore[union-attr]
         hits = [dataclasses.replace(hit, score=score) for hit, score in fused]
         elapsed = time.perf_counter() - started
         SEARCH_SECONDS.labels("collections").observe(elapsed)
@@ -361,47 +338,15 @@ class SearchService:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _check_extras(
-        self, limit: int, offset: int, group_by: GroupBy | None, diversity: float | None, autocut: int | None
-    ) -> None:
-        max_limit = self.settings.limits.max_search_limit
-        if diversity is not None:
-            if isinstance(diversity, bool) or not isinstance(diversity, (int, float)) or not 0 <= diversity <= 1:
-                raise BadInput(f"diversity must be a number from 0 to 1, got {diversity!r}", field="diversity")
-        if autocut is not None and (isinstance(autocut, bool) or not isinstance(autocut, int) or autocut < 1):
-            raise BadInput(f"autocut must be 1 or more (the jump in score to cut at), got {autocut!r}", field="autocut")
-        if group_by is None:
-            return
-        check_field(group_by.field, "groupBy.field")
-        for name, value in (("groups", group_by.groups), ("hitsPerGroup", group_by.hits_per_group)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= max_limit:
-                raise BadInput(f"groupBy.{name} must be between 1 and {max_limit}, got {value!r}", field=f"groupBy.{name}")
-        if group_by.groups * group_by.hits_per_group > max_limit:
-            raise BadInput(f"groupBy asks for more than {max_limit} hits in all (groups x hitsPerGroup)", field="groupBy")
-        if offset:
-            raise BadInput("groupBy returns whole groups: offset must be 0", field="offset")
-        if diversity:
-            raise BadInput("diversity and groupBy cannot be combined", field="diversity")
-        if autocut is not None:
-            raise BadInput("autocut and groupBy cannot be combined (groups are cut by groups and hitsPerGroup)", field="autocut")
-
-    async def _stored_query(
-        self, row: Any, similar_to: str | None, recommend: Recommend | None, principal: Principal
-    ) -> tuple[list[float], set[str]]:
+    async def _stored_query(self, row: Any, request: SearchRequest, principal: Principal) -> tuple[list[float], set[str]]:
         """The query vector made of stored documents, and those documents (left out of the hits).
         A document the caller may not see reads as missing."""
-        if similar_to is not None:
-            positive, negative, field = [similar_to], [], "similarTo"
+        if request.similar_to is not None:
+            positive, negative, field = [request.similar_to], [], "similarTo"
         else:
-            assert recommend is not None
-            positive, negative, field = list(recommend.positive), list(recommend.negative or ()), "recommend"
-            if not positive:
-                raise BadInput("recommend needs at least one positive document", field="recommend.positive")
-            if set(positive) & set(negative):
-                raise BadInput("a document cannot be both positive and negative", field="recommend")
-        ids = list(dict.fromkeys(str(i) for i in [*positive, *negative]))
-        if not all(ids) or len(ids) > MAX_STORED_QUERY_DOCUMENTS:
-            raise BadInput(f"{field} takes 1 to {MAX_STORED_QUERY_DOCUMENTS} non-empty document ids", field=field)
+            assert request.recommend is not None
+            positive, negative, field = list(request.recommend.positive), list(request.recommend.negative), "recommend"
+        ids = list(request.stored_ids)
         rows = await self.repo.get_documents(row.name, ids)
         vectors = await self.store.document_vectors(row.store_name, ids)
         by_id: dict[str, Any] = {}
@@ -527,29 +472,6 @@ class SearchService:
             )
         raise BadInput(f"collection {row.name!r} has no keyword index (created with keywordIndex: false)", field="mode")
 
-    def _check_paging(self, limit: int, offset: int, score_threshold: float | None) -> None:
-        max_limit = self.settings.limits.max_search_limit
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
-            raise BadInput(f"limit must be between 1 and {max_limit}, got {limit!r}", field="limit")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise BadInput(f"offset must be 0 or more, got {offset!r}", field="offset")
-        if score_threshold is not None and not math.isfinite(score_threshold):
-            raise BadInput("scoreThreshold must be a finite number", field="scoreThreshold")
-
-    @staticmethod
-    def _check_vector(vector: Sequence[float], dimensions: int) -> list[float]:
-        try:
-            return check_vector(list(vector), dimensions).tolist()
-        except BadInput as exc:
-            raise BadInput(exc.message, field="vector") from None
-
-    def _check_query(self, query: Any) -> None:
-        if not isinstance(query, str) or not query.strip():
-            raise BadInput("query is blank", field="query")
-        max_chars = self.settings.limits.max_text_chars
-        if len(query) > max_chars:
-            raise BadInput(f"query has {len(query)} characters; at most {max_chars}", field="query")
-
     async def _embed_query(self, row: Any, query: str, principal: Principal = INTERNAL) -> list[float]:
         await bound_model(self.models, row)
         outcome = await self.embedder.embed(
@@ -600,10 +522,3 @@ def _chunk(raw: Any, text: str) -> ChunkHit | None:
         return None
     return ChunkHit(index=index, start=start, end=end, text=text[start:end])
 
-
-def _choice(enum_type: Any, value: Any, field: str) -> Any:
-    try:
-        return enum_type(getattr(value, "value", value))
-    except ValueError:
-        choices = ", ".join(m.value for m in enum_type)
-        raise BadInput(f"unknown {field} {value!r}; one of: {choices}", field=field) from None

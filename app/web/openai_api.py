@@ -19,10 +19,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.domain.access import Principal
-from app.domain.embedding import EmbedKind
 from app.errors import BadInput, CitadelError, Internal
 from app.graphql.http import BodyTooLarge, read_capped, refuse_declared_over
 from app.graphql.types import vector_base64
+from app.requests import EmbedRequest
 from app.services.container import Services
 from app.web.json_codec import FastJSONResponse, loads
 
@@ -56,16 +56,12 @@ def openai_routes(authorize: Authorize) -> list[Route]:
             raw = await read_capped(request, limit)
             body = _json_object(raw)
             most = services.settings.limits.max_inputs_per_openai_request
-            texts, model, encoding, dimensions = _parse(body, most)
-            outcome = await services.embedder.embed(
-                texts,
-                model=model,
-                kind=EmbedKind.DOCUMENT,
-                normalize=True,
-                count_tokens=True,
-                principal=principal,
-                max_texts=most,
-            )
+            texts, model, encoding, dimensions = _parse(body)
+            embed = EmbedRequest.parse(
+                texts, services.settings.limits, model=model, count_tokens=True, max_texts=most,
+                max_texts_setting="CITADEL_LIMITS__MAX_INPUTS_PER_OPENAI_REQUEST",
+            )  # fmt: skip
+            outcome = await services.embedder.run(embed, principal=principal)
             if dimensions is not None and dimensions != outcome.dimensions:
                 # No catalog model is Matryoshka-trained: a shortened vector would be a worse one.
                 raise BadInput(
@@ -127,7 +123,8 @@ def _is_token_array(value: object) -> bool:
     return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
 
 
-def _parse(body: dict[str, Any], most: int) -> tuple[list[str], str | None, str, int | None]:
+def _parse(body: dict[str, Any]) -> tuple[list[str], str | None, str, int | None]:
+    """OpenAI's shapes (a string or a list of them; token arrays refused); EmbedRequest checks the texts."""
     raw = body.get("input")
     if isinstance(raw, str):
         texts = [raw]
@@ -142,16 +139,7 @@ def _parse(body: dict[str, Any], most: int) -> tuple[list[str], str | None, str,
         texts = raw
     else:
         raise BadInput("`input` is required: a string or a list of strings", param="input")
-    if len(texts) > most:
-        raise BadInput(
-            f"`input` has {len(texts)} items; at most {most} are allowed in one request "
-            "(CITADEL_LIMITS__MAX_INPUTS_PER_OPENAI_REQUEST): send the rest in another request",
-            param="input",
-            limit=most,
-        )
     model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadInput("`model` must be a string", param="model")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
         raise BadInput(f"`encoding_format` must be one of {', '.join(ENCODINGS)}", param="encoding_format")
@@ -177,6 +165,8 @@ def _error(exc: CitadelError) -> Response:
     param = exc.extensions.get("param")
     if param is None and "index" in exc.extensions:
         param = "input"
+    if param is None and (argument := exc.extensions.get("argument")) is not None:
+        param = "input" if argument == "texts" else argument  # EmbedRequest's texts are OpenAI's input
     code = "model_not_found" if exc.code == "NOT_FOUND" and "model" in exc.message else exc.code.lower()
     headers = {}
     retry_after = exc.extensions.get("retryAfter", exc.extensions.get("retry_after"))

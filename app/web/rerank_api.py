@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from app.errors import BadInput, CitadelError, Internal
 from app.graphql.http import BodyTooLarge, read_capped, refuse_declared_over
+from app.requests import RerankRequest
 from app.services.container import Services
 from app.services.rerank import RerankOutcome
 from app.web.json_codec import FastJSONResponse
@@ -70,14 +71,11 @@ def rerank_routes(authorize: Authorize) -> list[Route]:
                 principal = await authorize(request, services)
                 raw = await read_capped(request, limit)
                 args = parse(_json_object(raw))
-                outcome = await services.reranker.rerank(
-                    args["query"],
-                    args["documents"],
-                    model=args.get("model"),
-                    top_n=args.get("top_n"),
-                    raw_scores=args.get("raw_scores", False),
-                    principal=principal,
-                )
+                rerank = RerankRequest.parse(
+                    args["query"], args["documents"], services.settings.limits, model=args.get("model"),
+                    top_n=args.get("top_n"), raw_scores=args.get("raw_scores", False),
+                )  # fmt: skip
+                outcome = await services.reranker.run(rerank, principal=principal)
             except CitadelError as exc:
                 refused = error(exc)
                 if raw is None:  # refused before its body was read: never read it

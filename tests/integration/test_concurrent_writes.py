@@ -22,7 +22,7 @@ from app.domain.access import Principal, Scope
 from app.domain.chunking import Chunking
 from app.domain.vectors import VectorPoint, point_ref
 from app.errors import CitadelError
-from app.services.ids import point_id
+from app.domain.ids import point_id
 from app.services.ingest import IngestService
 from tests.support.stack import (
     STORE_KINDS,

@@ -20,7 +20,7 @@ import pytest
 from app.domain.vectors import stored_point_ids
 from app.domain.embedding import EmbedKind
 from app.errors import BadInput, Conflict, DependencyUnavailable, NotFound
-from app.services.ids import point_id
+from app.domain.ids import point_id
 from tests.support.services import redis_url
 from app.domain.models import FALLBACK_MODEL
 from tests.support.stack import (

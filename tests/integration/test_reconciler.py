@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from app.domain.vectors import stored_point_ids
 from app.adapters.postgres import DocumentWrite
 from app.errors import DependencyUnavailable, ModelUnavailable
-from app.services.ids import content_hash, point_id
+from app.domain.ids import content_hash, point_id
 from tests.support.stack import (
     STORE_KINDS,
     Stack,
@@ -236,7 +236,7 @@ async def test_orphan_chunks_are_swept_and_large_collections_over_several_rounds
     from app.domain.chunking import Chunking
     from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VectorPoint
     from app.services import reconciler as reconciler_module
-    from app.services.ids import chunk_point_id
+    from app.domain.ids import chunk_point_id
 
     name = "orphan-chunks"
     await stack.collections.create(name, chunking=Chunking(max_tokens=32, overlap_tokens=0))

@@ -24,7 +24,7 @@ from app.domain.jobs import Job, JobKind, JobState
 from app.errors import NotFound
 from app.services.collections import CollectionService
 from app.services.embedding import EmbeddingService, LocalModels
-from app.services.ids import point_id
+from app.domain.ids import point_id
 from app.services.indexing import ToIndex, index_documents
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler

@@ -20,7 +20,8 @@ from app.inference.metrics import FORWARD_PASSES, sample_sum
 from app.inference.pool import ModelPool
 from app.services.embedding import EmbeddingService, LocalModels
 from app.services.models import ModelManager
-from app.services.rerank import RerankRequest, RerankService
+from app.requests import SearchRequest, SearchRerank
+from app.services.rerank import RerankService
 from app.settings import InferenceSettings, LimitSettings, Settings
 from tests.support.cross_encoders import (  # noqa: F401  (session fixtures)
     DOCUMENTS,
@@ -88,6 +89,12 @@ async def test_top_n_and_raw_scores(service, reference_cross_encoder) -> None:  
     assert (await service.rerank(QUERY, DOCUMENTS[:2], top_n=10)).hits[1].index in (0, 1)  # topN past the end: all
 
 
+async def reranked_search(service, stack, collection, query, rerank, **options):
+    """search(rerank:) as GraphQL runs it: the request checked, the search service handing it to the reranker."""
+    request = SearchRequest.parse(collection, stack.settings.limits, query=query, rerank=rerank, **options)
+    return await service.search(stack.search, request)
+
+
 async def test_concurrent_requests_share_forward_passes(service, reference_cross_encoder) -> None:  # noqa: F811
     queries = [f"question number {i} about descaling" for i in range(8)]
     before = sample_sum(FORWARD_PASSES, "citadel_forward_passes_total", model=RERANKER)
@@ -105,7 +112,7 @@ async def test_concurrent_requests_share_forward_passes(service, reference_cross
         ({"model": FALLBACK_MODEL}, "BAD_INPUT", "embedding model, not a reranker"),
         ({"documents": ["d"] * 21}, "BAD_INPUT", "at most 20"),
         ({"documents": []}, "BAD_INPUT", "must not be empty"),
-        ({"query": "  "}, "BAD_INPUT", "non-blank"),
+        ({"query": "  "}, "BAD_INPUT", "query is blank"),
         ({"top_n": 0}, "BAD_INPUT", "topN"),
         ({"documents": ["ok", "bad\x00"]}, "BAD_INPUT", "document 1"),
         ({"model": "no/such-reranker"}, "NOT_FOUND", "unknown model"),
@@ -179,22 +186,22 @@ async def test_search_returns_the_top_limit_of_its_candidates_by_cross_encoder(
     candidates = 8
     plain = await stack.search.search("manuals", query=QUERY, limit=candidates)
     assert len(plain.hits) == candidates
-    reranked = await service.search(stack.search, "manuals", QUERY, RerankRequest(RERANKER, candidates), limit=3)
+    reranked = await reranked_search(service, stack, "manuals", QUERY, SearchRerank(RERANKER, candidates), limit=3)
     texts = [h.text for h in plain.hits]
     expected = predicted(reference_cross_encoder, QUERY, texts)
     best = [plain.hits[int(i)].id for i in np.argsort(-expected, kind="stable")[:3]]
-    assert [h.id for h in reranked.outcome.hits] == best
+    assert [h.id for h in reranked.hits] == best
     by_id = {h.id: h.score for h in plain.hits}
-    for hit, score in zip(reranked.outcome.hits, reranked.scores):
+    for hit, score in zip(reranked.hits, reranked.rerank_scores):
         assert hit.score == pytest.approx(by_id[hit.id])  # the retrieval score is kept
         assert abs(score - float(expected[texts.index(hit.text)])) < TOLERANCE
-    assert reranked.scores == sorted(reranked.scores, reverse=True)
-    page = await service.search(stack.search, "manuals", QUERY, RerankRequest(RERANKER, candidates), limit=2, offset=1)
-    assert [h.id for h in page.outcome.hits] == best[1:3]
+    assert reranked.rerank_scores == sorted(reranked.rerank_scores, reverse=True)
+    page = await reranked_search(service, stack, "manuals", QUERY, SearchRerank(RERANKER, candidates), limit=2, offset=1)
+    assert [h.id for h in page.hits] == best[1:3]
     with pytest.raises(BadInput, match="text query"):
-        await service.search(stack.search, "manuals", None, RerankRequest(), vector=[0.1] * 384)
+        await reranked_search(service, stack, "manuals", None, SearchRerank(), vector=[0.1] * 384)
     with pytest.raises(BadInput, match="candidates"):
-        await service.search(stack.search, "manuals", QUERY, RerankRequest(RERANKER, 0))
+        await reranked_search(service, stack, "manuals", QUERY, SearchRerank(RERANKER, 0))
 
 
 async def test_search_of_a_chunked_collection_scores_the_best_chunk(
@@ -207,11 +214,11 @@ async def test_search_of_a_chunked_collection_scores_the_best_chunk(
         {"id": "other", "text": "The grinder has 40 settings. The beans come from Brazil. Water hardness matters."},
     ]
     assert (await stack.ingest.ingest("chunked", documents)).failed == 0
-    reranked = await service.search(stack.search, "chunked", QUERY, RerankRequest(RERANKER, 10), limit=3)
-    assert {h.id for h in reranked.outcome.hits} == {"long", "short", "other"}
-    for hit, score in zip(reranked.outcome.hits, reranked.scores):
+    reranked = await reranked_search(service, stack, "chunked", QUERY, SearchRerank(RERANKER, 10), limit=3)
+    assert {h.id for h in reranked.hits} == {"long", "short", "other"}
+    for hit, score in zip(reranked.hits, reranked.rerank_scores):
         assert hit.chunk is not None or hit.id == "short"
         scored = hit.chunk.text if hit.chunk is not None else hit.text
         expected = float(predicted(reference_cross_encoder, QUERY, [scored])[0])
         assert abs(score - expected) < TOLERANCE
-    assert reranked.scores == sorted(reranked.scores, reverse=True)
+    assert reranked.rerank_scores == sorted(reranked.rerank_scores, reverse=True)

@@ -16,7 +16,7 @@ from app.domain.chunking import Chunking
 from app.domain.ranking import RRF_K, autocut
 from app.domain.scans import ScanBudget
 from app.errors import BadInput, Forbidden, NotFound
-from app.services.search import GroupBy, Recommend
+from app.requests import GroupBy, Recommend
 from tests.support.retrieval_corpus import long_documents
 from tests.support.stack import STORE_KINDS, Stack, model_runtime, open_stack  # noqa: F401  (session fixture)
 

@@ -32,7 +32,7 @@ from app.inference.metrics import FORWARD_PASSES, sample_sum
 from app.inference.pool import ModelPool
 from app.services.collections import CollectionService
 from app.services.embedding import EmbeddingService, LocalModels
-from app.services.ids import point_id
+from app.domain.ids import point_id
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler
 from app.services.search import SearchService

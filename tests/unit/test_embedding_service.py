@@ -31,8 +31,8 @@ def make_service(cache: FakeCache | None = None, **spec_update: object) -> tuple
     [
         ([], "must not be empty", None),
         (["ok"] * 6, "at most 5", None),
-        (["ok", ""], "text 1 is empty", 1),
-        (["ok", "fine", " \n\t "], "text 2 is empty", 2),
+        (["ok", ""], "text 1 is blank", 1),
+        (["ok", "fine", " \n\t "], "text 2 is blank", 2),
         (["ok", "x" * 51], "text 1 has 51 characters", 1),
         (["x" * 50, "y" * 50, "z" * 30], "at text 2", 2),
     ],

@@ -23,14 +23,15 @@ VECTORS = RNG.standard_normal((3, 384)).astype(np.float32)
 
 
 class FakeEmbedder:
-    async def embed(self, texts, **_: object) -> EmbedOutcome:
-        return EmbedOutcome(model="m", dimensions=384, vectors=VECTORS[: len(texts)], cached=[True, False, True][: len(texts)])
+    async def run(self, request, **_: object) -> EmbedOutcome:
+        n = len(request.texts)
+        return EmbedOutcome(model="m", dimensions=384, vectors=VECTORS[:n], cached=[True, False, True][:n])
 
 
 class FakeSearch:
-    async def search(self, collection, **_: object) -> SearchOutcome:
+    async def run(self, request, **_: object) -> SearchOutcome:
         hits = [Hit(id=f"d{i}", score=float(s), text=f"t{i}", metadata={"n": i}) for i, s in enumerate(VECTORS[0, :4])]
-        return SearchOutcome(collection=collection, model="m", hits=hits, took_ms=1.25)
+        return SearchOutcome(collection=request.collection, model="m", hits=hits, took_ms=1.25)
 
 
 class NoLimit:

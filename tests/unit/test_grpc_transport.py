@@ -27,6 +27,7 @@ from app.grpc.server import check_exposure, serving_grpc
 from app.grpc.service import StreamLimitReached
 from app.grpc.status import STATUS
 from app.inference.callers import CLIENT_ADDRESS
+from app.requests import EmbedRequest, RerankRequest
 from app.settings import Settings
 from app.startup_checks import StartupRefused
 from tests.support.polling import wait_until
@@ -81,8 +82,9 @@ class FakeEmbedder:
     def __init__(self) -> None:
         self.seen: list[tuple[Any, ...]] = []
 
-    async def embed(self, texts: list[str], **kwargs: Any) -> Any:
-        self.seen.append((texts, kwargs, CLIENT_ADDRESS.get()))
+    async def run(self, request: EmbedRequest, **kwargs: Any) -> Any:
+        self.seen.append((request, kwargs, CLIENT_ADDRESS.get()))
+        texts = list(request.texts)
         if texts == ["boom"]:
             raise RuntimeError("secret internals /etc/passwd")
         if texts == ["slow"]:
@@ -92,8 +94,8 @@ class FakeEmbedder:
 
 
 class FakeReranker:
-    async def rerank(self, query: str, documents: list[str], **kwargs: Any) -> Any:
-        hits = [SimpleNamespace(index=i, score=1.0 / (i + 1), text=d) for i, d in enumerate(documents)][: kwargs["top_n"]]
+    async def run(self, request: RerankRequest, **kwargs: Any) -> Any:
+        hits = [SimpleNamespace(index=i, score=1.0 / (i + 1), text=d) for i, d in enumerate(request.documents)][: request.top_n]
         return SimpleNamespace(model="r", hits=hits, took_ms=1.0)
 
 
@@ -146,9 +148,9 @@ async def test_calls_reach_the_service_as_the_callers_key_from_their_address() -
         stub = pb_grpc.CitadelStub(channel)
         reply = await stub.Embed(pb.EmbedRequest(texts=["a", "b"], kind=pb.EMBED_KIND_QUERY), metadata=auth(KEY))
         assert [list(e.values) for e in reply.embeddings] == [[1.0, 1.0, 1.0]] * 2
-        texts, kwargs, address = services.embedder.seen[-1]
-        assert texts == ["a", "b"] and kwargs["principal"] is CALLER and kwargs["kind"].value == "QUERY"
-        assert kwargs["normalize"] is True and kwargs["model"] is None
+        request, kwargs, address = services.embedder.seen[-1]
+        assert request.texts == ("a", "b") and kwargs["principal"] is CALLER and request.kind.value == "QUERY"
+        assert request.normalize is True and request.model is None
         assert address == "127.0.0.1"
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from app.errors import BadInput
 from app.services.collections import validate_distance, validate_indexed_fields, validate_name
-from app.services.ids import content_hash, derived_document_id, point_id
-from app.services.ingest import validate_documents
+from app.domain.ids import content_hash, derived_document_id, point_id
+from app.requests import IngestBatch
 from app.settings import LimitSettings, Settings
 
 
@@ -21,11 +21,16 @@ def settings(tmp_path) -> Settings:
     )
 
 
+def validate_documents(settings: Settings, documents: list) -> tuple[tuple, tuple]:
+    batch = IngestBatch.parse("c", documents, settings.limits)
+    return batch.documents, batch.errors
+
+
 def test_valid_documents_keep_input_order_and_ids(settings: Settings) -> None:
     valid, errors = validate_documents(
         settings, [{"id": "a", "text": "first"}, {"text": "second", "metadata": {"k": 1}}]
     )
-    assert errors == []
+    assert errors == ()
     assert [d.index for d in valid] == [0, 1]
     assert valid[0].id == "a" and valid[0].metadata == {}
     assert valid[1].id == derived_document_id("second", {"k": 1})

@@ -59,11 +59,11 @@ def test_imports_run_one_way() -> None:
 
 
 # What the gRPC transport may import from the app: services (through app.services.container's
-# Services), the domain, errors, validation, the HTTP edge's key resolution, the caller's address
+# Services), the typed requests, the domain, errors, validation, the HTTP edge's key resolution, the caller's address
 # for fair shares, settings and the startup refusal. Never a repository, a store, the model pool
 # or the GraphQL layer.
 GRPC_MAY_IMPORT = (
-    "app.grpc", "app.services", "app.domain", "app.errors", "app.validation", "app.web.auth", "app.web.json_codec",
+    "app.grpc", "app.services", "app.requests", "app.domain", "app.errors", "app.validation", "app.web.auth", "app.web.json_codec",
     "app.inference.callers", "app.settings", "app.startup_checks",
 )  # fmt: skip
 
@@ -85,3 +85,31 @@ def test_only_the_app_starts_the_grpc_transport() -> None:
         if "grpc" not in path.relative_to(ROOT).parts[:2] and any(m.startswith("app.grpc") for m in _imports(path))
     )
     assert users == ["app/main.py"], users
+
+
+# The typed requests sit below the services (which run them) and import nothing that does work.
+REQUESTS_MAY_IMPORT = ("app.domain", "app.errors", "app.settings", "app.validation")
+# Each operation's one entry for a transport: build the request (`parse`), then `run` it.
+OPERATIONS = {
+    "embedder.embed(": "EmbedRequest", "search.search(": "SearchRequest", "search.search_collections(": "CollectionsSearchRequest",
+    "ingest.ingest(": "IngestBatch", "reranker.rerank(": "RerankRequest",
+}  # fmt: skip
+TRANSPORTS = ("graphql", "grpc", "web")
+
+
+def test_the_typed_requests_depend_on_nothing_that_does_work() -> None:
+    imported = {m for m in _imports(ROOT / "app" / "requests.py") if m.startswith("app.")}
+    assert imported and all(m.startswith(REQUESTS_MAY_IMPORT) for m in imported), imported
+
+
+def test_transports_run_typed_requests_only() -> None:
+    """A transport never calls a service's keyword form (which parses again for callers inside the
+    server): it builds the operation's request once and runs it."""
+    strays = []
+    for package in TRANSPORTS:
+        for path in sorted((ROOT / "app" / package).rglob("*.py")):
+            text = path.read_text()
+            strays += [f"{path.relative_to(ROOT)} calls {call}" for call in OPERATIONS if call in text]
+    assert not strays, strays
+    built = "".join(p.read_text() for package in TRANSPORTS for p in (ROOT / "app" / package).rglob("*.py"))
+    assert all(f"{request}.parse(" in built for request in OPERATIONS.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from app.errors import BadInput
@@ -106,12 +107,18 @@ def test_limits_past_the_body_limit_are_said_at_startup():
     ],
 )
 def test_one_vector_rule_for_documents_and_queries(values, problem):
-    from app.services.ingest import own_vector
-    from app.services.search import SearchService
-    from app.validation import check_vector
+    from app.requests import SearchRequest, own_vector
+    from app.settings import LimitSettings
+    from app.validation import check_dimensions, check_vector
+
+    def as_document() -> None:  # IngestBatch's check, then the collection's dimensions as ingest reads them
+        check_dimensions(np.frombuffer(own_vector(values, None), dtype="<f4"), 3)
+
+    def as_query() -> None:  # SearchRequest's check, then the collection's dimensions as search reads them
+        check_dimensions(SearchRequest.parse("c", LimitSettings(), vector=values).vector, 3)
 
     messages = []
-    for check in (lambda: check_vector(values, 3), lambda: own_vector(values, None, 3), lambda: SearchService._check_vector(values, 3)):
+    for check in (lambda: check_vector(values, 3), as_document, as_query):
         with pytest.raises(BadInput) as caught:
             check()
         messages.append(caught.value.message)
@@ -120,8 +127,9 @@ def test_one_vector_rule_for_documents_and_queries(values, problem):
 
 
 def test_a_good_vector_passes_as_float32():
-    from app.services.search import SearchService
+    from app.requests import SearchRequest
+    from app.settings import LimitSettings
     from app.validation import check_vector
 
     assert check_vector([1, 0.5, -2], 3).dtype == "<f4"
-    assert SearchService._check_vector([1, 0.5, -2], 3) == [1.0, 0.5, -2.0]
+    assert SearchRequest.parse("c", LimitSettings(), vector=[1, 0.5, -2]).vector == (1.0, 0.5, -2.0)
