@@ -47,7 +47,7 @@ class EmbedRequest:
     normalize: bool = True
     wait: bool = False  # wait for a model still downloading instead of MODEL_UNAVAILABLE
     count_tokens: bool = False  # report each text's tokens (usage)
-    tokens: Tokenized | None = None  # the texts' tokens where the caller has them already: never counted twice
+    tokens: Tokenized | None = None  # prompt + text as the model reads it, where the caller has it: not tokenized again
 
     @classmethod
     def parse(

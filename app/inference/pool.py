@@ -196,13 +196,21 @@ class ModelPool:
             loaded.last_used = time.monotonic()
         return logits if raw else backend.activate(logits)  # type: ignore[attr-defined]
 
-    async def token_spans(self, name: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, int]:
-        """(token offsets per text, special tokens per text, max_seq_length) in the model's tokenizer."""
+    async def token_spans(self, name: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, int, Tokenized]:
+        """(token offsets per text, special tokens per text, max_seq_length, the texts as tokenize()
+        gives them) in the model's tokenizer, from one pass of it where the backend can."""
         loaded = await self._acquire(name)
         try:
-            backend = loaded.replicas[0].backend
-            spans, specials = await asyncio.to_thread(backend.token_spans, texts)
-            return spans, specials, backend.max_seq_length
+            replica = loaded.replicas[0]
+            backend = replica.backend
+            both = getattr(backend, "token_spans_and_ids", None)
+            if replica.batcher.takes_ids and both is not None:
+                spans, specials, ids = await asyncio.to_thread(both, texts)
+                tokens = Tokenized([len(row) for row in ids], ids)
+            else:
+                spans, specials = await asyncio.to_thread(backend.token_spans, texts)
+                tokens = Tokenized([len(row) + specials for row in spans])
+            return spans, specials, backend.max_seq_length, tokens
         finally:
             loaded.in_use -= 1
             loaded.last_used = time.monotonic()

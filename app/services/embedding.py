@@ -38,6 +38,13 @@ class EmbedOutcome:
     tokens: list[int] | None = None  # per text, what the model reads (capped at its window); when asked
 
 
+@dataclass(frozen=True)
+class DocumentTokens:
+    spans: list[list[tuple[int, int]]]  # per text: its tokens' character offsets, special tokens left out
+    window: int  # the tokens of one document (or chunk) the model embeds
+    tokens: Tokenized | None  # per text: what embedding it whole reads (None where a prompt comes first)
+
+
 class ReadyModels(Protocol):
     async def ready_spec(self, name: str | None, wait: bool = False, *, may_download: bool = True) -> ModelSpec:
         """The spec of a READY model (None = the default model), else ModelUnavailable;
@@ -137,14 +144,17 @@ class EmbeddingService:
         settings = self.settings
         return principal.is_admin or not settings.auth_required or settings.downloads.on_demand
 
-    async def document_tokens(self, model: str, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
-        """Each text's token offsets in `model`'s tokenizer, and its window for document text: the
-        tokens of a document that are embedded (max_seq_length less special and prompt tokens)."""
+    async def document_tokens(self, model: str, texts: Sequence[str]) -> DocumentTokens:
+        """Each text's token offsets in `model`'s tokenizer, its window for document text (the
+        tokens of a document that are embedded: max_seq_length less special and prompt tokens),
+        and, where the model has no document prompt, the texts' tokens as embedding them reads
+        them (EmbedRequest.tokens: a document embedded whole is not tokenized again)."""
         spec = await self.models.ready_spec(model)
         prompt = spec.document_prompt
-        spans, specials, max_length = await self.pool.token_spans(spec.name, [*texts, prompt] if prompt else list(texts))
+        spans, specials, max_length, tokens = await self.pool.token_spans(spec.name, [*texts, prompt] if prompt else list(texts))
         prompt_tokens = len(spans.pop()) if prompt else 0
-        return spans, max(1, max_length - specials - prompt_tokens)
+        window = max(1, max_length - specials - prompt_tokens)
+        return DocumentTokens(spans, window, None if prompt else tokens)
 
     async def _embed(self, spec: ModelSpec, request: EmbedRequest, use_cache: bool, share: Share = Share()) -> EmbedOutcome:
         texts, normalize = request.texts, request.normalize

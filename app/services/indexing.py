@@ -22,10 +22,11 @@ from app.adapters.bm25 import bm25
 from app.adapters.postgres_rows import DocumentStatus
 from app.domain.access import INTERNAL, Principal
 from app.domain.chunking import TextChunk, chunk_text
-from app.domain.embedding import EmbedKind
+from app.domain.embedding import EmbedKind, Tokenized
 from app.domain.vectors import CHUNK_KEY, DOC_ID_KEY, METADATA_KEY, VERSION_KEY, VectorPoint
 from app.errors import ModelUnavailable
 from app.domain.ids import chunk_point_id, point_id
+from app.requests import EmbedRequest
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -83,6 +84,7 @@ def batches(
 class _Piece:
     doc: ToIndex
     chunk: TextChunk | None  # None: the whole document is one point
+    tokens: tuple[int, list[int] | None] | None = None  # a whole document's (count, ids), as embedding reads it
 
     @property
     def text(self) -> str:
@@ -137,10 +139,11 @@ async def index_documents(
 async def _pieces(embedder: Any, collection: Any, batch: Sequence[ToIndex]) -> tuple[list[_Piece], list[Truncated]]:
     """The points-to-be of each document in this version of the collection: its chunks (in the
     version's model's tokens), or the whole document."""
-    spans, window = await embedder.document_tokens(collection.model, [d.text for d in batch])
+    measured = await embedder.document_tokens(collection.model, [d.text for d in batch])
+    spans, window, tokens = measured.spans, measured.window, measured.tokens
     pieces: list[_Piece] = []
     truncated: list[Truncated] = []
-    for doc, doc_spans in zip(batch, spans):
+    for index, (doc, doc_spans) in enumerate(zip(batch, spans)):
         if doc.vector is not None:  # its own embedding: one point, whatever the chunking
             pieces.append(_Piece(doc, None))
         elif collection.chunk_max_tokens:
@@ -149,7 +152,8 @@ async def _pieces(embedder: Any, collection: Any, batch: Sequence[ToIndex]) -> t
         else:
             if len(doc_spans) > window:
                 truncated.append(Truncated(doc, len(doc_spans), window))
-            pieces.append(_Piece(doc, None))
+            whole = None if tokens is None else (tokens.counts[index], tokens.ids[index] if tokens.ids is not None else None)
+            pieces.append(_Piece(doc, None, whole))
     return pieces, truncated
 
 
@@ -196,14 +200,15 @@ async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece], prin
         if piece.doc.vector is not None:  # checked at ingest: the collection's dimensions, finite
             vectors[i] = np.frombuffer(piece.doc.vector, dtype="<f4")
     if to_embed:
-        embedded = await embedder.embed(
-            [texts[i] for i in to_embed],
-            model=collection.model,
-            kind=EmbedKind.DOCUMENT,
-            normalize=True,
-            principal=principal,
-            wait_for_room=True,
-        )
+        # Stored texts, checked when they were ingested: the request is built as it is, with the
+        # tokens measured for chunking where the pieces are whole documents.
+        measured = [pieces[i].tokens for i in to_embed]
+        tokens = None
+        if all(m is not None for m in measured):
+            ids = [m[1] for m in measured]  # type: ignore[index]
+            tokens = Tokenized([m[0] for m in measured], None if any(i is None for i in ids) else ids)  # type: ignore[index, misc]
+        request = EmbedRequest(tuple(texts[i] for i in to_embed), collection.model, EmbedKind.DOCUMENT, tokens=tokens)
+        embedded = await embedder.run(request, principal=principal, wait_for_room=True)
         if embedded.model != collection.model or int(embedded.dimensions) != int(collection.dimensions):
             # Never store vectors of another model in a collection.
             raise ModelUnavailable(

@@ -599,10 +599,10 @@ class JobService:
         if not text.strip():
             return 0, 1, 0, [JobError(ordinal, doc_id, BadInput.code, f"{source.name} has no text to index")]
         if not collection.chunk_max_tokens and len(text) <= self.settings.limits.max_file_chars:
-            spans, window = await self._retrying(job, lambda: self.embedder.document_tokens(collection.model, [text]))
-            if len(spans[0]) > window:
+            measured = await self._retrying(job, lambda: self.embedder.document_tokens(collection.model, [text]))
+            if len(measured.spans[0]) > measured.window:
                 message = (
-                    f"{source.name} has {len(spans[0])} tokens; model {collection.model!r} reads {window}: the rest "
+                    f"{source.name} has {len(measured.spans[0])} tokens; model {collection.model!r} reads {measured.window}: the rest "
                     f"would not be searchable. Use chunking: ingest it into a collection created with "
                     f"createCollection(..., chunking: {{maxTokens: 128, overlapTokens: 16}})"
                 )

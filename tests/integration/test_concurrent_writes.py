@@ -57,9 +57,9 @@ class DelayedEmbedder:
         else:
             await asyncio.sleep(self.rng.uniform(0, 0.03))
 
-    async def embed(self, texts: list[str], **kwargs: Any) -> Any:
-        await self._pause(texts)
-        return await self.inner.embed(texts, **kwargs)
+    async def run(self, request: Any, **kwargs: Any) -> Any:
+        await self._pause(list(request.texts))
+        return await self.inner.run(request, **kwargs)
 
     async def document_tokens(self, model: str, texts: list[str]) -> Any:
         await self._pause(texts)

@@ -111,7 +111,8 @@ async def _chunks_expected(stack, name: str) -> int:
 
     row = await stack.repo.get_collection(name)
     docs = await stack.repo.list_documents(name, None, 1_000)
-    spans, window = await stack.embedder.document_tokens(row.model, [d.text for d in docs])
+    measured = await stack.embedder.document_tokens(row.model, [d.text for d in docs])
+    spans, window = measured.spans, measured.window
     budget = min(row.chunk_max_tokens, window)
     return sum(len(chunk_text(d.text, s, budget, row.chunk_overlap_tokens)) for d, s in zip(docs, spans))
 

@@ -50,6 +50,16 @@ class TokenCounter:
         """Each text's token ids, special tokens included, before truncation."""
         return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
 
+    def spans_and_ids(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], list[list[int]]]:
+        """spans() and ids() of the same texts from one pass of the tokenizer (a document is
+        chunked by its spans and, where it is embedded whole, encoded from its ids)."""
+        spans: list[list[tuple[int, int]]] = []
+        ids: list[list[int]] = []
+        for enc in self._tokenizer.encode_batch(list(texts), add_special_tokens=True):
+            spans.append([(int(s), int(e)) for (s, e), special in zip(enc.offsets, enc.special_tokens_mask) if not special])
+            ids.append(enc.ids)
+        return spans, ids
+
     def count(self, texts: Sequence[str]) -> list[int]:
         # Special tokens included: they occupy positions of the model's max_seq_length too.
         return [len(ids) for ids in self.ids(texts)]

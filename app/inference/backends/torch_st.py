@@ -108,6 +108,11 @@ class TorchSentenceTransformerBackend:
     def token_spans(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int]:
         return self._counter.spans(texts), self._counter.special_tokens
 
+    def token_spans_and_ids(self, texts: Sequence[str]) -> tuple[list[list[tuple[int, int]]], int, list[list[int]]]:
+        """token_spans() and token_ids() from one pass of the tokenizer."""
+        spans, ids = self._counter.spans_and_ids(texts)
+        return spans, self._counter.special_tokens, ids
+
     def close(self) -> None:
         self._model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
