@@ -8,13 +8,15 @@ from typing import Any
 
 from app.domain.embedding import EmbedKind
 from app.domain.models import DownloadEvent
-from app.domain.vectors import SearchMode
+from app.domain.vectors import Fusion, SearchMode
 from app.errors import BadInput
 from app.grpc.citadel.v1 import citadel_pb2 as pb
+from app.requests import DEFAULT_RERANK_CANDIDATES, GroupBy, Recommend, SearchRerank
 from app.validation import check_name, check_value
 from app.web.json_codec import dumps_str, loads
 
 _EMBED_KINDS = {pb.EMBED_KIND_UNSPECIFIED: EmbedKind.DOCUMENT, pb.EMBED_KIND_DOCUMENT: EmbedKind.DOCUMENT, pb.EMBED_KIND_QUERY: EmbedKind.QUERY}
+_FUSIONS = {pb.FUSION_UNSPECIFIED: Fusion.RRF, pb.FUSION_RRF: Fusion.RRF, pb.FUSION_DBSF: Fusion.DBSF}
 _SEARCH_MODES = {
     pb.SEARCH_MODE_UNSPECIFIED: SearchMode.SEMANTIC,
     pb.SEARCH_MODE_SEMANTIC: SearchMode.SEMANTIC,
@@ -58,6 +60,35 @@ def search_mode(value: int) -> SearchMode:
         raise BadInput(f"mode {value} is not a SearchMode", argument="mode") from None
 
 
+def fusion(value: int) -> Fusion:
+    try:
+        return _FUSIONS[value]
+    except KeyError:
+        raise BadInput(f"fusion {value} is not a Fusion", argument="fusion") from None
+
+
+def recommend(request: pb.SearchRequest) -> Recommend | None:
+    if not request.HasField("recommend"):
+        return None
+    return Recommend(tuple(request.recommend.positive), tuple(request.recommend.negative))
+
+
+def group_by(request: pb.SearchRequest) -> GroupBy | None:
+    if not request.HasField("group_by"):
+        return None
+    given = request.group_by
+    groups, per_group = optional(given, "groups"), optional(given, "hits_per_group")
+    return GroupBy(given.field, 10 if groups is None else groups, 1 if per_group is None else per_group)
+
+
+def search_rerank(request: pb.SearchRequest) -> SearchRerank | None:
+    if not request.HasField("rerank"):
+        return None
+    given = request.rerank
+    candidates = optional(given, "candidates")
+    return SearchRerank(optional(given, "model"), DEFAULT_RERANK_CANDIDATES if candidates is None else candidates)
+
+
 def documents(request: pb.IngestRequest, max_chars: int) -> list[dict[str, Any]]:
     """The payload GraphQL `ingest` passes on; the service checks each document (text, id,
     metadata size) and reports the bad ones one by one."""
@@ -81,12 +112,25 @@ def embed_response(outcome: Any) -> pb.EmbedResponse:
     )
 
 
+def _search_hit(hit: Any, rerank_score: float | None = None) -> pb.SearchHit:
+    return pb.SearchHit(
+        id=hit.id, score=hit.score, text=hit.text or "", metadata_json=dumps_str(hit.metadata or {}),
+        rerank_score=rerank_score, collection=hit.collection,
+    )  # fmt: skip
+
+
 def search_response(outcome: Any) -> pb.SearchResponse:
-    hits = [
-        pb.SearchHit(id=hit.id, score=hit.score, text=hit.text or "", metadata_json=dumps_str(hit.metadata or {}))
-        for hit in outcome.hits
+    scores = outcome.rerank_scores or [None] * len(outcome.hits)
+    hits = [_search_hit(hit, score) for hit, score in zip(outcome.hits, scores)]
+    groups = [
+        pb.SearchGroup(value_json=dumps_str(group.value), hits=[_search_hit(hit) for hit in group.hits])
+        for group in outcome.groups or ()
     ]
-    return pb.SearchResponse(collection=outcome.collection, model=outcome.model, hits=hits, took_ms=outcome.took_ms)
+    return pb.SearchResponse(collection=outcome.collection, model=outcome.model, hits=hits, took_ms=outcome.took_ms, groups=groups)
+
+
+def collections_response(outcome: Any) -> pb.SearchCollectionsResponse:
+    return pb.SearchCollectionsResponse(hits=[_search_hit(hit) for hit in outcome.hits], took_ms=outcome.took_ms)
 
 
 def _ingest_error(item: Any) -> pb.IngestError:

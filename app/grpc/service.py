@@ -19,7 +19,7 @@ from app.grpc.citadel.v1 import citadel_pb2 as pb
 from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
 from app.grpc.status import abort
 from app.inference.callers import fair_key_of
-from app.requests import EmbedRequest, IngestBatch, RerankRequest, SearchRequest
+from app.requests import CollectionsSearchRequest, EmbedRequest, IngestBatch, RerankRequest, SearchRequest
 
 if TYPE_CHECKING:
     from app.domain.access import Principal
@@ -82,16 +82,40 @@ class CitadelService(pb_grpc.CitadelServicer):
             search = SearchRequest.parse(
                 request.collection,
                 self.limits,
-                query=request.query,
+                query=convert.optional(request, "query"),
+                vector=list(request.vector) or None,
                 limit=request.limit if request.HasField("limit") else 10,
                 offset=request.offset,
                 filter=convert.json_argument(request.filter_json, "filter_json", self.limits.max_text_chars),
-                score_threshold=request.score_threshold if request.HasField("score_threshold") else None,
+                score_threshold=convert.optional(request, "score_threshold"),
                 mode=convert.search_mode(request.mode),
+                fusion=convert.fusion(request.fusion),
+                similar_to=convert.optional(request, "similar_to"),
+                recommend=convert.recommend(request),
+                group_by=convert.group_by(request),
+                diversity=convert.optional(request, "diversity"),
+                autocut=convert.optional(request, "autocut"),
+                rerank=convert.search_rerank(request),
             )
             return convert.search_response(await self.services.search.run(search, principal=principal))
 
         return await self._unary("Search", context, run)
+
+    async def SearchCollections(
+        self, request: pb.SearchCollectionsRequest, context: ServicerContext
+    ) -> pb.SearchCollectionsResponse:
+        async def run(principal: Principal) -> pb.SearchCollectionsResponse:
+            search = CollectionsSearchRequest.parse(
+                request.query,
+                self.limits,
+                collections=list(request.collections) or None,
+                limit=request.limit if request.HasField("limit") else 10,
+                filter=convert.json_argument(request.filter_json, "filter_json", self.limits.max_text_chars),
+                mode=convert.search_mode(request.mode),
+            )
+            return convert.collections_response(await self.services.search.run_collections(search, principal=principal))
+
+        return await self._unary("SearchCollections", context, run)
 
     async def Ingest(self, request: pb.IngestRequest, context: ServicerContext) -> pb.IngestResponse:
         async def run(principal: Principal) -> pb.IngestResponse:

@@ -141,6 +141,71 @@ def test_search_returns_what_graphql_search_returns(server, keys, stub, mode, re
         assert (hit.text, json.loads(hit.metadata_json)) == (source["text"], source["metadata"])
 
 
+EXTRAS = "query($c: String!, {params}) {{ search(collection: $c, {args}) {{ hits {{ id score }} groups {{ value hits {{ id }} }} }} }}"
+
+
+def vector_of(server: AccessServer, key: str, text: str) -> list[float]:
+    query = "query($t: [String!]!) { embed(texts: $t, kind: QUERY) { embeddings { vector } } }"
+    return server.graphql(query, key, {"t": [text]})["data"]["embed"]["embeddings"][0]["vector"]
+
+
+@pytest.mark.parametrize(
+    ("graphql_args", "grpc_args"),
+    [
+        ({"similarTo": ("ID", "a1")}, {"similar_to": "a1"}),
+        ({"recommend": ("RecommendInput", {"positive": ["a1"], "negative": ["b2"]})}, {"recommend": pb.Recommend(positive=["a1"], negative=["b2"])}),
+        ({"query": ("String", "invoices"), "groupBy": ("GroupByInput", {"field": "tenant", "groups": 2, "hitsPerGroup": 2})},
+         {"query": "invoices", "group_by": pb.GroupBy(field="tenant", groups=2, hits_per_group=2)}),
+        ({"query": ("String", "invoices"), "diversity": ("Float", 0.5), "autocut": ("Int", 1)}, {"query": "invoices", "diversity": 0.5, "autocut": 1}),
+        ({"query": ("String", "invoices"), "mode": ("SearchMode", "HYBRID"), "fusion": ("Fusion", "DBSF")},
+         {"query": "invoices", "mode": pb.SEARCH_MODE_HYBRID, "fusion": pb.FUSION_DBSF}),
+    ],
+    ids=["similar_to", "recommend", "group_by", "diversity_autocut", "hybrid_dbsf"],
+)
+def test_search_extras_return_what_graphql_returns(server, keys, stub, graphql_args, grpc_args):
+    """The same SearchRequest behind both transports: each GraphQL argument has its gRPC field."""
+    params = ", ".join(f"${name}: {kind}" for name, (kind, _) in graphql_args.items())
+    args = ", ".join(f"{name}: ${name}" for name in graphql_args)
+    variables = {"c": SHARED, **{name: value for name, (_, value) in graphql_args.items()}}
+    body = server.graphql(EXTRAS.format(params=params, args=args), keys["READ"], variables)
+    assert "errors" not in body, body
+    graphql = body["data"]["search"]
+    reply = stub.Search(pb.SearchRequest(collection=SHARED, **grpc_args), metadata=auth(keys["READ"]), timeout=60)
+    assert graphql["hits"], "the search should find something"
+    assert [h.id for h in reply.hits] == [h["id"] for h in graphql["hits"]]
+    assert [h.score for h in reply.hits] == pytest.approx([h["score"] for h in graphql["hits"]], abs=1e-5)
+    groups = [(json.loads(g.value_json), [h.id for h in g.hits]) for g in reply.groups]
+    assert groups == [(g["value"], [h["id"] for h in g["hits"]]) for g in graphql["groups"] or ()]
+
+
+def test_a_query_vector_finds_what_its_text_finds(server, keys, stub):
+    vector = vector_of(server, keys["READ"], "invoices due")
+    by_vector = stub.Search(pb.SearchRequest(collection=SHARED, vector=vector, limit=3), metadata=auth(keys["READ"]), timeout=60)
+    by_text = stub.Search(pb.SearchRequest(collection=SHARED, query="invoices due", limit=3), metadata=auth(keys["READ"]), timeout=60)
+    assert [h.id for h in by_vector.hits] == [h.id for h in by_text.hits]
+    assert all(h.collection == SHARED for h in by_vector.hits)
+
+
+def test_search_collections_returns_what_graphql_returns(server, keys, stub):
+    query = (
+        "query($q: String!, $c: [String!], $f: JSON) { searchCollections(query: $q, collections: $c, filter: $f, limit: 3) "
+        "{ hits { id score collection } } }"
+    )
+    request_filter = {"n": {"gte": 2}}
+    graphql = server.graphql(query, keys["READ"], {"q": "invoices", "c": [SHARED], "f": request_filter})["data"]["searchCollections"]["hits"]
+    reply = stub.SearchCollections(
+        pb.SearchCollectionsRequest(query="invoices", collections=[SHARED], limit=3, filter_json=json.dumps(request_filter)),
+        metadata=auth(keys["READ"]),
+        timeout=60,
+    )
+    assert graphql and [(h.id, h.collection) for h in reply.hits] == [(h["id"], h["collection"]) for h in graphql]
+    assert [h.score for h in reply.hits] == pytest.approx([h["score"] for h in graphql], abs=1e-6)
+    assert "a1" not in {h.id for h in reply.hits}  # n = 1: outside the filter
+    # A tenant key's filter holds here too, and every collection it may read is searched by default.
+    mine = stub.SearchCollections(pb.SearchCollectionsRequest(query="invoices", limit=20), metadata=auth(keys["acme"]), timeout=60)
+    assert mine.hits and all(json.loads(h.metadata_json).get("tenant") == "acme" for h in mine.hits)
+
+
 def test_ingest_then_search_finds_the_document(server, keys, stub):
     text = f"The grpc transport stores zebra migration notes {TAG}."
     reply = stub.Ingest(
@@ -215,6 +280,13 @@ def test_bad_input_and_unknown_names(server, keys, stub):
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", filter_json="{nope"), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", limit=0), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Search, pb.SearchRequest(collection=SHARED, query="x", mode=99), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Search, pb.SearchRequest(collection=SHARED, query="x", similar_to="a1"), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Search, pb.SearchRequest(collection=SHARED, vector=[0.0] * 384), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Search, pb.SearchRequest(collection=SHARED, vector=[0.1] * 3), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.Search, pb.SearchRequest(collection=SHARED, similar_to="nope"), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+        (stub.Search, pb.SearchRequest(collection=SHARED, query="x", group_by=pb.GroupBy(field="tenant"), offset=1), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.SearchCollections, pb.SearchCollectionsRequest(query=""), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
+        (stub.SearchCollections, pb.SearchCollectionsRequest(query="x", collections=[f"missing-{TAG}"]), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
         (stub.Ingest, pb.IngestRequest(collection=f"missing-{TAG}", documents=[pb.DocumentInput(text="t")]), grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
         (stub.Ingest, pb.IngestRequest(collection=SHARED, documents=[pb.DocumentInput(text="t", metadata_json="[")]), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),
         (stub.Rerank, pb.RerankRequest(query="q", documents=[]), grpc.StatusCode.INVALID_ARGUMENT, "BAD_INPUT"),

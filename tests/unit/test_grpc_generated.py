@@ -30,4 +30,4 @@ def test_the_service_is_citadel_v1() -> None:
 
     service = pb.DESCRIPTOR.services_by_name["Citadel"]
     assert service.full_name == "citadel.v1.Citadel"
-    assert {m.name for m in service.methods} == {"Embed", "Search", "Ingest", "Rerank", "WatchModelProgress"}
+    assert {m.name for m in service.methods} == {"Embed", "Search", "SearchCollections", "Ingest", "Rerank", "WatchModelProgress"}

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!app/grpc/citadel/v1/citadel.proto\x12\ncitadel.v1\"\x94\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.citadel.v1.EmbedKind\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x42\x08\n\x06_modelB\x0c\n\n_normalize\"+\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\"]\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12)\n\nembeddings\x18\x03 \x03(\x0b\x32\x15.citadel.v1.Embedding\"\xcd\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.citadel.v1.SearchMode\x12\x12\n\x05limit\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06offset\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ilter_json\x18\x06 \x01(\t\x12\x1c\n\x0fscore_threshold\x18\x07 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06_limitB\x12\n\x10_score_threshold\"K\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\"i\n\x0eSearchResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x04hits\x18\x03 \x03(\x0b\x32\x15.citadel.v1.SearchHit\x12\x0f\n\x07took_ms\x18\x04 \x01(\x01\"L\n\rDocumentInput\x12\x0f\n\x02id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\tB\x05\n\x03_id\"Q\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12,\n\tdocuments\x18\x02 \x03(\x0b\x32\x19.citadel.v1.DocumentInput\"S\n\x0bIngestError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x02id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\tB\x05\n\x03_id\"\xc7\x01\n\x0eIngestResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08inserted\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x12\x11\n\tunchanged\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\'\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x17.citadel.v1.IngestError\x12\x0e\n\x06\x63hunks\x18\x07 \x01(\x05\x12)\n\x08warnings\x18\x08 \x03(\x0b\x32\x17.citadel.v1.IngestError\"\x96\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x12\n\x05model\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0breturn_text\x18\x05 \x01(\x08\x12\x12\n\nraw_scores\x18\x06 \x01(\x08\x42\x08\n\x06_modelB\x08\n\x06_top_n\"E\n\tRerankHit\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"U\n\x0eRerankResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x04hits\x18\x02 \x03(\x0b\x32\x15.citadel.v1.RerankHit\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"9\n\x19WatchModelProgressRequest\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"\xb9\x03\n\rDownloadEvent\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.citadel.v1.ModelState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12\x11\n\x04\x66ile\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nbytes_done\x18\x07 \x01(\x03\x12\x18\n\x0b\x62ytes_total\x18\x08 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07percent\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x62ytes_per_second\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07message\x18\x0b \x01(\tH\x04\x88\x01\x01\x12\n\n\x02\x61t\x18\x0c \x01(\t\x12\x0c\n\x04kind\x18\r \x01(\t\x12\x18\n\x10model_bytes_done\x18\x0e \x01(\x03\x12\x1e\n\x11model_bytes_total\x18\x0f \x01(\x03H\x05\x88\x01\x01\x42\x07\n\x05_fileB\x0e\n\x0c_bytes_totalB\n\n\x08_percentB\x13\n\x11_bytes_per_secondB\n\n\x08_messageB\x14\n\x12_model_bytes_total*V\n\tEmbedKind\x12\x1a\n\x16\x45MBED_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45MBED_KIND_DOCUMENT\x10\x01\x12\x14\n\x10\x45MBED_KIND_QUERY\x10\x02*t\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_MODE_SEMANTIC\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03*\xfb\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMODEL_STATE_NOT_DOWNLOADED\x10\x01\x12\x16\n\x12MODEL_STATE_QUEUED\x10\x02\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x03\x12\x18\n\x14MODEL_STATE_RETRYING\x10\x04\x12\x19\n\x15MODEL_STATE_VERIFYING\x10\x05\x12\x17\n\x13MODEL_STATE_LOADING\x10\x06\x12\x15\n\x11MODEL_STATE_READY\x10\x07\x12\x16\n\x12MODEL_STATE_FAILED\x10\x08\x32\xe4\x02\n\x07\x43itadel\x12<\n\x05\x45mbed\x12\x18.citadel.v1.EmbedRequest\x1a\x19.citadel.v1.EmbedResponse\x12?\n\x06Search\x12\x19.citadel.v1.SearchRequest\x1a\x1a.citadel.v1.SearchResponse\x12?\n\x06Ingest\x12\x19.citadel.v1.IngestRequest\x1a\x1a.citadel.v1.IngestResponse\x12?\n\x06Rerank\x12\x19.citadel.v1.RerankRequest\x1a\x1a.citadel.v1.RerankResponse\x12X\n\x12WatchModelProgress\x12%.citadel.v1.WatchModelProgressRequest\x1a\x19.citadel.v1.DownloadEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!app/grpc/citadel/v1/citadel.proto\x12\ncitadel.v1\"\x94\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\x05model\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12#\n\x04kind\x18\x04 \x01(\x0e\x32\x15.citadel.v1.EmbedKind\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x42\x08\n\x06_modelB\x0c\n\n_normalize\"+\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06\x63\x61\x63hed\x18\x02 \x01(\x08\"]\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\x05\x12)\n\nembeddings\x18\x03 \x03(\x0b\x32\x15.citadel.v1.Embedding\"\xfb\x03\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\x05query\x18\x02 \x01(\tH\x00\x88\x01\x01\x12$\n\x04mode\x18\x03 \x01(\x0e\x32\x16.citadel.v1.SearchMode\x12\x12\n\x05limit\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06offset\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ilter_json\x18\x06 \x01(\t\x12\x1c\n\x0fscore_threshold\x18\x07 \x01(\x02H\x02\x88\x01\x01\x12\x0e\n\x06vector\x18\x08 \x03(\x02\x12\x17\n\nsimilar_to\x18\t \x01(\tH\x03\x88\x01\x01\x12(\n\trecommend\x18\n \x01(\x0b\x32\x15.citadel.v1.Recommend\x12%\n\x08group_by\x18\x0b \x01(\x0b\x32\x13.citadel.v1.GroupBy\x12\x16\n\tdiversity\x18\x0c \x01(\x02H\x04\x88\x01\x01\x12\x14\n\x07\x61utocut\x18\r \x01(\x05H\x05\x88\x01\x01\x12(\n\x06rerank\x18\x0e \x01(\x0b\x32\x18.citadel.v1.SearchRerank\x12\"\n\x06\x66usion\x18\x0f \x01(\x0e\x32\x12.citadel.v1.FusionB\x08\n\x06_queryB\x08\n\x06_limitB\x12\n\x10_score_thresholdB\r\n\x0b_similar_toB\x0c\n\n_diversityB\n\n\x08_autocut\"/\n\tRecommend\x12\x10\n\x08positive\x18\x01 \x03(\t\x12\x10\n\x08negative\x18\x02 \x03(\t\"h\n\x07GroupBy\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x06groups\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1b\n\x0ehits_per_group\x18\x03 \x01(\x05H\x01\x88\x01\x01\x42\t\n\x07_groupsB\x11\n\x0f_hits_per_group\"T\n\x0cSearchRerank\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x17\n\ncandidates\x18\x02 \x01(\x05H\x01\x88\x01\x01\x42\x08\n\x06_modelB\r\n\x0b_candidates\"\x8b\x01\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x15\n\rmetadata_json\x18\x04 \x01(\t\x12\x19\n\x0crerank_score\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\ncollection\x18\x06 \x01(\tB\x0f\n\r_rerank_score\"F\n\x0bSearchGroup\x12\x12\n\nvalue_json\x18\x01 \x01(\t\x12#\n\x04hits\x18\x02 \x03(\x0b\x32\x15.citadel.v1.SearchHit\"\x92\x01\n\x0eSearchResponse\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12#\n\x04hits\x18\x03 \x03(\x0b\x32\x15.citadel.v1.SearchHit\x12\x0f\n\x07took_ms\x18\x04 \x01(\x01\x12\'\n\x06groups\x18\x05 \x03(\x0b\x32\x17.citadel.v1.SearchGroup\"\x97\x01\n\x18SearchCollectionsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x13\n\x0b\x63ollections\x18\x02 \x03(\t\x12\x12\n\x05limit\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0b\x66ilter_json\x18\x04 \x01(\t\x12$\n\x04mode\x18\x05 \x01(\x0e\x32\x16.citadel.v1.SearchModeB\x08\n\x06_limit\"Q\n\x19SearchCollectionsResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.citadel.v1.SearchHit\x12\x0f\n\x07took_ms\x18\x02 \x01(\x01\"L\n\rDocumentInput\x12\x0f\n\x02id\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rmetadata_json\x18\x03 \x01(\tB\x05\n\x03_id\"Q\n\rIngestRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12,\n\tdocuments\x18\x02 \x03(\x0b\x32\x19.citadel.v1.DocumentInput\"S\n\x0bIngestError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0f\n\x02id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\tB\x05\n\x03_id\"\xc7\x01\n\x0eIngestResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x10\n\x08inserted\x18\x02 \x01(\x05\x12\x0f\n\x07updated\x18\x03 \x01(\x05\x12\x11\n\tunchanged\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\'\n\x06\x65rrors\x18\x06 \x03(\x0b\x32\x17.citadel.v1.IngestError\x12\x0e\n\x06\x63hunks\x18\x07 \x01(\x05\x12)\n\x08warnings\x18\x08 \x03(\x0b\x32\x17.citadel.v1.IngestError\"\x96\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\x12\n\x05model\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05top_n\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x0breturn_text\x18\x05 \x01(\x08\x12\x12\n\nraw_scores\x18\x06 \x01(\x08\x42\x08\n\x06_modelB\x08\n\x06_top_n\"E\n\tRerankHit\x12\r\n\x05index\x18\x01 \x01(\x05\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x11\n\x04text\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x07\n\x05_text\"U\n\x0eRerankResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x04hits\x18\x02 \x03(\x0b\x32\x15.citadel.v1.RerankHit\x12\x0f\n\x07took_ms\x18\x03 \x01(\x01\"9\n\x19WatchModelProgressRequest\x12\x12\n\x05model\x18\x01 \x01(\tH\x00\x88\x01\x01\x42\x08\n\x06_model\"\xb9\x03\n\rDownloadEvent\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07replica\x18\x02 \x01(\t\x12%\n\x05state\x18\x03 \x01(\x0e\x32\x16.citadel.v1.ModelState\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\x05\x12\x11\n\x04\x66ile\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x12\n\nbytes_done\x18\x07 \x01(\x03\x12\x18\n\x0b\x62ytes_total\x18\x08 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07percent\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x1d\n\x10\x62ytes_per_second\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07message\x18\x0b \x01(\tH\x04\x88\x01\x01\x12\n\n\x02\x61t\x18\x0c \x01(\t\x12\x0c\n\x04kind\x18\r \x01(\t\x12\x18\n\x10model_bytes_done\x18\x0e \x01(\x03\x12\x1e\n\x11model_bytes_total\x18\x0f \x01(\x03H\x05\x88\x01\x01\x42\x07\n\x05_fileB\x0e\n\x0c_bytes_totalB\n\n\x08_percentB\x13\n\x11_bytes_per_secondB\n\n\x08_messageB\x14\n\x12_model_bytes_total*V\n\tEmbedKind\x12\x1a\n\x16\x45MBED_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45MBED_KIND_DOCUMENT\x10\x01\x12\x14\n\x10\x45MBED_KIND_QUERY\x10\x02*t\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_MODE_SEMANTIC\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03*A\n\x06\x46usion\x12\x16\n\x12\x46USION_UNSPECIFIED\x10\x00\x12\x0e\n\nFUSION_RRF\x10\x01\x12\x0f\n\x0b\x46USION_DBSF\x10\x02*\xfb\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMODEL_STATE_NOT_DOWNLOADED\x10\x01\x12\x16\n\x12MODEL_STATE_QUEUED\x10\x02\x12\x1b\n\x17MODEL_STATE_DOWNLOADING\x10\x03\x12\x18\n\x14MODEL_STATE_RETRYING\x10\x04\x12\x19\n\x15MODEL_STATE_VERIFYING\x10\x05\x12\x17\n\x13MODEL_STATE_LOADING\x10\x06\x12\x15\n\x11MODEL_STATE_READY\x10\x07\x12\x16\n\x12MODEL_STATE_FAILED\x10\x08\x32\xc6\x03\n\x07\x43itadel\x12<\n\x05\x45mbed\x12\x18.citadel.v1.EmbedRequest\x1a\x19.citadel.v1.EmbedResponse\x12?\n\x06Search\x12\x19.citadel.v1.SearchRequest\x1a\x1a.citadel.v1.SearchResponse\x12`\n\x11SearchCollections\x12$.citadel.v1.SearchCollectionsRequest\x1a%.citadel.v1.SearchCollectionsResponse\x12?\n\x06Ingest\x12\x19.citadel.v1.IngestRequest\x1a\x1a.citadel.v1.IngestResponse\x12?\n\x06Rerank\x12\x19.citadel.v1.RerankRequest\x1a\x1a.citadel.v1.RerankResponse\x12X\n\x12WatchModelProgress\x12%.citadel.v1.WatchModelProgressRequest\x1a\x19.citadel.v1.DownloadEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'app.grpc.citadel.v1.citadel_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDKIND']._serialized_start=1994
-  _globals['_EMBEDKIND']._serialized_end=2080
-  _globals['_SEARCHMODE']._serialized_start=2082
-  _globals['_SEARCHMODE']._serialized_end=2198
-  _globals['_MODELSTATE']._serialized_start=2201
-  _globals['_MODELSTATE']._serialized_end=2452
+  _globals['_EMBEDKIND']._serialized_start=2953
+  _globals['_EMBEDKIND']._serialized_end=3039
+  _globals['_SEARCHMODE']._serialized_start=3041
+  _globals['_SEARCHMODE']._serialized_end=3157
+  _globals['_FUSION']._serialized_start=3159
+  _globals['_FUSION']._serialized_end=3224
+  _globals['_MODELSTATE']._serialized_start=3227
+  _globals['_MODELSTATE']._serialized_end=3478
   _globals['_EMBEDREQUEST']._serialized_start=50
   _globals['_EMBEDREQUEST']._serialized_end=198
   _globals['_EMBEDDING']._serialized_start=200
@@ -44,29 +46,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESPONSE']._serialized_start=245
   _globals['_EMBEDRESPONSE']._serialized_end=338
   _globals['_SEARCHREQUEST']._serialized_start=341
-  _globals['_SEARCHREQUEST']._serialized_end=546
-  _globals['_SEARCHHIT']._serialized_start=548
-  _globals['_SEARCHHIT']._serialized_end=623
-  _globals['_SEARCHRESPONSE']._serialized_start=625
-  _globals['_SEARCHRESPONSE']._serialized_end=730
-  _globals['_DOCUMENTINPUT']._serialized_start=732
-  _globals['_DOCUMENTINPUT']._serialized_end=808
-  _globals['_INGESTREQUEST']._serialized_start=810
-  _globals['_INGESTREQUEST']._serialized_end=891
-  _globals['_INGESTERROR']._serialized_start=893
-  _globals['_INGESTERROR']._serialized_end=976
-  _globals['_INGESTRESPONSE']._serialized_start=979
-  _globals['_INGESTRESPONSE']._serialized_end=1178
-  _globals['_RERANKREQUEST']._serialized_start=1181
-  _globals['_RERANKREQUEST']._serialized_end=1331
-  _globals['_RERANKHIT']._serialized_start=1333
-  _globals['_RERANKHIT']._serialized_end=1402
-  _globals['_RERANKRESPONSE']._serialized_start=1404
-  _globals['_RERANKRESPONSE']._serialized_end=1489
-  _globals['_WATCHMODELPROGRESSREQUEST']._serialized_start=1491
-  _globals['_WATCHMODELPROGRESSREQUEST']._serialized_end=1548
-  _globals['_DOWNLOADEVENT']._serialized_start=1551
-  _globals['_DOWNLOADEVENT']._serialized_end=1992
-  _globals['_CITADEL']._serialized_start=2455
-  _globals['_CITADEL']._serialized_end=2811
+  _globals['_SEARCHREQUEST']._serialized_end=848
+  _globals['_RECOMMEND']._serialized_start=850
+  _globals['_RECOMMEND']._serialized_end=897
+  _globals['_GROUPBY']._serialized_start=899
+  _globals['_GROUPBY']._serialized_end=1003
+  _globals['_SEARCHRERANK']._serialized_start=1005
+  _globals['_SEARCHRERANK']._serialized_end=1089
+  _globals['_SEARCHHIT']._serialized_start=1092
+  _globals['_SEARCHHIT']._serialized_end=1231
+  _globals['_SEARCHGROUP']._serialized_start=1233
+  _globals['_SEARCHGROUP']._serialized_end=1303
+  _globals['_SEARCHRESPONSE']._serialized_start=1306
+  _globals['_SEARCHRESPONSE']._serialized_end=1452
+  _globals['_SEARCHCOLLECTIONSREQUEST']._serialized_start=1455
+  _globals['_SEARCHCOLLECTIONSREQUEST']._serialized_end=1606
+  _globals['_SEARCHCOLLECTIONSRESPONSE']._serialized_start=1608
+  _globals['_SEARCHCOLLECTIONSRESPONSE']._serialized_end=1689
+  _globals['_DOCUMENTINPUT']._serialized_start=1691
+  _globals['_DOCUMENTINPUT']._serialized_end=1767
+  _globals['_INGESTREQUEST']._serialized_start=1769
+  _globals['_INGESTREQUEST']._serialized_end=1850
+  _globals['_INGESTERROR']._serialized_start=1852
+  _globals['_INGESTERROR']._serialized_end=1935
+  _globals['_INGESTRESPONSE']._serialized_start=1938
+  _globals['_INGESTRESPONSE']._serialized_end=2137
+  _globals['_RERANKREQUEST']._serialized_start=2140
+  _globals['_RERANKREQUEST']._serialized_end=2290
+  _globals['_RERANKHIT']._serialized_start=2292
+  _globals['_RERANKHIT']._serialized_end=2361
+  _globals['_RERANKRESPONSE']._serialized_start=2363
+  _globals['_RERANKRESPONSE']._serialized_end=2448
+  _globals['_WATCHMODELPROGRESSREQUEST']._serialized_start=2450
+  _globals['_WATCHMODELPROGRESSREQUEST']._serialized_end=2507
+  _globals['_DOWNLOADEVENT']._serialized_start=2510
+  _globals['_DOWNLOADEVENT']._serialized_end=2951
+  _globals['_CITADEL']._serialized_start=3481
+  _globals['_CITADEL']._serialized_end=3935
 # @@protoc_insertion_point(module_scope)

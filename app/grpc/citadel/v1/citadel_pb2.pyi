@@ -20,6 +20,12 @@ class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
     SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
 
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_UNSPECIFIED: _ClassVar[Fusion]
+    FUSION_RRF: _ClassVar[Fusion]
+    FUSION_DBSF: _ClassVar[Fusion]
+
 class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
@@ -38,6 +44,9 @@ SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_SEMANTIC: SearchMode
 SEARCH_MODE_KEYWORD: SearchMode
 SEARCH_MODE_HYBRID: SearchMode
+FUSION_UNSPECIFIED: Fusion
+FUSION_RRF: Fusion
+FUSION_DBSF: Fusion
 MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_NOT_DOWNLOADED: ModelState
 MODEL_STATE_QUEUED: ModelState
@@ -81,7 +90,7 @@ class EmbedResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., dimensions: _Optional[int] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "mode", "limit", "offset", "filter_json", "score_threshold")
+    __slots__ = ("collection", "query", "mode", "limit", "offset", "filter_json", "score_threshold", "vector", "similar_to", "recommend", "group_by", "diversity", "autocut", "rerank", "fusion")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +98,14 @@ class SearchRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_TO_FIELD_NUMBER: _ClassVar[int]
+    RECOMMEND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    AUTOCUT_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     mode: SearchMode
@@ -96,31 +113,101 @@ class SearchRequest(_message.Message):
     offset: int
     filter_json: str
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., filter_json: _Optional[str] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    similar_to: str
+    recommend: Recommend
+    group_by: GroupBy
+    diversity: float
+    autocut: int
+    rerank: SearchRerank
+    fusion: Fusion
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., limit: _Optional[int] = ..., offset: _Optional[int] = ..., filter_json: _Optional[str] = ..., score_threshold: _Optional[float] = ..., vector: _Optional[_Iterable[float]] = ..., similar_to: _Optional[str] = ..., recommend: _Optional[_Union[Recommend, _Mapping]] = ..., group_by: _Optional[_Union[GroupBy, _Mapping]] = ..., diversity: _Optional[float] = ..., autocut: _Optional[int] = ..., rerank: _Optional[_Union[SearchRerank, _Mapping]] = ..., fusion: _Optional[_Union[Fusion, str]] = ...) -> None: ...
+
+class Recommend(_message.Message):
+    __slots__ = ("positive", "negative")
+    POSITIVE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_FIELD_NUMBER: _ClassVar[int]
+    positive: _containers.RepeatedScalarFieldContainer[str]
+    negative: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, positive: _Optional[_Iterable[str]] = ..., negative: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupBy(_message.Message):
+    __slots__ = ("field", "groups", "hits_per_group")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    HITS_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    groups: int
+    hits_per_group: int
+    def __init__(self, field: _Optional[str] = ..., groups: _Optional[int] = ..., hits_per_group: _Optional[int] = ...) -> None: ...
+
+class SearchRerank(_message.Message):
+    __slots__ = ("model", "candidates")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    candidates: int
+    def __init__(self, model: _Optional[str] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class SearchHit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata_json")
+    __slots__ = ("id", "score", "text", "metadata_json", "rerank_score", "collection")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    RERANK_SCORE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata_json: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    rerank_score: float
+    collection: str
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata_json: _Optional[str] = ..., rerank_score: _Optional[float] = ..., collection: _Optional[str] = ...) -> None: ...
+
+class SearchGroup(_message.Message):
+    __slots__ = ("value_json", "hits")
+    VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    value_json: str
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    def __init__(self, value_json: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("collection", "model", "hits", "took_ms")
+    __slots__ = ("collection", "model", "hits", "took_ms", "groups")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     model: str
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     took_ms: float
-    def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., took_ms: _Optional[float] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[SearchGroup]
+    def __init__(self, collection: _Optional[str] = ..., model: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., took_ms: _Optional[float] = ..., groups: _Optional[_Iterable[_Union[SearchGroup, _Mapping]]] = ...) -> None: ...
+
+class SearchCollectionsRequest(_message.Message):
+    __slots__ = ("query", "collections", "limit", "filter_json", "mode")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    collections: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    filter_json: str
+    mode: SearchMode
+    def __init__(self, query: _Optional[str] = ..., collections: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., filter_json: _Optional[str] = ..., mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+
+class SearchCollectionsResponse(_message.Message):
+    __slots__ = ("hits", "took_ms")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    took_ms: float
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., took_ms: _Optional[float] = ...) -> None: ...
 
 class DocumentInput(_message.Message):
     __slots__ = ("id", "text", "metadata_json")

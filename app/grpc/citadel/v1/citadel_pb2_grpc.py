@@ -44,6 +44,11 @@ class CitadelStub:
                 request_serializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchRequest.SerializeToString,
                 response_deserializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchCollections = channel.unary_unary(
+                '/citadel.v1.Citadel/SearchCollections',
+                request_serializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsRequest.SerializeToString,
+                response_deserializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsResponse.FromString,
+                _registered_method=True)
         self.Ingest = channel.unary_unary(
                 '/citadel.v1.Citadel/Ingest',
                 request_serializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.IngestRequest.SerializeToString,
@@ -72,7 +77,15 @@ class CitadelServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """GraphQL `search` with a text query (SEMANTIC, KEYWORD or HYBRID).
+        """GraphQL `search`: by a text query (SEMANTIC, KEYWORD or HYBRID), a vector, stored documents
+        (similar_to, recommend); grouped, diversified, cut or reranked as GraphQL's arguments say.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchCollections(self, request, context):
+        """GraphQL `searchCollections`: one query over several collections, fused by rank (RRF).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +124,11 @@ def add_CitadelServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchRequest.FromString,
                     response_serializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCollections,
+                    request_deserializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsRequest.FromString,
+                    response_serializer=app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsResponse.SerializeToString,
             ),
             'Ingest': grpc.unary_unary_rpc_method_handler(
                     servicer.Ingest,
@@ -182,6 +200,33 @@ class Citadel:
             '/citadel.v1.Citadel/Search',
             app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchRequest.SerializeToString,
             app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/citadel.v1.Citadel/SearchCollections',
+            app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsRequest.SerializeToString,
+            app_dot_grpc_dot_citadel_dot_v1_dot_citadel__pb2.SearchCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
