@@ -158,7 +158,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             redis=redis,
             pool=pool,
             models=models,
-            replicas=cluster,
+            cluster=cluster,
             embedder=embedder,
             collections=collections,
             ingest=ingest,

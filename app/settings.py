@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.domain.models import BUILTIN_DEFAULT_MODEL, BUILTIN_DEFAULT_RERANKER, ModelSpec, builtin_catalog
@@ -141,7 +141,8 @@ class DownloadSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
-    chunk_size: int = Field(256, description="Documents embedded per chunk during ingest")
+    # Documents, not text chunks (chunking is a collection's): CITADEL_INGEST__CHUNK_SIZE, its old name, still works.
+    embed_batch: int = Field(256, ge=1, validation_alias=AliasChoices("embed_batch", "chunk_size"), description="Documents an ingest (or the reconciler) embeds per call to the model pool (at most CITADEL_LIMITS__MAX_TEXTS_PER_REQUEST); CITADEL_INGEST__CHUNK_SIZE is its old name")
     reconcile_interval_seconds: float = Field(30.0, description="How often pending documents are re-indexed")
     job_batch_documents: int = Field(64, ge=1, description="Documents a job (startIngestJob, ingestFiles) ingests and commits at a time (at most max_documents_per_ingest): a restarted job resumes after its last committed batch")
     jobs_at_once: int = Field(2, ge=1, description="Jobs one replica runs at once; the others wait QUEUED")

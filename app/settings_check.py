@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 
 from app.settings import Settings
 
@@ -37,6 +37,8 @@ def known_names(model: type[BaseModel] = Settings, prefix: str = PREFIX) -> set[
     for name, field in model.model_fields.items():
         full = f"{prefix}{name.upper()}"
         names.add(full)
+        if isinstance(field.validation_alias, AliasChoices) and prefix != PREFIX:  # a nested field's old names
+            names |= {f"{prefix}{alias.upper()}" for alias in field.validation_alias.choices if isinstance(alias, str)}
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel) and model is Settings:
             names |= known_names(annotation, f"{full}__")

@@ -37,7 +37,7 @@ class Services:
     redis: Redis
     pool: ModelPool
     models: ModelManager
-    replicas: ClusterView  # every live replica's state of each model
+    cluster: ClusterView  # every live replica's state of each model
     embedder: EmbeddingService
     collections: CollectionService
     ingest: IngestService

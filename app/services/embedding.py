@@ -23,7 +23,6 @@ from app.errors import BadInput, CitadelError
 from app.inference import metrics
 from app.inference.callers import Share, fair_key_of
 from app.inference.pool import ModelPool
-from app.inference.sources import local_model_dir
 from app.domain.models import ModelSpec
 from app.requests import EmbedRequest
 from app.settings import Settings
@@ -51,27 +50,6 @@ class ReadyModels(Protocol):
         with wait, first wait for a download under way. Without may_download, a model that
         would have to be fetched from the hub (other than the default) is not: ModelUnavailable."""
         ...
-
-
-class LocalModels:
-    """ReadyModels for models whose files are already here (package or path sources): loads
-    each into the pool on first use. The download manager replaces it for hub models."""
-
-    def __init__(self, settings: Settings, pool: ModelPool) -> None:
-        self.settings = settings
-        self.pool = pool
-        self._ready: set[str] = set()
-        self._lock = asyncio.Lock()
-
-    async def ready_spec(self, name: str | None, wait: bool = False, *, may_download: bool = True) -> ModelSpec:
-        spec = self.settings.model(name)  # NotFound for a name outside the catalog; nothing to fetch
-        if spec.name not in self._ready:
-            async with self._lock:
-                if spec.name not in self._ready:
-                    model_dir = await asyncio.to_thread(local_model_dir, spec)
-                    await self.pool.load(spec, model_dir)
-                    self._ready.add(spec.name)
-        return spec
 
 
 class EmbeddingService:

@@ -58,7 +58,7 @@ class IndexOutcome:
 
 def embed_batch_size(settings: Settings) -> int:
     """Texts per embed call: the ingest setting, within what one embed request may carry."""
-    return max(1, min(settings.ingest.chunk_size, settings.limits.max_texts_per_request))
+    return max(1, min(settings.ingest.embed_batch, settings.limits.max_texts_per_request))
 
 
 def batches(

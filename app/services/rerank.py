@@ -55,7 +55,7 @@ class RerankService:
     def __init__(self, settings: Settings, pool: Any, models: Any, embedder: Any) -> None:
         self.settings = settings
         self.pool = pool  # app.inference.pool.ModelPool
-        self.models = models  # ReadyModels: the ModelManager, or LocalModels in tests
+        self.models = models  # ReadyModels: the ModelManager (tests: tests/support/local_models.py)
         self.embedder = embedder  # who may start a download: EmbeddingService.may_download
 
     def reranker(self, model: str | None) -> ModelSpec:
@@ -78,7 +78,7 @@ class RerankService:
         progress (starting the download where the caller may, as for embed) unless `wait`."""
         spec = self.reranker(model)
         if not wait:
-            cache = getattr(self.models, "cache", None)  # the ModelManager's; LocalModels loads in place
+            cache = getattr(self.models, "cache", None)  # the ModelManager's; a test's LocalModels loads in place
             wait = spec.repo_id is None or (cache is not None and await asyncio.to_thread(cache.is_complete, spec))
         await self.models.ready_spec(spec.name, wait=wait, may_download=self.embedder.may_download(principal))
         return spec

@@ -92,7 +92,7 @@ def test_kill_9_mid_ingest_loses_nothing_acknowledged_and_indexes_it_once_the_mo
         "HF_HUB_OFFLINE": "1",
         "CITADEL_DEFAULT_MODEL": BUNDLED,
         "CITADEL_INGEST__RECONCILE_INTERVAL_SECONDS": str(RECONCILE_INTERVAL),
-        "CITADEL_INGEST__CHUNK_SIZE": "4",  # several PostgreSQL/Qdrant steps per batch to land in
+        "CITADEL_INGEST__EMBED_BATCH": "4",  # several PostgreSQL/Qdrant steps per batch to land in
     }
     log = ARTIFACTS / "crash-recovery-server.log"
     log.unlink(missing_ok=True)

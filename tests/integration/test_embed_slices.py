@@ -15,7 +15,8 @@ from app.domain.models import FALLBACK_MODEL
 from app.errors import BadInput, Overloaded
 from app.inference import metrics
 from app.inference.pool import ModelPool
-from app.services.embedding import EmbeddingService, LocalModels, slice_size
+from app.services.embedding import EmbeddingService, slice_size
+from tests.support.local_models import LocalModels
 from tests.support.models import cosine_rows, engine_settings, minilm_dir, minilm_spec, reference_model  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,8 @@ from app.adapters.redis_cache import EmbeddingCache
 from app.domain.embedding import EmbedKind
 from app.inference import metrics
 from app.inference.pool import ModelPool
-from app.services.embedding import EmbeddingService, LocalModels
+from app.services.embedding import EmbeddingService
+from tests.support.local_models import LocalModels
 from app.domain.models import FALLBACK_MODEL
 from app.settings import CacheSettings, Settings
 from tests.support.models import cosine_rows, minilm_dir, reference_model  # noqa: F401  (fixtures)

@@ -41,7 +41,7 @@ IDS = 30
 
 @pytest.fixture(params=STORE_KINDS)
 async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
-    async with open_stack(model_runtime, request.param, tmp_path, chunk_size=16) as opened:
+    async with open_stack(model_runtime, request.param, tmp_path, embed_batch=16) as opened:
         yield opened
 
 

@@ -24,7 +24,7 @@ DIMS = 384
 
 @pytest.fixture(params=STORE_KINDS)
 async def stack(request, model_runtime, tmp_path: Path) -> Any:  # noqa: F811
-    async with open_stack(model_runtime, request.param, tmp_path, chunk_size=50) as opened:
+    async with open_stack(model_runtime, request.param, tmp_path, embed_batch=50) as opened:
         yield opened
 
 

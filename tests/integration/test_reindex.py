@@ -23,7 +23,8 @@ from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobKind, JobState
 from app.errors import NotFound
 from app.services.collections import CollectionService
-from app.services.embedding import EmbeddingService, LocalModels
+from app.services.embedding import EmbeddingService
+from tests.support.local_models import LocalModels
 from app.domain.ids import point_id
 from app.services.indexing import ToIndex, index_documents
 from app.services.ingest import IngestService
@@ -50,7 +51,7 @@ async def stack(request, model_runtime, tmp_path: Path, minilm_onnx_dir: Path) -
     """The stack with the ONNX export of the bundled model in its catalog (fastembed backend). The
     previous version retires 2 s after the switch (30 s by default): a search that read the
     collection just before the switch must finish on it first, as in production."""
-    async with open_stack(model_runtime, request.param, tmp_path, chunk_size=16) as opened:
+    async with open_stack(model_runtime, request.param, tmp_path, embed_batch=16) as opened:
         onnx = minilm_spec(name=ONNX_MODEL, backend="fastembed", package=None, path=minilm_onnx_dir)
         settings = opened.settings.model_copy(
             update={

@@ -18,7 +18,8 @@ from app.domain.models import FALLBACK_MODEL, ModelState
 from app.errors import BadInput, NotFound
 from app.inference.metrics import FORWARD_PASSES, sample_sum
 from app.inference.pool import ModelPool
-from app.services.embedding import EmbeddingService, LocalModels
+from app.services.embedding import EmbeddingService
+from tests.support.local_models import LocalModels
 from app.services.models import ModelManager
 from app.requests import SearchRequest, SearchRerank
 from app.services.rerank import RerankService

@@ -31,7 +31,8 @@ from app.domain.vectors import VectorPoint
 from app.inference.metrics import FORWARD_PASSES, sample_sum
 from app.inference.pool import ModelPool
 from app.services.collections import CollectionService
-from app.services.embedding import EmbeddingService, LocalModels
+from app.services.embedding import EmbeddingService
+from tests.support.local_models import LocalModels
 from app.domain.ids import point_id
 from app.services.ingest import IngestService
 from app.services.reconciler import Reconciler
@@ -133,7 +134,7 @@ def _open_store(kind: str, base: Path) -> Any:
 
 @asynccontextmanager
 async def open_stack(
-    runtime: ModelRuntime, store_kind: str, base: Path, *, chunk_size: int = 256, cache_prefix: str | None = None
+    runtime: ModelRuntime, store_kind: str, base: Path, *, embed_batch: int = 256, cache_prefix: str | None = None
 ) -> AsyncIterator[Stack]:
     prefix = cache_prefix or f"citadel-test:{uuid.uuid4().hex}:"
     async with temporary_database("citadel_test_ingest") as url:
@@ -145,7 +146,7 @@ async def open_stack(
             redis_url=redis_url(),
             # A loaded 2-core machine can be slow to answer; a skipped cache would re-encode.
             cache=CacheSettings(key_prefix=prefix, timeout_ms=5_000),
-            ingest=IngestSettings(chunk_size=chunk_size, reconcile_interval_seconds=0.05),
+            ingest=IngestSettings(embed_batch=embed_batch, reconcile_interval_seconds=0.05),
             inference=runtime.settings.inference,
         )
         await upgrade_async(url)

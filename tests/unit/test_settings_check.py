@@ -38,3 +38,14 @@ def test_dotenv_keys_are_checked_too(tmp_path):
     dotenv.write_text("# comment\nCITADEL_DEFAULT_MODLE=x\nexport CITADEL_DATA_DIR=/tmp\nOTHER=1\n")
     (found,) = unknown_settings({}, dotenv=dotenv)
     assert (found.name, found.source, found.suggestion) == ("CITADEL_DEFAULT_MODLE", str(dotenv), "CITADEL_DEFAULT_MODEL")
+
+
+def test_a_renamed_setting_still_takes_its_old_name(monkeypatch):
+    from app.settings import Settings
+
+    assert unknown_settings({"CITADEL_INGEST__CHUNK_SIZE": "7"}, dotenv=None) == []
+    monkeypatch.setenv("CITADEL_INGEST__CHUNK_SIZE", "7")
+    assert Settings(_env_file=None).ingest.embed_batch == 7  # type: ignore[call-arg]
+    monkeypatch.setenv("CITADEL_INGEST__EMBED_BATCH", "9")
+    monkeypatch.delenv("CITADEL_INGEST__CHUNK_SIZE")
+    assert Settings(_env_file=None).ingest.embed_batch == 9  # type: ignore[call-arg]
