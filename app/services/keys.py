@@ -79,10 +79,11 @@ def _validated(request: KeyRequest) -> KeyRequest:
 
 
 class KeyService:
-    def __init__(self, settings: Settings, repo: Any, redis: Any = None) -> None:
+    def __init__(self, settings: Settings, repo: Any, redis: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.repo = repo  # app.adapters.api_keys.ApiKeyRepo
         self.redis = redis  # revocations are announced to the other replicas through it
+        self.clock = clock  # what the key cache's expiry is measured on (tests move it on)
         self._cache: dict[str, tuple[float, Principal]] = {}
         # Called with the key id of each revocation seen here (app/graphql/websockets.KeySockets).
         self.revocation_watchers: list[Callable[[str], None]] = []
@@ -103,7 +104,7 @@ class KeyService:
         digest = hash_secret(secret)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal(kind="env", key_id=ENV_ADMIN_ID, name="CITADEL_AUTH__ADMIN_KEY", scopes=frozenset({Scope.ADMIN}))
-        now = time.monotonic()
+        now = self.clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]

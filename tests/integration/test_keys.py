@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -65,16 +66,19 @@ async def test_only_a_hash_is_stored_and_the_secret_authenticates(db):
 
 async def test_revocation_is_seen_at_once_here_and_after_the_cache_time_elsewhere(db):
     _, pool = db
-    here = KeyService(settings(key_cache_seconds=0.3), ApiKeyRepo(pool))
-    elsewhere = KeyService(settings(key_cache_seconds=0.3), ApiKeyRepo(pool))  # another replica
+    now = [1_000.0]
+    here = KeyService(settings(key_cache_seconds=30), ApiKeyRepo(pool), clock=lambda: now[0])
+    elsewhere = KeyService(settings(key_cache_seconds=30), ApiKeyRepo(pool), clock=lambda: now[0])  # another replica
     row, secret = await here.create(KeyRequest("short-lived", ["READ"]), INTERNAL)
     assert (await here.authenticate(secret)).kind == "key"
     assert (await elsewhere.authenticate(secret)).kind == "key"
     assert await here.revoke(row.id, INTERNAL) is True
     assert await here.revoke(row.id, INTERNAL) is False  # already revoked
     assert (await here.authenticate(secret)).reason == "this API key was revoked"
-    await asyncio.sleep(0.35)
-    assert (await elsewhere.authenticate(secret)).kind == "rejected"
+    now[0] += 29.9
+    assert (await elsewhere.authenticate(secret)).kind == "key"  # its cache still holds the key
+    now[0] += 0.2
+    assert (await elsewhere.authenticate(secret)).kind == "rejected"  # the cache time is over: read again
     with pytest.raises(NotFound):
         await here.revoke("no-such-id", INTERNAL)
 
@@ -205,12 +209,24 @@ async def test_without_redis_revocations_wait_for_the_cache_and_say_so_once():
     sink = logger.add(lambda m: messages.append(m.record["message"]), level="WARNING")
     dead = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2)
     listener = RevocationListener(dead, _Keys())
+    subscribing = dead.pubsub
+    attempts = 0
+    several = asyncio.Event()
+
+    def counted_pubsub() -> Any:  # each reconnect attempt opens a new pub/sub
+        nonlocal attempts
+        attempts += 1
+        if attempts >= 4:
+            several.set()
+        return subscribing()
+
+    dead.pubsub = counted_pubsub  # type: ignore[method-assign]
     original = key_revocations.RETRY_SECONDS
     key_revocations.RETRY_SECONDS = 0.05
     try:
         await announce_revocation(dead, "k1", 7)  # never raises: the revocation itself is stored
         listener.start()
-        await asyncio.sleep(0.5)  # several reconnect attempts
+        await asyncio.wait_for(several.wait(), 60)  # several reconnect attempts
         assert listener._task is not None and not listener._task.done()
         assert len([m for m in messages if "revocations by other replicas apply here within 7" in m]) == 1
         assert any("revoked key k1 reaches other replicas within 7" in m for m in messages)
