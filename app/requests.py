@@ -199,7 +199,8 @@ class SearchRequest:
         checked_vector = None
         if vector is not None:
             try:
-                checked_vector = tuple(check_vector(list(vector), None).tolist())
+                values = list(vector) if isinstance(vector, (list, tuple)) else vector  # an ndarray is taken as it is
+                checked_vector = tuple(check_vector(values, None).tolist())
             except BadInput as exc:
                 raise BadInput(exc.message, field="vector") from None
         request = cls(
