@@ -314,4 +314,4 @@ class Settings(BaseSettings):
         try:
             return self.models[key]
         except KeyError:
-            raise NotFound(f"unknown model {key!r}; known: {', '.join(sorted(self.models))}") from None
+            raise NotFound(f"unknown model {key!r}; known: {', '.join(sorted(self.models))}", model=key) from None

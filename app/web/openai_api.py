@@ -167,7 +167,7 @@ def _error(exc: CitadelError) -> Response:
         param = "input"
     if param is None and (argument := exc.extensions.get("argument")) is not None:
         param = "input" if argument == "texts" else argument  # EmbedRequest's texts are OpenAI's input
-    code = "model_not_found" if exc.code == "NOT_FOUND" and "model" in exc.message else exc.code.lower()
+    code = "model_not_found" if exc.code == "NOT_FOUND" and "model" in exc.extensions else exc.code.lower()
     headers = {}
     retry_after = exc.extensions.get("retryAfter", exc.extensions.get("retry_after"))
     if retry_after is not None:
