@@ -29,7 +29,7 @@ from app.domain.ids import canonical_json, content_hash, derived_document_id
 from app.domain.vectors import Fusion, SearchMode
 from app.errors import BadInput
 from app.settings import LimitSettings
-from app.validation import MAX_NAME_CHARS, check_name, check_string, check_text, check_texts, check_vector
+from app.validation import MAX_NAME_CHARS, check_count, check_name, check_string, check_text, check_texts, check_vector
 
 MAX_STORED_QUERY_DOCUMENTS = 64  # similarTo / recommend: documents whose vectors make the query
 MAX_COLLECTIONS_PER_SEARCH = 32  # searchCollections
@@ -271,9 +271,7 @@ def _query(query: Any, limits: LimitSettings) -> str:
 
 
 def _check_paging(limit: Any, offset: Any, score_threshold: Any, limits: LimitSettings) -> None:
-    most = limits.max_search_limit
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= most:
-        raise BadInput(f"limit must be between 1 and {most}, got {limit!r}", field="limit")
+    check_count(limit, "limit", limits.max_search_limit)
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise BadInput(f"offset must be 0 or more, got {offset!r}", field="offset")
     if score_threshold is not None and (
@@ -295,8 +293,7 @@ def _check_extras(
         return
     check_field(group_by.field, "groupBy.field")
     for name, value in (("groups", group_by.groups), ("hitsPerGroup", group_by.hits_per_group)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-            raise BadInput(f"groupBy.{name} must be between 1 and {most}, got {value!r}", field=f"groupBy.{name}")
+        check_count(value, f"groupBy.{name}", most)
     if group_by.groups * group_by.hits_per_group > most:
         raise BadInput(f"groupBy asks for more than {most} hits in all (groups x hitsPerGroup)", field="groupBy")
     if offset:
@@ -329,8 +326,7 @@ def _with_rerank(request: SearchRequest, rerank: SearchRerank, limits: LimitSett
     wanted = rerank.candidates
     if request.query is None:
         raise BadInput("rerank needs a text query: a cross-encoder reads the query's text", field="rerank")
-    if isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= most:
-        raise BadInput(f"rerank.candidates must be between 1 and {most}, got {wanted!r}", field="rerank.candidates")
+    check_count(wanted, "rerank.candidates", most)
     if request.offset + request.limit > most:
         raise BadInput(f"a reranked search reaches at most {most} hits (offset + limit)", field="limit")
     model = _optional_name(rerank.model, "rerank.model")

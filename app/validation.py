@@ -94,6 +94,14 @@ def check_texts(
     return tuple(values)
 
 
+def check_count(value: Any, what: str, most: int, least: int = 1) -> int:
+    """A number of things a client asks for (a limit, groups, candidates): an integer from `least`
+    to `most`; the error names the argument (`field`)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        raise BadInput(f"{what} must be between {least} and {most}, got {value!r}", field=what)
+    return value
+
+
 def check_name(value: Any, what: str) -> str:
     """An identifier a client names (a collection, a model, a document id): a short storable string."""
     if not isinstance(value, str):

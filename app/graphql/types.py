@@ -18,7 +18,9 @@ from app.domain.vectors import Fusion as DomainFusion
 from app.domain.vectors import SearchMode as DomainSearchMode
 from app.graphql.describe import described_enum
 from app.graphql.scalars import JSON, Long
-from app.errors import BadInput
+from app.validation import check_count
+
+MAX_TOP_VALUES = 1_000  # FieldStats.topValues
 
 if TYPE_CHECKING:
     from app.graphql.context import Context
@@ -426,11 +428,9 @@ class FieldStats:
     )
     def top_values(
         self,
-        limit: Annotated[Optional[int], strawberry.argument(description="How many values, 1 to 1000 (null: 5)")] = 5,
+        limit: Annotated[Optional[int], strawberry.argument(description=f"How many values, 1 to {MAX_TOP_VALUES} (null: 5)")] = 5,
     ) -> list[FacetCount]:
-        limit = 5 if limit is None else limit
-        if isinstance(limit, bool) or not 1 <= limit <= 1_000:
-            raise BadInput(f"topValues limit must be between 1 and 1000, got {limit!r}", field="limit")
+        limit = check_count(5 if limit is None else limit, "limit", MAX_TOP_VALUES)
         return [FacetCount(value=value, count=count) for value, count in self.ranked[:limit]]
 
 

@@ -16,10 +16,11 @@ from app.domain.aggregation import MAX_AGGREGATE_FIELDS, SortKey, check_fields, 
 from app.domain.filter_matcher import matches
 from app.domain.filters import FilterNode, check_field, parse_filter
 from app.domain.scans import ScanBudget, off_loop
-from app.errors import BadInput, NotFound
+from app.errors import NotFound
 from app.services import aggregate as aggregates
 from app.services.aggregate import AggregateOutcome
 from app.settings import Settings
+from app.validation import check_count
 
 SCAN_PAGE = 500  # rows (id, metadata) read per query while a tenant's documents are counted or paged
 
@@ -101,9 +102,7 @@ class DocumentService:
         names = check_fields(list(fields), "fields", MAX_AGGREGATE_FIELDS)
         if group_by is not None:
             check_field(group_by, "groupBy")
-        most = self.settings.limits.max_search_limit
-        if isinstance(max_groups, bool) or not isinstance(max_groups, int) or not 1 <= max_groups <= most:
-            raise BadInput(f"maxGroups must be between 1 and {most}, got {max_groups!r}", field="maxGroups")
+        check_count(max_groups, "maxGroups", self.settings.limits.max_search_limit)
         return await aggregates.aggregate(
             self.repo, collection, node, names, group_by, max_groups, budget or self._budget()
         )

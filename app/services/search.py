@@ -53,7 +53,7 @@ from app.requests import (
     SearchRerank,
     check_collection_count,
 )
-from app.validation import check_dimensions
+from app.validation import check_count, check_dimensions
 
 SEARCH_SECONDS = Histogram(
     "citadel_search_duration_seconds",
@@ -319,9 +319,7 @@ class SearchService:
         self, row: Any, field: str, filter: Any | None, limit: int, principal: Principal, budget: ScanBudget | None
     ) -> list[FacetValue]:
         check_field(field, "field")
-        max_limit = self.settings.limits.max_search_limit
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= max_limit:
-            raise BadInput(f"limit must be between 1 and {max_limit}, got {limit!r}", field="limit")
+        check_count(limit, "limit", self.settings.limits.max_search_limit)
         budget = budget or ScanBudget(self.settings.limits.max_scan_points)
 
         def before_scan(points: int) -> None:
