@@ -16,6 +16,7 @@ import pytest
 from tests.support.cross_encoders import RERANKER, cross_encoder_dir, reranker_catalog  # noqa: F401  (fixture)
 from tests.support.databases import create_database, drop_database
 from tests.support.fake_hub import DEFAULT_REPO, HUB_MODEL, FakeHub
+from tests.support.models import built_once
 from tests.support.server import ARTIFACTS, LiveServer
 from tests.support.services import redis_url, redis_url_in_use
 
@@ -130,14 +131,18 @@ def hub_env(endpoint: str, onnx_dir: Path | None = None, **extra: str) -> dict[s
 
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory) -> Path:
-    """The bundled model exported to ONNX by the real CLI command."""
-    out = tmp_path_factory.mktemp("onnx") / "minilm"
-    done = subprocess.run(
-        [sys.executable, "-m", "app", "models", "export-onnx", "-o", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out
+    """The bundled model exported to ONNX by the real CLI command (once for all workers)."""
+
+    def export(folder: Path) -> Path:
+        out = folder / "minilm"
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "models", "export-onnx", "-o", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return out
+
+    return built_once(tmp_path_factory, "onnx-cli", export)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.models import built_once
+
 RERANKER = "test/cross-encoder-minilm"
 SEED = 1234
 
@@ -38,7 +40,7 @@ def build_cross_encoder(target: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_cross_encoder(tmp_path_factory.mktemp("cross-encoder") / "model")
+    return built_once(tmp_path_factory, "cross-encoder", lambda folder: build_cross_encoder(folder / "model"))
 
 
 @pytest.fixture(scope="session")

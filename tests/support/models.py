@@ -6,6 +6,9 @@ Import the fixtures you use into your test module:
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,6 @@ import numpy as np
 import pytest
 
 from app.domain.models import FALLBACK_MODEL, ModelSpec
-
-
-
 from app.settings import Settings
 
 # Short, long, punctuated, non-ASCII, and one far past max_seq_length (truncation).
@@ -46,6 +46,28 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1)
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """What `build(folder)` returns, built once per test session and read by every pytest-xdist
+    worker: the first worker that asks builds it, under a file lock in the folder the workers'
+    temp folders share (fresh for each session); the others wait for it instead of building their
+    own copy (CPU the 2-core CI box has none of to spare). Without xdist: built in a fresh folder.
+    What is built must be read only, as a session fixture's folder already had to be."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "built-once"
+    shared.mkdir(exist_ok=True)
+    done = shared / f"{name}.built"  # written last: a worker whose build failed leaves none
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     from app.inference.sources import local_model_dir
@@ -65,4 +87,4 @@ def reference_model(minilm_dir: Path) -> Any:
 def minilm_onnx_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from app.inference.onnx_export import export_onnx
 
-    return export_onnx(minilm_dir, tmp_path_factory.mktemp("minilm-onnx"))
+    return built_once(tmp_path_factory, "minilm-onnx", lambda folder: export_onnx(minilm_dir, folder))
