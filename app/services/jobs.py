@@ -385,7 +385,9 @@ class JobService:
 
     def _stop(self, job_id: str) -> None:
         task = self._tasks.get(job_id)
-        if task is not None and not task.done():
+        # Once: the CANCELLED event can arrive more than once, and a second cancel() would land in
+        # the task's own cleanup (removing its files) and end it with CancelledError.
+        if task is not None and not task.done() and job_id not in self._cancelled:
             self._cancelled.add(job_id)
             task.cancel()
 
@@ -428,9 +430,11 @@ class JobService:
             reason = exc.message if isinstance(exc, CitadelError) else type(exc).__name__
             ended = await self._fail(job_id, f"the job stopped: {reason}")
         finally:
-            self._cancelled.discard(job_id)
-            if ended:
-                await asyncio.to_thread(shutil.rmtree, self.jobs_dir / job_id, True)
+            try:
+                if ended:
+                    await asyncio.to_thread(shutil.rmtree, self.jobs_dir / job_id, True)
+            finally:
+                self._cancelled.discard(job_id)  # after the cleanup: no second cancel lands in it
 
     async def _run_once(self, job_id: str) -> bool:
         """Run the job from its last committed batch; whether it ended (its files can go): False

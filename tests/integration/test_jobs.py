@@ -6,7 +6,10 @@ running on the other."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +27,7 @@ from app.adapters.redis_events import RedisEventBridge
 from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobState
 from app.errors import BadInput
+from app.services import jobs as jobs_module
 from app.services.jobs import JobService
 from app.services.keys import KeyService
 from tests.integration.test_concurrent_writes import (
@@ -141,6 +145,37 @@ async def test_job_events_and_cancels_travel_between_replicas(stack: Stack) -> N
         stopped_at = (await a.get(job.id, INTERNAL)).documents_done
         assert stopped_at < 200
         assert not (a.jobs_dir / job.id).exists()
+
+
+async def test_a_cancel_heard_twice_lets_the_job_end_quietly(stack: Stack, monkeypatch) -> None:
+    """The CANCELLED event can reach the replica running the job more than once (its own cancel,
+    another replica's event): the second must not cut the job's cleanup short with CancelledError."""
+    name = "job-cancel-twice"
+    await stack.collections.create(name)
+    never = asyncio.Event()
+
+    async def held(texts: list[str]) -> None:
+        await never.wait()  # the job stays on its first batch until cancelled
+
+    cleaning, release = threading.Event(), threading.Event()
+    remove = shutil.rmtree
+
+    def slow_remove(path: Any, ignore_errors: bool = False) -> None:
+        if "jobs" in Path(path).parts:  # the job's own files: hold the cleanup open
+            cleaning.set()
+            release.wait(60)
+        remove(path, ignore_errors)
+
+    monkeypatch.setattr(jobs_module.shutil, "rmtree", slow_remove)
+    async with job_service(stack, "twice", DelayedEmbedder(stack.embedder, random.Random(2), before=held)) as service:
+        job = await service.start_documents(name, writes("a", [f"doc-{i:03d}" for i in range(8)]), principal=INTERNAL)
+        task = service._tasks[job.id]
+        assert (await service.cancel(job.id, INTERNAL)).state is JobState.CANCELLED
+        await asyncio.to_thread(cleaning.wait, 60)  # the task is removing the job's files
+        service._on_event(dataclasses.replace(job, state=JobState.CANCELLED, origin="another-replica"))  # heard again
+        release.set()
+        assert await asyncio.wait_for(task, 60) is None  # ended quietly, its cleanup done
+        assert not (service.jobs_dir / job.id).exists()
 
 
 async def test_jobs_past_the_replicas_slots_wait_queued_and_a_queued_job_cancels_without_running(stack: Stack) -> None:
