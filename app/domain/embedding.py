@@ -66,6 +66,12 @@ class Tokenized:
         ids = self.ids
         return Tokenized([self.counts[i] for i in indices], [ids[i] for i in indices] if ids is not None else None)
 
+    @staticmethod
+    def joined(parts: Sequence["Tokenized"]) -> "Tokenized":
+        """The parts' texts as one Tokenized, in order (with ids only where every part has them)."""
+        ids = [row for part in parts for row in part.ids or ()] if all(part.ids is not None for part in parts) else None
+        return Tokenized([count for part in parts for count in part.counts], ids)
+
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Each row scaled to length 1 (L2); an all-zero row stays zero instead of turning NaN."""

@@ -84,7 +84,7 @@ def batches(
 class _Piece:
     doc: ToIndex
     chunk: TextChunk | None  # None: the whole document is one point
-    tokens: tuple[int, list[int] | None] | None = None  # a whole document's (count, ids), as embedding reads it
+    tokens: Tokenized | None = None  # a whole document's tokens, as embedding it reads them
 
     @property
     def text(self) -> str:
@@ -152,8 +152,7 @@ async def _pieces(embedder: Any, collection: Any, batch: Sequence[ToIndex]) -> t
         else:
             if len(doc_spans) > window:
                 truncated.append(Truncated(doc, len(doc_spans), window))
-            whole = None if tokens is None else (tokens.counts[index], tokens.ids[index] if tokens.ids is not None else None)
-            pieces.append(_Piece(doc, None, whole))
+            pieces.append(_Piece(doc, None, None if tokens is None else tokens.pick([index])))
     return pieces, truncated
 
 
@@ -202,11 +201,8 @@ async def _points(embedder: Any, collection: Any, pieces: Sequence[_Piece], prin
     if to_embed:
         # Stored texts, checked when they were ingested: the request is built as it is, with the
         # tokens measured for chunking where the pieces are whole documents.
-        measured = [pieces[i].tokens for i in to_embed]
-        tokens = None
-        if all(m is not None for m in measured):
-            ids = [m[1] for m in measured]  # type: ignore[index]
-            tokens = Tokenized([m[0] for m in measured], None if any(i is None for i in ids) else ids)  # type: ignore[index, misc]
+        parts = [pieces[i].tokens for i in to_embed]
+        tokens = Tokenized.joined(parts) if all(part is not None for part in parts) else None  # type: ignore[arg-type]
         request = EmbedRequest(tuple(texts[i] for i in to_embed), collection.model, EmbedKind.DOCUMENT, tokens=tokens)
         embedded = await embedder.run(request, principal=principal, wait_for_room=True)
         if embedded.model != collection.model or int(embedded.dimensions) != int(collection.dimensions):
