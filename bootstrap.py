@@ -48,7 +48,9 @@ def run_foreground(*args: str | Path) -> int:
 
 
 def pip(*args: str) -> None:
-    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args)
+    # --no-compile: Python compiles each module when it is first imported, so the install skips
+    # compiling all of torch and the test tools up front (about 30 s of a test setup).
+    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-q", *args)
 
 
 def has_module(name: str) -> bool:

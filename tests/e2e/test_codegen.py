@@ -28,6 +28,7 @@ import pytest
 from graphql import GraphQLScalarType, build_schema, specified_scalar_types
 
 from tests.e2e.access_support import ADMIN_KEY, serving
+from tests.support.npm import npm_install
 from tests.support.databases import temporary_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,18 +148,11 @@ def test_the_readme_maps_every_custom_scalar_of_the_schema():
 @pytest.fixture(scope="module")
 def codegen_folder(tmp_path_factory) -> Path:
     """graphql-codegen, its client preset, TypeScript and graphql from npm in a scratch folder."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js/npm are not installed: graphql-codegen cannot run here")
-    folder = tmp_path_factory.mktemp("graphql-codegen")
-    done = subprocess.run(
-        [
-            "npm", "install", "--silent", "--no-audit", "--no-fund",
-            "@graphql-codegen/cli@7", "@graphql-codegen/client-preset@6", "typescript@7", "graphql@16",
-        ],
-        cwd=folder, capture_output=True, text=True, timeout=600,
+    folder = npm_install(
+        tmp_path_factory.mktemp("graphql-codegen"),
+        "@graphql-codegen/cli@7", "@graphql-codegen/client-preset@6", "typescript@7", "graphql@16",
+        what="graphql-codegen",
     )
-    if done.returncode != 0:
-        pytest.skip(f"npm could not install graphql-codegen (no registry?): {done.stderr[-500:]}")
     shutil.copy(SCHEMA, folder / "schema.graphql")
     (folder / "src").mkdir()
     (folder / "src" / "json.ts").write_text(json_ts())

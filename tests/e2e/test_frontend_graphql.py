@@ -29,6 +29,7 @@ import pytest
 import websockets
 
 from tests.e2e.access_support import ADMIN_KEY, BUNDLED, codes, create_key, serving
+from tests.support.npm import npm_install
 from tests.support.databases import temporary_database
 from tests.support.polling import eventually
 
@@ -90,15 +91,10 @@ def _drop_namespace() -> None:
 @pytest.fixture(scope="module")
 def node_clients(tmp_path_factory) -> Path:
     """Apollo Client 3 and graphql-sse from npm in a scratch folder, next to copies of the scripts."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js/npm are not installed: the JavaScript clients cannot run here")
-    folder = tmp_path_factory.mktemp("node-clients")
-    done = subprocess.run(
-        ["npm", "install", "--silent", "--no-audit", "--no-fund", "@apollo/client@3", "graphql@16", "graphql-sse@2"],
-        cwd=folder, capture_output=True, text=True, timeout=300,
+    folder = npm_install(
+        tmp_path_factory.mktemp("node-clients"), "@apollo/client@3", "graphql@16", "graphql-sse@2",
+        what="the JavaScript clients",
     )
-    if done.returncode != 0:
-        pytest.skip(f"npm could not install the clients (no registry?): {done.stderr[-500:]}")
     for script in (APOLLO_SCRIPT, SSE_SCRIPT):
         shutil.copy(script, folder / script.name)
     return folder

@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from tests.e2e.conftest import bundled_server
+from tests.support.npm import npm_install
 from tests.support.databases import temporary_database
 from tests.support.server import LiveServer
 
@@ -385,15 +386,7 @@ AUDIT_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "graphql_http_a
 @pytest.fixture(scope="module")
 def graphql_http_audit(tmp_path_factory) -> Path:
     """graphql-http installed from npm into a scratch folder, next to a copy of the audit script."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js/npm are not installed: the graphql-http audit cannot run here")
-    folder = tmp_path_factory.mktemp("graphql-http")
-    done = subprocess.run(
-        ["npm", "install", "--silent", "--no-audit", "--no-fund", "graphql-http@1", "graphql@16"],
-        cwd=folder, capture_output=True, text=True, timeout=300,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"npm could not install graphql-http (no registry?): {done.stderr[-500:]}")
+    folder = npm_install(tmp_path_factory.mktemp("graphql-http"), "graphql-http@1", "graphql@16", what="the graphql-http audit")
     script = folder / AUDIT_SCRIPT.name
     shutil.copy(AUDIT_SCRIPT, script)
     return script

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from gql.transport.websockets import WebsocketsTransport
 from app.services.jobs import BATCHES_IN_FLIGHT
 from tests.e2e.access_support import ADMIN_KEY, codes
 from tests.e2e.conftest import bundled_server
+from tests.support.npm import npm_install
 from tests.support.databases import temporary_database
 from tests.support.pdf import minimal_pdf
 from tests.support.polling import poll
@@ -624,14 +624,7 @@ def test_revoking_the_key_stops_its_jobs(jobs_server: LiveServer) -> None:
 def test_the_readme_apollo_upload_client_snippet_runs_in_node(jobs_server: LiveServer, tmp_path: Path) -> None:
     """The README's Apollo Client snippet, as written but for the address, the key and the files
     (a browser's <input> becomes File objects), with the npm packages it names, in Node."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("Node.js/npm are not installed: the JavaScript client cannot run here")
-    installed = subprocess.run(
-        ["npm", "install", "--silent", "--no-audit", "--no-fund", "@apollo/client@4", "graphql@16", "rxjs@7", "apollo-upload-client@20"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    if installed.returncode != 0:
-        pytest.skip(f"npm could not install the client (no registry?): {installed.stderr[-500:]}")
+    npm_install(tmp_path, "@apollo/client@4", "graphql@16", "rxjs@7", "apollo-upload-client@20", what="the JavaScript client")
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme[readme.index("### Files and jobs") :]
     snippet = re.search(r"```js\n(.*?)```", section, flags=re.S).group(1)

@@ -102,7 +102,10 @@ def test_langchain_default_chunk_size_embeds_1500_texts_equal_to_graphql_embed(s
     assert scope["embeddings"].chunk_size == 1000 and scope["embeddings"].check_embedding_ctx_length is False
     vectors = np.array(scope["vectors"], dtype=np.float64)
     assert vectors.shape == (1500, 384)
-    np.testing.assert_allclose(vectors, graphql_vectors(server, texts), atol=TOLERANCE, rtol=0)
+    # Every fifth text against GraphQL: it spans both of LangChain's requests and all seven text
+    # lengths, and a request answered out of order (a length-sorted batch not put back) differs there.
+    sample = list(range(0, 1500, 5))
+    np.testing.assert_allclose(vectors[sample], graphql_vectors(server, [texts[i] for i in sample]), atol=TOLERANCE, rtol=0)
     query = np.array(scope["query"], dtype=np.float64)
     np.testing.assert_allclose(query, graphql_vectors(server, ["what do embeddings capture?"])[0], atol=TOLERANCE, rtol=0)
     assert no_internet.attempts == []

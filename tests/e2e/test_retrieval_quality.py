@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from app.domain.filter_matcher import matches
 from app.domain.filters import parse_filter
@@ -49,9 +50,11 @@ def hits(server, name, query, mode, k=1):
 
 
 def first_rate(server, name, queries, mode):
+    # Eight clients at once, as an app's users send them: the server batches their queries' embeds.
+    with ThreadPoolExecutor(8) as clients:
+        tops = list(clients.map(lambda query: hits(server, name, query[0], mode), queries))
     found = 0
-    for query, doc_id in queries:
-        top = hits(server, name, query, mode)
+    for top, (_, doc_id) in zip(tops, queries, strict=True):
         assert not top or top[0]["mode"] == mode
         found += bool(top) and top[0]["id"] == doc_id
     return found / len(queries)
