@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -17,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
-import strawberry.http.async_base_view as strawberry_http_view
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_SSE_PROTOCOL, GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
@@ -49,10 +47,6 @@ from app.web.json_codec import FastJSONResponse
 from app.web.openai_api import openai_routes
 from app.web.rerank_api import rerank_routes
 from app.web.routes import dashboard_route, graphiql_html, static_routes
-
-# Strawberry parses the Content-Type header with email.message for every request (~5% of a cached
-# embed); clients send the same one or two values, so remember the last few answers.
-strawberry_http_view.parse_content_type = functools.lru_cache(maxsize=64)(strawberry_http_view.parse_content_type)
 
 
 class _StrawberryOriginRefusal(logging.Filter):

@@ -15,6 +15,7 @@ from loguru import logger
 from prometheus_client import Counter
 
 from app.adapters.postgres import DocumentWrite
+from app.adapters.postgres_rows import UpsertStatus
 from app.domain.access import INTERNAL, Principal, Scope
 from app.errors import BadInput, CitadelError, Conflict, DependencyUnavailable, Forbidden, Overloaded
 from app.services.collections import bound_model
@@ -44,6 +45,19 @@ class IngestReport:
     errors: list[IngestErrorItem] = field(default_factory=list)
     chunks: int = 0  # vector points written: one per document, or one per chunk when chunked
     warnings: list[IngestErrorItem] = field(default_factory=list)  # stored, but e.g. TRUNCATED
+
+    def count_stored(self, doc_id: str, status: UpsertStatus) -> None:
+        """A stored document: its id, and what its row's upsert did."""
+        match status:
+            case "inserted":
+                self.inserted += 1
+            case "updated":
+                self.updated += 1
+            case "unchanged":
+                self.unchanged += 1
+            case "refused":
+                raise ValueError(f"document {doc_id!r} was refused, not stored")
+        self.ids.append(doc_id)
 
 
 NOT_YOURS = "this id belongs to a document outside this key's filter"
@@ -140,8 +154,7 @@ class IngestService:
                 report.failed += 1
                 INGESTED.labels("failed").inc()
                 continue
-            report.ids.append(doc.id)
-            setattr(report, outcome.status, getattr(report, outcome.status) + 1)
+            report.count_stored(doc.id, outcome.status)
             INGESTED.labels(outcome.status).inc()
             # Includes an unchanged row still pending because an earlier call failed.
             if outcome.pending:

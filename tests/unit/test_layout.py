@@ -113,3 +113,27 @@ def test_transports_run_typed_requests_only() -> None:
     assert not strays, strays
     built = "".join(p.read_text() for package in TRANSPORTS for p in (ROOT / "app" / package).rglob("*.py"))
     assert all(f"{request}.parse(" in built for request in OPERATIONS.values())
+
+
+def _patched_modules(path: Path) -> list[str]:
+    """`module.attribute = ...` (or setattr on it) anywhere in a file, for a module it imports."""
+    tree = ast.parse(path.read_text(), str(path))
+    imported = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
+        for target in targets:
+            base = target
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if target is not base and isinstance(base, ast.Name) and base.id in imported:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(target)}")
+    return found
+
+
+def test_no_module_is_patched_at_run_time() -> None:
+    # A library that needs a change is subclassed or configured, where the change can be seen.
+    patched = [line for path in sorted((ROOT / "app").rglob("*.py")) for line in _patched_modules(path)]
+    assert patched == []
