@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -85,8 +84,14 @@ async def test_each_replica_sees_the_others_events_once(replicas: tuple[EventBus
         seen_by_b += await until(on_b, ModelState.READY)  # ...then a's, relayed through Redis
         seen_by_a = await until(on_a, ModelState.READY)
         seen_by_a += await until(on_a, ModelState.READY)
-        await asyncio.sleep(0.2)  # anything duplicated would arrive by now
-        assert on_a.pending() == 0 and on_b.pending() == 0
+        # Each replica's marker reaches the other through Redis after everything published before
+        # it: once both markers are in on both sides, a duplicate would be among what came first.
+        a.publish(event(1000, ModelState.FAILED))
+        b.publish(event(2000, ModelState.FAILED))
+        for subscription in (on_a, on_b):
+            tail = await until(subscription, ModelState.FAILED) + await until(subscription, ModelState.FAILED)
+            assert sorted(e.bytes_done for e in tail) == [1000, 2000]
+            assert subscription.pending() == 0
     assert sorted((e.origin, e.bytes_done) for e in seen_by_b) == sorted((e.origin, e.bytes_done) for e in seen_by_a)
     assert [e.bytes_done for e in seen_by_a if e.origin == "replica-a"] == [0, 1, 2, 3]
     assert [e.bytes_done for e in seen_by_b if e.origin == "replica-a"] == [0, 1, 2, 3]
