@@ -24,7 +24,7 @@ class AccessServer(LiveServer):
         all_headers = dict(headers or {})
         if key is not None:
             all_headers["Authorization"] = f"Bearer {key}"
-        return httpx.post(
+        return self.http.post(
             self.url + "/graphql", json={"query": query, "variables": variables or {}}, headers=all_headers, timeout=120
         )
 

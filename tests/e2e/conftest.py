@@ -61,7 +61,6 @@ async def reranker_server(tmp_dir: Path, name: str, cross_encoder_dir: Path, adm
     """A started server with keys required (`admin` the admin key), the test cross-encoder as the
     default reranker (at most 20 documents a call), loaded through downloadModel; its database is
     dropped afterwards."""
-    import httpx
 
     from tests.support.polling import poll
 
@@ -81,7 +80,7 @@ async def reranker_server(tmp_dir: Path, name: str, cross_encoder_dir: Path, adm
         headers = {"authorization": f"Bearer {admin}"}
 
         def graphql(query: str, variables: dict) -> dict:
-            return httpx.post(live.url + "/graphql", json={"query": query, "variables": variables},
+            return live.http.post(live.url + "/graphql", json={"query": query, "variables": variables},
                               headers=headers, timeout=120).json()  # fmt: skip
 
         started = graphql("mutation($n: String!) { downloadModel(name: $n) { state } }", {"n": RERANKER})

@@ -53,7 +53,7 @@ async def on_demand_server(tmp_path_factory, hub):
 
 
 def openai_embeddings(server: AccessServer, secret: str) -> httpx.Response:
-    return httpx.post(
+    return server.http.post(
         server.url + "/v1/embeddings",
         json={"model": HUB_MODEL, "input": ["a model nobody fetched"]},
         headers={"Authorization": f"Bearer {secret}"},

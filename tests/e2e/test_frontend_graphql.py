@@ -124,7 +124,7 @@ def registered(replicas, tmp_path_factory, frontend_database) -> str:
 
 
 def post(server, body: dict, key: str) -> httpx.Response:
-    return httpx.post(server.url + "/graphql", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+    return server.http.post(server.url + "/graphql", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
 def test_apollo_persisted_query_link_round_trip_across_replicas(replicas, node_clients):

@@ -58,7 +58,7 @@ def server(tmp_path_factory, hostile_database):
 
 def post_raw(server: LiveServer, body: bytes | str, **headers: str) -> httpx.Response:
     headers = {"content-type": "application/json", **headers}
-    return httpx.post(server.url + "/graphql", content=body, headers=headers, timeout=60)
+    return server.http.post(server.url + "/graphql", content=body, headers=headers, timeout=60)
 
 
 def codes(body: dict) -> list[str]:

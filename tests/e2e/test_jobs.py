@@ -36,7 +36,7 @@ PREFLIGHT = {"Apollo-Require-Preflight": "true"}
 
 
 def graphql(server: LiveServer, query: str, variables: dict | None = None, key: str = ADMIN_KEY) -> dict[str, Any]:
-    response = httpx.post(
+    response = server.http.post(
         server.url + "/graphql",
         json={"query": query, "variables": variables or {}},
         headers={"Authorization": f"Bearer {key}"},
@@ -63,7 +63,7 @@ def upload(
     }
     mapping = {str(i): [f"variables.f.{i}"] for i in range(len(files))}
     parts = [(str(i), (name, content, content_type)) for i, (name, content, content_type) in enumerate(files)]
-    return httpx.post(
+    return server.http.post(
         server.url + "/graphql",
         data={"operations": json.dumps(operations), "map": json.dumps(mapping)},
         files=parts,

@@ -33,7 +33,7 @@ async def server(tmp_path_factory, cross_encoder_dir: Path):
 
 def post(server, path: str, body: object, key: str | None = ADMIN) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.post(server.url + path, json=body, headers=headers, timeout=120)
+    return server.http.post(server.url + path, json=body, headers=headers, timeout=120)
 
 
 def graphql(server, query: str, variables: dict, key: str | None = ADMIN) -> dict:

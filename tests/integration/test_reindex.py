@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from app.adapters.postgres import DocumentWrite
-from app.adapters.redis_cache import EmbeddingCache
 from app.domain.access import INTERNAL
 from app.domain.jobs import Job, JobKind, JobState
 from app.errors import NotFound

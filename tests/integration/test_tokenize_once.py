@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer
 
 from app.domain.chunking import Chunking
 from app.domain.embedding import EmbedKind

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import app.errors
-from app.domain.access import ANONYMOUS, Principal, Scope, rejected
+from app.domain.access import Principal, Scope, rejected
 from app.domain.models import DownloadEvent, ModelState
 from app.errors import BadInput, CitadelError
 from app.graphql.websockets import OperationQuota
