@@ -48,9 +48,10 @@ def run_foreground(*args: str | Path) -> int:
 
 
 def pip(*args: str) -> None:
-    # --no-compile: Python compiles each module when it is first imported, so the install skips
-    # compiling all of torch and the test tools up front (about 30 s of a test setup).
-    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-q", *args)
+    # pip compiles every module to bytecode up front (not --no-compile): every later start then
+    # reads it, even where PYTHONDONTWRITEBYTECODE is set (as on many CI machines and containers),
+    # which would otherwise make each process compile torch and the rest from source again.
+    run(PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-q", *args)
 
 
 def has_module(name: str) -> bool:

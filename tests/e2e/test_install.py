@@ -21,6 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 HEALTH = "{ health { status dependencies { name ok detail } } }"
 INSTALL_TIMEOUT_S = 1500  # a fresh virtualenv with torch and the model stack, on a loaded 2-core box
+# pip installs without compiling every installed module to bytecode up front (about half the CPU of
+# an install of torch and the model stack): Python compiles what the server imports when it first
+# imports it, so what is installed and what runs are the same.
+NO_BYTECODE = {"PIP_COMPILE": "false"}  # pip's --no-compile, for the pip that bootstrap.py runs
 TORCH_SPEC = os.environ.get("CITADEL_TORCH_SPEC", "torch==2.13.0")
 
 
@@ -82,7 +86,7 @@ def test_readme_serve_command_on_a_fresh_copy_installs_runtime_only_and_serves(t
     checkout = fresh_copy(tmp_path / "citadel")
     data_dir = tmp_path / "data"
     server = LiveServer(
-        env=runtime_env(data_dir),
+        env=runtime_env(data_dir, **NO_BYTECODE),
         command=[base_python(), "bootstrap.py", "serve"],
         cwd=checkout,
         interrupt_group=True,  # Ctrl-C in a terminal: bootstrap.py and the server both get it
@@ -110,7 +114,6 @@ def test_wheel_in_a_fresh_venv_serves_from_an_unrelated_directory(tmp_path):
     (wheel,) = dist.glob("citadel-*.whl")
     subprocess.run([base_python(), "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    # As bootstrap.py installs: Python compiles what the server imports when it first imports it.
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
     subprocess.run([*pip, TORCH_SPEC], check=True, timeout=INSTALL_TIMEOUT_S)  # CPU torch first, as bootstrap.py does
     subprocess.run([*pip, str(wheel)], check=True, timeout=INSTALL_TIMEOUT_S)
