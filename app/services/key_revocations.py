@@ -36,6 +36,8 @@ class RevocationListener:
         self.channel = channel
         self.keys = keys  # app.services.keys.KeyService
         self._task: asyncio.Task | None = None
+        # Set while subscribed: from then on every announced revocation reaches this replica.
+        self.subscribed = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="key-revocations")
@@ -56,7 +58,9 @@ class RevocationListener:
                     logger.info("revocations from other replicas arrive through Redis again")
                     warned = False
                 async for message in pubsub.listen():
-                    if message.get("type") == "message":
+                    if message.get("type") == "subscribe":  # Redis's confirmation
+                        self.subscribed.set()
+                    elif message.get("type") == "message":
                         data = message["data"]
                         self.keys.forget(data.decode() if isinstance(data, bytes) else str(data))
             except asyncio.CancelledError:
@@ -70,5 +74,6 @@ class RevocationListener:
                     )  # fmt: skip
                 await asyncio.sleep(RETRY_SECONDS)
             finally:
+                self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

@@ -172,9 +172,11 @@ class _Keys:
     def __init__(self) -> None:
         self.settings = settings(key_cache_seconds=7)
         self.forgotten: list[str] = []
+        self.heard = asyncio.Event()
 
     def forget(self, key_id: str) -> None:
         self.forgotten.append(key_id)
+        self.heard.set()
 
 
 async def test_announced_revocations_reach_every_listener():
@@ -187,12 +189,11 @@ async def test_announced_revocations_reach_every_listener():
         listener.start()
     try:
         key_id = f"k-{uuid.uuid4().hex[:8]}"
-        for _ in range(100):  # announced again until both listeners have subscribed and heard it
-            await announce_revocation(clients[2], key_id, 7)
-            await asyncio.sleep(0.1)
-            if all(r.forgotten for r in replicas):
-                break
-        assert all(key_id in r.forgotten for r in replicas)
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(listener.subscribed.wait() for listener in listeners))
+            await announce_revocation(clients[2], key_id, 7)  # once: both are listening
+            await asyncio.gather(*(r.heard.wait() for r in replicas))
+        assert all(r.forgotten == [key_id] for r in replicas)
     finally:
         for listener in listeners:
             await listener.stop()

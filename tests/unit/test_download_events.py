@@ -101,15 +101,17 @@ async def test_waiting_subscriber_wakes_up_and_close_ends_iteration() -> None:
     bus = EventBus()
     sub = bus.subscribe()
     received: list[DownloadEvent] = []
+    woke = asyncio.Event()
 
     async def consume() -> None:
         async for e in sub:
             received.append(e)
+            woke.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the consumer starts waiting on an empty subscription
     bus.publish(event(n=1))
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(woke.wait(), 1)
     assert [e.bytes_done for e in received] == [1]
     sub.close()
     await asyncio.wait_for(task, 1)
