@@ -101,15 +101,16 @@ async def test_waiting_subscriber_wakes_up_and_close_ends_iteration() -> None:
     bus = EventBus()
     sub = bus.subscribe()
     received: list[DownloadEvent] = []
-    woke = asyncio.Event()
+    waiting, woke = asyncio.Event(), asyncio.Event()
 
     async def consume() -> None:
+        waiting.set()  # the test resumes once this task blocks on the empty subscription
         async for e in sub:
             received.append(e)
             woke.set()
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0)  # the consumer starts waiting on an empty subscription
+    await waiting.wait()
     bus.publish(event(n=1))
     await asyncio.wait_for(woke.wait(), 1)
     assert [e.bytes_done for e in received] == [1]

@@ -31,3 +31,14 @@ def test_the_service_is_citadel_v1() -> None:
     service = pb.DESCRIPTOR.services_by_name["Citadel"]
     assert service.full_name == "citadel.v1.Citadel"
     assert {m.name for m in service.methods} == {"Embed", "Search", "SearchCollections", "Ingest", "Rerank", "WatchModelProgress"}
+
+
+def test_every_rpc_is_served_by_citadel_service() -> None:
+    # The generated CitadelServicer's methods answer UNIMPLEMENTED (raise NotImplementedError):
+    # the servicer registered in app/grpc/server.py overrides every one of them.
+    from app.grpc.citadel.v1 import citadel_pb2 as pb
+    from app.grpc.citadel.v1 import citadel_pb2_grpc as pb_grpc
+    from app.grpc.service import CitadelService
+
+    for method in pb.DESCRIPTOR.services_by_name["Citadel"].methods:
+        assert getattr(CitadelService, method.name) is not getattr(pb_grpc.CitadelServicer, method.name), method.name

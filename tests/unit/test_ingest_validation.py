@@ -118,3 +118,15 @@ def test_embed_batches_respect_both_count_and_characters() -> None:
     assert sizes == [["0", "1"], ["2"], ["3", "4"], ["5", "6"]]
     assert [len(c) for c in batches(docs, max_items=2, max_chars=1_000)] == [2, 2, 2, 1]
     assert batches([], max_items=2, max_chars=10) == []
+
+
+def test_the_report_counts_each_stored_document_by_what_its_upsert_did() -> None:
+    from app.services.ingest import IngestReport
+
+    report = IngestReport()
+    for doc_id, status in (("a", "inserted"), ("b", "unchanged"), ("c", "inserted"), ("d", "updated")):
+        report.count_stored(doc_id, status)
+    assert (report.ids, report.inserted, report.updated, report.unchanged) == (["a", "b", "c", "d"], 2, 1, 1)
+    with pytest.raises(ValueError, match="refused"):
+        report.count_stored("e", "refused")  # a refused write is an error item, never a stored id
+    assert report.ids == ["a", "b", "c", "d"]

@@ -115,10 +115,15 @@ def test_transports_run_typed_requests_only() -> None:
     assert all(f"{request}.parse(" in built for request in OPERATIONS.values())
 
 
-def _patched_modules(path: Path) -> list[str]:
-    """`module.attribute = ...` (or setattr on it) anywhere in a file, for a module it imports."""
-    tree = ast.parse(path.read_text(), str(path))
-    imported = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+def _patched_modules(source: str, name: str) -> list[str]:
+    """`imported.attribute = ...` (or setattr on it) anywhere in a file, for a name it imports."""
+    tree = ast.parse(source, name)
+    imported = {
+        alias.asname or alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
     found = []
     for node in ast.walk(tree):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
@@ -129,11 +134,34 @@ def _patched_modules(path: Path) -> list[str]:
             while isinstance(base, ast.Attribute):
                 base = base.value
             if target is not base and isinstance(base, ast.Name) and base.id in imported:
-                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(target)}")
+                found.append(f"{name}:{node.lineno}: {ast.unparse(target)}")
     return found
 
 
 def test_no_module_is_patched_at_run_time() -> None:
     # A library that needs a change is subclassed or configured, where the change can be seen.
-    patched = [line for path in sorted((ROOT / "app").rglob("*.py")) for line in _patched_modules(path)]
+    files = sorted((ROOT / "app").rglob("*.py"))
+    patched = [line for path in files for line in _patched_modules(path.read_text(), str(path.relative_to(ROOT)))]
     assert patched == []
+
+
+def test_the_patch_finder_sees_each_form() -> None:
+    source = """
+import strawberry.http.async_base_view as view
+from functools import lru_cache
+from app import settings
+view.parse_content_type = lru_cache(view.parse_content_type)
+settings.Settings.model += 1
+setattr(view, "other", None)
+class Mine:
+    def __init__(self):
+        self.value = 1
+report = Mine()
+report.value = 2
+setattr(report, "value", 3)
+"""
+    assert _patched_modules(source, "x.py") == [
+        "x.py:5: view.parse_content_type",
+        "x.py:6: settings.Settings.model",
+        "x.py:7: view.?",
+    ]

@@ -58,18 +58,18 @@ async def test_cancel_and_wait_ignores_what_tasks_raised_when_told_to():
 
 
 async def test_cancel_and_wait_lets_the_callers_own_cancellation_through():
-    release = asyncio.Event()
-    stopping = asyncio.Event()
+    release, started, stopping = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def slow_to_stop() -> None:
         try:
-            await asyncio.sleep(3600)
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
         finally:
             stopping.set()
             await release.wait()
 
     inner = asyncio.create_task(slow_to_stop())
-    await asyncio.sleep(0)  # inner starts sleeping
+    await started.wait()
     outer = asyncio.create_task(cancel_and_wait(inner))
     await stopping.wait()  # outer has cancelled inner and waits for it to finish
     outer.cancel()
